@@ -1,1 +1,140 @@
-//! Helpers shared by the end-to-end tests.
+//! Helpers shared by the end-to-end and interop tests: the real npm Fabric clients (installed
+//! once from `tests/node/package-lock.json`), and organisations whose certificates are made
+//! in-process by the issuing code the CA uses.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use medledger_common::issue::{CaSigner, IssueRequest, Usage, random_serial};
+use medledger_common::msp::{MspFolderContents, unix_now, write_msp_folder};
+use medledger_common::{PrivateKey, SigningIdentity};
+
+/// `tests/node`, where the npm packages live.
+pub fn node_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("node")
+}
+
+/// Installs the npm packages from the lockfile once, across test processes (a lock directory
+/// serialises concurrent installs).
+pub fn ensure_node_modules() -> anyhow::Result<PathBuf> {
+    let dir = node_dir();
+    let marker = dir.join("node_modules/.package-lock.json");
+    if marker.exists() {
+        return Ok(dir);
+    }
+    let lock = dir.join(".install-lock");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        match std::fs::create_dir(&lock) {
+            Ok(()) => break,
+            Err(_) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(500));
+                if marker.exists() {
+                    return Ok(dir);
+                }
+            }
+            Err(e) => bail!("waiting for npm install lock {}: {e}", lock.display()),
+        }
+    }
+    let result = if marker.exists() {
+        Ok(())
+    } else {
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&dir)
+            .status()
+            .context("running npm ci (is Node 20 installed?)")
+            .and_then(|s| {
+                if s.success() {
+                    Ok(())
+                } else {
+                    bail!("npm ci failed: {s}")
+                }
+            })
+    };
+    let _ = std::fs::remove_dir(&lock);
+    result.map(|()| dir)
+}
+
+/// Runs a script in `tests/node` and returns its stdout; fails with its stderr.
+pub fn run_node(script: &str, args: &[&str]) -> anyhow::Result<String> {
+    let dir = ensure_node_modules()?;
+    let out = Command::new("node")
+        .arg(script)
+        .args(args)
+        .current_dir(&dir)
+        .output()
+        .context("running node")?;
+    if !out.status.success() {
+        bail!(
+            "node {script} failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// An organisation with a root CA, issuing identities for tests.
+pub struct TestOrg {
+    pub mspid: String,
+    pub ca: CaSigner,
+    pub tls_ca: CaSigner,
+}
+
+impl TestOrg {
+    /// A new organisation with fresh signing and TLS CAs.
+    pub fn new(mspid: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            mspid: mspid.to_owned(),
+            ca: CaSigner::new_root(&format!("ca.{mspid}"), mspid, 5)?,
+            tls_ca: CaSigner::new_root(&format!("tlsca.{mspid}"), mspid, 5)?,
+        })
+    }
+
+    /// Issues an identity of type `ou` (client, peer, admin, orderer) with CA attributes.
+    pub fn identity(
+        &self,
+        name: &str,
+        ou: &str,
+        attrs: &[(&str, &str)],
+    ) -> anyhow::Result<SigningIdentity> {
+        let key = PrivateKey::generate();
+        let now = unix_now();
+        let pem = self.ca.issue(&IssueRequest {
+            public_key: key.public_key(),
+            common_name: name.to_owned(),
+            organization: Some(self.mspid.clone()),
+            organizational_units: vec![ou.to_owned()],
+            hosts: vec!["localhost".into(), "127.0.0.1".into()],
+            attributes: attrs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+            serial: random_serial(),
+            not_before: now - 60,
+            not_after: now + 24 * 3600,
+            usage: Usage::Signing,
+        })?;
+        Ok(SigningIdentity::new(&self.mspid, pem.into_bytes(), key)?)
+    }
+
+    /// Writes an MSP folder for `id` under `dir` (with keystore and Node OUs).
+    pub fn write_msp(&self, dir: &Path, id: &SigningIdentity) -> anyhow::Result<()> {
+        write_msp_folder(
+            dir,
+            &MspFolderContents {
+                signcert_pem: String::from_utf8(id.cert_pem().to_vec())?,
+                key_pem: Some(id.private_key().to_pkcs8_pem()?),
+                cacert_pem: self.ca.cert_pem().to_owned(),
+                tlscacert_pem: Some(self.tls_ca.cert_pem().to_owned()),
+                node_ous: true,
+                ..Default::default()
+            },
+        )?;
+        Ok(())
+    }
+}
