@@ -1,1 +1,14 @@
-//! placeholder
+//! MedLedger's certificate authority: Fabric CA's REST API and rules (enroll, register,
+//! reenroll, revoke, gencrl, identities) over HTTPS, with identities and issued certificates in
+//! RocksDB, and a client that writes Fabric MSP folders.
+
+pub mod authority;
+pub mod cli;
+pub mod client;
+pub mod error;
+pub mod server;
+pub mod store;
+
+pub use authority::{Authority, AuthorityConfig, CaHome};
+pub use client::{CaClient, CaUrl, ClientError};
+pub use error::CaError;

@@ -210,3 +210,103 @@ impl RevocationList {
         self.revoked_serials.iter().any(|s| norm(s) == target)
     }
 }
+
+/// A PKCS#10 certificate signing request whose self-signature checked out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateRequest {
+    pub public_key: PublicKey,
+    pub common_name: Option<String>,
+    /// DNS names and IP addresses requested as subject alternative names.
+    pub hosts: Vec<String>,
+}
+
+const ID_EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
+const SECP256R1: &str = "1.2.840.10045.3.1.7";
+
+impl CertificateRequest {
+    /// Parses a PEM (`CERTIFICATE REQUEST`) CSR, requires an ECDSA P-256 key, and verifies the
+    /// request's signature by that key.
+    pub fn from_pem(pem_text: &str) -> Result<Self, CertError> {
+        let block = ::pem::parse(pem_text).map_err(|e| CertError::Pem(e.to_string()))?;
+        if !block.tag().contains("CERTIFICATE REQUEST") {
+            return Err(CertError::Pem(format!(
+                "expected a CERTIFICATE REQUEST block, found {:?}",
+                block.tag()
+            )));
+        }
+        Self::from_der(block.contents())
+    }
+
+    /// Parses a DER CSR; see [`CertificateRequest::from_pem`].
+    pub fn from_der(der: &[u8]) -> Result<Self, CertError> {
+        use x509_parser::certification_request::X509CertificationRequest;
+        let (rest, csr) =
+            X509CertificationRequest::from_der(der).map_err(|e| CertError::Der(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(CertError::Der("trailing bytes after CSR".into()));
+        }
+        let info = &csr.certification_request_info;
+        let spki = &info.subject_pki;
+        let alg = spki.algorithm.algorithm.to_id_string();
+        let curve = spki
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok())
+            .map(|o| o.to_id_string());
+        if alg != ID_EC_PUBLIC_KEY || curve.as_deref() != Some(SECP256R1) {
+            return Err(CertError::PublicKey(format!(
+                "only ECDSA P-256 keys are accepted (found algorithm {alg}, curve {})",
+                curve.as_deref().unwrap_or("none")
+            )));
+        }
+        let sig_alg = csr.signature_algorithm.algorithm.to_id_string();
+        if sig_alg != ECDSA_WITH_SHA256 {
+            return Err(CertError::SignatureAlgorithm(sig_alg));
+        }
+        let public_key = PublicKey::from_sec1(&spki.subject_public_key.data)
+            .map_err(|e| CertError::PublicKey(e.to_string()))?;
+        crypto::verify_any_s(
+            VerifyBackend::Ring,
+            &public_key,
+            info.raw,
+            &csr.signature_value.data,
+        )
+        .map_err(|_| CertError::Der("the CSR's signature does not verify with its key".into()))?;
+        let common_name = info
+            .subject
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_owned);
+        let mut hosts = Vec::new();
+        if let Some(exts) = csr.requested_extensions() {
+            for ext in exts {
+                if let ParsedExtension::SubjectAlternativeName(san) = ext {
+                    for name in &san.general_names {
+                        match name {
+                            GeneralName::DNSName(d) => hosts.push((*d).to_owned()),
+                            GeneralName::IPAddress(ip) => match ip.len() {
+                                4 => hosts.push(
+                                    std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*ip).unwrap_or_default())
+                                        .to_string(),
+                                ),
+                                16 => hosts.push(
+                                    std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*ip).unwrap_or_default())
+                                        .to_string(),
+                                ),
+                                _ => {}
+                            },
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Self {
+            public_key,
+            common_name,
+            hosts,
+        })
+    }
+}

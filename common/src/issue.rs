@@ -35,6 +35,8 @@ pub enum Usage {
     Signing,
     /// A TLS certificate: server and client authentication.
     Tls,
+    /// An intermediate CA certificate (profile `ca`).
+    IntermediateCa,
 }
 
 /// One certificate to issue.
@@ -266,13 +268,24 @@ impl CaSigner {
                 rcgen::DnValue::Utf8String(affiliation.join(".")),
             );
         }
-        params.is_ca = IsCa::ExplicitNoCa;
+        params.is_ca = if req.usage == Usage::IntermediateCa {
+            IsCa::Ca(BasicConstraints::Constrained(0))
+        } else {
+            IsCa::ExplicitNoCa
+        };
         params.not_before = datetime(req.not_before)?;
         params.not_after = datetime(req.not_after.min(self.cert.not_after))?;
         params.serial_number = Some(SerialNumber::from_slice(&req.serial));
         params.use_authority_key_identifier_extension = true;
         match req.usage {
             Usage::Signing => params.key_usages = vec![KeyUsagePurpose::DigitalSignature],
+            Usage::IntermediateCa => {
+                params.key_usages = vec![
+                    KeyUsagePurpose::DigitalSignature,
+                    KeyUsagePurpose::KeyCertSign,
+                    KeyUsagePurpose::CrlSign,
+                ]
+            }
             Usage::Tls => {
                 params.key_usages = vec![
                     KeyUsagePurpose::DigitalSignature,
@@ -336,4 +349,27 @@ impl CaSigner {
         };
         Ok(params.signed_by(&self.issuer()?)?.pem()?)
     }
+}
+
+/// A PKCS#10 CSR (PEM) for `key`, with `common_name` and `hosts` as SANs, as clients send to
+/// the CA's enroll endpoint.
+pub fn certificate_request_pem(
+    key: &PrivateKey,
+    common_name: &str,
+    hosts: &[String],
+) -> Result<String, IssueError> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, common_name);
+    for host in hosts {
+        params.subject_alt_names.push(match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(
+                host.clone()
+                    .try_into()
+                    .map_err(|_| IssueError::Invalid(format!("invalid host {host:?}")))?,
+            ),
+        });
+    }
+    Ok(params.serialize_request(&rcgen_key(key)?)?.pem()?)
 }

@@ -1,0 +1,915 @@
+//! The certificate authority's rules, independent of HTTP: who may enroll, register, revoke and
+//! generate CRLs, and what goes into the certificates it issues (Fabric CA's behaviour).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use medledger_common::cert::{CertificateRequest, RevocationList};
+use medledger_common::crypto::{self, PrivateKey};
+use medledger_common::issue::{CaSigner, IssueRequest, Usage, random_serial};
+use medledger_common::msp::unix_now;
+use medledger_common::Certificate;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CaError, code};
+use crate::store::{Attribute, CaStore, CertRecord, Changes, IdentityRecord, serial_hex};
+
+/// The CA software version reported by cainfo.
+pub const VERSION: &str = "1.5.0-medledger";
+
+/// Attributes every enrollment certificate carries; they cannot be registered.
+const RESERVED_ATTRS: [&str; 3] = ["hf.EnrollmentID", "hf.Type", "hf.Affiliation"];
+
+/// Settings of one CA.
+#[derive(Debug, Clone)]
+pub struct AuthorityConfig {
+    pub name: String,
+    /// Known affiliations (`hospital1`, `hospital1.cardiology`); registering under another fails.
+    pub affiliations: Vec<String>,
+    /// Default max enrollments for identities registered with 0 (-1 = unlimited).
+    pub max_enrollments: i32,
+    /// Validity of issued certificates.
+    pub cert_validity_secs: i64,
+}
+
+impl AuthorityConfig {
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            affiliations: Vec::new(),
+            max_enrollments: -1,
+            cert_validity_secs: 365 * 24 * 3600,
+        }
+    }
+}
+
+/// An attribute a client asks to have in its certificate.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct AttrRequest {
+    pub name: String,
+    #[serde(default)]
+    pub optional: bool,
+}
+
+/// The body of `enroll` and `reenroll`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct EnrollRequest {
+    pub certificate_request: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attr_reqs: Option<Vec<AttrRequest>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<Vec<String>>,
+}
+
+/// The body of `register`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct RegisterRequest {
+    pub id: String,
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    #[serde(default)]
+    pub max_enrollments: i32,
+    #[serde(default)]
+    pub affiliation: String,
+    #[serde(default)]
+    pub attrs: Vec<Attribute>,
+}
+
+/// The body of `revoke`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct RevokeRequest {
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    pub aki: String,
+    #[serde(default)]
+    pub serial: String,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub gencrl: bool,
+}
+
+/// What a revocation did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevokeResult {
+    #[serde(rename = "RevokedCerts")]
+    pub revoked_certs: Vec<RevokedCert>,
+    #[serde(rename = "CRL")]
+    pub crl: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevokedCert {
+    #[serde(rename = "Serial")]
+    pub serial: String,
+    #[serde(rename = "AKI")]
+    pub aki: String,
+}
+
+/// The identity behind a request's token.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub identity: IdentityRecord,
+    pub cert: Certificate,
+    /// SHA-256 of the token, recorded when a state-changing request succeeds.
+    pub token_hash: [u8; 32],
+}
+
+/// Files of a CA home directory.
+pub struct CaHome {
+    pub dir: PathBuf,
+}
+
+impl CaHome {
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+        }
+    }
+    pub fn cert(&self) -> PathBuf {
+        self.dir.join("ca-cert.pem")
+    }
+    pub fn chain(&self) -> PathBuf {
+        self.dir.join("ca-chain.pem")
+    }
+    pub fn key(&self) -> PathBuf {
+        self.dir.join("msp/keystore/ca-key.pem")
+    }
+    pub fn tls_cert(&self) -> PathBuf {
+        self.dir.join("tls-cert.pem")
+    }
+    pub fn tls_key(&self) -> PathBuf {
+        self.dir.join("msp/keystore/tls-key.pem")
+    }
+    pub fn db(&self) -> PathBuf {
+        self.dir.join("db")
+    }
+    pub fn is_initialized(&self) -> bool {
+        self.cert().exists() && self.key().exists()
+    }
+
+    fn write(&self, path: &Path, contents: &str, secret: bool) -> Result<(), CaError> {
+        if let Some(p) = path.parent() {
+            std::fs::create_dir_all(p).map_err(CaError::internal)?;
+        }
+        std::fs::write(path, contents).map_err(CaError::internal)?;
+        #[cfg(unix)]
+        if secret {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(CaError::internal)?;
+        }
+        #[cfg(not(unix))]
+        let _ = secret;
+        Ok(())
+    }
+
+    /// Saves a CA's certificate, key and (for intermediates) the chain above it.
+    pub fn save_signer(&self, signer: &CaSigner, parent_chain: &str) -> Result<(), CaError> {
+        self.write(&self.cert(), signer.cert_pem(), false)?;
+        let key = signer.key().to_pkcs8_pem().map_err(CaError::internal)?;
+        self.write(&self.key(), &key, true)?;
+        if !parent_chain.is_empty() {
+            self.write(&self.chain(), parent_chain, false)?;
+        }
+        Ok(())
+    }
+
+    /// Loads the CA's signing material.
+    pub fn load_signer(&self) -> Result<CaSigner, CaError> {
+        let cert = std::fs::read_to_string(self.cert()).map_err(CaError::internal)?;
+        let key = std::fs::read_to_string(self.key()).map_err(CaError::internal)?;
+        let key = PrivateKey::from_pem(&key).map_err(CaError::internal)?;
+        let chain = std::fs::read_to_string(self.chain()).unwrap_or_default();
+        CaSigner::from_parts(&cert, key, chain).map_err(CaError::internal)
+    }
+
+    /// Issues the server's own TLS certificate from this CA, for `hosts`.
+    pub fn ensure_tls(&self, signer: &CaSigner, hosts: &[String]) -> Result<(), CaError> {
+        if self.tls_cert().exists() && self.tls_key().exists() {
+            return Ok(());
+        }
+        let key = PrivateKey::generate();
+        let now = unix_now();
+        let pem = signer
+            .issue(&IssueRequest {
+                public_key: key.public_key(),
+                common_name: hosts.first().cloned().unwrap_or_else(|| "localhost".into()),
+                organization: None,
+                organizational_units: vec![],
+                hosts: hosts.to_vec(),
+                attributes: BTreeMap::new(),
+                serial: random_serial(),
+                not_before: now - 300,
+                not_after: now + 365 * 24 * 3600,
+                usage: Usage::Tls,
+            })
+            .map_err(CaError::internal)?;
+        self.write(&self.tls_cert(), &format!("{pem}{}", signer.chain_pem()), false)?;
+        let key = key.to_pkcs8_pem().map_err(CaError::internal)?;
+        self.write(&self.tls_key(), &key, true)
+    }
+}
+
+/// A running certificate authority.
+pub struct Authority {
+    config: AuthorityConfig,
+    signer: CaSigner,
+    store: CaStore,
+    /// Serialises read-modify-write requests (enrollment counts, registrations).
+    lock: Mutex<()>,
+}
+
+fn hash_secret(secret: &str) -> Result<String, CaError> {
+    let salt = SaltString::generate(&mut rand::rngs::OsRng);
+    argon2::Argon2::default()
+        .hash_password(secret.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(CaError::internal)
+}
+
+fn secret_matches(secret: &str, hash: &str) -> bool {
+    PasswordHash::new(hash)
+        .map(|h| {
+            argon2::Argon2::default()
+                .verify_password(secret.as_bytes(), &h)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+fn random_secret() -> String {
+    use rand::Rng;
+    let mut rng = rand::rngs::OsRng;
+    (0..16)
+        .map(|_| {
+            let c = rng.gen_range(0..62u8);
+            (match c {
+                0..=9 => b'0' + c,
+                10..=35 => b'a' + c - 10,
+                _ => b'A' + c - 36,
+            }) as char
+        })
+        .collect()
+}
+
+fn affiliation_covers(caller: &str, target: &str) -> bool {
+    caller.is_empty() || target == caller || target.starts_with(&format!("{caller}."))
+}
+
+fn list_attr(rec: &IdentityRecord, name: &str) -> Vec<String> {
+    rec.attr(name)
+        .map(|v| {
+            v.split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn bool_attr(rec: &IdentityRecord, name: &str) -> bool {
+    rec.attr(name) == Some("true")
+}
+
+fn list_allows(list: &[String], value: &str) -> bool {
+    list.iter().any(|entry| {
+        entry == "*"
+            || entry == value
+            || entry
+                .strip_suffix('*')
+                .is_some_and(|prefix| value.starts_with(prefix))
+    })
+}
+
+fn validate_id(id: &str) -> Result<(), CaError> {
+    let ok = !id.is_empty()
+        && id.len() <= 256
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(CaError::bad_request(
+            code::BAD_BODY,
+            format!("invalid identity name {id:?}: use 1-256 letters, digits, '-', '_', '.', '@'"),
+        ))
+    }
+}
+
+impl Authority {
+    /// Creates a self-signed root CA in `home` if none is there yet.
+    pub fn init_root(home: &CaHome, config: &AuthorityConfig) -> Result<(), CaError> {
+        if home.is_initialized() {
+            return Ok(());
+        }
+        let signer = CaSigner::new_root(&config.name, &config.name, 15).map_err(CaError::internal)?;
+        home.save_signer(&signer, "")
+    }
+
+    /// Opens an initialised CA home; registers the bootstrap identity on first start.
+    pub fn open(
+        home: &CaHome,
+        config: AuthorityConfig,
+        bootstrap: Option<(&str, &str)>,
+    ) -> Result<Self, CaError> {
+        let signer = home.load_signer()?;
+        let store = CaStore::open(&home.db())?;
+        let authority = Self {
+            config,
+            signer,
+            store,
+            lock: Mutex::new(()),
+        };
+        if let Some((id, secret)) = bootstrap
+            && authority.store.identity(id)?.is_none()
+        {
+            authority.register_bootstrap(id, secret)?;
+        }
+        Ok(authority)
+    }
+
+    fn register_bootstrap(&self, id: &str, secret: &str) -> Result<(), CaError> {
+        validate_id(id)?;
+        if secret.is_empty() {
+            return Err(CaError::bad_request(code::BAD_BODY, "bootstrap secret is empty"));
+        }
+        let attr = |name: &str, value: &str| Attribute {
+            name: name.into(),
+            value: value.into(),
+            ecert: false,
+        };
+        let rec = IdentityRecord {
+            id: id.into(),
+            secret_hash: hash_secret(secret)?,
+            kind: "client".into(),
+            affiliation: String::new(),
+            attrs: vec![
+                attr("hf.Registrar.Roles", "*"),
+                attr("hf.Registrar.DelegateRoles", "*"),
+                attr("hf.Registrar.Attributes", "*"),
+                attr("hf.Revoker", "true"),
+                attr("hf.GenCRL", "true"),
+                attr("hf.IntermediateCA", "true"),
+                attr("hf.AffiliationMgr", "true"),
+            ],
+            max_enrollments: -1,
+            enrollments: 0,
+            revoked: false,
+        };
+        let mut changes = Changes::default();
+        changes.put_identity(&rec)?;
+        self.store.apply(changes)
+    }
+
+    /// The CA's name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// The chain from this CA up to its root, PEM.
+    pub fn chain_pem(&self) -> String {
+        self.signer.chain_pem()
+    }
+
+    /// The CA's own certificate.
+    pub fn certificate(&self) -> &Certificate {
+        self.signer.certificate()
+    }
+
+    /// `cainfo` result.
+    pub fn cainfo(&self) -> serde_json::Value {
+        serde_json::json!({
+            "CAName": self.config.name,
+            "CAChain": B64.encode(self.chain_pem()),
+            "IssuerPublicKey": "",
+            "IssuerRevocationPublicKey": "",
+            "Version": VERSION,
+        })
+    }
+
+    fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn aki(&self) -> String {
+        self.signer
+            .certificate()
+            .subject_key_id
+            .as_deref()
+            .map(hex::encode)
+            .unwrap_or_default()
+    }
+
+    /// Issues a certificate for an identity from a CSR; returns (record, PEM).
+    fn issue_for(
+        &self,
+        rec: &IdentityRecord,
+        req: &EnrollRequest,
+    ) -> Result<CertRecord, CaError> {
+        let csr = CertificateRequest::from_pem(&req.certificate_request)
+            .map_err(|e| CaError::bad_request(code::BAD_CSR, format!("invalid CSR: {e}")))?;
+        let usage = match req.profile.as_deref().unwrap_or("") {
+            "" => Usage::Signing,
+            "tls" => Usage::Tls,
+            "ca" => {
+                if !bool_attr(rec, "hf.IntermediateCA") {
+                    return Err(CaError::forbidden(
+                        code::AUTHORIZATION_FAILURE,
+                        format!("identity '{}' may not enroll an intermediate CA (hf.IntermediateCA)", rec.id),
+                    ));
+                }
+                Usage::IntermediateCa
+            }
+            other => {
+                return Err(CaError::bad_request(
+                    code::BAD_BODY,
+                    format!("unknown profile {other:?} (use tls or ca)"),
+                ));
+            }
+        };
+        let mut attributes = BTreeMap::new();
+        if usage == Usage::Signing {
+            attributes.insert("hf.EnrollmentID".to_owned(), rec.id.clone());
+            attributes.insert("hf.Type".to_owned(), rec.kind.clone());
+            attributes.insert("hf.Affiliation".to_owned(), rec.affiliation.clone());
+            match &req.attr_reqs {
+                Some(reqs) => {
+                    for r in reqs {
+                        match rec.attr(&r.name) {
+                            Some(v) => {
+                                attributes.insert(r.name.clone(), v.to_owned());
+                            }
+                            None if RESERVED_ATTRS.contains(&r.name.as_str()) => {}
+                            None if r.optional => {}
+                            None => {
+                                return Err(CaError::bad_request(
+                                    code::BAD_BODY,
+                                    format!(
+                                        "identity '{}' has no attribute '{}' (requested as not optional)",
+                                        rec.id, r.name
+                                    ),
+                                ));
+                            }
+                        }
+                    }
+                }
+                None => {
+                    for a in rec.attrs.iter().filter(|a| a.ecert) {
+                        attributes.insert(a.name.clone(), a.value.clone());
+                    }
+                }
+            }
+        }
+        let mut ous = vec![rec.kind.clone()];
+        if !rec.affiliation.is_empty() {
+            ous.push(rec.affiliation.clone());
+        }
+        let hosts = match &req.hosts {
+            Some(h) if !h.is_empty() => h.clone(),
+            _ => csr.hosts.clone(),
+        };
+        let now = unix_now();
+        let serial = random_serial();
+        let pem = self
+            .signer
+            .issue(&IssueRequest {
+                public_key: csr.public_key,
+                common_name: rec.id.clone(),
+                organization: None,
+                organizational_units: if usage == Usage::IntermediateCa { vec![] } else { ous },
+                hosts,
+                attributes,
+                serial: serial.clone(),
+                not_before: now - 300,
+                not_after: now + self.config.cert_validity_secs,
+                usage,
+            })
+            .map_err(|e| CaError::bad_request(code::BAD_CSR, format!("cannot issue: {e}")))?;
+        let cert = Certificate::from_pem(pem.as_bytes()).map_err(CaError::internal)?;
+        Ok(CertRecord {
+            serial: serial_hex(&serial),
+            aki: self.aki(),
+            id: rec.id.clone(),
+            pem,
+            not_after: cert.not_after,
+            revoked_at: None,
+            reason: None,
+        })
+    }
+
+    fn enroll_result(&self, cert: &CertRecord) -> serde_json::Value {
+        serde_json::json!({
+            "Cert": B64.encode(&cert.pem),
+            "ServerInfo": self.cainfo(),
+        })
+    }
+
+    /// `enroll`: basic auth with the enrollment secret, a CSR in, a certificate out.
+    pub fn enroll(&self, id: &str, secret: &str, req: &EnrollRequest) -> Result<serde_json::Value, CaError> {
+        let _g = self.guard();
+        let failure = || {
+            CaError::unauthorized(
+                code::AUTHENTICATION_FAILURE,
+                "authentication failure: unknown identity or wrong enrollment secret",
+            )
+        };
+        let mut rec = self.store.identity(id)?.ok_or_else(failure)?;
+        if !secret_matches(secret, &rec.secret_hash) {
+            return Err(failure());
+        }
+        if rec.revoked {
+            return Err(CaError::unauthorized(
+                code::REVOKED_ID,
+                format!("identity '{id}' is revoked"),
+            ));
+        }
+        let max = if rec.max_enrollments == 0 {
+            self.config.max_enrollments
+        } else {
+            rec.max_enrollments
+        };
+        if max >= 0 && rec.enrollments >= max {
+            return Err(CaError::unauthorized(
+                code::AUTHENTICATION_FAILURE,
+                format!("identity '{id}' has reached its maximum of {max} enrollment(s)"),
+            ));
+        }
+        let cert = self.issue_for(&rec, req)?;
+        rec.enrollments += 1;
+        let mut changes = Changes::default();
+        changes.put_identity(&rec)?;
+        changes.put_cert(&cert)?;
+        self.store.apply(changes)?;
+        Ok(self.enroll_result(&cert))
+    }
+
+    /// Checks an `Authorization` token (Fabric CA's `b64(cert).b64(sig)` over
+    /// `METHOD.b64(path).b64(body).b64(cert)`), and that the certificate is one this CA issued and
+    /// has not revoked. With `one_time`, a token seen before is refused (replay).
+    pub fn authenticate(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        one_time: bool,
+    ) -> Result<Caller, CaError> {
+        let bad = |msg: &str| CaError::unauthorized(code::INVALID_TOKEN, format!("invalid token: {msg}"));
+        let (cert_b64, sig_b64) = token.split_once('.').ok_or_else(|| bad("expected cert.signature"))?;
+        let cert_pem = B64.decode(cert_b64).map_err(|_| bad("certificate is not base64"))?;
+        let sig = B64.decode(sig_b64).map_err(|_| bad("signature is not base64"))?;
+        let cert = Certificate::from_pem(&cert_pem).map_err(|e| bad(&e.to_string()))?;
+        if !cert.is_signed_by(self.signer.certificate()) {
+            return Err(CaError::unauthorized(
+                code::UNTRUSTED_CERT,
+                "the token's certificate was not issued by this CA",
+            ));
+        }
+        if !cert.is_valid_at(unix_now()) {
+            return Err(CaError::unauthorized(code::CERT_EXPIRED, "the token's certificate has expired"));
+        }
+        let b64_body = B64.encode(body);
+        let b64_path = B64.encode(path.as_bytes());
+        let signed = format!("{method}.{b64_path}.{b64_body}.{cert_b64}");
+        let legacy = format!("{b64_body}.{cert_b64}");
+        if crypto::verify(&cert.public_key, signed.as_bytes(), &sig).is_err()
+            && crypto::verify(&cert.public_key, legacy.as_bytes(), &sig).is_err()
+        {
+            return Err(bad("signature does not verify over this request"));
+        }
+        let record = self.store.cert(&serial_hex(&cert.serial))?.ok_or_else(|| {
+            CaError::unauthorized(code::UNTRUSTED_CERT, "the token's certificate is unknown to this CA")
+        })?;
+        if record.revoked_at.is_some() {
+            return Err(CaError::unauthorized(code::CERT_REVOKED, "the token's certificate has been revoked"));
+        }
+        let identity = self.store.identity(&record.id)?.ok_or_else(|| {
+            CaError::unauthorized(code::AUTHENTICATION_FAILURE, "the token's identity no longer exists")
+        })?;
+        if identity.revoked {
+            return Err(CaError::unauthorized(
+                code::REVOKED_ID,
+                format!("identity '{}' is revoked", identity.id),
+            ));
+        }
+        let token_hash = crypto::sha256(token.as_bytes());
+        if one_time && self.store.token_used(&token_hash)? {
+            return Err(bad("this token was already used (replayed request)"));
+        }
+        Ok(Caller {
+            identity,
+            cert,
+            token_hash,
+        })
+    }
+
+    /// `reenroll`: a new certificate for the caller's identity (does not count as an enrollment).
+    pub fn reenroll(&self, caller: &Caller, req: &EnrollRequest) -> Result<serde_json::Value, CaError> {
+        let _g = self.guard();
+        let cert = self.issue_for(&caller.identity, req)?;
+        let mut changes = Changes::default();
+        changes.put_cert(&cert)?;
+        changes.use_token(&caller.token_hash, unix_now());
+        self.store.apply(changes)?;
+        Ok(self.enroll_result(&cert))
+    }
+
+    fn check_registrar_for(&self, caller: &IdentityRecord, kind: &str, affiliation: &str) -> Result<(), CaError> {
+        let roles = list_attr(caller, "hf.Registrar.Roles");
+        if roles.is_empty() {
+            return Err(CaError::forbidden(
+                code::MISSING_ROLE,
+                format!("'{}' is not a registrar (no hf.Registrar.Roles)", caller.id),
+            ));
+        }
+        if !list_allows(&roles, kind) {
+            return Err(CaError::forbidden(
+                code::REGISTRAR_INVALID_TYPE,
+                format!("registrar '{}' may not act on identities of type '{kind}'", caller.id),
+            ));
+        }
+        if !affiliation_covers(&caller.affiliation, affiliation) {
+            return Err(CaError::forbidden(
+                code::REGISTRAR_NOT_AFFILIATED,
+                format!(
+                    "registrar '{}' (affiliation '{}') may not act on affiliation '{affiliation}'",
+                    caller.id, caller.affiliation
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_attr_grant(&self, caller: &IdentityRecord, attr: &Attribute) -> Result<(), CaError> {
+        if RESERVED_ATTRS.contains(&attr.name.as_str()) {
+            return Err(CaError::bad_request(
+                code::REG_ATTR_AUTH,
+                format!("attribute '{}' is set by the CA and cannot be registered", attr.name),
+            ));
+        }
+        let allowed = list_attr(caller, "hf.Registrar.Attributes");
+        if !list_allows(&allowed, &attr.name) {
+            return Err(CaError::forbidden(
+                code::REG_ATTR_AUTH,
+                format!("registrar '{}' may not register attribute '{}'", caller.id, attr.name),
+            ));
+        }
+        // A registrar cannot hand out more authority than it holds.
+        let exceeds = match attr.name.as_str() {
+            "hf.Registrar.Roles" | "hf.Registrar.DelegateRoles" => {
+                let mine = list_attr(caller, "hf.Registrar.DelegateRoles");
+                let mine = if mine.is_empty() { list_attr(caller, "hf.Registrar.Roles") } else { mine };
+                attr.value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|r| !r.is_empty())
+                    .any(|r| !list_allows(&mine, r))
+            }
+            "hf.Registrar.Attributes" => attr
+                .value
+                .split(',')
+                .map(str::trim)
+                .filter(|a| !a.is_empty())
+                .any(|a| !list_allows(&allowed, a)),
+            "hf.Revoker" | "hf.GenCRL" | "hf.IntermediateCA" | "hf.AffiliationMgr" => {
+                attr.value == "true" && !bool_attr(caller, &attr.name)
+            }
+            _ => false,
+        };
+        if exceeds {
+            return Err(CaError::forbidden(
+                code::REG_ATTR_AUTH,
+                format!("registrar '{}' may not grant {}={}", caller.id, attr.name, attr.value),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `register`: a registrar creates an identity; returns its enrollment secret.
+    pub fn register(&self, caller: &Caller, req: &RegisterRequest) -> Result<String, CaError> {
+        let _g = self.guard();
+        validate_id(&req.id)?;
+        let kind = req.kind.clone().filter(|k| !k.is_empty()).unwrap_or_else(|| "client".into());
+        if !["client", "peer", "orderer", "admin", "user"].contains(&kind.as_str()) {
+            return Err(CaError::bad_request(
+                code::BAD_BODY,
+                format!("unknown identity type '{kind}' (client, peer, orderer, admin, user)"),
+            ));
+        }
+        let affiliation = if req.affiliation.is_empty() {
+            caller.identity.affiliation.clone()
+        } else {
+            req.affiliation.clone()
+        };
+        self.check_registrar_for(&caller.identity, &kind, &affiliation)?;
+        if !affiliation.is_empty() && !self.config.affiliations.iter().any(|a| *a == affiliation) {
+            return Err(CaError::bad_request(
+                code::ADD_IDENTITY,
+                format!("affiliation '{affiliation}' is not configured on this CA"),
+            ));
+        }
+        for a in &req.attrs {
+            self.check_attr_grant(&caller.identity, a)?;
+        }
+        if req.max_enrollments < -1 {
+            return Err(CaError::bad_request(code::BAD_BODY, "max_enrollments must be -1, 0 or positive"));
+        }
+        if self.store.identity(&req.id)?.is_some() {
+            return Err(CaError::new(
+                409,
+                code::ADD_IDENTITY,
+                format!("identity '{}' is already registered", req.id),
+            ));
+        }
+        let secret = req.secret.clone().filter(|s| !s.is_empty()).unwrap_or_else(random_secret);
+        let rec = IdentityRecord {
+            id: req.id.clone(),
+            secret_hash: hash_secret(&secret)?,
+            kind,
+            affiliation,
+            attrs: req.attrs.clone(),
+            max_enrollments: req.max_enrollments,
+            enrollments: 0,
+            revoked: false,
+        };
+        let mut changes = Changes::default();
+        changes.put_identity(&rec)?;
+        changes.use_token(&caller.token_hash, unix_now());
+        self.store.apply(changes)?;
+        Ok(secret)
+    }
+
+    /// `revoke`: by enrollment id (every certificate, and future enrollments refused) or by
+    /// serial + AKI (one certificate).
+    pub fn revoke(&self, caller: &Caller, req: &RevokeRequest) -> Result<RevokeResult, CaError> {
+        let _g = self.guard();
+        if !bool_attr(&caller.identity, "hf.Revoker") {
+            return Err(CaError::unauthorized(
+                code::NOT_REVOKER,
+                format!("'{}' may not revoke (no hf.Revoker)", caller.identity.id),
+            ));
+        }
+        let now = unix_now();
+        let mut changes = Changes::default();
+        let mut revoked = Vec::new();
+        let reason = if req.reason.is_empty() { "unspecified".to_owned() } else { req.reason.clone() };
+        let mut revoke_cert = |mut c: CertRecord, changes: &mut Changes| -> Result<(), CaError> {
+            c.revoked_at = Some(now);
+            c.reason = Some(reason.clone());
+            revoked.push(RevokedCert {
+                serial: c.serial.clone(),
+                aki: c.aki.clone(),
+            });
+            changes.put_cert(&c)
+        };
+        if !req.serial.is_empty() {
+            let serial_bytes = hex::decode(req.serial.trim_start_matches("0x"))
+                .or_else(|_| hex::decode(format!("0{}", req.serial)))
+                .map_err(|_| CaError::bad_request(code::BAD_BODY, "serial must be hex"))?;
+            let cert = self.store.cert(&serial_hex(&serial_bytes))?.ok_or_else(|| {
+                CaError::new(404, code::REVOKE_CERT_NOT_FOUND, format!("certificate {} not found", req.serial))
+            })?;
+            if !req.aki.is_empty() && !req.aki.eq_ignore_ascii_case(&cert.aki) {
+                return Err(CaError::new(404, code::REVOKE_CERT_NOT_FOUND, "no certificate with this serial and AKI"));
+            }
+            if !req.id.is_empty() && req.id != cert.id {
+                return Err(CaError::bad_request(
+                    code::CERT_WRONG_OWNER,
+                    format!("certificate {} does not belong to '{}'", req.serial, req.id),
+                ));
+            }
+            if cert.revoked_at.is_some() {
+                return Err(CaError::bad_request(code::CERT_ALREADY_REVOKED, "certificate is already revoked"));
+            }
+            let owner = self.store.identity(&cert.id)?;
+            if let Some(owner) = &owner
+                && !affiliation_covers(&caller.identity.affiliation, &owner.affiliation)
+            {
+                return Err(CaError::forbidden(code::CALLER_NOT_AFFILIATED, "revoker's affiliation does not cover the certificate's owner"));
+            }
+            revoke_cert(cert, &mut changes)?;
+        } else if !req.id.is_empty() {
+            let mut rec = self.store.identity(&req.id)?.ok_or_else(|| {
+                CaError::new(404, code::REVOKE_ID_NOT_FOUND, format!("identity '{}' not found", req.id))
+            })?;
+            if !affiliation_covers(&caller.identity.affiliation, &rec.affiliation) {
+                return Err(CaError::forbidden(code::CALLER_NOT_AFFILIATED, "revoker's affiliation does not cover the identity"));
+            }
+            if rec.revoked {
+                return Err(CaError::bad_request(code::CERT_ALREADY_REVOKED, format!("identity '{}' is already revoked", req.id)));
+            }
+            for c in self.store.certs()? {
+                if c.id == req.id && c.revoked_at.is_none() {
+                    revoke_cert(c, &mut changes)?;
+                }
+            }
+            rec.revoked = true;
+            changes.put_identity(&rec)?;
+        } else {
+            return Err(CaError::bad_request(
+                code::MISSING_REVOKE_ARGS,
+                "revoke needs an enrollment id, or a serial and AKI",
+            ));
+        }
+        changes.use_token(&caller.token_hash, now);
+        self.store.apply(changes)?;
+        let crl = if req.gencrl { B64.encode(self.make_crl()?) } else { String::new() };
+        Ok(RevokeResult { revoked_certs: revoked, crl })
+    }
+
+    fn make_crl(&self) -> Result<String, CaError> {
+        let now = unix_now();
+        let revoked: Vec<(Vec<u8>, i64)> = self
+            .store
+            .certs()?
+            .into_iter()
+            .filter_map(|c| {
+                let at = c.revoked_at?;
+                if c.not_after < now {
+                    return None;
+                }
+                let serial = hex::decode(if c.serial.len() % 2 == 1 { format!("0{}", c.serial) } else { c.serial.clone() }).ok()?;
+                Some((serial, at))
+            })
+            .collect();
+        let number = self.store.counter("crl_number")? + 1;
+        let pem = self
+            .signer
+            .crl(&revoked, number, 7 * 24 * 3600)
+            .map_err(|e| CaError::new(500, code::GEN_CRL, format!("cannot generate CRL: {e}")))?;
+        let mut changes = Changes::default();
+        changes.put_counter("crl_number", number);
+        self.store.apply(changes)?;
+        // The CRL must verify against this CA, or peers would reject the MSP.
+        RevocationList::parse(pem.as_bytes())
+            .ok()
+            .filter(|crl| crl.is_signed_by(self.signer.certificate()))
+            .ok_or_else(|| CaError::new(500, code::GEN_CRL, "generated CRL does not verify"))?;
+        Ok(pem)
+    }
+
+    /// `gencrl`: a CRL of every revoked, unexpired certificate (PEM).
+    pub fn gencrl(&self, caller: &Caller) -> Result<String, CaError> {
+        let _g = self.guard();
+        if !bool_attr(&caller.identity, "hf.GenCRL") {
+            return Err(CaError::unauthorized(
+                code::NO_GENCRL_AUTH,
+                format!("'{}' may not generate CRLs (no hf.GenCRL)", caller.identity.id),
+            ));
+        }
+        let pem = self.make_crl()?;
+        let mut changes = Changes::default();
+        changes.use_token(&caller.token_hash, unix_now());
+        self.store.apply(changes)?;
+        Ok(pem)
+    }
+
+    fn identity_json(rec: &IdentityRecord) -> serde_json::Value {
+        serde_json::json!({
+            "id": rec.id,
+            "type": rec.kind,
+            "affiliation": rec.affiliation,
+            "attrs": rec.attrs,
+            "max_enrollments": rec.max_enrollments,
+        })
+    }
+
+    /// `GET identities`: the identities the registrar may act on.
+    pub fn identities(&self, caller: &Caller) -> Result<serde_json::Value, CaError> {
+        let roles = list_attr(&caller.identity, "hf.Registrar.Roles");
+        if roles.is_empty() {
+            return Err(CaError::forbidden(code::MISSING_ROLE, format!("'{}' is not a registrar", caller.identity.id)));
+        }
+        let list: Vec<serde_json::Value> = self
+            .store
+            .identities()?
+            .iter()
+            .filter(|r| list_allows(&roles, &r.kind) && affiliation_covers(&caller.identity.affiliation, &r.affiliation))
+            .map(Self::identity_json)
+            .collect();
+        Ok(serde_json::json!({ "identities": list, "caname": self.config.name }))
+    }
+
+    /// `GET identities/{id}`.
+    pub fn identity(&self, caller: &Caller, id: &str) -> Result<serde_json::Value, CaError> {
+        let rec = self
+            .store
+            .identity(id)?
+            .ok_or_else(|| CaError::new(404, code::DB_GET, format!("identity '{id}' not found")))?;
+        self.check_registrar_for(&caller.identity, &rec.kind, &rec.affiliation)?;
+        let mut v = Self::identity_json(&rec);
+        v["caname"] = serde_json::json!(self.config.name);
+        Ok(v)
+    }
+}

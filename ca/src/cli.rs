@@ -1,0 +1,457 @@
+//! The `medledger-ca` command line: `server init|start` and the client commands
+//! `enroll | register | reenroll | revoke | gencrl | identity list`, named as Fabric CA's are.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use medledger_common::{PrivateKey, SigningIdentity};
+
+use crate::authority::{AttrRequest, Authority, AuthorityConfig, CaHome, EnrollRequest, RegisterRequest, RevokeRequest};
+use crate::client::{CaClient, CaUrl, ClientError, EnrollOptions, enroll_to_msp, write_enrollment};
+use crate::error::CaError;
+use crate::store::Attribute;
+
+/// Errors the CLI reports.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{path}: {reason}")]
+    File { path: PathBuf, reason: String },
+}
+
+fn file_err(path: &Path, e: impl std::fmt::Display) -> CliError {
+    CliError::File {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "medledger-ca",
+    about = "MedLedger certificate authority: a Fabric-CA-compatible server and its client",
+    after_help = "Example:\n  medledger-ca server start --home ca-hospital1 -b admin:adminpw --port 7054\n  \
+                  medledger-ca enroll -u https://admin:adminpw@localhost:7054 --tls-certfiles ca-hospital1/tls-cert.pem \\\n      \
+                  --mspdir admin/msp --mspid Hospital1MSP"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run or initialise a CA server.
+    #[command(subcommand)]
+    Server(ServerCommand),
+    /// Enroll an identity and write its MSP folder.
+    #[command(after_help = "Example:\n  medledger-ca enroll -u https://doctor1:pw@localhost:7054 --tls-certfiles tls-cert.pem \\\n      --mspdir doctor1/msp --mspid Hospital1MSP --enrollment.attrs role,patientId:opt")]
+    Enroll(EnrollArgs),
+    /// Register a new identity (as a registrar); prints its secret.
+    #[command(after_help = "Example:\n  medledger-ca register -u https://localhost:7054 --tls-certfiles tls-cert.pem --mspdir admin/msp \\\n      --mspid Hospital1MSP --id.name doctor1 --id.secret pw --id.type client \\\n      --id.affiliation hospital1.cardiology --id.attrs 'role=doctor:ecert'")]
+    Register(RegisterArgs),
+    /// Get a new certificate for an enrolled identity (rewrites its MSP folder).
+    #[command(after_help = "Example:\n  medledger-ca reenroll -u https://localhost:7054 --tls-certfiles tls-cert.pem --mspdir doctor1/msp --mspid Hospital1MSP")]
+    Reenroll(ClientArgs),
+    /// Revoke an identity (all its certificates) or one certificate.
+    #[command(after_help = "Example:\n  medledger-ca revoke -u https://localhost:7054 --tls-certfiles tls-cert.pem --mspdir admin/msp \\\n      --mspid Hospital1MSP --revoke.name nurse1 --revoke.reason keycompromise --gencrl")]
+    Revoke(RevokeArgs),
+    /// Generate a CRL and write it to <mspdir>/crls/crl.pem.
+    #[command(after_help = "Example:\n  medledger-ca gencrl -u https://localhost:7054 --tls-certfiles tls-cert.pem --mspdir admin/msp --mspid Hospital1MSP")]
+    Gencrl(ClientArgs),
+    /// Identity queries.
+    #[command(subcommand)]
+    Identity(IdentityCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ServerCommand {
+    /// Create the CA's key and self-signed certificate (or an intermediate, with --parent).
+    #[command(after_help = "Example:\n  medledger-ca server init --home ca-hospital1 --name ca-hospital1 -b admin:adminpw")]
+    Init(ServerArgs),
+    /// Start the CA server (initialising it first if needed).
+    #[command(after_help = "Example:\n  medledger-ca server start --home ca-hospital1 --name ca-hospital1 -b admin:adminpw --port 7054")]
+    Start(ServerArgs),
+}
+
+#[derive(Args, Debug)]
+struct ServerArgs {
+    /// The CA's home folder (keys, certificates, database).
+    #[arg(long, env = "FABRIC_CA_SERVER_HOME", default_value = ".")]
+    home: PathBuf,
+    /// The CA's name.
+    #[arg(long = "name", alias = "ca.name", env = "FABRIC_CA_SERVER_CA_NAME", default_value = "ca")]
+    name: String,
+    /// Bootstrap identity as id:secret, registered on first start with every registrar right.
+    #[arg(short = 'b', long = "boot", env = "FABRIC_CA_SERVER_BOOT")]
+    boot: Option<String>,
+    /// Address to listen on.
+    #[arg(long, env = "FABRIC_CA_SERVER_ADDRESS", default_value = "127.0.0.1")]
+    address: String,
+    /// Port to listen on (0 picks a free one and prints it).
+    #[arg(long, env = "FABRIC_CA_SERVER_PORT", default_value_t = 7054)]
+    port: u16,
+    /// Serve plain HTTP instead of HTTPS.
+    #[arg(long)]
+    no_tls: bool,
+    /// Host names and IPs for the server's TLS certificate.
+    #[arg(long = "csr.hosts", value_delimiter = ',', default_value = "localhost,127.0.0.1")]
+    hosts: Vec<String>,
+    /// Affiliations identities may be registered under (e.g. hospital1.cardiology).
+    #[arg(long = "affiliation", value_delimiter = ',')]
+    affiliations: Vec<String>,
+    /// Default maximum enrollments per identity (-1 = unlimited).
+    #[arg(long = "registry.maxenrollments", default_value_t = -1)]
+    max_enrollments: i32,
+    /// Become an intermediate CA: enroll at this parent (https://id:secret@host:port, profile ca).
+    #[arg(long = "intermediate.parentserver.url")]
+    parent_url: Option<String>,
+    /// TLS root certificates of the parent CA.
+    #[arg(long = "intermediate.tls.certfiles")]
+    parent_tls: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+struct ClientArgs {
+    /// The CA's URL: https://[id:secret@]host:port.
+    #[arg(short = 'u', long = "url", env = "FABRIC_CA_CLIENT_URL")]
+    url: String,
+    /// The CA's TLS root certificate (PEM).
+    #[arg(long = "tls-certfiles", alias = "tls.certfiles", env = "FABRIC_CA_CLIENT_TLS_CERTFILES")]
+    tls_certfiles: Option<PathBuf>,
+    /// The MSP folder of the identity that signs the request (or receives the enrollment).
+    #[arg(short = 'M', long = "mspdir", env = "FABRIC_CA_CLIENT_MSPDIR")]
+    mspdir: PathBuf,
+    /// The MSP id of that identity.
+    #[arg(long = "mspid", env = "FABRIC_CA_CLIENT_MSPID", default_value = "")]
+    mspid: String,
+}
+
+#[derive(Args, Debug)]
+struct EnrollArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// `tls` for a TLS certificate.
+    #[arg(long = "enrollment.profile")]
+    profile: Option<String>,
+    /// Attributes to put in the certificate: name or name:opt, comma separated.
+    #[arg(long = "enrollment.attrs", value_delimiter = ',')]
+    attrs: Vec<String>,
+    /// Host names for the certificate's SANs.
+    #[arg(long = "csr.hosts", value_delimiter = ',')]
+    hosts: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct RegisterArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    #[arg(long = "id.name")]
+    name: String,
+    #[arg(long = "id.secret")]
+    secret: Option<String>,
+    /// client, peer, orderer, admin or user.
+    #[arg(long = "id.type", default_value = "client")]
+    kind: String,
+    #[arg(long = "id.affiliation", default_value = "")]
+    affiliation: String,
+    /// name=value[:ecert], comma separated.
+    #[arg(long = "id.attrs", value_delimiter = ',')]
+    attrs: Vec<String>,
+    #[arg(long = "id.maxenrollments", default_value_t = 0)]
+    max_enrollments: i32,
+}
+
+#[derive(Args, Debug)]
+struct RevokeArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    #[arg(long = "revoke.name", default_value = "")]
+    name: String,
+    #[arg(long = "revoke.serial", default_value = "")]
+    serial: String,
+    #[arg(long = "revoke.aki", default_value = "")]
+    aki: String,
+    #[arg(long = "revoke.reason", default_value = "")]
+    reason: String,
+    /// Also write a fresh CRL to <mspdir>/crls/crl.pem.
+    #[arg(long)]
+    gencrl: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum IdentityCommand {
+    /// List the identities the registrar may act on.
+    List(ClientArgs),
+}
+
+fn parse_attrs(list: &[String]) -> Result<Vec<Attribute>, CliError> {
+    list.iter()
+        .map(|a| {
+            let (name, rest) = a
+                .split_once('=')
+                .ok_or_else(|| CliError::Usage(format!("attribute {a:?} is not name=value[:ecert]")))?;
+            let (value, ecert) = match rest.strip_suffix(":ecert") {
+                Some(v) => (v, true),
+                None => (rest, false),
+            };
+            Ok(Attribute {
+                name: name.trim().to_owned(),
+                value: value.to_owned(),
+                ecert,
+            })
+        })
+        .collect()
+}
+
+impl ClientArgs {
+    fn client(&self) -> Result<(CaClient, CaUrl), CliError> {
+        let url = CaUrl::parse(&self.url)?;
+        let roots = match &self.tls_certfiles {
+            Some(p) => Some(std::fs::read(p).map_err(|e| file_err(p, e))?),
+            None => None,
+        };
+        Ok((CaClient::new(&url, roots.as_deref())?, url))
+    }
+
+    fn signer(&self) -> Result<SigningIdentity, CliError> {
+        SigningIdentity::load(&self.mspdir, &self.mspid).map_err(|e| file_err(&self.mspdir, e))
+    }
+
+    fn tls_ca_pem(&self) -> Option<String> {
+        self.tls_certfiles
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+    }
+}
+
+fn write_crl(mspdir: &Path, pem: &str) -> Result<PathBuf, CliError> {
+    let path = mspdir.join("crls/crl.pem");
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p).map_err(|e| file_err(p, e))?;
+    }
+    std::fs::write(&path, pem).map_err(|e| file_err(&path, e))?;
+    Ok(path)
+}
+
+async fn server(args: ServerArgs, start: bool) -> Result<(), CliError> {
+    let home = CaHome::new(&args.home);
+    let mut config = AuthorityConfig::new(&args.name);
+    config.affiliations = args.affiliations.clone();
+    config.max_enrollments = args.max_enrollments;
+    if !home.is_initialized() {
+        match &args.parent_url {
+            Some(parent) => {
+                let url = CaUrl::parse(parent)?;
+                let (id, secret) = url
+                    .user
+                    .clone()
+                    .ok_or_else(|| CliError::Usage("the parent URL needs id:secret@".into()))?;
+                let roots = match &args.parent_tls {
+                    Some(p) => Some(std::fs::read(p).map_err(|e| file_err(p, e))?),
+                    None => None,
+                };
+                let client = CaClient::new(&url, roots.as_deref())?;
+                let key = PrivateKey::generate();
+                let csr = medledger_common::issue::certificate_request_pem(&key, &id, &[])
+                    .map_err(|e| CliError::Usage(e.to_string()))?;
+                let (cert, chain) = client
+                    .enroll(
+                        &id,
+                        &secret,
+                        &EnrollRequest {
+                            certificate_request: csr,
+                            profile: Some("ca".into()),
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                let signer = medledger_common::issue::CaSigner::from_parts(&cert, key, chain.clone())
+                    .map_err(|e| CliError::Usage(e.to_string()))?;
+                home.save_signer(&signer, &chain)?;
+            }
+            None => Authority::init_root(&home, &config)?,
+        }
+        println!("initialised CA {} in {}", args.name, args.home.display());
+    }
+    let signer = home.load_signer()?;
+    if !args.no_tls {
+        home.ensure_tls(&signer, &args.hosts)?;
+    }
+    let boot = match &args.boot {
+        Some(b) => Some(
+            b.split_once(':')
+                .ok_or_else(|| CliError::Usage("-b must be id:secret".into()))?,
+        ),
+        None => None,
+    };
+    let authority = Arc::new(Authority::open(&home, config, boot)?);
+    if !start {
+        return Ok(());
+    }
+    let addr: SocketAddr = format!("{}:{}", args.address, args.port)
+        .parse()
+        .map_err(|e| CliError::Usage(format!("bad listen address: {e}")))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| CliError::Usage(format!("cannot listen on {addr}: {e}")))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let tls = if args.no_tls {
+        None
+    } else {
+        Some(crate::server::tls_config(&home.tls_cert(), &home.tls_key())?)
+    };
+    println!(
+        "CA {} listening on {}://{local}",
+        args.name,
+        if tls.is_some() { "https" } else { "http" }
+    );
+    crate::server::serve(listener, tls, authority, shutdown_signal()).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = term.recv() => {},
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Runs one CLI invocation.
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Server(ServerCommand::Init(a)) => server(a, false).await,
+        Command::Server(ServerCommand::Start(a)) => server(a, true).await,
+        Command::Enroll(a) => {
+            let (client, url) = a.client.client()?;
+            let (id, secret) = url
+                .user
+                .clone()
+                .ok_or_else(|| CliError::Usage("enroll needs https://id:secret@host:port".into()))?;
+            let attr_reqs = a
+                .attrs
+                .iter()
+                .map(|s| match s.strip_suffix(":opt") {
+                    Some(n) => AttrRequest { name: n.into(), optional: true },
+                    None => AttrRequest { name: s.clone(), optional: false },
+                })
+                .collect();
+            let opts = EnrollOptions {
+                profile: a.profile.clone(),
+                attr_reqs,
+                hosts: a.hosts.clone(),
+                tls_ca_pem: a.client.tls_ca_pem(),
+            };
+            enroll_to_msp(&client, &id, &secret, &opts, &a.client.mspdir).await?;
+            println!("enrolled {id}: MSP written to {}", a.client.mspdir.display());
+            Ok(())
+        }
+        Command::Register(a) => {
+            let (client, _) = a.client.client()?;
+            let signer = a.client.signer()?;
+            let req = RegisterRequest {
+                id: a.name.clone(),
+                kind: Some(a.kind.clone()),
+                secret: a.secret.clone(),
+                max_enrollments: a.max_enrollments,
+                affiliation: a.affiliation.clone(),
+                attrs: parse_attrs(&a.attrs)?,
+            };
+            let secret = client.register(&signer, &req).await?;
+            println!("Password: {secret}");
+            Ok(())
+        }
+        Command::Reenroll(a) => {
+            let (client, _) = a.client()?;
+            let signer = a.signer()?;
+            let key = PrivateKey::generate();
+            let cn = signer.certificate().subject.clone();
+            let csr = medledger_common::issue::certificate_request_pem(&key, &cn, &[])
+                .map_err(|e| CliError::Usage(e.to_string()))?;
+            let (cert, chain) = client
+                .reenroll(
+                    &signer,
+                    &EnrollRequest {
+                        certificate_request: csr,
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            let _ = std::fs::remove_dir_all(a.mspdir.join("keystore"));
+            write_enrollment(&a.mspdir, &cert, &key, &chain, a.tls_ca_pem())?;
+            println!("reenrolled: MSP rewritten in {}", a.mspdir.display());
+            Ok(())
+        }
+        Command::Revoke(a) => {
+            let (client, _) = a.client.client()?;
+            let signer = a.client.signer()?;
+            let result = client
+                .revoke(
+                    &signer,
+                    &RevokeRequest {
+                        id: a.name.clone(),
+                        aki: a.aki.clone(),
+                        serial: a.serial.clone(),
+                        reason: a.reason.clone(),
+                        gencrl: a.gencrl,
+                    },
+                )
+                .await?;
+            for c in &result.revoked_certs {
+                println!("revoked certificate serial={} aki={}", c.serial, c.aki);
+            }
+            if a.gencrl {
+                use base64::Engine;
+                let pem = base64::engine::general_purpose::STANDARD
+                    .decode(&result.crl)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .unwrap_or_default();
+                let path = write_crl(&a.client.mspdir, &pem)?;
+                println!("CRL written to {}", path.display());
+            }
+            Ok(())
+        }
+        Command::Gencrl(a) => {
+            let (client, _) = a.client()?;
+            let signer = a.signer()?;
+            let pem = client.gencrl(&signer).await?;
+            let path = write_crl(&a.mspdir, &pem)?;
+            println!("CRL written to {}", path.display());
+            Ok(())
+        }
+        Command::Identity(IdentityCommand::List(a)) => {
+            let (client, _) = a.client()?;
+            let signer = a.signer()?;
+            let list = client.identities(&signer).await?;
+            for id in list["identities"].as_array().into_iter().flatten() {
+                println!(
+                    "Name: {}, Type: {}, Affiliation: {}, Max Enrollments: {}, Attributes: {}",
+                    id["id"].as_str().unwrap_or_default(),
+                    id["type"].as_str().unwrap_or_default(),
+                    id["affiliation"].as_str().unwrap_or_default(),
+                    id["max_enrollments"],
+                    id["attrs"]
+                );
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! A Fabric CA client: signs Fabric CA's auth tokens, calls the REST API over HTTPS, and writes
+//! enrolled identities as Fabric MSP folders.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use medledger_common::issue::certificate_request_pem;
+use medledger_common::msp::{MspFolderContents, write_msp_folder};
+use medledger_common::{PrivateKey, SigningIdentity};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use serde::Serialize;
+
+use crate::authority::{AttrRequest, EnrollRequest, RegisterRequest, RevokeRequest, RevokeResult};
+use crate::error::CaError;
+
+/// Errors talking to a CA.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid CA URL {0:?}: expected http(s)://[id:secret@]host:port")]
+    Url(String),
+    #[error("cannot reach the CA at {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("HTTP: {0}")]
+    Http(String),
+    #[error("the CA refused the request: {0}")]
+    Ca(CaError),
+    #[error("unexpected answer from the CA: {0}")]
+    Decode(String),
+    #[error("local files: {0}")]
+    Local(String),
+}
+
+/// Where a CA is and how to trust it.
+#[derive(Clone)]
+pub struct CaClient {
+    host: String,
+    port: u16,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// Parsed `https://id:secret@host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaUrl {
+    pub https: bool,
+    pub host: String,
+    pub port: u16,
+    pub user: Option<(String, String)>,
+}
+
+impl CaUrl {
+    pub fn parse(url: &str) -> Result<Self, ClientError> {
+        let bad = || ClientError::Url(url.to_owned());
+        let (https, rest) = if let Some(r) = url.strip_prefix("https://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("http://") {
+            (false, r)
+        } else {
+            return Err(bad());
+        };
+        let rest = rest.trim_end_matches('/');
+        let (user, hostport) = match rest.rsplit_once('@') {
+            Some((u, h)) => {
+                let (id, secret) = u.split_once(':').ok_or_else(bad)?;
+                (Some((id.to_owned(), secret.to_owned())), h)
+            }
+            None => (None, rest),
+        };
+        let (host, port) = hostport.rsplit_once(':').ok_or_else(bad)?;
+        let port = port.parse().map_err(|_| bad())?;
+        if host.is_empty() {
+            return Err(bad());
+        }
+        Ok(Self {
+            https,
+            host: host.to_owned(),
+            port,
+            user,
+        })
+    }
+}
+
+impl CaClient {
+    /// A client for `url`; HTTPS trusts the PEM certificates in `tls_roots_pem`.
+    pub fn new(url: &CaUrl, tls_roots_pem: Option<&[u8]>) -> Result<Self, ClientError> {
+        let tls = if url.https {
+            let pem = tls_roots_pem
+                .ok_or_else(|| ClientError::Tls("an https URL needs TLS root certificates".into()))?;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert = cert.map_err(|e| ClientError::Tls(e.to_string()))?;
+                roots.add(cert).map_err(|e| ClientError::Tls(e.to_string()))?;
+            }
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| ClientError::Tls(e.to_string()))?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            Some(Arc::new(config))
+        } else {
+            None
+        };
+        Ok(Self {
+            host: url.host.clone(),
+            port: url.port,
+            tls,
+        })
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        api: &str,
+        body: Option<Vec<u8>>,
+        authorization: Option<String>,
+    ) -> Result<serde_json::Value, ClientError> {
+        let addr = format!("{}:{}", self.host, self.port);
+        let tcp = tokio::net::TcpStream::connect(&addr)
+            .await
+            .map_err(|e| ClientError::Connect {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+        let path = format!("/api/v1/{api}");
+        let mut builder = hyper::Request::builder()
+            .method(method)
+            .uri(&path)
+            .header("host", &addr)
+            .header("content-type", "application/json");
+        if let Some(a) = authorization {
+            builder = builder.header("authorization", a);
+        }
+        let req = builder
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let resp = match &self.tls {
+            Some(config) => {
+                let name = ServerName::try_from(self.host.clone())
+                    .map_err(|e| ClientError::Tls(e.to_string()))?;
+                let tls = tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| ClientError::Tls(e.to_string()))?;
+                roundtrip(TokioIo::new(tls), req).await?
+            }
+            None => roundtrip(TokioIo::new(tcp), req).await?,
+        };
+        let parsed: serde_json::Value = serde_json::from_slice(&resp)
+            .map_err(|e| ClientError::Decode(format!("not JSON ({e}): {}", String::from_utf8_lossy(&resp))))?;
+        if parsed["success"] == true {
+            return Ok(parsed["result"].clone());
+        }
+        let err = &parsed["errors"][0];
+        Err(ClientError::Ca(CaError {
+            status: 0,
+            code: err["code"].as_u64().unwrap_or(0) as u32,
+            message: err["message"].as_str().unwrap_or("unknown error").to_owned(),
+        }))
+    }
+
+    async fn signed(
+        &self,
+        method: &str,
+        api: &str,
+        body: Option<&impl Serialize>,
+        signer: &SigningIdentity,
+    ) -> Result<serde_json::Value, ClientError> {
+        let body = body
+            .map(serde_json::to_vec)
+            .transpose()
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
+        let token = auth_token(signer, method, &format!("/api/v1/{api}"), body.as_deref().unwrap_or(b""))?;
+        self.send(method, api, body, Some(token)).await
+    }
+
+    /// `cainfo`: the CA's name and chain (PEM).
+    pub async fn cainfo(&self) -> Result<(String, String), ClientError> {
+        let r = self.send("GET", "cainfo", None, None).await?;
+        Ok((
+            r["CAName"].as_str().unwrap_or_default().to_owned(),
+            decode_b64(&r["CAChain"])?,
+        ))
+    }
+
+    /// `enroll` with id and secret; returns (certificate PEM, CA chain PEM).
+    pub async fn enroll(&self, id: &str, secret: &str, req: &EnrollRequest) -> Result<(String, String), ClientError> {
+        let body = serde_json::to_vec(req).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let basic = format!("Basic {}", B64.encode(format!("{id}:{secret}")));
+        let r = self.send("POST", "enroll", Some(body), Some(basic)).await?;
+        Ok((decode_b64(&r["Cert"])?, decode_b64(&r["ServerInfo"]["CAChain"])?))
+    }
+
+    /// `reenroll` as `signer`.
+    pub async fn reenroll(&self, signer: &SigningIdentity, req: &EnrollRequest) -> Result<(String, String), ClientError> {
+        let r = self.signed("POST", "reenroll", Some(req), signer).await?;
+        Ok((decode_b64(&r["Cert"])?, decode_b64(&r["ServerInfo"]["CAChain"])?))
+    }
+
+    /// `register` as registrar `signer`; returns the enrollment secret.
+    pub async fn register(&self, signer: &SigningIdentity, req: &RegisterRequest) -> Result<String, ClientError> {
+        let r = self.signed("POST", "register", Some(req), signer).await?;
+        r["secret"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| ClientError::Decode("no secret in register result".into()))
+    }
+
+    /// `revoke` as `signer`.
+    pub async fn revoke(&self, signer: &SigningIdentity, req: &RevokeRequest) -> Result<RevokeResult, ClientError> {
+        let r = self.signed("POST", "revoke", Some(req), signer).await?;
+        serde_json::from_value(r).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// `gencrl` as `signer`; returns the CRL PEM.
+    pub async fn gencrl(&self, signer: &SigningIdentity) -> Result<String, ClientError> {
+        let r = self
+            .signed("POST", "gencrl", Some(&serde_json::json!({})), signer)
+            .await?;
+        decode_b64(&r["CRL"])
+    }
+
+    /// `GET identities` as registrar `signer`.
+    pub async fn identities(&self, signer: &SigningIdentity) -> Result<serde_json::Value, ClientError> {
+        self.signed("GET", "identities", None::<&()>, signer).await
+    }
+}
+
+async fn roundtrip<S>(io: TokioIo<S>, req: hyper::Request<Full<Bytes>>) -> Result<Vec<u8>, ClientError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| ClientError::Http(e.to_string()))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| ClientError::Http(e.to_string()))?;
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| ClientError::Http(e.to_string()))?;
+    Ok(body.to_bytes().to_vec())
+}
+
+fn decode_b64(v: &serde_json::Value) -> Result<String, ClientError> {
+    let s = v.as_str().unwrap_or_default();
+    let bytes = B64
+        .decode(s)
+        .map_err(|e| ClientError::Decode(format!("bad base64: {e}")))?;
+    String::from_utf8(bytes).map_err(|e| ClientError::Decode(e.to_string()))
+}
+
+/// Fabric CA's token: `b64(cert PEM).b64(signature)`, the signature over
+/// `METHOD.b64(path).b64(body).b64(cert PEM)`.
+pub fn auth_token(signer: &SigningIdentity, method: &str, path: &str, body: &[u8]) -> Result<String, ClientError> {
+    let cert = B64.encode(signer.cert_pem());
+    let msg = format!("{method}.{}.{}.{cert}", B64.encode(path), B64.encode(body));
+    let sig = signer
+        .sign(msg.as_bytes())
+        .map_err(|e| ClientError::Local(e.to_string()))?;
+    Ok(format!("{cert}.{}", B64.encode(sig)))
+}
+
+/// What to ask for when enrolling into an MSP folder.
+#[derive(Debug, Clone, Default)]
+pub struct EnrollOptions {
+    /// `tls` for a TLS certificate; empty for an enrollment certificate.
+    pub profile: Option<String>,
+    pub attr_reqs: Vec<AttrRequest>,
+    pub hosts: Vec<String>,
+    /// The TLS CA certificate to place in `tlscacerts/`.
+    pub tls_ca_pem: Option<String>,
+}
+
+/// Enrolls `id` with a fresh P-256 key and writes the MSP folder (`signcerts`, `keystore`,
+/// `cacerts`, `intermediatecerts`, `tlscacerts`, `config.yaml` with Node OUs).
+pub async fn enroll_to_msp(
+    client: &CaClient,
+    id: &str,
+    secret: &str,
+    opts: &EnrollOptions,
+    msp_dir: &Path,
+) -> Result<(), ClientError> {
+    let key = PrivateKey::generate();
+    let csr = certificate_request_pem(&key, id, &opts.hosts).map_err(|e| ClientError::Local(e.to_string()))?;
+    let req = EnrollRequest {
+        certificate_request: csr,
+        profile: opts.profile.clone(),
+        attr_reqs: if opts.attr_reqs.is_empty() { None } else { Some(opts.attr_reqs.clone()) },
+        hosts: if opts.hosts.is_empty() { None } else { Some(opts.hosts.clone()) },
+    };
+    let (cert, chain) = client.enroll(id, secret, &req).await?;
+    write_enrollment(msp_dir, &cert, &key, &chain, opts.tls_ca_pem.clone())
+}
+
+/// Writes an enrolled certificate, its key and the CA chain as an MSP folder.
+pub fn write_enrollment(
+    msp_dir: &Path,
+    cert_pem: &str,
+    key: &PrivateKey,
+    chain_pem: &str,
+    tls_ca_pem: Option<String>,
+) -> Result<(), ClientError> {
+    let blocks = pem_blocks(chain_pem);
+    let (root, intermediates) = match blocks.split_last() {
+        Some((root, rest)) => (root.clone(), rest.concat()),
+        None => return Err(ClientError::Decode("the CA sent an empty chain".into())),
+    };
+    write_msp_folder(
+        msp_dir,
+        &MspFolderContents {
+            signcert_pem: cert_pem.to_owned(),
+            key_pem: Some(key.to_pkcs8_pem().map_err(|e| ClientError::Local(e.to_string()))?),
+            cacert_pem: root,
+            intermediate_pem: if intermediates.is_empty() { None } else { Some(intermediates) },
+            tlscacert_pem: tls_ca_pem,
+            crl_pems: vec![],
+            node_ous: true,
+        },
+    )
+    .map_err(|e| ClientError::Local(e.to_string()))
+}
+
+fn pem_blocks(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        current.push_str(line);
+        current.push('\n');
+        if line.starts_with("-----END") {
+            out.push(std::mem::take(&mut current));
+        }
+    }
+    out
+}
