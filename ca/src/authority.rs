@@ -8,11 +8,11 @@ use std::sync::Mutex;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use medledger_common::Certificate;
 use medledger_common::cert::{CertificateRequest, RevocationList};
 use medledger_common::crypto::{self, PrivateKey};
 use medledger_common::issue::{CaSigner, IssueRequest, Usage, random_serial};
 use medledger_common::msp::unix_now;
-use medledger_common::Certificate;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CaError, code};
@@ -47,11 +47,20 @@ impl AuthorityConfig {
     }
 }
 
+/// Reads `null` as the type's default: Fabric's clients send `null` for fields they leave unset.
+fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 /// An attribute a client asks to have in its certificate.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct AttrRequest {
     pub name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub optional: bool,
 }
 
@@ -75,26 +84,26 @@ pub struct RegisterRequest {
     pub kind: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub max_enrollments: i32,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub affiliation: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub attrs: Vec<Attribute>,
 }
 
 /// The body of `revoke`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct RevokeRequest {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub aki: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub serial: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub reason: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub gencrl: bool,
 }
 
@@ -214,7 +223,11 @@ impl CaHome {
                 usage: Usage::Tls,
             })
             .map_err(CaError::internal)?;
-        self.write(&self.tls_cert(), &format!("{pem}{}", signer.chain_pem()), false)?;
+        self.write(
+            &self.tls_cert(),
+            &format!("{pem}{}", signer.chain_pem()),
+            false,
+        )?;
         let key = key.to_pkcs8_pem().map_err(CaError::internal)?;
         self.write(&self.tls_key(), &key, true)
     }
@@ -313,7 +326,8 @@ impl Authority {
         if home.is_initialized() {
             return Ok(());
         }
-        let signer = CaSigner::new_root(&config.name, &config.name, 15).map_err(CaError::internal)?;
+        let signer =
+            CaSigner::new_root(&config.name, &config.name, 15).map_err(CaError::internal)?;
         home.save_signer(&signer, "")
     }
 
@@ -342,7 +356,10 @@ impl Authority {
     fn register_bootstrap(&self, id: &str, secret: &str) -> Result<(), CaError> {
         validate_id(id)?;
         if secret.is_empty() {
-            return Err(CaError::bad_request(code::BAD_BODY, "bootstrap secret is empty"));
+            return Err(CaError::bad_request(
+                code::BAD_BODY,
+                "bootstrap secret is empty",
+            ));
         }
         let attr = |name: &str, value: &str| Attribute {
             name: name.into(),
@@ -412,11 +429,7 @@ impl Authority {
     }
 
     /// Issues a certificate for an identity from a CSR; returns (record, PEM).
-    fn issue_for(
-        &self,
-        rec: &IdentityRecord,
-        req: &EnrollRequest,
-    ) -> Result<CertRecord, CaError> {
+    fn issue_for(&self, rec: &IdentityRecord, req: &EnrollRequest) -> Result<CertRecord, CaError> {
         let csr = CertificateRequest::from_pem(&req.certificate_request)
             .map_err(|e| CaError::bad_request(code::BAD_CSR, format!("invalid CSR: {e}")))?;
         let usage = match req.profile.as_deref().unwrap_or("") {
@@ -426,7 +439,10 @@ impl Authority {
                 if !bool_attr(rec, "hf.IntermediateCA") {
                     return Err(CaError::forbidden(
                         code::AUTHORIZATION_FAILURE,
-                        format!("identity '{}' may not enroll an intermediate CA (hf.IntermediateCA)", rec.id),
+                        format!(
+                            "identity '{}' may not enroll an intermediate CA (hf.IntermediateCA)",
+                            rec.id
+                        ),
                     ));
                 }
                 Usage::IntermediateCa
@@ -487,7 +503,11 @@ impl Authority {
                 public_key: csr.public_key,
                 common_name: rec.id.clone(),
                 organization: None,
-                organizational_units: if usage == Usage::IntermediateCa { vec![] } else { ous },
+                organizational_units: if usage == Usage::IntermediateCa {
+                    vec![]
+                } else {
+                    ous
+                },
                 hosts,
                 attributes,
                 serial: serial.clone(),
@@ -516,7 +536,12 @@ impl Authority {
     }
 
     /// `enroll`: basic auth with the enrollment secret, a CSR in, a certificate out.
-    pub fn enroll(&self, id: &str, secret: &str, req: &EnrollRequest) -> Result<serde_json::Value, CaError> {
+    pub fn enroll(
+        &self,
+        id: &str,
+        secret: &str,
+        req: &EnrollRequest,
+    ) -> Result<serde_json::Value, CaError> {
         let _g = self.guard();
         let failure = || {
             CaError::unauthorized(
@@ -565,10 +590,17 @@ impl Authority {
         body: &[u8],
         one_time: bool,
     ) -> Result<Caller, CaError> {
-        let bad = |msg: &str| CaError::unauthorized(code::INVALID_TOKEN, format!("invalid token: {msg}"));
-        let (cert_b64, sig_b64) = token.split_once('.').ok_or_else(|| bad("expected cert.signature"))?;
-        let cert_pem = B64.decode(cert_b64).map_err(|_| bad("certificate is not base64"))?;
-        let sig = B64.decode(sig_b64).map_err(|_| bad("signature is not base64"))?;
+        let bad =
+            |msg: &str| CaError::unauthorized(code::INVALID_TOKEN, format!("invalid token: {msg}"));
+        let (cert_b64, sig_b64) = token
+            .split_once('.')
+            .ok_or_else(|| bad("expected cert.signature"))?;
+        let cert_pem = B64
+            .decode(cert_b64)
+            .map_err(|_| bad("certificate is not base64"))?;
+        let sig = B64
+            .decode(sig_b64)
+            .map_err(|_| bad("signature is not base64"))?;
         let cert = Certificate::from_pem(&cert_pem).map_err(|e| bad(&e.to_string()))?;
         if !cert.is_signed_by(self.signer.certificate()) {
             return Err(CaError::unauthorized(
@@ -577,7 +609,10 @@ impl Authority {
             ));
         }
         if !cert.is_valid_at(unix_now()) {
-            return Err(CaError::unauthorized(code::CERT_EXPIRED, "the token's certificate has expired"));
+            return Err(CaError::unauthorized(
+                code::CERT_EXPIRED,
+                "the token's certificate has expired",
+            ));
         }
         let b64_body = B64.encode(body);
         let b64_path = B64.encode(path.as_bytes());
@@ -589,13 +624,22 @@ impl Authority {
             return Err(bad("signature does not verify over this request"));
         }
         let record = self.store.cert(&serial_hex(&cert.serial))?.ok_or_else(|| {
-            CaError::unauthorized(code::UNTRUSTED_CERT, "the token's certificate is unknown to this CA")
+            CaError::unauthorized(
+                code::UNTRUSTED_CERT,
+                "the token's certificate is unknown to this CA",
+            )
         })?;
         if record.revoked_at.is_some() {
-            return Err(CaError::unauthorized(code::CERT_REVOKED, "the token's certificate has been revoked"));
+            return Err(CaError::unauthorized(
+                code::CERT_REVOKED,
+                "the token's certificate has been revoked",
+            ));
         }
         let identity = self.store.identity(&record.id)?.ok_or_else(|| {
-            CaError::unauthorized(code::AUTHENTICATION_FAILURE, "the token's identity no longer exists")
+            CaError::unauthorized(
+                code::AUTHENTICATION_FAILURE,
+                "the token's identity no longer exists",
+            )
         })?;
         if identity.revoked {
             return Err(CaError::unauthorized(
@@ -615,7 +659,11 @@ impl Authority {
     }
 
     /// `reenroll`: a new certificate for the caller's identity (does not count as an enrollment).
-    pub fn reenroll(&self, caller: &Caller, req: &EnrollRequest) -> Result<serde_json::Value, CaError> {
+    pub fn reenroll(
+        &self,
+        caller: &Caller,
+        req: &EnrollRequest,
+    ) -> Result<serde_json::Value, CaError> {
         let _g = self.guard();
         let cert = self.issue_for(&caller.identity, req)?;
         let mut changes = Changes::default();
@@ -625,7 +673,12 @@ impl Authority {
         Ok(self.enroll_result(&cert))
     }
 
-    fn check_registrar_for(&self, caller: &IdentityRecord, kind: &str, affiliation: &str) -> Result<(), CaError> {
+    fn check_registrar_for(
+        &self,
+        caller: &IdentityRecord,
+        kind: &str,
+        affiliation: &str,
+    ) -> Result<(), CaError> {
         let roles = list_attr(caller, "hf.Registrar.Roles");
         if roles.is_empty() {
             return Err(CaError::forbidden(
@@ -636,7 +689,10 @@ impl Authority {
         if !list_allows(&roles, kind) {
             return Err(CaError::forbidden(
                 code::REGISTRAR_INVALID_TYPE,
-                format!("registrar '{}' may not act on identities of type '{kind}'", caller.id),
+                format!(
+                    "registrar '{}' may not act on identities of type '{kind}'",
+                    caller.id
+                ),
             ));
         }
         if !affiliation_covers(&caller.affiliation, affiliation) {
@@ -655,21 +711,31 @@ impl Authority {
         if RESERVED_ATTRS.contains(&attr.name.as_str()) {
             return Err(CaError::bad_request(
                 code::REG_ATTR_AUTH,
-                format!("attribute '{}' is set by the CA and cannot be registered", attr.name),
+                format!(
+                    "attribute '{}' is set by the CA and cannot be registered",
+                    attr.name
+                ),
             ));
         }
         let allowed = list_attr(caller, "hf.Registrar.Attributes");
         if !list_allows(&allowed, &attr.name) {
             return Err(CaError::forbidden(
                 code::REG_ATTR_AUTH,
-                format!("registrar '{}' may not register attribute '{}'", caller.id, attr.name),
+                format!(
+                    "registrar '{}' may not register attribute '{}'",
+                    caller.id, attr.name
+                ),
             ));
         }
         // A registrar cannot hand out more authority than it holds.
         let exceeds = match attr.name.as_str() {
             "hf.Registrar.Roles" | "hf.Registrar.DelegateRoles" => {
                 let mine = list_attr(caller, "hf.Registrar.DelegateRoles");
-                let mine = if mine.is_empty() { list_attr(caller, "hf.Registrar.Roles") } else { mine };
+                let mine = if mine.is_empty() {
+                    list_attr(caller, "hf.Registrar.Roles")
+                } else {
+                    mine
+                };
                 attr.value
                     .split(',')
                     .map(str::trim)
@@ -690,7 +756,10 @@ impl Authority {
         if exceeds {
             return Err(CaError::forbidden(
                 code::REG_ATTR_AUTH,
-                format!("registrar '{}' may not grant {}={}", caller.id, attr.name, attr.value),
+                format!(
+                    "registrar '{}' may not grant {}={}",
+                    caller.id, attr.name, attr.value
+                ),
             ));
         }
         Ok(())
@@ -700,7 +769,11 @@ impl Authority {
     pub fn register(&self, caller: &Caller, req: &RegisterRequest) -> Result<String, CaError> {
         let _g = self.guard();
         validate_id(&req.id)?;
-        let kind = req.kind.clone().filter(|k| !k.is_empty()).unwrap_or_else(|| "client".into());
+        let kind = req
+            .kind
+            .clone()
+            .filter(|k| !k.is_empty())
+            .unwrap_or_else(|| "client".into());
         if !["client", "peer", "orderer", "admin", "user"].contains(&kind.as_str()) {
             return Err(CaError::bad_request(
                 code::BAD_BODY,
@@ -713,7 +786,7 @@ impl Authority {
             req.affiliation.clone()
         };
         self.check_registrar_for(&caller.identity, &kind, &affiliation)?;
-        if !affiliation.is_empty() && !self.config.affiliations.iter().any(|a| *a == affiliation) {
+        if !affiliation.is_empty() && !self.config.affiliations.contains(&affiliation) {
             return Err(CaError::bad_request(
                 code::ADD_IDENTITY,
                 format!("affiliation '{affiliation}' is not configured on this CA"),
@@ -723,7 +796,10 @@ impl Authority {
             self.check_attr_grant(&caller.identity, a)?;
         }
         if req.max_enrollments < -1 {
-            return Err(CaError::bad_request(code::BAD_BODY, "max_enrollments must be -1, 0 or positive"));
+            return Err(CaError::bad_request(
+                code::BAD_BODY,
+                "max_enrollments must be -1, 0 or positive",
+            ));
         }
         if self.store.identity(&req.id)?.is_some() {
             return Err(CaError::new(
@@ -732,7 +808,11 @@ impl Authority {
                 format!("identity '{}' is already registered", req.id),
             ));
         }
-        let secret = req.secret.clone().filter(|s| !s.is_empty()).unwrap_or_else(random_secret);
+        let secret = req
+            .secret
+            .clone()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(random_secret);
         let rec = IdentityRecord {
             id: req.id.clone(),
             secret_hash: hash_secret(&secret)?,
@@ -763,7 +843,11 @@ impl Authority {
         let now = unix_now();
         let mut changes = Changes::default();
         let mut revoked = Vec::new();
-        let reason = if req.reason.is_empty() { "unspecified".to_owned() } else { req.reason.clone() };
+        let reason = if req.reason.is_empty() {
+            "unspecified".to_owned()
+        } else {
+            req.reason.clone()
+        };
         let mut revoke_cert = |mut c: CertRecord, changes: &mut Changes| -> Result<(), CaError> {
             c.revoked_at = Some(now);
             c.reason = Some(reason.clone());
@@ -777,11 +861,22 @@ impl Authority {
             let serial_bytes = hex::decode(req.serial.trim_start_matches("0x"))
                 .or_else(|_| hex::decode(format!("0{}", req.serial)))
                 .map_err(|_| CaError::bad_request(code::BAD_BODY, "serial must be hex"))?;
-            let cert = self.store.cert(&serial_hex(&serial_bytes))?.ok_or_else(|| {
-                CaError::new(404, code::REVOKE_CERT_NOT_FOUND, format!("certificate {} not found", req.serial))
-            })?;
+            let cert = self
+                .store
+                .cert(&serial_hex(&serial_bytes))?
+                .ok_or_else(|| {
+                    CaError::new(
+                        404,
+                        code::REVOKE_CERT_NOT_FOUND,
+                        format!("certificate {} not found", req.serial),
+                    )
+                })?;
             if !req.aki.is_empty() && !req.aki.eq_ignore_ascii_case(&cert.aki) {
-                return Err(CaError::new(404, code::REVOKE_CERT_NOT_FOUND, "no certificate with this serial and AKI"));
+                return Err(CaError::new(
+                    404,
+                    code::REVOKE_CERT_NOT_FOUND,
+                    "no certificate with this serial and AKI",
+                ));
             }
             if !req.id.is_empty() && req.id != cert.id {
                 return Err(CaError::bad_request(
@@ -790,24 +885,40 @@ impl Authority {
                 ));
             }
             if cert.revoked_at.is_some() {
-                return Err(CaError::bad_request(code::CERT_ALREADY_REVOKED, "certificate is already revoked"));
+                return Err(CaError::bad_request(
+                    code::CERT_ALREADY_REVOKED,
+                    "certificate is already revoked",
+                ));
             }
             let owner = self.store.identity(&cert.id)?;
             if let Some(owner) = &owner
                 && !affiliation_covers(&caller.identity.affiliation, &owner.affiliation)
             {
-                return Err(CaError::forbidden(code::CALLER_NOT_AFFILIATED, "revoker's affiliation does not cover the certificate's owner"));
+                return Err(CaError::forbidden(
+                    code::CALLER_NOT_AFFILIATED,
+                    "revoker's affiliation does not cover the certificate's owner",
+                ));
             }
             revoke_cert(cert, &mut changes)?;
         } else if !req.id.is_empty() {
             let mut rec = self.store.identity(&req.id)?.ok_or_else(|| {
-                CaError::new(404, code::REVOKE_ID_NOT_FOUND, format!("identity '{}' not found", req.id))
+                CaError::new(
+                    404,
+                    code::REVOKE_ID_NOT_FOUND,
+                    format!("identity '{}' not found", req.id),
+                )
             })?;
             if !affiliation_covers(&caller.identity.affiliation, &rec.affiliation) {
-                return Err(CaError::forbidden(code::CALLER_NOT_AFFILIATED, "revoker's affiliation does not cover the identity"));
+                return Err(CaError::forbidden(
+                    code::CALLER_NOT_AFFILIATED,
+                    "revoker's affiliation does not cover the identity",
+                ));
             }
             if rec.revoked {
-                return Err(CaError::bad_request(code::CERT_ALREADY_REVOKED, format!("identity '{}' is already revoked", req.id)));
+                return Err(CaError::bad_request(
+                    code::CERT_ALREADY_REVOKED,
+                    format!("identity '{}' is already revoked", req.id),
+                ));
             }
             for c in self.store.certs()? {
                 if c.id == req.id && c.revoked_at.is_none() {
@@ -824,8 +935,15 @@ impl Authority {
         }
         changes.use_token(&caller.token_hash, now);
         self.store.apply(changes)?;
-        let crl = if req.gencrl { B64.encode(self.make_crl()?) } else { String::new() };
-        Ok(RevokeResult { revoked_certs: revoked, crl })
+        let crl = if req.gencrl {
+            B64.encode(self.make_crl()?)
+        } else {
+            String::new()
+        };
+        Ok(RevokeResult {
+            revoked_certs: revoked,
+            crl,
+        })
     }
 
     fn make_crl(&self) -> Result<String, CaError> {
@@ -839,7 +957,12 @@ impl Authority {
                 if c.not_after < now {
                     return None;
                 }
-                let serial = hex::decode(if c.serial.len() % 2 == 1 { format!("0{}", c.serial) } else { c.serial.clone() }).ok()?;
+                let serial = hex::decode(if c.serial.len() % 2 == 1 {
+                    format!("0{}", c.serial)
+                } else {
+                    c.serial.clone()
+                })
+                .ok()?;
                 Some((serial, at))
             })
             .collect();
@@ -865,7 +988,10 @@ impl Authority {
         if !bool_attr(&caller.identity, "hf.GenCRL") {
             return Err(CaError::unauthorized(
                 code::NO_GENCRL_AUTH,
-                format!("'{}' may not generate CRLs (no hf.GenCRL)", caller.identity.id),
+                format!(
+                    "'{}' may not generate CRLs (no hf.GenCRL)",
+                    caller.identity.id
+                ),
             ));
         }
         let pem = self.make_crl()?;
@@ -889,13 +1015,19 @@ impl Authority {
     pub fn identities(&self, caller: &Caller) -> Result<serde_json::Value, CaError> {
         let roles = list_attr(&caller.identity, "hf.Registrar.Roles");
         if roles.is_empty() {
-            return Err(CaError::forbidden(code::MISSING_ROLE, format!("'{}' is not a registrar", caller.identity.id)));
+            return Err(CaError::forbidden(
+                code::MISSING_ROLE,
+                format!("'{}' is not a registrar", caller.identity.id),
+            ));
         }
         let list: Vec<serde_json::Value> = self
             .store
             .identities()?
             .iter()
-            .filter(|r| list_allows(&roles, &r.kind) && affiliation_covers(&caller.identity.affiliation, &r.affiliation))
+            .filter(|r| {
+                list_allows(&roles, &r.kind)
+                    && affiliation_covers(&caller.identity.affiliation, &r.affiliation)
+            })
             .map(Self::identity_json)
             .collect();
         Ok(serde_json::json!({ "identities": list, "caname": self.config.name }))

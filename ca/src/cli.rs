@@ -8,7 +8,9 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use medledger_common::{PrivateKey, SigningIdentity};
 
-use crate::authority::{AttrRequest, Authority, AuthorityConfig, CaHome, EnrollRequest, RegisterRequest, RevokeRequest};
+use crate::authority::{
+    AttrRequest, Authority, AuthorityConfig, CaHome, EnrollRequest, RegisterRequest, RevokeRequest,
+};
 use crate::client::{CaClient, CaUrl, ClientError, EnrollOptions, enroll_to_msp, write_enrollment};
 use crate::error::CaError;
 use crate::store::Attribute;
@@ -52,19 +54,29 @@ enum Command {
     #[command(subcommand)]
     Server(ServerCommand),
     /// Enroll an identity and write its MSP folder.
-    #[command(after_help = "Example:\n  medledger-ca enroll -u https://doctor1:pw@localhost:7054 --tls-certfiles tls-cert.pem \\\n      --mspdir doctor1/msp --mspid Hospital1MSP --enrollment.attrs role,patientId:opt")]
+    #[command(
+        after_help = "Example:\n  medledger-ca enroll -u https://doctor1:pw@localhost:7054 --tls-certfiles tls-cert.pem \\\n      --mspdir doctor1/msp --mspid Hospital1MSP --enrollment.attrs role,patientId:opt"
+    )]
     Enroll(EnrollArgs),
     /// Register a new identity (as a registrar); prints its secret.
-    #[command(after_help = "Example:\n  medledger-ca register -u https://localhost:7054 --tls-certfiles tls-cert.pem --mspdir admin/msp \\\n      --mspid Hospital1MSP --id.name doctor1 --id.secret pw --id.type client \\\n      --id.affiliation hospital1.cardiology --id.attrs 'role=doctor:ecert'")]
+    #[command(
+        after_help = "Example:\n  medledger-ca register -u https://localhost:7054 --tls-certfiles tls-cert.pem --mspdir admin/msp \\\n      --mspid Hospital1MSP --id.name doctor1 --id.secret pw --id.type client \\\n      --id.affiliation hospital1.cardiology --id.attrs 'role=doctor:ecert'"
+    )]
     Register(RegisterArgs),
     /// Get a new certificate for an enrolled identity (rewrites its MSP folder).
-    #[command(after_help = "Example:\n  medledger-ca reenroll -u https://localhost:7054 --tls-certfiles tls-cert.pem --mspdir doctor1/msp --mspid Hospital1MSP")]
+    #[command(
+        after_help = "Example:\n  medledger-ca reenroll -u https://localhost:7054 --tls-certfiles tls-cert.pem --mspdir doctor1/msp --mspid Hospital1MSP"
+    )]
     Reenroll(ClientArgs),
     /// Revoke an identity (all its certificates) or one certificate.
-    #[command(after_help = "Example:\n  medledger-ca revoke -u https://localhost:7054 --tls-certfiles tls-cert.pem --mspdir admin/msp \\\n      --mspid Hospital1MSP --revoke.name nurse1 --revoke.reason keycompromise --gencrl")]
+    #[command(
+        after_help = "Example:\n  medledger-ca revoke -u https://localhost:7054 --tls-certfiles tls-cert.pem --mspdir admin/msp \\\n      --mspid Hospital1MSP --revoke.name nurse1 --revoke.reason keycompromise --gencrl"
+    )]
     Revoke(RevokeArgs),
     /// Generate a CRL and write it to <mspdir>/crls/crl.pem.
-    #[command(after_help = "Example:\n  medledger-ca gencrl -u https://localhost:7054 --tls-certfiles tls-cert.pem --mspdir admin/msp --mspid Hospital1MSP")]
+    #[command(
+        after_help = "Example:\n  medledger-ca gencrl -u https://localhost:7054 --tls-certfiles tls-cert.pem --mspdir admin/msp --mspid Hospital1MSP"
+    )]
     Gencrl(ClientArgs),
     /// Identity queries.
     #[command(subcommand)]
@@ -74,10 +86,14 @@ enum Command {
 #[derive(Subcommand, Debug)]
 enum ServerCommand {
     /// Create the CA's key and self-signed certificate (or an intermediate, with --parent).
-    #[command(after_help = "Example:\n  medledger-ca server init --home ca-hospital1 --name ca-hospital1 -b admin:adminpw")]
+    #[command(
+        after_help = "Example:\n  medledger-ca server init --home ca-hospital1 --name ca-hospital1 -b admin:adminpw"
+    )]
     Init(ServerArgs),
     /// Start the CA server (initialising it first if needed).
-    #[command(after_help = "Example:\n  medledger-ca server start --home ca-hospital1 --name ca-hospital1 -b admin:adminpw --port 7054")]
+    #[command(
+        after_help = "Example:\n  medledger-ca server start --home ca-hospital1 --name ca-hospital1 -b admin:adminpw --port 7054"
+    )]
     Start(ServerArgs),
 }
 
@@ -87,7 +103,12 @@ struct ServerArgs {
     #[arg(long, env = "FABRIC_CA_SERVER_HOME", default_value = ".")]
     home: PathBuf,
     /// The CA's name.
-    #[arg(long = "name", alias = "ca.name", env = "FABRIC_CA_SERVER_CA_NAME", default_value = "ca")]
+    #[arg(
+        long = "name",
+        alias = "ca.name",
+        env = "FABRIC_CA_SERVER_CA_NAME",
+        default_value = "ca"
+    )]
     name: String,
     /// Bootstrap identity as id:secret, registered on first start with every registrar right.
     #[arg(short = 'b', long = "boot", env = "FABRIC_CA_SERVER_BOOT")]
@@ -102,7 +123,11 @@ struct ServerArgs {
     #[arg(long)]
     no_tls: bool,
     /// Host names and IPs for the server's TLS certificate.
-    #[arg(long = "csr.hosts", value_delimiter = ',', default_value = "localhost,127.0.0.1")]
+    #[arg(
+        long = "csr.hosts",
+        value_delimiter = ',',
+        default_value = "localhost,127.0.0.1"
+    )]
     hosts: Vec<String>,
     /// Affiliations identities may be registered under (e.g. hospital1.cardiology).
     #[arg(long = "affiliation", value_delimiter = ',')]
@@ -124,7 +149,11 @@ struct ClientArgs {
     #[arg(short = 'u', long = "url", env = "FABRIC_CA_CLIENT_URL")]
     url: String,
     /// The CA's TLS root certificate (PEM).
-    #[arg(long = "tls-certfiles", alias = "tls.certfiles", env = "FABRIC_CA_CLIENT_TLS_CERTFILES")]
+    #[arg(
+        long = "tls-certfiles",
+        alias = "tls.certfiles",
+        env = "FABRIC_CA_CLIENT_TLS_CERTFILES"
+    )]
     tls_certfiles: Option<PathBuf>,
     /// The MSP folder of the identity that signs the request (or receives the enrollment).
     #[arg(short = 'M', long = "mspdir", env = "FABRIC_CA_CLIENT_MSPDIR")]
@@ -195,9 +224,9 @@ enum IdentityCommand {
 fn parse_attrs(list: &[String]) -> Result<Vec<Attribute>, CliError> {
     list.iter()
         .map(|a| {
-            let (name, rest) = a
-                .split_once('=')
-                .ok_or_else(|| CliError::Usage(format!("attribute {a:?} is not name=value[:ecert]")))?;
+            let (name, rest) = a.split_once('=').ok_or_else(|| {
+                CliError::Usage(format!("attribute {a:?} is not name=value[:ecert]"))
+            })?;
             let (value, ecert) = match rest.strip_suffix(":ecert") {
                 Some(v) => (v, true),
                 None => (rest, false),
@@ -273,8 +302,9 @@ async fn server(args: ServerArgs, start: bool) -> Result<(), CliError> {
                         },
                     )
                     .await?;
-                let signer = medledger_common::issue::CaSigner::from_parts(&cert, key, chain.clone())
-                    .map_err(|e| CliError::Usage(e.to_string()))?;
+                let signer =
+                    medledger_common::issue::CaSigner::from_parts(&cert, key, chain.clone())
+                        .map_err(|e| CliError::Usage(e.to_string()))?;
                 home.save_signer(&signer, &chain)?;
             }
             None => Authority::init_root(&home, &config)?,
@@ -308,7 +338,10 @@ async fn server(args: ServerArgs, start: bool) -> Result<(), CliError> {
     let tls = if args.no_tls {
         None
     } else {
-        Some(crate::server::tls_config(&home.tls_cert(), &home.tls_key())?)
+        Some(crate::server::tls_config(
+            &home.tls_cert(),
+            &home.tls_key(),
+        )?)
     };
     println!(
         "CA {} listening on {}://{local}",
@@ -341,16 +374,21 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Server(ServerCommand::Start(a)) => server(a, true).await,
         Command::Enroll(a) => {
             let (client, url) = a.client.client()?;
-            let (id, secret) = url
-                .user
-                .clone()
-                .ok_or_else(|| CliError::Usage("enroll needs https://id:secret@host:port".into()))?;
+            let (id, secret) = url.user.clone().ok_or_else(|| {
+                CliError::Usage("enroll needs https://id:secret@host:port".into())
+            })?;
             let attr_reqs = a
                 .attrs
                 .iter()
                 .map(|s| match s.strip_suffix(":opt") {
-                    Some(n) => AttrRequest { name: n.into(), optional: true },
-                    None => AttrRequest { name: s.clone(), optional: false },
+                    Some(n) => AttrRequest {
+                        name: n.into(),
+                        optional: true,
+                    },
+                    None => AttrRequest {
+                        name: s.clone(),
+                        optional: false,
+                    },
                 })
                 .collect();
             let opts = EnrollOptions {
@@ -360,7 +398,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 tls_ca_pem: a.client.tls_ca_pem(),
             };
             enroll_to_msp(&client, &id, &secret, &opts, &a.client.mspdir).await?;
-            println!("enrolled {id}: MSP written to {}", a.client.mspdir.display());
+            println!(
+                "enrolled {id}: MSP written to {}",
+                a.client.mspdir.display()
+            );
             Ok(())
         }
         Command::Register(a) => {

@@ -91,12 +91,15 @@ impl CaClient {
     /// A client for `url`; HTTPS trusts the PEM certificates in `tls_roots_pem`.
     pub fn new(url: &CaUrl, tls_roots_pem: Option<&[u8]>) -> Result<Self, ClientError> {
         let tls = if url.https {
-            let pem = tls_roots_pem
-                .ok_or_else(|| ClientError::Tls("an https URL needs TLS root certificates".into()))?;
+            let pem = tls_roots_pem.ok_or_else(|| {
+                ClientError::Tls("an https URL needs TLS root certificates".into())
+            })?;
             let mut roots = rustls::RootCertStore::empty();
             for cert in CertificateDer::pem_slice_iter(pem) {
                 let cert = cert.map_err(|e| ClientError::Tls(e.to_string()))?;
-                roots.add(cert).map_err(|e| ClientError::Tls(e.to_string()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| ClientError::Tls(e.to_string()))?;
             }
             let provider = Arc::new(rustls::crypto::ring::default_provider());
             let config = rustls::ClientConfig::builder_with_provider(provider)
@@ -115,20 +118,22 @@ impl CaClient {
         })
     }
 
-    async fn send(
+    /// Sends one request and returns the HTTP status and the JSON envelope, whatever it says.
+    pub async fn raw(
         &self,
         method: &str,
         api: &str,
         body: Option<Vec<u8>>,
         authorization: Option<String>,
-    ) -> Result<serde_json::Value, ClientError> {
+    ) -> Result<(u16, serde_json::Value), ClientError> {
         let addr = format!("{}:{}", self.host, self.port);
-        let tcp = tokio::net::TcpStream::connect(&addr)
-            .await
-            .map_err(|e| ClientError::Connect {
-                addr: addr.clone(),
-                reason: e.to_string(),
-            })?;
+        let tcp =
+            tokio::net::TcpStream::connect(&addr)
+                .await
+                .map_err(|e| ClientError::Connect {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                })?;
         let path = format!("/api/v1/{api}");
         let mut builder = hyper::Request::builder()
             .method(method)
@@ -153,16 +158,35 @@ impl CaClient {
             }
             None => roundtrip(TokioIo::new(tcp), req).await?,
         };
-        let parsed: serde_json::Value = serde_json::from_slice(&resp)
-            .map_err(|e| ClientError::Decode(format!("not JSON ({e}): {}", String::from_utf8_lossy(&resp))))?;
+        let (status, body) = resp;
+        let parsed: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+            ClientError::Decode(format!(
+                "not JSON ({e}): {}",
+                String::from_utf8_lossy(&body)
+            ))
+        })?;
+        Ok((status, parsed))
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        api: &str,
+        body: Option<Vec<u8>>,
+        authorization: Option<String>,
+    ) -> Result<serde_json::Value, ClientError> {
+        let (status, parsed) = self.raw(method, api, body, authorization).await?;
         if parsed["success"] == true {
             return Ok(parsed["result"].clone());
         }
         let err = &parsed["errors"][0];
         Err(ClientError::Ca(CaError {
-            status: 0,
+            status,
             code: err["code"].as_u64().unwrap_or(0) as u32,
-            message: err["message"].as_str().unwrap_or("unknown error").to_owned(),
+            message: err["message"]
+                .as_str()
+                .unwrap_or("unknown error")
+                .to_owned(),
         }))
     }
 
@@ -177,7 +201,12 @@ impl CaClient {
             .map(serde_json::to_vec)
             .transpose()
             .map_err(|e| ClientError::Decode(e.to_string()))?;
-        let token = auth_token(signer, method, &format!("/api/v1/{api}"), body.as_deref().unwrap_or(b""))?;
+        let token = auth_token(
+            signer,
+            method,
+            &format!("/api/v1/{api}"),
+            body.as_deref().unwrap_or(b""),
+        )?;
         self.send(method, api, body, Some(token)).await
     }
 
@@ -191,21 +220,40 @@ impl CaClient {
     }
 
     /// `enroll` with id and secret; returns (certificate PEM, CA chain PEM).
-    pub async fn enroll(&self, id: &str, secret: &str, req: &EnrollRequest) -> Result<(String, String), ClientError> {
+    pub async fn enroll(
+        &self,
+        id: &str,
+        secret: &str,
+        req: &EnrollRequest,
+    ) -> Result<(String, String), ClientError> {
         let body = serde_json::to_vec(req).map_err(|e| ClientError::Decode(e.to_string()))?;
         let basic = format!("Basic {}", B64.encode(format!("{id}:{secret}")));
         let r = self.send("POST", "enroll", Some(body), Some(basic)).await?;
-        Ok((decode_b64(&r["Cert"])?, decode_b64(&r["ServerInfo"]["CAChain"])?))
+        Ok((
+            decode_b64(&r["Cert"])?,
+            decode_b64(&r["ServerInfo"]["CAChain"])?,
+        ))
     }
 
     /// `reenroll` as `signer`.
-    pub async fn reenroll(&self, signer: &SigningIdentity, req: &EnrollRequest) -> Result<(String, String), ClientError> {
+    pub async fn reenroll(
+        &self,
+        signer: &SigningIdentity,
+        req: &EnrollRequest,
+    ) -> Result<(String, String), ClientError> {
         let r = self.signed("POST", "reenroll", Some(req), signer).await?;
-        Ok((decode_b64(&r["Cert"])?, decode_b64(&r["ServerInfo"]["CAChain"])?))
+        Ok((
+            decode_b64(&r["Cert"])?,
+            decode_b64(&r["ServerInfo"]["CAChain"])?,
+        ))
     }
 
     /// `register` as registrar `signer`; returns the enrollment secret.
-    pub async fn register(&self, signer: &SigningIdentity, req: &RegisterRequest) -> Result<String, ClientError> {
+    pub async fn register(
+        &self,
+        signer: &SigningIdentity,
+        req: &RegisterRequest,
+    ) -> Result<String, ClientError> {
         let r = self.signed("POST", "register", Some(req), signer).await?;
         r["secret"]
             .as_str()
@@ -214,7 +262,11 @@ impl CaClient {
     }
 
     /// `revoke` as `signer`.
-    pub async fn revoke(&self, signer: &SigningIdentity, req: &RevokeRequest) -> Result<RevokeResult, ClientError> {
+    pub async fn revoke(
+        &self,
+        signer: &SigningIdentity,
+        req: &RevokeRequest,
+    ) -> Result<RevokeResult, ClientError> {
         let r = self.signed("POST", "revoke", Some(req), signer).await?;
         serde_json::from_value(r).map_err(|e| ClientError::Decode(e.to_string()))
     }
@@ -228,12 +280,18 @@ impl CaClient {
     }
 
     /// `GET identities` as registrar `signer`.
-    pub async fn identities(&self, signer: &SigningIdentity) -> Result<serde_json::Value, ClientError> {
+    pub async fn identities(
+        &self,
+        signer: &SigningIdentity,
+    ) -> Result<serde_json::Value, ClientError> {
         self.signed("GET", "identities", None::<&()>, signer).await
     }
 }
 
-async fn roundtrip<S>(io: TokioIo<S>, req: hyper::Request<Full<Bytes>>) -> Result<Vec<u8>, ClientError>
+async fn roundtrip<S>(
+    io: TokioIo<S>,
+    req: hyper::Request<Full<Bytes>>,
+) -> Result<(u16, Vec<u8>), ClientError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -247,12 +305,13 @@ where
         .send_request(req)
         .await
         .map_err(|e| ClientError::Http(e.to_string()))?;
+    let status = resp.status().as_u16();
     let body = resp
         .into_body()
         .collect()
         .await
         .map_err(|e| ClientError::Http(e.to_string()))?;
-    Ok(body.to_bytes().to_vec())
+    Ok((status, body.to_bytes().to_vec()))
 }
 
 fn decode_b64(v: &serde_json::Value) -> Result<String, ClientError> {
@@ -265,7 +324,12 @@ fn decode_b64(v: &serde_json::Value) -> Result<String, ClientError> {
 
 /// Fabric CA's token: `b64(cert PEM).b64(signature)`, the signature over
 /// `METHOD.b64(path).b64(body).b64(cert PEM)`.
-pub fn auth_token(signer: &SigningIdentity, method: &str, path: &str, body: &[u8]) -> Result<String, ClientError> {
+pub fn auth_token(
+    signer: &SigningIdentity,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<String, ClientError> {
     let cert = B64.encode(signer.cert_pem());
     let msg = format!("{method}.{}.{}.{cert}", B64.encode(path), B64.encode(body));
     let sig = signer
@@ -295,12 +359,21 @@ pub async fn enroll_to_msp(
     msp_dir: &Path,
 ) -> Result<(), ClientError> {
     let key = PrivateKey::generate();
-    let csr = certificate_request_pem(&key, id, &opts.hosts).map_err(|e| ClientError::Local(e.to_string()))?;
+    let csr = certificate_request_pem(&key, id, &opts.hosts)
+        .map_err(|e| ClientError::Local(e.to_string()))?;
     let req = EnrollRequest {
         certificate_request: csr,
         profile: opts.profile.clone(),
-        attr_reqs: if opts.attr_reqs.is_empty() { None } else { Some(opts.attr_reqs.clone()) },
-        hosts: if opts.hosts.is_empty() { None } else { Some(opts.hosts.clone()) },
+        attr_reqs: if opts.attr_reqs.is_empty() {
+            None
+        } else {
+            Some(opts.attr_reqs.clone())
+        },
+        hosts: if opts.hosts.is_empty() {
+            None
+        } else {
+            Some(opts.hosts.clone())
+        },
     };
     let (cert, chain) = client.enroll(id, secret, &req).await?;
     write_enrollment(msp_dir, &cert, &key, &chain, opts.tls_ca_pem.clone())
@@ -323,9 +396,16 @@ pub fn write_enrollment(
         msp_dir,
         &MspFolderContents {
             signcert_pem: cert_pem.to_owned(),
-            key_pem: Some(key.to_pkcs8_pem().map_err(|e| ClientError::Local(e.to_string()))?),
+            key_pem: Some(
+                key.to_pkcs8_pem()
+                    .map_err(|e| ClientError::Local(e.to_string()))?,
+            ),
             cacert_pem: root,
-            intermediate_pem: if intermediates.is_empty() { None } else { Some(intermediates) },
+            intermediate_pem: if intermediates.is_empty() {
+                None
+            } else {
+                Some(intermediates)
+            },
             tlscacert_pem: tls_ca_pem,
             crl_pems: vec![],
             node_ous: true,

@@ -60,13 +60,15 @@ async fn read(req: Request) -> Result<Raw, CaError> {
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| parts.uri.path().to_owned());
-    let body = axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| {
-        CaError::new(
-            413,
-            code::READING_BODY,
-            format!("request body is larger than {MAX_BODY_BYTES} bytes"),
-        )
-    })?;
+    let body = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| {
+            CaError::new(
+                413,
+                code::READING_BODY,
+                format!("request body is larger than {MAX_BODY_BYTES} bytes"),
+            )
+        })?;
     Ok(Raw {
         method: parts.method,
         path,
@@ -77,7 +79,10 @@ async fn read(req: Request) -> Result<Raw, CaError> {
 
 fn parse<T: DeserializeOwned>(raw: &Raw) -> Result<T, CaError> {
     if raw.body.is_empty() {
-        return Err(CaError::bad_request(code::EMPTY_BODY, "request body is empty"));
+        return Err(CaError::bad_request(
+            code::EMPTY_BODY,
+            "request body is empty",
+        ));
     }
     serde_json::from_slice(&raw.body)
         .map_err(|e| CaError::bad_request(code::BAD_BODY, format!("malformed request body: {e}")))
@@ -96,13 +101,18 @@ async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|e| Err(CaError::internal(e)))
 }
 
-async fn authenticated(state: &AppState, raw: Raw, one_time: bool) -> Result<(Caller, Raw), CaError> {
+async fn authenticated(
+    state: &AppState,
+    raw: Raw,
+    one_time: bool,
+) -> Result<(Caller, Raw), CaError> {
     let token = header(&raw, "authorization")
         .ok_or_else(|| CaError::unauthorized(code::NO_AUTH_HEADER, "no Authorization header"))?
         .to_owned();
     let authority = state.authority.clone();
     blocking(move || {
-        let caller = authority.authenticate(&token, raw.method.as_str(), &raw.path, &raw.body, one_time)?;
+        let caller =
+            authority.authenticate(&token, raw.method.as_str(), &raw.path, &raw.body, one_time)?;
         Ok((caller, raw))
     })
     .await
@@ -119,10 +129,15 @@ async fn enroll(State(state): State<AppState>, req: Request) -> Response {
             .and_then(|h| h.strip_prefix("Basic "))
             .and_then(|b| B64.decode(b.trim()).ok())
             .and_then(|b| String::from_utf8(b).ok())
-            .ok_or_else(|| CaError::unauthorized(code::NO_USER_PASS, "enroll needs basic authentication (id:secret)"))?;
-        let (id, secret) = auth
-            .split_once(':')
-            .ok_or_else(|| CaError::unauthorized(code::NO_USER_PASS, "basic authentication is not id:secret"))?;
+            .ok_or_else(|| {
+                CaError::unauthorized(
+                    code::NO_USER_PASS,
+                    "enroll needs basic authentication (id:secret)",
+                )
+            })?;
+        let (id, secret) = auth.split_once(':').ok_or_else(|| {
+            CaError::unauthorized(code::NO_USER_PASS, "basic authentication is not id:secret")
+        })?;
         let (id, secret) = (id.to_owned(), secret.to_owned());
         let body: EnrollRequest = parse(&raw)?;
         let authority = state.authority.clone();
@@ -182,7 +197,11 @@ async fn identities(State(state): State<AppState>, req: Request) -> Response {
     run.await.map(ok).unwrap_or_else(fail)
 }
 
-async fn identity(State(state): State<AppState>, UrlPath(id): UrlPath<String>, req: Request) -> Response {
+async fn identity(
+    State(state): State<AppState>,
+    UrlPath(id): UrlPath<String>,
+    req: Request,
+) -> Response {
     let run = async {
         let (caller, _) = authenticated(&state, read(req).await?, false).await?;
         let authority = state.authority.clone();
@@ -263,7 +282,11 @@ pub async fn serve(
                         return;
                     }
                 },
-                None => builder.serve_connection(TokioIo::new(stream), service).await,
+                None => {
+                    builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await
+                }
             };
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");

@@ -97,16 +97,19 @@ pub struct Changes {
 
 impl Changes {
     pub fn put_identity(&mut self, rec: &IdentityRecord) -> Result<(), CaError> {
-        self.ops.push((IDENTITIES, rec.id.as_bytes().to_vec(), encode(rec)?));
+        self.ops
+            .push((IDENTITIES, rec.id.as_bytes().to_vec(), encode(rec)?));
         Ok(())
     }
     pub fn put_cert(&mut self, rec: &CertRecord) -> Result<(), CaError> {
-        self.ops.push((CERTIFICATES, rec.serial.as_bytes().to_vec(), encode(rec)?));
+        self.ops
+            .push((CERTIFICATES, rec.serial.as_bytes().to_vec(), encode(rec)?));
         Ok(())
     }
     /// Marks a token as used (replay protection).
     pub fn use_token(&mut self, token_hash: &[u8; 32], at: i64) {
-        self.ops.push((TOKENS, token_hash.to_vec(), at.to_be_bytes().to_vec()));
+        self.ops
+            .push((TOKENS, token_hash.to_vec(), at.to_be_bytes().to_vec()));
     }
     pub fn put_counter(&mut self, name: &str, value: u64) {
         self.ops

@@ -288,12 +288,16 @@ impl CertificateRequest {
                             GeneralName::DNSName(d) => hosts.push((*d).to_owned()),
                             GeneralName::IPAddress(ip) => match ip.len() {
                                 4 => hosts.push(
-                                    std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*ip).unwrap_or_default())
-                                        .to_string(),
+                                    std::net::Ipv4Addr::from(
+                                        <[u8; 4]>::try_from(*ip).unwrap_or_default(),
+                                    )
+                                    .to_string(),
                                 ),
                                 16 => hosts.push(
-                                    std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*ip).unwrap_or_default())
-                                        .to_string(),
+                                    std::net::Ipv6Addr::from(
+                                        <[u8; 16]>::try_from(*ip).unwrap_or_default(),
+                                    )
+                                    .to_string(),
                                 ),
                                 _ => {}
                             },

@@ -360,16 +360,20 @@ pub fn certificate_request_pem(
 ) -> Result<String, IssueError> {
     let mut params = CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, common_name);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
     for host in hosts {
-        params.subject_alt_names.push(match host.parse::<std::net::IpAddr>() {
-            Ok(ip) => SanType::IpAddress(ip),
-            Err(_) => SanType::DnsName(
-                host.clone()
-                    .try_into()
-                    .map_err(|_| IssueError::Invalid(format!("invalid host {host:?}")))?,
-            ),
-        });
+        params
+            .subject_alt_names
+            .push(match host.parse::<std::net::IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(
+                    host.clone()
+                        .try_into()
+                        .map_err(|_| IssueError::Invalid(format!("invalid host {host:?}")))?,
+                ),
+            });
     }
     Ok(params.serialize_request(&rcgen_key(key)?)?.pem()?)
 }
