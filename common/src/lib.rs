@@ -3,6 +3,7 @@
 //! (transaction ids, proposals, envelopes, block hashing).
 
 pub mod cert;
+pub mod channelconfig;
 pub mod crypto;
 pub mod identity;
 pub mod issue;

@@ -674,3 +674,31 @@ pub fn write_msp_folder(dir: &Path, c: &MspFolderContents) -> Result<(), MspErro
     }
     Ok(())
 }
+
+/// An organisation's MSP configuration from its CA certificates, with Node OUs enabled
+/// (client, peer, admin, orderer), as `configtxgen` would read it from the org's MSP folder.
+pub fn org_msp_config(mspid: &str, ca_pem: &[u8], tls_ca_pem: Option<&[u8]>) -> FabricMspConfig {
+    let ou = |name: &str| {
+        Some(FabricOuIdentifier {
+            certificate: ca_pem.to_vec(),
+            organizational_unit_identifier: name.to_owned(),
+        })
+    };
+    FabricMspConfig {
+        name: mspid.to_owned(),
+        root_certs: vec![ca_pem.to_vec()],
+        tls_root_certs: tls_ca_pem.map(|t| vec![t.to_vec()]).unwrap_or_default(),
+        crypto_config: Some(medledger_proto::msp::FabricCryptoConfig {
+            signature_hash_family: "SHA2".into(),
+            identity_identifier_hash_function: "SHA256".into(),
+        }),
+        fabric_node_ous: Some(FabricNodeOUs {
+            enable: true,
+            client_ou_identifier: ou("client"),
+            peer_ou_identifier: ou("peer"),
+            admin_ou_identifier: ou("admin"),
+            orderer_ou_identifier: ou("orderer"),
+        }),
+        ..Default::default()
+    }
+}

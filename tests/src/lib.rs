@@ -122,6 +122,15 @@ impl TestOrg {
         Ok(SigningIdentity::new(&self.mspid, pem.into_bytes(), key)?)
     }
 
+    /// The organisation's MSP as channel configuration carries it.
+    pub fn msp_config(&self) -> medledger_proto::msp::FabricMspConfig {
+        medledger_common::msp::org_msp_config(
+            &self.mspid,
+            self.ca.cert_pem().as_bytes(),
+            Some(self.tls_ca.cert_pem().as_bytes()),
+        )
+    }
+
     /// Writes an MSP folder for `id` under `dir` (with keystore and Node OUs).
     pub fn write_msp(&self, dir: &Path, id: &SigningIdentity) -> anyhow::Result<()> {
         write_msp_folder(

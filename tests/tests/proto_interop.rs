@@ -206,6 +206,7 @@ fn field_numbers_match_fabric_protos() -> anyhow::Result<()> {
         "peer/chaincode_event.proto",
         "peer/chaincode_shim.proto",
         "peer/collection.proto",
+        "peer/configuration.proto",
         "peer/events.proto",
         "peer/policy.proto",
         "peer/proposal.proto",

@@ -1,0 +1,572 @@
+//! Channel configuration: building a Fabric-shaped genesis (config) block from a profile (our
+//! `configtxgen`), and resolving a config block into what nodes decide with: the channel's MSPs,
+//! its policies by path (`/Channel/Application/Writers`...), the BFT consenters and batch settings.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use medledger_proto::common::{
+    Block, Config, ConfigEnvelope, ConfigGroup, ConfigPolicy, ConfigValue, Consenter, HeaderType,
+    ImplicitMetaPolicy, Orderers, Payload, Policy as PolicyProto, SignaturePolicyEnvelope,
+    implicit_meta_policy::Rule, msp_role::MspRoleType, policy::PolicyType,
+};
+use medledger_proto::msp::{FabricMspConfig, MspConfig};
+use medledger_proto::orderer::{BatchSize, BatchTimeout, ConsensusType};
+use medledger_proto::protos::{AnchorPeer, AnchorPeers};
+use prost::Message;
+
+use crate::msp::{Msp, MspError, MspManager, from_msp_config, to_msp_config};
+use crate::policy::{Policy, n_out_of_roles};
+use crate::protoutil::{self, ProtoError};
+
+/// Errors reading or building channel configuration.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("not a config block: {0}")]
+    NotConfig(String),
+    #[error(transparent)]
+    Proto(#[from] ProtoError),
+    #[error(transparent)]
+    Msp(#[from] MspError),
+    #[error("invalid channel configuration: {0}")]
+    Invalid(String),
+}
+
+/// One organisation in a channel profile.
+#[derive(Debug, Clone)]
+pub struct OrgProfile {
+    pub msp: FabricMspConfig,
+    /// host:port of the organisation's peers that others may call (gateway endorsement).
+    pub anchor_peers: Vec<(String, u16)>,
+}
+
+/// What a channel is made of: the input of [`genesis_block`].
+#[derive(Debug, Clone)]
+pub struct ChannelProfile {
+    pub channel_id: String,
+    pub application_orgs: Vec<OrgProfile>,
+    pub orderer_orgs: Vec<OrgProfile>,
+    pub consenters: Vec<Consenter>,
+    pub batch_size: BatchSize,
+    pub batch_timeout: Duration,
+}
+
+const CHANNEL: &str = "Channel";
+const APPLICATION: &str = "Application";
+const ORDERER: &str = "Orderer";
+
+fn value<M: Message>(m: &M) -> ConfigValue {
+    ConfigValue {
+        version: 0,
+        value: m.encode_to_vec(),
+        mod_policy: "Admins".into(),
+    }
+}
+
+fn policy(kind: PolicyType, value: Vec<u8>) -> ConfigPolicy {
+    ConfigPolicy {
+        version: 0,
+        policy: Some(PolicyProto {
+            r#type: kind as i32,
+            value,
+        }),
+        mod_policy: "Admins".into(),
+    }
+}
+
+fn signature_policy(env: &SignaturePolicyEnvelope) -> ConfigPolicy {
+    policy(PolicyType::Signature, env.encode_to_vec())
+}
+
+fn implicit(sub: &str, rule: Rule) -> ConfigPolicy {
+    policy(
+        PolicyType::ImplicitMeta,
+        ImplicitMetaPolicy {
+            sub_policy: sub.into(),
+            rule: rule as i32,
+        }
+        .encode_to_vec(),
+    )
+}
+
+fn org_group(
+    org: &OrgProfile,
+    member_roles: &[MspRoleType],
+    endorsement_role: MspRoleType,
+) -> ConfigGroup {
+    let id = org.msp.name.clone();
+    let any_of = |roles: &[MspRoleType]| {
+        n_out_of_roles(
+            1,
+            &roles.iter().map(|r| (id.clone(), *r)).collect::<Vec<_>>(),
+        )
+    };
+    let mut values = HashMap::from([("MSP".to_owned(), value(&to_msp_config(&org.msp)))]);
+    if !org.anchor_peers.is_empty() {
+        values.insert(
+            "AnchorPeers".into(),
+            value(&AnchorPeers {
+                anchor_peers: org
+                    .anchor_peers
+                    .iter()
+                    .map(|(h, p)| AnchorPeer {
+                        host: h.clone(),
+                        port: i32::from(*p),
+                    })
+                    .collect(),
+            }),
+        );
+    }
+    ConfigGroup {
+        version: 0,
+        groups: HashMap::new(),
+        values,
+        policies: HashMap::from([
+            (
+                "Readers".to_owned(),
+                signature_policy(&any_of(member_roles)),
+            ),
+            (
+                "Writers".to_owned(),
+                signature_policy(&any_of(member_roles)),
+            ),
+            (
+                "Admins".to_owned(),
+                signature_policy(&any_of(&[MspRoleType::Admin])),
+            ),
+            (
+                "Endorsement".to_owned(),
+                signature_policy(&any_of(&[endorsement_role])),
+            ),
+        ]),
+        mod_policy: "Admins".into(),
+    }
+}
+
+fn standard_policies(extra: &[(&str, ConfigPolicy)]) -> HashMap<String, ConfigPolicy> {
+    let mut p = HashMap::from([
+        ("Readers".to_owned(), implicit("Readers", Rule::Any)),
+        ("Writers".to_owned(), implicit("Writers", Rule::Any)),
+        ("Admins".to_owned(), implicit("Admins", Rule::Majority)),
+    ]);
+    for (k, v) in extra {
+        p.insert((*k).to_owned(), v.clone());
+    }
+    p
+}
+
+/// Builds block 0 of a channel: one unsigned CONFIG envelope carrying the whole configuration.
+pub fn genesis_block(profile: &ChannelProfile) -> Result<Block, ConfigError> {
+    if profile.channel_id.is_empty()
+        || !profile
+            .channel_id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-".contains(c))
+    {
+        return Err(ConfigError::Invalid(format!(
+            "channel id {:?} must be lowercase letters, digits, '.' and '-'",
+            profile.channel_id
+        )));
+    }
+    if profile.consenters.is_empty() {
+        return Err(ConfigError::Invalid(
+            "a channel needs at least one consenter".into(),
+        ));
+    }
+    let member_roles = [MspRoleType::Admin, MspRoleType::Client, MspRoleType::Peer];
+    let application = ConfigGroup {
+        version: 0,
+        groups: profile
+            .application_orgs
+            .iter()
+            .map(|o| {
+                (
+                    o.msp.name.clone(),
+                    org_group(o, &member_roles, MspRoleType::Peer),
+                )
+            })
+            .collect(),
+        values: HashMap::new(),
+        policies: standard_policies(&[
+            ("Endorsement", implicit("Endorsement", Rule::Majority)),
+            (
+                "LifecycleEndorsement",
+                implicit("Endorsement", Rule::Majority),
+            ),
+        ]),
+        mod_policy: "Admins".into(),
+    };
+    let orderer = ConfigGroup {
+        version: 0,
+        groups: profile
+            .orderer_orgs
+            .iter()
+            .map(|o| {
+                (
+                    o.msp.name.clone(),
+                    org_group(o, &[MspRoleType::Member], MspRoleType::Orderer),
+                )
+            })
+            .collect(),
+        values: HashMap::from([
+            (
+                "ConsensusType".to_owned(),
+                value(&ConsensusType {
+                    r#type: "BFT".into(),
+                    metadata: Vec::new(),
+                    state: 0,
+                }),
+            ),
+            ("BatchSize".to_owned(), value(&profile.batch_size)),
+            (
+                "BatchTimeout".to_owned(),
+                value(&BatchTimeout {
+                    timeout: format!("{}ms", profile.batch_timeout.as_millis()),
+                }),
+            ),
+            (
+                "Orderers".to_owned(),
+                value(&Orderers {
+                    consenter_mapping: profile.consenters.clone(),
+                }),
+            ),
+        ]),
+        policies: standard_policies(&[("BlockValidation", implicit("Writers", Rule::Any))]),
+        mod_policy: "Admins".into(),
+    };
+    let channel = ConfigGroup {
+        version: 0,
+        groups: HashMap::from([
+            (APPLICATION.to_owned(), application),
+            (ORDERER.to_owned(), orderer),
+        ]),
+        values: HashMap::from([(
+            "HashingAlgorithm".to_owned(),
+            value(&medledger_proto::common::HashingAlgorithm {
+                name: "SHA256".into(),
+            }),
+        )]),
+        policies: standard_policies(&[]),
+        mod_policy: "Admins".into(),
+    };
+    let envelope = ConfigEnvelope {
+        config: Some(Config {
+            sequence: 0,
+            channel_group: Some(channel),
+        }),
+        last_update: None,
+    };
+    let header = protoutil::make_header(
+        HeaderType::Config,
+        &profile.channel_id,
+        "",
+        protoutil::new_nonce(),
+        &[],
+        Vec::new(),
+    );
+    let env = medledger_proto::common::Envelope {
+        payload: Payload {
+            header: Some(header),
+            data: envelope.encode_to_vec(),
+        }
+        .encode_to_vec(),
+        signature: Vec::new(),
+    };
+    Ok(protoutil::new_block(
+        0,
+        Vec::new(),
+        vec![env.encode_to_vec()],
+    ))
+}
+
+/// A channel's configuration, resolved for decisions.
+#[derive(Debug, Clone)]
+pub struct ChannelConfig {
+    pub channel_id: String,
+    pub sequence: u64,
+    pub msps: MspManager,
+    pub application_orgs: Vec<String>,
+    pub orderer_orgs: Vec<String>,
+    /// Policies by path, e.g. `/Channel/Application/Writers`, `/Channel/Application/Hospital1MSP/Endorsement`.
+    pub policies: BTreeMap<String, Policy>,
+    pub consenters: Vec<Consenter>,
+    pub batch_size: BatchSize,
+    pub batch_timeout: Duration,
+    /// Anchor peers by MSP id.
+    pub anchor_peers: BTreeMap<String, Vec<(String, u16)>>,
+}
+
+fn decode<M: Message + Default>(bytes: &[u8], what: &'static str) -> Result<M, ConfigError> {
+    M::decode(bytes).map_err(|e| ConfigError::Invalid(format!("{what}: {e}")))
+}
+
+fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if let Some(ms) = s.strip_suffix("ms") {
+        return ms.parse().ok().map(Duration::from_millis);
+    }
+    if let Some(sec) = s.strip_suffix('s') {
+        return sec.parse::<f64>().ok().map(Duration::from_secs_f64);
+    }
+    if let Some(m) = s.strip_suffix('m') {
+        return m.parse::<u64>().ok().map(|m| Duration::from_secs(m * 60));
+    }
+    None
+}
+
+/// Resolves a group's policies (and its sub-groups'), implicit meta policies referring to the
+/// same-named policy of each sub-group.
+fn resolve_group(
+    path: &str,
+    group: &ConfigGroup,
+    out: &mut BTreeMap<String, Policy>,
+) -> Result<(), ConfigError> {
+    let mut names: Vec<&String> = group.groups.keys().collect();
+    names.sort();
+    for name in &names {
+        resolve_group(&format!("{path}/{name}"), &group.groups[*name], out)?;
+    }
+    for (name, cp) in &group.policies {
+        let Some(p) = &cp.policy else { continue };
+        let resolved = match PolicyType::try_from(p.r#type) {
+            Ok(PolicyType::Signature) => Policy::Signature(decode(&p.value, "signature policy")?),
+            Ok(PolicyType::ImplicitMeta) => {
+                let meta: ImplicitMetaPolicy = decode(&p.value, "implicit meta policy")?;
+                let rule = Rule::try_from(meta.rule).map_err(|_| {
+                    ConfigError::Invalid(format!("bad implicit meta rule at {path}/{name}"))
+                })?;
+                let sub_policies = names
+                    .iter()
+                    .filter_map(|g| out.get(&format!("{path}/{g}/{}", meta.sub_policy)).cloned())
+                    .collect();
+                Policy::ImplicitMeta { rule, sub_policies }
+            }
+            _ => {
+                return Err(ConfigError::Invalid(format!(
+                    "unsupported policy type {} at {path}/{name}",
+                    p.r#type
+                )));
+            }
+        };
+        out.insert(format!("{path}/{name}"), resolved);
+    }
+    Ok(())
+}
+
+fn org_msps(
+    group: Option<&ConfigGroup>,
+) -> Result<Vec<(String, Msp, Vec<(String, u16)>)>, ConfigError> {
+    let mut out = Vec::new();
+    let Some(group) = group else { return Ok(out) };
+    for (name, org) in &group.groups {
+        let v = org
+            .values
+            .get("MSP")
+            .ok_or_else(|| ConfigError::Invalid(format!("organisation {name} has no MSP")))?;
+        let msp = from_msp_config(&decode::<MspConfig>(&v.value, "MSP")?)?;
+        let anchors = match org.values.get("AnchorPeers") {
+            Some(v) => decode::<AnchorPeers>(&v.value, "AnchorPeers")?
+                .anchor_peers
+                .into_iter()
+                .map(|a| (a.host, a.port as u16))
+                .collect(),
+            None => Vec::new(),
+        };
+        out.push((msp.id().to_owned(), msp, anchors));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+impl ChannelConfig {
+    /// Resolves a `Config` message.
+    pub fn from_config(channel_id: &str, config: &Config) -> Result<Self, ConfigError> {
+        let root = config
+            .channel_group
+            .as_ref()
+            .ok_or_else(|| ConfigError::Invalid("config has no channel group".into()))?;
+        let app = org_msps(root.groups.get(APPLICATION))?;
+        let ord = org_msps(root.groups.get(ORDERER))?;
+        let mut policies = BTreeMap::new();
+        resolve_group(&format!("/{CHANNEL}"), root, &mut policies)?;
+        let orderer = root
+            .groups
+            .get(ORDERER)
+            .ok_or_else(|| ConfigError::Invalid("config has no Orderer group".into()))?;
+        let consenters = match orderer.values.get("Orderers") {
+            Some(v) => decode::<Orderers>(&v.value, "Orderers")?.consenter_mapping,
+            None => Vec::new(),
+        };
+        let batch_size = match orderer.values.get("BatchSize") {
+            Some(v) => decode(&v.value, "BatchSize")?,
+            None => BatchSize {
+                max_message_count: 500,
+                absolute_max_bytes: 10 * 1024 * 1024,
+                preferred_max_bytes: 2 * 1024 * 1024,
+            },
+        };
+        let batch_timeout = match orderer.values.get("BatchTimeout") {
+            Some(v) => {
+                let t: BatchTimeout = decode(&v.value, "BatchTimeout")?;
+                parse_duration(&t.timeout).ok_or_else(|| {
+                    ConfigError::Invalid(format!("bad batch timeout {:?}", t.timeout))
+                })?
+            }
+            None => Duration::from_secs(2),
+        };
+        let anchor_peers = app
+            .iter()
+            .map(|(id, _, a)| (id.clone(), a.clone()))
+            .collect();
+        let application_orgs = app.iter().map(|(id, _, _)| id.clone()).collect();
+        let orderer_orgs = ord.iter().map(|(id, _, _)| id.clone()).collect();
+        let msps = MspManager::new(app.into_iter().chain(ord).map(|(_, m, _)| m));
+        Ok(Self {
+            channel_id: channel_id.to_owned(),
+            sequence: config.sequence,
+            msps,
+            application_orgs,
+            orderer_orgs,
+            policies,
+            consenters,
+            batch_size,
+            batch_timeout,
+            anchor_peers,
+        })
+    }
+
+    /// Resolves the configuration carried by a config block (e.g. the genesis block).
+    pub fn from_block(block: &Block) -> Result<Self, ConfigError> {
+        let data = block
+            .data
+            .as_ref()
+            .and_then(|d| d.data.first())
+            .ok_or_else(|| ConfigError::NotConfig("block has no envelope".into()))?;
+        let env: medledger_proto::common::Envelope = decode(data, "Envelope")?;
+        let u = protoutil::unpack_envelope(&env)?;
+        if u.channel_header.r#type != HeaderType::Config as i32 {
+            return Err(ConfigError::NotConfig(format!(
+                "header type {} is not CONFIG",
+                u.channel_header.r#type
+            )));
+        }
+        let ce: ConfigEnvelope = decode(&u.payload.data, "ConfigEnvelope")?;
+        let config = ce
+            .config
+            .ok_or_else(|| ConfigError::NotConfig("config envelope is empty".into()))?;
+        Self::from_config(&u.channel_header.channel_id, &config)
+    }
+
+    /// The policy at `path`.
+    pub fn policy(&self, path: &str) -> Option<&Policy> {
+        self.policies.get(path)
+    }
+
+    /// Fabric's BFT quorum for n consenters: ceil((n + f + 1) / 2) with f = floor((n - 1) / 3).
+    pub fn bft_quorum(&self) -> usize {
+        let n = self.consenters.len();
+        let f = n.saturating_sub(1) / 3;
+        (n + f + 1).div_ceil(2)
+    }
+
+    /// The consenter with this id.
+    pub fn consenter(&self, id: u32) -> Option<&Consenter> {
+        self.consenters.iter().find(|c| c.id == id)
+    }
+}
+
+/// Signs a block as consenter `consenter_id`: the BFT `MetadataSignature` over
+/// `value ‖ identifier_header ‖ BlockHeaderBytes`.
+pub fn sign_block(
+    block: &Block,
+    consenter_id: u32,
+    value: &[u8],
+    signer: &crate::identity::SigningIdentity,
+) -> Result<medledger_proto::common::MetadataSignature, ConfigError> {
+    let header = block
+        .header
+        .as_ref()
+        .ok_or_else(|| ConfigError::Invalid("block has no header".into()))?;
+    let identifier_header = medledger_proto::common::IdentifierHeader {
+        identifier: consenter_id,
+        nonce: protoutil::new_nonce(),
+    }
+    .encode_to_vec();
+    let msg = [
+        value,
+        &identifier_header,
+        &protoutil::block_header_bytes(header),
+    ]
+    .concat();
+    let signature = signer
+        .sign(&msg)
+        .map_err(|e| ConfigError::Invalid(format!("signing block: {e}")))?;
+    Ok(medledger_proto::common::MetadataSignature {
+        signature_header: Vec::new(),
+        signature,
+        identifier_header,
+    })
+}
+
+impl ChannelConfig {
+    /// Checks that a block carries valid signatures from a BFT quorum of distinct consenters
+    /// over its header, and that its data hash matches its data.
+    pub fn verify_block(&self, block: &Block) -> Result<(), ConfigError> {
+        let header = block
+            .header
+            .as_ref()
+            .ok_or_else(|| ConfigError::Invalid("block has no header".into()))?;
+        let data = block
+            .data
+            .as_ref()
+            .ok_or_else(|| ConfigError::Invalid("block has no data".into()))?;
+        if protoutil::block_data_hash(data).as_slice() != header.data_hash.as_slice() {
+            return Err(ConfigError::Invalid(format!(
+                "block {} data hash does not match its data",
+                header.number
+            )));
+        }
+        let sigs_bytes = block
+            .metadata
+            .as_ref()
+            .and_then(|m| m.metadata.first())
+            .ok_or_else(|| ConfigError::Invalid("block has no SIGNATURES metadata".into()))?;
+        let md: medledger_proto::common::Metadata = decode(sigs_bytes, "SIGNATURES metadata")?;
+        let header_bytes = protoutil::block_header_bytes(header);
+        let mut signers: Vec<u32> = Vec::new();
+        for sig in &md.signatures {
+            let Ok(ih) =
+                medledger_proto::common::IdentifierHeader::decode(sig.identifier_header.as_slice())
+            else {
+                continue;
+            };
+            if signers.contains(&ih.identifier) {
+                continue;
+            }
+            let Some(c) = self.consenter(ih.identifier) else {
+                continue;
+            };
+            let identity = medledger_proto::msp::SerializedIdentity {
+                mspid: c.msp_id.clone(),
+                id_bytes: c.identity.clone(),
+            }
+            .encode_to_vec();
+            let Ok(id) = self.msps.deserialize(&identity, crate::msp::Expiry::Ignore) else {
+                continue;
+            };
+            let msg = [md.value.as_slice(), &sig.identifier_header, &header_bytes].concat();
+            if id.verify(&msg, &sig.signature).is_ok() {
+                signers.push(ih.identifier);
+            }
+        }
+        let quorum = self.bft_quorum();
+        if signers.len() < quorum {
+            return Err(ConfigError::Invalid(format!(
+                "block {} has {} valid consenter signature(s), needs {quorum}",
+                header.number,
+                signers.len()
+            )));
+        }
+        Ok(())
+    }
+}
