@@ -353,9 +353,10 @@ fn resolve_group(
     Ok(())
 }
 
-fn org_msps(
-    group: Option<&ConfigGroup>,
-) -> Result<Vec<(String, Msp, Vec<(String, u16)>)>, ConfigError> {
+/// An organisation read from config: its MSP id, MSP and anchor peers.
+type OrgEntry = (String, Msp, Vec<(String, u16)>);
+
+fn org_msps(group: Option<&ConfigGroup>) -> Result<Vec<OrgEntry>, ConfigError> {
     let mut out = Vec::new();
     let Some(group) = group else { return Ok(out) };
     for (name, org) in &group.groups {
