@@ -1,1 +1,11 @@
-//! placeholder
+//! The MedLedger peer: a channel's ledger on RocksDB, the endorser, chaincode support
+//! (chaincode-as-a-service over Fabric's shim protocol), the committer with its plugins, and the
+//! Fabric Gateway and Deliver services clients use.
+
+pub mod chaincode;
+pub mod channel;
+pub mod committer;
+pub mod endorser;
+pub mod ledger;
+pub mod plugins;
+pub mod simulator;

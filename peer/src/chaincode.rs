@@ -1,0 +1,418 @@
+//! Chaincode support: the peer dials chaincode servers (chaincode-as-a-service, Fabric's
+//! `protos.Chaincode/Connect`), completes the REGISTER / REGISTERED / READY handshake, and runs
+//! transactions over the stream, answering the chaincode's state calls from a [`TxSimulator`].
+//! One stream per chaincode carries all its concurrent transactions, keyed by channel and txid.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use medledger_proto::protos::chaincode_client::ChaincodeClient;
+use medledger_proto::protos::chaincode_message::Type as Msg;
+use medledger_proto::protos::{
+    ChaincodeEvent, ChaincodeId, ChaincodeInput, ChaincodeMessage, DelState, GetHistoryForKey, GetState,
+    GetStateByRange, GetStateMetadata, PutState, PutStateMetadata, QueryMetadata, QueryResponse,
+    QueryResponseMetadata, QueryResultBytes, QueryStateClose, QueryStateNext, Response, SignedProposal,
+    StateMetadata, StateMetadataResult,
+};
+use medledger_proto::queryresult::{KeyModification, Kv};
+use prost::Message;
+use tokio::sync::{Mutex, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::simulator::{SimulationError, TxSimulator};
+
+/// Results per QueryResponse batch, as Fabric sends them.
+const QUERY_BATCH: usize = 100;
+
+/// Where a chaincode server is, from the installed package's `connection.json`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct ConnectionInfo {
+    pub address: String,
+    #[serde(default)]
+    pub tls_required: bool,
+    /// PEM of the CA that signed the chaincode server's TLS certificate.
+    #[serde(default)]
+    pub root_cert: String,
+    #[serde(default)]
+    pub domain: String,
+}
+
+/// A chaincode the peer can run: its name on the channel, the package id it registers with,
+/// and where to reach it.
+#[derive(Debug, Clone)]
+pub struct ChaincodeEndpoint {
+    pub name: String,
+    pub version: String,
+    pub package_id: String,
+    pub connection: ConnectionInfo,
+}
+
+/// Why a chaincode execution failed (the proposal then gets status 500, no endorsement).
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("chaincode {name} is unavailable at {address}: {reason}")]
+    Unavailable { name: String, address: String, reason: String },
+    #[error("chaincode registration failed: {0}")]
+    Registration(String),
+    #[error("timeout expired while executing transaction")]
+    Timeout,
+    #[error("chaincode stream terminated")]
+    StreamTerminated,
+    #[error("transaction returned with failure: {0}")]
+    Failed(String),
+    #[error("transaction {0} is already executing on this chaincode")]
+    Duplicate(String),
+}
+
+struct Connection {
+    outbound: mpsc::Sender<ChaincodeMessage>,
+    pending: Mutex<HashMap<String, mpsc::Sender<ChaincodeMessage>>>,
+    alive: AtomicBool,
+}
+
+/// The peer's connections to chaincode servers.
+pub struct ChaincodeSupport {
+    conns: Mutex<HashMap<String, Arc<Connection>>>,
+    execute_timeout: Duration,
+    next_iterator: AtomicU64,
+}
+
+fn key(channel: &str, txid: &str) -> String {
+    format!("{channel}\u{0}{txid}")
+}
+
+impl ChaincodeSupport {
+    pub fn new(execute_timeout: Duration) -> Self {
+        Self {
+            conns: Mutex::new(HashMap::new()),
+            execute_timeout,
+            next_iterator: AtomicU64::new(1),
+        }
+    }
+
+    async fn connect(&self, ep: &ChaincodeEndpoint) -> Result<Arc<Connection>, ExecError> {
+        let unavailable = |reason: String| ExecError::Unavailable {
+            name: ep.name.clone(),
+            address: ep.connection.address.clone(),
+            reason,
+        };
+        let scheme = if ep.connection.tls_required { "https" } else { "http" };
+        let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{}", ep.connection.address))
+            .map_err(|e| unavailable(e.to_string()))?
+            .connect_timeout(Duration::from_secs(3));
+        if ep.connection.tls_required {
+            let host = if ep.connection.domain.is_empty() {
+                ep.connection.address.rsplit_once(':').map(|(h, _)| h).unwrap_or("localhost").to_owned()
+            } else {
+                ep.connection.domain.clone()
+            };
+            let tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&ep.connection.root_cert))
+                .domain_name(host);
+            endpoint = endpoint.tls_config(tls).map_err(|e| unavailable(e.to_string()))?;
+        }
+        let channel = endpoint.connect().await.map_err(|e| unavailable(e.to_string()))?;
+        let (tx, rx) = mpsc::channel::<ChaincodeMessage>(1024);
+        let mut inbound = ChaincodeClient::new(channel)
+            .max_decoding_message_size(100 * 1024 * 1024)
+            .connect(ReceiverStream::new(rx))
+            .await
+            .map_err(|e| unavailable(e.message().to_owned()))?
+            .into_inner();
+        let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
+            .await
+            .map_err(|_| ExecError::Registration("no REGISTER from the chaincode within 10s".into()))?
+            .map_err(|e| ExecError::Registration(e.message().to_owned()))?
+            .ok_or_else(|| ExecError::Registration("stream closed before REGISTER".into()))?;
+        if first.r#type != Msg::Register as i32 {
+            return Err(ExecError::Registration(format!("expected REGISTER, got message type {}", first.r#type)));
+        }
+        let id = ChaincodeId::decode(first.payload.as_slice())
+            .map_err(|e| ExecError::Registration(format!("bad REGISTER payload: {e}")))?;
+        if id.name != ep.package_id {
+            return Err(ExecError::Registration(format!(
+                "chaincode registered as {:?}, expected package id {:?}",
+                id.name, ep.package_id
+            )));
+        }
+        for t in [Msg::Registered, Msg::Ready] {
+            tx.send(ChaincodeMessage { r#type: t as i32, ..Default::default() })
+                .await
+                .map_err(|_| ExecError::StreamTerminated)?;
+        }
+        let conn = Arc::new(Connection {
+            outbound: tx,
+            pending: Mutex::new(HashMap::new()),
+            alive: AtomicBool::new(true),
+        });
+        let c = conn.clone();
+        let name = ep.name.clone();
+        tokio::spawn(async move {
+            loop {
+                match inbound.message().await {
+                    Ok(Some(msg)) => {
+                        let k = key(&msg.channel_id, &msg.txid);
+                        let target = c.pending.lock().await.get(&k).cloned();
+                        match target {
+                            Some(t) => {
+                                let _ = t.send(msg).await;
+                            }
+                            None => tracing::warn!(chaincode = %name, txid = %msg.txid, "message for no running transaction dropped"),
+                        }
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            c.alive.store(false, Ordering::SeqCst);
+            // Dropping the senders wakes every waiting transaction with "stream terminated".
+            c.pending.lock().await.clear();
+            tracing::info!(chaincode = %name, "chaincode stream closed");
+        });
+        Ok(conn)
+    }
+
+    async fn connection(&self, ep: &ChaincodeEndpoint) -> Result<Arc<Connection>, ExecError> {
+        let mut conns = self.conns.lock().await;
+        if let Some(c) = conns.get(&ep.package_id)
+            && c.alive.load(Ordering::SeqCst)
+        {
+            return Ok(c.clone());
+        }
+        let c = self.connect(ep).await?;
+        conns.insert(ep.package_id.clone(), c.clone());
+        Ok(c)
+    }
+
+    /// Runs one transaction of `ep` on `channel` and returns the chaincode's response and event.
+    pub async fn execute(
+        &self,
+        ep: &ChaincodeEndpoint,
+        channel: &str,
+        txid: &str,
+        proposal: &SignedProposal,
+        input: ChaincodeInput,
+        sim: &mut TxSimulator,
+    ) -> Result<(Response, Option<ChaincodeEvent>), ExecError> {
+        let conn = self.connection(ep).await?;
+        let k = key(channel, txid);
+        let (tx, mut rx) = mpsc::channel(64);
+        {
+            let mut pending = conn.pending.lock().await;
+            if pending.contains_key(&k) {
+                return Err(ExecError::Duplicate(txid.to_owned()));
+            }
+            pending.insert(k.clone(), tx);
+        }
+        let kind = if input.is_init { Msg::Init } else { Msg::Transaction };
+        let start = ChaincodeMessage {
+            r#type: kind as i32,
+            payload: input.encode_to_vec(),
+            txid: txid.to_owned(),
+            proposal: Some(proposal.clone()),
+            channel_id: channel.to_owned(),
+            ..Default::default()
+        };
+        let result = async {
+            conn.outbound.send(start).await.map_err(|_| ExecError::StreamTerminated)?;
+            let mut iterators: HashMap<String, VecDeque<Vec<u8>>> = HashMap::new();
+            let deadline = tokio::time::Instant::now() + self.execute_timeout;
+            loop {
+                let msg = tokio::time::timeout_at(deadline, rx.recv())
+                    .await
+                    .map_err(|_| ExecError::Timeout)?
+                    .ok_or(ExecError::StreamTerminated)?;
+                match Msg::try_from(msg.r#type) {
+                    Ok(Msg::Completed) => {
+                        let resp = Response::decode(msg.payload.as_slice())
+                            .map_err(|e| ExecError::Failed(format!("undecodable response: {e}")))?;
+                        let event = msg.chaincode_event.map(|mut e| {
+                            e.chaincode_id = ep.name.clone();
+                            e.tx_id = txid.to_owned();
+                            e
+                        });
+                        return Ok((resp, event));
+                    }
+                    Ok(Msg::Error) => {
+                        return Err(ExecError::Failed(String::from_utf8_lossy(&msg.payload).into_owned()));
+                    }
+                    _ => {
+                        let reply = self.serve(&ep.name, &msg, sim, &mut iterators);
+                        conn.outbound.send(reply).await.map_err(|_| ExecError::StreamTerminated)?;
+                    }
+                }
+            }
+        }
+        .await;
+        conn.pending.lock().await.remove(&k);
+        result
+    }
+
+    fn reply(msg: &ChaincodeMessage, result: Result<Vec<u8>, String>) -> ChaincodeMessage {
+        let (kind, payload) = match result {
+            Ok(p) => (Msg::Response, p),
+            Err(reason) => {
+                let name = Msg::try_from(msg.r#type)
+                    .map(|t| t.as_str_name().to_owned())
+                    .unwrap_or_else(|_| msg.r#type.to_string());
+                (
+                    Msg::Error,
+                    format!("{name} failed: transaction ID: {}: {reason}", msg.txid).into_bytes(),
+                )
+            }
+        };
+        ChaincodeMessage {
+            r#type: kind as i32,
+            payload,
+            txid: msg.txid.clone(),
+            channel_id: msg.channel_id.clone(),
+            ..Default::default()
+        }
+    }
+
+    fn batch(&self, id: String, rows: &mut VecDeque<Vec<u8>>) -> QueryResponse {
+        let n = rows.len().min(QUERY_BATCH);
+        let results: Vec<QueryResultBytes> = rows.drain(..n).map(|r| QueryResultBytes { result_bytes: r }).collect();
+        QueryResponse {
+            results,
+            has_more: !rows.is_empty(),
+            id,
+            metadata: Vec::new(),
+        }
+    }
+
+    /// Answers one state request of the chaincode (never panics on bad payloads).
+    fn serve(
+        &self,
+        ns: &str,
+        msg: &ChaincodeMessage,
+        sim: &mut TxSimulator,
+        iterators: &mut HashMap<String, VecDeque<Vec<u8>>>,
+    ) -> ChaincodeMessage {
+        fn dec<M: Message + Default>(b: &[u8]) -> Result<M, String> {
+            M::decode(b).map_err(|e| format!("malformed payload: {e}"))
+        }
+        let sim_err = |e: SimulationError| e.to_string();
+        let no_private = |collection: &str| -> Result<(), String> {
+            if collection.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("private data collection {collection:?}: private data is not enabled on this peer"))
+            }
+        };
+        let result: Result<Vec<u8>, String> = match Msg::try_from(msg.r#type) {
+            Ok(Msg::GetState) => dec::<GetState>(&msg.payload).and_then(|r| {
+                no_private(&r.collection)?;
+                sim.get_state(ns, &r.key).map(Option::unwrap_or_default).map_err(sim_err)
+            }),
+            Ok(Msg::PutState) => dec::<PutState>(&msg.payload).and_then(|r| {
+                no_private(&r.collection)?;
+                sim.put_state(ns, &r.key, r.value).map(|()| Vec::new()).map_err(sim_err)
+            }),
+            Ok(Msg::DelState) => dec::<DelState>(&msg.payload).and_then(|r| {
+                no_private(&r.collection)?;
+                sim.del_state(ns, &r.key).map(|()| Vec::new()).map_err(sim_err)
+            }),
+            Ok(Msg::GetStateMetadata) => dec::<GetStateMetadata>(&msg.payload).and_then(|r| {
+                no_private(&r.collection)?;
+                let entries = sim.get_state_metadata(ns, &r.key).map_err(sim_err)?;
+                Ok(StateMetadataResult {
+                    entries: entries
+                        .into_iter()
+                        .map(|e| StateMetadata { metakey: e.name, value: e.value })
+                        .collect(),
+                }
+                .encode_to_vec())
+            }),
+            Ok(Msg::PutStateMetadata) => dec::<PutStateMetadata>(&msg.payload).and_then(|r| {
+                no_private(&r.collection)?;
+                let m = r.metadata.ok_or("metadata is missing")?;
+                sim.put_state_metadata(ns, &r.key, &m.metakey, m.value)
+                    .map(|()| Vec::new())
+                    .map_err(sim_err)
+            }),
+            Ok(Msg::GetStateByRange) => dec::<GetStateByRange>(&msg.payload).and_then(|r| {
+                no_private(&r.collection)?;
+                let paging = if r.metadata.is_empty() {
+                    None
+                } else {
+                    Some(dec::<QueryMetadata>(&r.metadata)?)
+                };
+                let start = match &paging {
+                    Some(p) if !p.bookmark.is_empty() => p.bookmark.clone(),
+                    _ => r.start_key.clone(),
+                };
+                let page = paging.as_ref().map(|p| p.page_size.max(1) as usize);
+                let (rows, next) = sim.range(ns, &start, &r.end_key, page).map_err(sim_err)?;
+                let mut encoded: VecDeque<Vec<u8>> = rows
+                    .into_iter()
+                    .map(|(key, value)| Kv { namespace: ns.to_owned(), key, value }.encode_to_vec())
+                    .collect();
+                let id = format!("it{}", self.next_iterator.fetch_add(1, Ordering::Relaxed));
+                if page.is_some() {
+                    let count = encoded.len() as i32;
+                    let mut resp = QueryResponse {
+                        results: encoded.drain(..).map(|r| QueryResultBytes { result_bytes: r }).collect(),
+                        has_more: false,
+                        id,
+                        metadata: Vec::new(),
+                    };
+                    resp.metadata = QueryResponseMetadata {
+                        fetched_records_count: count,
+                        bookmark: next.unwrap_or_default(),
+                    }
+                    .encode_to_vec();
+                    Ok(resp.encode_to_vec())
+                } else {
+                    let resp = self.batch(id.clone(), &mut encoded);
+                    if resp.has_more {
+                        iterators.insert(id, encoded);
+                    }
+                    Ok(resp.encode_to_vec())
+                }
+            }),
+            Ok(Msg::GetHistoryForKey) => dec::<GetHistoryForKey>(&msg.payload).and_then(|r| {
+                let history = sim.ledger().history(ns, &r.key).map_err(|e| e.to_string())?;
+                let mut encoded: VecDeque<Vec<u8>> = history
+                    .into_iter()
+                    .rev()
+                    .map(|h| {
+                        KeyModification {
+                            tx_id: h.tx_id,
+                            value: h.value,
+                            timestamp: Some(h.timestamp.unwrap_or_default()),
+                            is_delete: h.is_delete,
+                        }
+                        .encode_to_vec()
+                    })
+                    .collect();
+                let id = format!("it{}", self.next_iterator.fetch_add(1, Ordering::Relaxed));
+                let resp = self.batch(id.clone(), &mut encoded);
+                if resp.has_more {
+                    iterators.insert(id, encoded);
+                }
+                Ok(resp.encode_to_vec())
+            }),
+            Ok(Msg::QueryStateNext) => dec::<QueryStateNext>(&msg.payload).and_then(|r| {
+                let rows = iterators.get_mut(&r.id).ok_or_else(|| format!("query iterator {} not found", r.id))?;
+                let resp = self.batch(r.id.clone(), rows);
+                if !resp.has_more {
+                    iterators.remove(&r.id);
+                }
+                Ok(resp.encode_to_vec())
+            }),
+            Ok(Msg::QueryStateClose) => dec::<QueryStateClose>(&msg.payload).map(|r| {
+                iterators.remove(&r.id);
+                QueryResponse { results: vec![], has_more: false, id: r.id, metadata: vec![] }.encode_to_vec()
+            }),
+            Ok(Msg::GetQueryResult) => Err("rich queries need a CouchDB state database, which this peer does not use".into()),
+            Ok(Msg::GetPrivateDataHash) | Ok(Msg::PurgePrivateData) => {
+                Err("private data is not enabled on this peer".into())
+            }
+            Ok(Msg::InvokeChaincode) => Err("chaincode-to-chaincode invocation is not supported".into()),
+            _ => Err(format!("unexpected message type {}", msg.r#type)),
+        };
+        Self::reply(msg, result)
+    }
+}

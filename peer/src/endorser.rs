@@ -1,0 +1,189 @@
+//! The endorser: checks a signed proposal (header rules, time window, creator valid in a channel
+//! MSP, signature, not a replay, channel Writers), simulates the chaincode, and signs the result.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use medledger_common::SigningIdentity;
+use medledger_common::msp::{Expiry, Identity};
+use medledger_common::protoutil::{UnpackedProposal, unpack_proposal};
+use medledger_proto::protos::{
+    ChaincodeAction, ChaincodeId, ProposalResponse, ProposalResponsePayload, Response, SignedProposal,
+};
+use prost::Message;
+use tokio::sync::RwLock;
+
+use crate::chaincode::ChaincodeSupport;
+use crate::channel::Channel;
+use crate::plugins::PluginRegistry;
+use crate::simulator::TxSimulator;
+
+/// Fabric's `peer.authentication.timewindow`.
+pub const TIME_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+/// Largest proposal accepted.
+pub const MAX_PROPOSAL_BYTES: usize = 10 * 1024 * 1024;
+
+/// Why a proposal was refused before simulation.
+#[derive(Debug, thiserror::Error)]
+pub enum ProposalError {
+    #[error("failed to unpack transaction proposal: {0}")]
+    Malformed(String),
+    #[error("channel '{0}' not found")]
+    UnknownChannel(String),
+    #[error("request unauthorized due to incorrect timestamp")]
+    Timestamp,
+    #[error("access denied: creator is not valid on channel {channel}: {reason}")]
+    Creator { channel: String, reason: String },
+    #[error("access denied: the proposal's signature does not verify")]
+    Signature,
+    #[error("duplicate transaction found [{0}]")]
+    Duplicate(String),
+    #[error("access denied: creator does not satisfy the channel's Writers policy")]
+    Forbidden,
+    #[error("proposal of {0} bytes is larger than the {MAX_PROPOSAL_BYTES} byte limit")]
+    TooLarge(usize),
+}
+
+/// The channels a peer serves, by id.
+pub type Channels = Arc<RwLock<BTreeMap<String, Arc<Channel>>>>;
+
+/// A checked proposal: its layers, creator and channel.
+pub struct CheckedProposal {
+    pub proposal: UnpackedProposal,
+    pub creator: Identity,
+    pub channel: Arc<Channel>,
+}
+
+/// Endorses proposals for the peer's channels.
+pub struct Endorser {
+    pub channels: Channels,
+    pub chaincodes: Arc<ChaincodeSupport>,
+    pub signer: SigningIdentity,
+    pub plugins: PluginRegistry,
+}
+
+fn error_response(status: i32, message: String) -> ProposalResponse {
+    ProposalResponse {
+        response: Some(Response {
+            status,
+            message,
+            payload: Vec::new(),
+        }),
+        ..Default::default()
+    }
+}
+
+impl Endorser {
+    /// Runs the checks that come before simulation.
+    pub async fn check(&self, sp: &SignedProposal) -> Result<CheckedProposal, ProposalError> {
+        let size = sp.proposal_bytes.len() + sp.signature.len();
+        if size > MAX_PROPOSAL_BYTES {
+            return Err(ProposalError::TooLarge(size));
+        }
+        let proposal = unpack_proposal(sp).map_err(|e| ProposalError::Malformed(e.to_string()))?;
+        let channel = self
+            .channels
+            .read()
+            .await
+            .get(proposal.channel_id())
+            .cloned()
+            .ok_or_else(|| ProposalError::UnknownChannel(proposal.channel_id().to_owned()))?;
+        let ts = proposal.channel_header.timestamp.unwrap_or_default();
+        let now = medledger_common::msp::unix_now();
+        if (ts.seconds - now).unsigned_abs() > TIME_WINDOW.as_secs() {
+            return Err(ProposalError::Timestamp);
+        }
+        let creator = channel
+            .config
+            .msps
+            .deserialize(proposal.creator(), Expiry::now())
+            .map_err(|e| ProposalError::Creator {
+                channel: channel.id().to_owned(),
+                reason: e.to_string(),
+            })?;
+        creator
+            .verify(&sp.proposal_bytes, &sp.signature)
+            .map_err(|_| ProposalError::Signature)?;
+        if channel
+            .ledger
+            .tx_location(proposal.tx_id())
+            .map_err(|e| ProposalError::Malformed(e.to_string()))?
+            .is_some()
+        {
+            return Err(ProposalError::Duplicate(proposal.tx_id().to_owned()));
+        }
+        let writers = channel.config.policy("/Channel/Application/Writers");
+        if !writers.is_some_and(|p| p.satisfied_by(std::slice::from_ref(&creator))) {
+            return Err(ProposalError::Forbidden);
+        }
+        Ok(CheckedProposal {
+            proposal,
+            creator,
+            channel,
+        })
+    }
+
+    /// Fabric's `ProcessProposal`: a refused proposal is an error; a chaincode failure is a
+    /// response with status 500 and no endorsement.
+    pub async fn process(&self, sp: &SignedProposal) -> Result<ProposalResponse, ProposalError> {
+        let checked = self.check(sp).await?;
+        Ok(self.simulate_and_endorse(sp, &checked).await)
+    }
+
+    /// Simulates a checked proposal and endorses the result.
+    pub async fn simulate_and_endorse(&self, sp: &SignedProposal, c: &CheckedProposal) -> ProposalResponse {
+        let p = &c.proposal;
+        let Some(def) = c.channel.chaincode(&p.chaincode_name) else {
+            return error_response(
+                500,
+                format!("make sure the chaincode {} has been successfully defined on channel {}", p.chaincode_name, c.channel.id()),
+            );
+        };
+        let mut sim = TxSimulator::new(c.channel.ledger.clone());
+        let (response, event) = match self
+            .chaincodes
+            .execute(&def.endpoint, c.channel.id(), p.tx_id(), sp, p.input.clone(), &mut sim)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return error_response(500, e.to_string()),
+        };
+        if response.status >= 400 {
+            return ProposalResponse {
+                response: Some(response),
+                ..Default::default()
+            };
+        }
+        let action = ChaincodeAction {
+            results: sim.build().encode_to_vec(),
+            events: event.map(|e| e.encode_to_vec()).unwrap_or_default(),
+            response: Some(response.clone()),
+            chaincode_id: Some(ChaincodeId {
+                path: String::new(),
+                name: p.chaincode_name.clone(),
+                version: def.endpoint.version.clone(),
+            }),
+        };
+        let payload = ProposalResponsePayload {
+            proposal_hash: p.proposal_hash.to_vec(),
+            extension: action.encode_to_vec(),
+        }
+        .encode_to_vec();
+        let Some(plugin) = self.plugins.endorsement(&def.endorsement_plugin) else {
+            return error_response(500, format!("endorsement plugin {:?} is not registered", def.endorsement_plugin));
+        };
+        match plugin.endorse(&payload, &self.signer) {
+            Ok(endorsement) => ProposalResponse {
+                version: 1,
+                timestamp: None,
+                response: Some(response),
+                payload,
+                endorsement: Some(endorsement),
+                interest: None,
+            },
+            Err(e) => error_response(500, format!("endorsement failed: {e}")),
+        }
+    }
+}

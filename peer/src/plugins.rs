@@ -1,0 +1,116 @@
+//! Endorsement and validation plugins, chosen by name in a chaincode definition and registered
+//! in the peer. The defaults are Fabric's: `escc` signs the proposal response payload with the
+//! peer's identity; `vscc` checks the chaincode's endorsement policy and key-level policies.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use medledger_common::SigningIdentity;
+use medledger_common::msp::{Expiry, Identity, MspManager};
+use medledger_common::policy::{Policy, SignedData, decode_signature_policy, verified_signers};
+use medledger_proto::protos::{Endorsement, TxValidationCode};
+
+/// Signs endorsements.
+pub trait EndorsementPlugin: Send + Sync {
+    fn endorse(&self, payload: &[u8], signer: &SigningIdentity) -> Result<Endorsement, String>;
+}
+
+/// What a validation plugin decides on.
+pub struct ValidationInput<'a> {
+    /// The agreed ProposalResponsePayload bytes.
+    pub payload: &'a [u8],
+    pub endorsements: &'a [Endorsement],
+    pub chaincode_policy: &'a Policy,
+    /// Key-level policies (serialized SignaturePolicyEnvelope) of the keys the transaction writes;
+    /// `None` for written keys without one.
+    pub key_policies: Vec<Option<Vec<u8>>>,
+    pub msps: &'a MspManager,
+}
+
+/// Decides whether a transaction's endorsements are enough.
+pub trait ValidationPlugin: Send + Sync {
+    fn validate(&self, input: &ValidationInput<'_>) -> Result<(), TxValidationCode>;
+}
+
+/// Fabric's default endorsement: `signature = Sign(payload ‖ endorser)`.
+pub struct DefaultEndorsement;
+
+impl EndorsementPlugin for DefaultEndorsement {
+    fn endorse(&self, payload: &[u8], signer: &SigningIdentity) -> Result<Endorsement, String> {
+        let endorser = signer.serialized().to_vec();
+        let signature = signer
+            .sign(&[payload, &endorser].concat())
+            .map_err(|e| e.to_string())?;
+        Ok(Endorsement { endorser, signature })
+    }
+}
+
+/// Fabric's default validation: the chaincode policy must hold unless every written key has its
+/// own key-level policy; every key-level policy of a written key must hold.
+pub struct DefaultValidation;
+
+impl ValidationPlugin for DefaultValidation {
+    fn validate(&self, input: &ValidationInput<'_>) -> Result<(), TxValidationCode> {
+        let signed: Vec<(Vec<u8>, &Endorsement)> = input
+            .endorsements
+            .iter()
+            .map(|e| ([input.payload, &e.endorser].concat(), e))
+            .collect();
+        let data: Vec<SignedData> = signed
+            .iter()
+            .map(|(msg, e)| SignedData {
+                data: msg,
+                identity: &e.endorser,
+                signature: &e.signature,
+            })
+            .collect();
+        // Commit-time checks ignore the clock so every peer reaches the same verdict.
+        let signers: Vec<Identity> = verified_signers(&data, input.msps, Expiry::Ignore);
+        let needs_chaincode_policy =
+            input.key_policies.is_empty() || input.key_policies.iter().any(Option::is_none);
+        if needs_chaincode_policy && !input.chaincode_policy.satisfied_by(&signers) {
+            return Err(TxValidationCode::EndorsementPolicyFailure);
+        }
+        for kp in input.key_policies.iter().flatten() {
+            let env = decode_signature_policy(kp).map_err(|_| TxValidationCode::EndorsementPolicyFailure)?;
+            if !Policy::Signature(env).satisfied_by(&signers) {
+                return Err(TxValidationCode::EndorsementPolicyFailure);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The plugins a peer knows, by name.
+#[derive(Clone)]
+pub struct PluginRegistry {
+    endorsement: BTreeMap<String, Arc<dyn EndorsementPlugin>>,
+    validation: BTreeMap<String, Arc<dyn ValidationPlugin>>,
+}
+
+impl Default for PluginRegistry {
+    fn default() -> Self {
+        let mut r = Self {
+            endorsement: BTreeMap::new(),
+            validation: BTreeMap::new(),
+        };
+        r.register_endorsement("escc", Arc::new(DefaultEndorsement));
+        r.register_validation("vscc", Arc::new(DefaultValidation));
+        r
+    }
+}
+
+impl PluginRegistry {
+    pub fn register_endorsement(&mut self, name: &str, plugin: Arc<dyn EndorsementPlugin>) {
+        self.endorsement.insert(name.to_owned(), plugin);
+    }
+    pub fn register_validation(&mut self, name: &str, plugin: Arc<dyn ValidationPlugin>) {
+        self.validation.insert(name.to_owned(), plugin);
+    }
+    pub fn endorsement(&self, name: &str) -> Option<&Arc<dyn EndorsementPlugin>> {
+        self.endorsement.get(name)
+    }
+    pub fn validation(&self, name: &str) -> Option<&Arc<dyn ValidationPlugin>> {
+        self.validation.get(name)
+    }
+}
