@@ -1,0 +1,210 @@
+//! Serving a chaincode: the tonic `protos.Chaincode` service. On each connection from a peer the
+//! chaincode speaks first (REGISTER with its package id), waits for REGISTERED and READY, then
+//! runs every TRANSACTION / INIT in its own task, routing the peer's replies by channel and txid.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use medledger_proto::protos::chaincode_message::Type as Msg;
+use medledger_proto::protos::chaincode_server::{Chaincode as ChaincodeService, ChaincodeServer};
+use medledger_proto::protos::{ChaincodeId, ChaincodeMessage};
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Status, Streaming};
+
+use crate::{Chaincode, Stub};
+
+/// Errors starting the chaincode server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("chaincode server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("cannot listen: {0}")]
+    Listen(#[from] std::io::Error),
+}
+
+/// TLS for the chaincode server (PEM).
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    /// When set, peers must present a client certificate signed by this CA.
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+struct Service<C> {
+    chaincode: Arc<C>,
+    package_id: String,
+}
+
+type Pending = Arc<Mutex<HashMap<String, mpsc::Sender<ChaincodeMessage>>>>;
+
+fn key(m: &ChaincodeMessage) -> String {
+    format!("{}\u{0}{}", m.channel_id, m.txid)
+}
+
+fn message(kind: Msg, payload: Vec<u8>, of: &ChaincodeMessage) -> ChaincodeMessage {
+    ChaincodeMessage {
+        r#type: kind as i32,
+        payload,
+        txid: of.txid.clone(),
+        channel_id: of.channel_id.clone(),
+        ..Default::default()
+    }
+}
+
+async fn run_transaction<C: Chaincode>(
+    chaincode: Arc<C>,
+    msg: ChaincodeMessage,
+    outbound: mpsc::Sender<ChaincodeMessage>,
+    inbound: mpsc::Receiver<ChaincodeMessage>,
+    pending: Pending,
+) {
+    let reply = match Stub::new(&msg, outbound.clone(), inbound) {
+        Err(e) => message(Msg::Error, e.into_bytes(), &msg),
+        Ok(mut stub) => {
+            let is_init = msg.r#type == Msg::Init as i32;
+            let run = async {
+                if is_init {
+                    chaincode.init(&mut stub).await
+                } else {
+                    chaincode.invoke(&mut stub).await
+                }
+            };
+            // A panicking chaincode answers with an error instead of leaving the peer waiting.
+            let response = match futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run)).await {
+                Ok(r) => r,
+                Err(panic) => {
+                    let why = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".into());
+                    let _ = outbound
+                        .send(message(Msg::Error, format!("chaincode panicked: {why}").into_bytes(), &msg))
+                        .await;
+                    if let Ok(mut p) = pending.lock() {
+                        p.remove(&key(&msg));
+                    }
+                    return;
+                }
+            };
+            let mut done = message(Msg::Completed, response.encode_to_vec(), &msg);
+            done.chaincode_event = stub.take_event();
+            done
+        }
+    };
+    if let Ok(mut p) = pending.lock() {
+        p.remove(&key(&msg));
+    }
+    let _ = outbound.send(reply).await;
+}
+
+#[tonic::async_trait]
+impl<C: Chaincode> ChaincodeService for Service<C> {
+    type ConnectStream = ReceiverStream<Result<ChaincodeMessage, Status>>;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<ChaincodeMessage>>,
+    ) -> Result<tonic::Response<Self::ConnectStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (out_tx, out_rx) = mpsc::channel::<Result<ChaincodeMessage, Status>>(1024);
+        let (msg_tx, mut msg_rx) = mpsc::channel::<ChaincodeMessage>(1024);
+        tokio::spawn(async move {
+            while let Some(m) = msg_rx.recv().await {
+                if out_tx.send(Ok(m)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let register = ChaincodeMessage {
+            r#type: Msg::Register as i32,
+            payload: ChaincodeId { path: String::new(), name: self.package_id.clone(), version: String::new() }.encode_to_vec(),
+            ..Default::default()
+        };
+        msg_tx.send(register).await.map_err(|_| Status::internal("stream closed"))?;
+        let chaincode = self.chaincode.clone();
+        tokio::spawn(async move {
+            let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+            let mut ready = false;
+            while let Ok(Some(msg)) = inbound.message().await {
+                match Msg::try_from(msg.r#type) {
+                    Ok(Msg::Registered) => {}
+                    Ok(Msg::Ready) => ready = true,
+                    Ok(Msg::Transaction) | Ok(Msg::Init) if ready => {
+                        let (tx, rx) = mpsc::channel(16);
+                        let duplicate = match pending.lock() {
+                            Ok(mut p) => p.insert(key(&msg), tx).is_some(),
+                            Err(_) => true,
+                        };
+                        if duplicate {
+                            let _ = msg_tx
+                                .send(message(Msg::Error, b"duplicate transaction id on this stream".to_vec(), &msg))
+                                .await;
+                            continue;
+                        }
+                        tokio::spawn(run_transaction(chaincode.clone(), msg, msg_tx.clone(), rx, pending.clone()));
+                    }
+                    Ok(Msg::Response) | Ok(Msg::Error) => {
+                        let target = pending.lock().ok().and_then(|p| p.get(&key(&msg)).cloned());
+                        if let Some(t) = target {
+                            let _ = t.send(msg).await;
+                        }
+                    }
+                    _ => {
+                        let _ = msg_tx
+                            .send(message(Msg::Error, format!("unexpected message type {}", msg.r#type).into_bytes(), &msg))
+                            .await;
+                    }
+                }
+            }
+        });
+        Ok(tonic::Response::new(ReceiverStream::new(out_rx)))
+    }
+}
+
+fn builder(tls: Option<ServerTls>) -> Result<tonic::transport::Server, ServeError> {
+    let mut b = tonic::transport::Server::builder();
+    if let Some(t) = tls {
+        let mut cfg = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(t.cert_pem, t.key_pem));
+        if let Some(ca) = t.client_ca_pem {
+            cfg = cfg.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+        }
+        b = b.tls_config(cfg)?;
+    }
+    Ok(b)
+}
+
+/// Serves `chaincode` on `addr`, registering with the peer as `package_id`.
+pub async fn serve<C: Chaincode>(
+    addr: SocketAddr,
+    package_id: String,
+    tls: Option<ServerTls>,
+    chaincode: C,
+) -> Result<(), ServeError> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    serve_with_listener(listener, package_id, tls, chaincode, std::future::pending()).await
+}
+
+/// Serves on an already bound listener until `shutdown` resolves (tests use ephemeral ports).
+pub async fn serve_with_listener<C: Chaincode>(
+    listener: tokio::net::TcpListener,
+    package_id: String,
+    tls: Option<ServerTls>,
+    chaincode: C,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let service = Service {
+        chaincode: Arc::new(chaincode),
+        package_id,
+    };
+    builder(tls)?
+        .add_service(ChaincodeServer::new(service).max_decoding_message_size(100 * 1024 * 1024))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}
