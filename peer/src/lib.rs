@@ -5,7 +5,9 @@
 pub mod chaincode;
 pub mod channel;
 pub mod committer;
+pub mod deliver;
 pub mod endorser;
+pub mod gateway;
 pub mod ledger;
 pub mod plugins;
 pub mod simulator;

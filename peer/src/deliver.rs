@@ -1,0 +1,223 @@
+//! Fabric's Deliver service on the peer (Deliver, DeliverFiltered, DeliverWithPrivateData): a
+//! client sends a signed seek envelope and receives blocks from the ledger, waiting for new ones
+//! when asked, under the channel's Readers policy.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use medledger_common::msp::Expiry;
+use medledger_common::protoutil::unpack_envelope;
+use medledger_proto::common::{Block, Envelope, HeaderType, Status as BlockStatus};
+use medledger_proto::orderer::seek_info::SeekBehavior;
+use medledger_proto::orderer::{SeekInfo, seek_position::Type as Seek};
+use medledger_proto::protos::deliver_server::Deliver;
+use medledger_proto::protos::{
+    BlockAndPrivateData, ChaincodeAction, ChaincodeActionPayload, ChaincodeEvent, DeliverResponse,
+    FilteredBlock, FilteredChaincodeAction, FilteredTransaction, FilteredTransactionActions,
+    ProposalResponsePayload, Transaction, deliver_response::Type as Resp, filtered_transaction::Data,
+};
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::endorser::{Channels, TIME_WINDOW};
+
+/// What a Deliver stream sends for each block.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum BlockForm {
+    Full,
+    Filtered,
+    WithPrivateData,
+}
+
+/// The chaincode events of an endorser transaction envelope, in action order.
+pub fn chaincode_events(envelope: &[u8]) -> Vec<ChaincodeEvent> {
+    let Ok(env) = Envelope::decode(envelope) else { return vec![] };
+    let Ok(u) = unpack_envelope(&env) else { return vec![] };
+    if u.channel_header.r#type != HeaderType::EndorserTransaction as i32 {
+        return vec![];
+    }
+    let Ok(tx) = Transaction::decode(u.payload.data.as_slice()) else { return vec![] };
+    tx.actions
+        .iter()
+        .filter_map(|a| {
+            let cap = ChaincodeActionPayload::decode(a.payload.as_slice()).ok()?;
+            let prp = ProposalResponsePayload::decode(cap.action?.proposal_response_payload.as_slice()).ok()?;
+            let action = ChaincodeAction::decode(prp.extension.as_slice()).ok()?;
+            if action.events.is_empty() {
+                return None;
+            }
+            ChaincodeEvent::decode(action.events.as_slice()).ok()
+        })
+        .collect()
+}
+
+/// Fabric's filtered block: per transaction its id, type, code and event names (no payloads).
+pub fn filtered_block(channel: &str, block: &Block) -> FilteredBlock {
+    let filter = block
+        .metadata
+        .as_ref()
+        .and_then(|m| m.metadata.get(2))
+        .cloned()
+        .unwrap_or_default();
+    let mut txs = Vec::new();
+    for (i, env) in block.data.as_ref().map(|d| d.data.as_slice()).unwrap_or_default().iter().enumerate() {
+        let Some(u) = Envelope::decode(env.as_slice()).ok().and_then(|e| unpack_envelope(&e).ok()) else {
+            continue;
+        };
+        let kind = u.channel_header.r#type;
+        let data = (kind == HeaderType::EndorserTransaction as i32).then(|| {
+            Data::TransactionActions(FilteredTransactionActions {
+                chaincode_actions: chaincode_events(env)
+                    .into_iter()
+                    .filter(|e| !e.chaincode_id.is_empty())
+                    .map(|e| FilteredChaincodeAction {
+                        chaincode_event: Some(ChaincodeEvent { payload: Vec::new(), ..e }),
+                    })
+                    .collect(),
+            })
+        });
+        txs.push(FilteredTransaction {
+            txid: u.channel_header.tx_id,
+            r#type: kind,
+            tx_validation_code: filter.get(i).copied().map(i32::from).unwrap_or(255),
+            data,
+        });
+    }
+    FilteredBlock {
+        channel_id: channel.to_owned(),
+        number: block.header.as_ref().map(|h| h.number).unwrap_or_default(),
+        filtered_transactions: txs,
+    }
+}
+
+fn status(s: BlockStatus) -> DeliverResponse {
+    DeliverResponse {
+        r#type: Some(Resp::Status(s as i32)),
+    }
+}
+
+/// Serves one seek request; returns the status to send after the blocks (or instead of them).
+async fn seek(
+    channels: &Channels,
+    env: Envelope,
+    form: BlockForm,
+    out: &mpsc::Sender<Result<DeliverResponse, Status>>,
+) -> BlockStatus {
+    let Ok(u) = unpack_envelope(&env) else { return BlockStatus::BadRequest };
+    let Some(channel) = channels.read().await.get(&u.channel_header.channel_id).cloned() else {
+        return BlockStatus::NotFound;
+    };
+    let ts = u.channel_header.timestamp.unwrap_or_default();
+    if ts.seconds == 0 || (ts.seconds - medledger_common::msp::unix_now()).unsigned_abs() > TIME_WINDOW.as_secs() {
+        return BlockStatus::BadRequest;
+    }
+    let Ok(info) = SeekInfo::decode(u.payload.data.as_slice()) else { return BlockStatus::BadRequest };
+    let allowed = channel
+        .config
+        .msps
+        .deserialize(&u.signature_header.creator, Expiry::now())
+        .ok()
+        .filter(|id| id.verify(&env.payload, &env.signature).is_ok())
+        .is_some_and(|id| {
+            channel
+                .config
+                .policy("/Channel/Application/Readers")
+                .is_some_and(|p| p.satisfied_by(std::slice::from_ref(&id)))
+        });
+    if !allowed {
+        return BlockStatus::Forbidden;
+    }
+    let ledger = channel.ledger.clone();
+    let height = ledger.height();
+    let resolve = |p: &Option<medledger_proto::orderer::SeekPosition>| -> Option<u64> {
+        match p.as_ref()?.r#type.as_ref()? {
+            Seek::Oldest(_) => Some(0),
+            Seek::Newest(_) => Some(height.saturating_sub(1)),
+            Seek::Specified(s) => Some(s.number),
+            Seek::NextCommit(_) => Some(height),
+        }
+    };
+    let (Some(start), Some(stop)) = (resolve(&info.start), resolve(&info.stop)) else {
+        return BlockStatus::BadRequest;
+    };
+    if stop < start {
+        return BlockStatus::BadRequest;
+    }
+    let fail_if_not_ready = info.behavior == SeekBehavior::FailIfNotReady as i32;
+    if fail_if_not_ready && start >= height {
+        return BlockStatus::NotFound;
+    }
+    let mut heights = ledger.subscribe();
+    let mut n = start;
+    while n <= stop {
+        if n >= ledger.height() {
+            if fail_if_not_ready {
+                return BlockStatus::NotFound;
+            }
+            tokio::select! {
+                changed = heights.changed() => if changed.is_err() { return BlockStatus::ServiceUnavailable },
+                _ = out.closed() => return BlockStatus::Success,
+            }
+            continue;
+        }
+        let block = match ledger.block(n) {
+            Ok(Some(b)) => b,
+            _ => return BlockStatus::InternalServerError,
+        };
+        let resp = match form {
+            BlockForm::Full => Resp::Block(block),
+            BlockForm::Filtered => Resp::FilteredBlock(filtered_block(channel.id(), &block)),
+            BlockForm::WithPrivateData => Resp::BlockAndPrivateData(BlockAndPrivateData {
+                block: Some(block),
+                private_data_map: Default::default(),
+            }),
+        };
+        if out.send(Ok(DeliverResponse { r#type: Some(resp) })).await.is_err() {
+            return BlockStatus::Success;
+        }
+        n += 1;
+    }
+    BlockStatus::Success
+}
+
+type DeliverStream = Pin<Box<dyn Stream<Item = Result<DeliverResponse, Status>> + Send>>;
+
+/// The peer's Deliver service.
+pub struct DeliverService {
+    pub channels: Channels,
+}
+
+impl DeliverService {
+    fn serve(&self, mut inbound: Streaming<Envelope>, form: BlockForm) -> DeliverStream {
+        let (tx, rx) = mpsc::channel(16);
+        let channels = self.channels.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(env)) = inbound.message().await {
+                let s = seek(&channels, env, form, &tx).await;
+                if tx.send(Ok(status(s))).await.is_err() || s != BlockStatus::Success {
+                    break;
+                }
+            }
+        });
+        Box::pin(ReceiverStream::new(rx))
+    }
+}
+
+#[tonic::async_trait]
+impl Deliver for DeliverService {
+    type DeliverStream = DeliverStream;
+    type DeliverFilteredStream = DeliverStream;
+    type DeliverWithPrivateDataStream = DeliverStream;
+
+    async fn deliver(&self, r: Request<Streaming<Envelope>>) -> Result<Response<DeliverStream>, Status> {
+        Ok(Response::new(self.serve(r.into_inner(), BlockForm::Full)))
+    }
+    async fn deliver_filtered(&self, r: Request<Streaming<Envelope>>) -> Result<Response<DeliverStream>, Status> {
+        Ok(Response::new(self.serve(r.into_inner(), BlockForm::Filtered)))
+    }
+    async fn deliver_with_private_data(&self, r: Request<Streaming<Envelope>>) -> Result<Response<DeliverStream>, Status> {
+        Ok(Response::new(self.serve(r.into_inner(), BlockForm::WithPrivateData)))
+    }
+}
