@@ -33,6 +33,16 @@ impl Channel {
         &self.config.channel_id
     }
 
+    /// PEM of the TLS CAs of the channel's orderer organisations.
+    pub fn orderer_tls_roots(&self) -> Vec<Vec<u8>> {
+        self.config
+            .orderer_orgs
+            .iter()
+            .filter_map(|o| self.config.msps.get(o))
+            .flat_map(|m| m.tls_ca_certs().map(|c| c.to_pem().into_bytes()).collect::<Vec<_>>())
+            .collect()
+    }
+
     /// A chaincode defined on this channel.
     pub fn chaincode(&self, name: &str) -> Option<&ChaincodeDefinition> {
         self.chaincodes.get(name)

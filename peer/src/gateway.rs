@@ -26,10 +26,11 @@ use medledger_proto::protos::{Endorsement, ProposalResponse, TxValidationCode};
 use prost::Message;
 use tokio::sync::{Mutex, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel as GrpcChannel, ClientTlsConfig, Endpoint};
+use tonic::transport::Channel as GrpcChannel;
 use tonic::{Code, Request, Response, Status};
 
 use crate::channel::Channel;
+use crate::comm::{ClientTls, dial};
 use crate::deliver::chaincode_events;
 use crate::endorser::Endorser;
 
@@ -41,13 +42,6 @@ pub struct RemotePeer {
     pub address: String,
     /// PEM of the CA that signed its TLS certificate; `None` for plain TCP.
     pub tls_root_pem: Option<Vec<u8>>,
-}
-
-/// The peer's own TLS identity, presented to orderers and other peers (mutual TLS).
-#[derive(Debug, Clone)]
-pub struct ClientTls {
-    pub cert_pem: Vec<u8>,
-    pub key_pem: Vec<u8>,
 }
 
 /// Per-call deadlines (Fabric's `peer.gateway.*Timeout`).
@@ -113,22 +107,7 @@ impl GatewayService {
         if let Some(c) = self.conns.lock().await.get(address) {
             return Ok(c.clone());
         }
-        let scheme = if tls_roots.is_empty() { "http" } else { "https" };
-        let mut ep = Endpoint::from_shared(format!("{scheme}://{address}"))
-            .map_err(|e| e.to_string())?
-            .connect_timeout(Duration::from_secs(5));
-        if !tls_roots.is_empty() {
-            let host = address.rsplit_once(':').map(|(h, _)| h).unwrap_or(address);
-            let mut tls = ClientTlsConfig::new().domain_name(host);
-            for root in tls_roots {
-                tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(root));
-            }
-            if let Some(id) = &self.client_tls {
-                tls = tls.identity(tonic::transport::Identity::from_pem(&id.cert_pem, &id.key_pem));
-            }
-            ep = ep.tls_config(tls).map_err(|e| e.to_string())?;
-        }
-        let ch = ep.connect().await.map_err(|e| format!("cannot connect to {address}: {e}"))?;
+        let ch = dial(address, tls_roots, self.client_tls.as_ref()).await?;
         self.conns.lock().await.insert(address.to_owned(), ch.clone());
         Ok(ch)
     }
@@ -155,13 +134,7 @@ impl GatewayService {
     }
 
     async fn broadcast(&self, channel: &Channel, env: &Envelope) -> Result<(), Status> {
-        let roots: Vec<Vec<u8>> = channel
-            .config
-            .orderer_orgs
-            .iter()
-            .filter_map(|o| channel.config.msps.get(o))
-            .flat_map(|m| m.tls_ca_certs().map(|c| c.to_pem().into_bytes()).collect::<Vec<_>>())
-            .collect();
+        let roots = channel.orderer_tls_roots();
         let mut tasks = Vec::new();
         for c in &channel.config.consenters {
             let address = format!("{}:{}", c.host, c.port);

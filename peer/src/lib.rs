@@ -3,11 +3,14 @@
 //! Fabric Gateway and Deliver services clients use.
 
 pub mod chaincode;
+pub mod cli;
 pub mod channel;
+pub mod comm;
 pub mod committer;
 pub mod deliver;
 pub mod endorser;
 pub mod gateway;
 pub mod ledger;
+pub mod node;
 pub mod plugins;
 pub mod simulator;

@@ -1,0 +1,34 @@
+//! Dialing other nodes over gRPC: TLS with the given roots, presenting the peer's own TLS
+//! certificate for mutual TLS, plain TCP only when no roots are given.
+
+use std::time::Duration;
+
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+/// The peer's own TLS identity, presented to orderers and other peers (mutual TLS).
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+/// Connects to `address` (host:port).
+pub async fn dial(address: &str, tls_roots: &[Vec<u8>], client: Option<&ClientTls>) -> Result<Channel, String> {
+    let scheme = if tls_roots.is_empty() { "http" } else { "https" };
+    let mut ep = Endpoint::from_shared(format!("{scheme}://{address}"))
+        .map_err(|e| format!("bad address {address:?}: {e}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_keepalive(Some(Duration::from_secs(60)));
+    if !tls_roots.is_empty() {
+        let host = address.rsplit_once(':').map(|(h, _)| h).unwrap_or(address);
+        let mut tls = ClientTlsConfig::new().domain_name(host);
+        for root in tls_roots {
+            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(root));
+        }
+        if let Some(id) = client {
+            tls = tls.identity(tonic::transport::Identity::from_pem(&id.cert_pem, &id.key_pem));
+        }
+        ep = ep.tls_config(tls).map_err(|e| e.to_string())?;
+    }
+    ep.connect().await.map_err(|e| format!("cannot connect to {address}: {e}"))
+}

@@ -1,0 +1,390 @@
+//! A running peer: its configuration (`core.yaml`-like YAML, every field overridable by a
+//! `MEDLEDGER_PEER_*` environment variable), the gRPC server (Gateway, Endorser, Deliver) with
+//! TLS, and one block puller per channel that takes blocks from the orderers and commits them.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use medledger_common::SigningIdentity;
+use medledger_common::channelconfig::ChannelConfig;
+use medledger_common::policy::{Policy, parse_signature_policy};
+use medledger_common::protoutil::signed_envelope;
+use medledger_proto::common::{Block, HeaderType};
+use medledger_proto::orderer::atomic_broadcast_client::AtomicBroadcastClient;
+use medledger_proto::orderer::{SeekInfo, SeekPosition, SeekSpecified, deliver_response, seek_position};
+use medledger_proto::protos::endorser_server::{Endorser as EndorserRpc, EndorserServer};
+use medledger_proto::protos::{ProposalResponse, SignedProposal};
+use medledger_proto::gateway::gateway_server::GatewayServer;
+use medledger_proto::protos::deliver_server::DeliverServer;
+use prost::Message;
+use serde::Deserialize;
+use tokio::sync::{RwLock, watch};
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::chaincode::{ChaincodeEndpoint, ChaincodeSupport, ConnectionInfo};
+use crate::channel::{Channel, ChaincodeDefinition};
+use crate::comm::{ClientTls, dial};
+use crate::committer::commit_block;
+use crate::deliver::DeliverService;
+use crate::endorser::{Channels, Endorser, MAX_PROPOSAL_BYTES};
+use crate::gateway::{GatewayService, RemotePeer};
+use crate::ledger::Ledger;
+use crate::plugins::PluginRegistry;
+
+/// Errors starting a peer.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("{path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: String, reason: String },
+    #[error("channel {channel}: {reason}")]
+    Channel { channel: String, reason: String },
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, NodeError> {
+    std::fs::read(path).map_err(|e| NodeError::File {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// TLS files of the peer's gRPC server (and its client identity towards other nodes).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// CAs whose client certificates the server accepts.
+    #[serde(default)]
+    pub client_root_cas: Vec<PathBuf>,
+    /// Refuse clients without a certificate.
+    #[serde(default)]
+    pub client_auth_required: bool,
+}
+
+/// Another organisation's peer for gateway endorsement.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerEndpointConfig {
+    pub msp_id: String,
+    pub address: String,
+    #[serde(default)]
+    pub tls_root_cert_file: Option<PathBuf>,
+}
+
+/// A chaincode defined on a channel (until the lifecycle chaincode manages definitions).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChaincodeConfig {
+    pub name: String,
+    #[serde(default = "default_version")]
+    pub version: String,
+    pub package_id: String,
+    pub connection: ConnectionInfo,
+    /// Fabric policy language, e.g. `AND('Hospital1MSP.peer','Hospital2MSP.peer')`.
+    pub endorsement_policy: String,
+    #[serde(default = "default_escc")]
+    pub endorsement_plugin: String,
+    #[serde(default = "default_vscc")]
+    pub validation_plugin: String,
+}
+
+fn default_version() -> String {
+    "1.0".into()
+}
+fn default_escc() -> String {
+    "escc".into()
+}
+fn default_vscc() -> String {
+    "vscc".into()
+}
+fn default_timeout() -> u64 {
+    30_000
+}
+
+/// A channel to join: its genesis block and its chaincodes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelJoinConfig {
+    pub genesis_block: PathBuf,
+    #[serde(default)]
+    pub chaincodes: Vec<ChaincodeConfig>,
+}
+
+/// The peer's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerConfig {
+    pub id: String,
+    pub msp_id: String,
+    pub msp_dir: PathBuf,
+    pub listen_address: String,
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    #[serde(default)]
+    pub gateway_peers: Vec<PeerEndpointConfig>,
+    #[serde(default = "default_timeout")]
+    pub chaincode_execute_timeout_ms: u64,
+    #[serde(default)]
+    pub channels: Vec<ChannelJoinConfig>,
+}
+
+impl PeerConfig {
+    /// Reads YAML, then applies `MEDLEDGER_PEER_<FIELD>` environment overrides for scalar fields
+    /// (`MEDLEDGER_PEER_LISTENADDRESS=127.0.0.1:7051`).
+    pub fn load(path: &Path) -> Result<Self, NodeError> {
+        let text = String::from_utf8(read(path)?).map_err(|e| NodeError::Config(e.to_string()))?;
+        let mut value: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| NodeError::Config(e.to_string()))?;
+        if let serde_yaml::Value::Mapping(map) = &mut value {
+            let keys: Vec<String> = map.keys().filter_map(|k| k.as_str().map(str::to_owned)).collect();
+            for k in keys {
+                if let Ok(v) = std::env::var(format!("MEDLEDGER_PEER_{}", k.to_ascii_uppercase())) {
+                    map.insert(k.into(), serde_yaml::from_str(&v).unwrap_or(serde_yaml::Value::String(v)));
+                }
+            }
+        }
+        let mut cfg: Self = serde_yaml::from_value(value).map_err(|e| NodeError::Config(e.to_string()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.resolve_paths(base);
+        Ok(cfg)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.msp_dir);
+        fix(&mut self.data_dir);
+        if let Some(t) = &mut self.tls {
+            fix(&mut t.cert_file);
+            fix(&mut t.key_file);
+            t.client_root_cas.iter_mut().for_each(fix);
+        }
+        for p in &mut self.gateway_peers {
+            if let Some(f) = &mut p.tls_root_cert_file {
+                fix(f);
+            }
+        }
+        for c in &mut self.channels {
+            fix(&mut c.genesis_block);
+        }
+    }
+}
+
+struct EndorserService(Arc<Endorser>);
+
+#[tonic::async_trait]
+impl EndorserRpc for EndorserService {
+    async fn process_proposal(&self, request: tonic::Request<SignedProposal>) -> Result<tonic::Response<ProposalResponse>, tonic::Status> {
+        self.0
+            .process(&request.into_inner())
+            .await
+            .map(tonic::Response::new)
+            .map_err(|e| tonic::Status::failed_precondition(e.to_string()))
+    }
+}
+
+/// A started peer.
+pub struct RunningPeer {
+    pub address: SocketAddr,
+    pub channels: Channels,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningPeer {
+    /// Stops serving and pulling blocks, and waits for the tasks to end.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// A joined channel.
+    pub async fn channel(&self, id: &str) -> Option<Arc<Channel>> {
+        self.channels.read().await.get(id).cloned()
+    }
+}
+
+fn open_channel(cfg: &ChannelJoinConfig, data_dir: &Path) -> Result<Channel, NodeError> {
+    let genesis = Block::decode(read(&cfg.genesis_block)?.as_slice()).map_err(|e| NodeError::Config(format!("genesis block: {e}")))?;
+    let config = ChannelConfig::from_block(&genesis).map_err(|e| NodeError::Config(format!("genesis block: {e}")))?;
+    let err = |reason: String| NodeError::Channel {
+        channel: config.channel_id.clone(),
+        reason,
+    };
+    let ledger = Ledger::open(&data_dir.join("ledgers").join(&config.channel_id)).map_err(|e| err(e.to_string()))?;
+    if ledger.height() == 0 {
+        let channel = Channel { config: config.clone(), ledger: Arc::new(ledger), chaincodes: BTreeMap::new() };
+        commit_block(&channel, &PluginRegistry::default(), genesis).map_err(|e| err(e.to_string()))?;
+        return open_channel_with(cfg, config, channel.ledger);
+    }
+    let stored = ledger.block(0).map_err(|e| err(e.to_string()))?.and_then(|b| b.header);
+    if stored != genesis.header {
+        return Err(err("the ledger on disk belongs to another genesis block".into()));
+    }
+    open_channel_with(cfg, config, Arc::new(ledger))
+}
+
+fn open_channel_with(cfg: &ChannelJoinConfig, config: ChannelConfig, ledger: Arc<Ledger>) -> Result<Channel, NodeError> {
+    let mut chaincodes = BTreeMap::new();
+    for cc in &cfg.chaincodes {
+        let policy = parse_signature_policy(&cc.endorsement_policy)
+            .map_err(|e| NodeError::Config(format!("chaincode {} endorsement policy: {e}", cc.name)))?;
+        chaincodes.insert(
+            cc.name.clone(),
+            ChaincodeDefinition {
+                endpoint: ChaincodeEndpoint {
+                    name: cc.name.clone(),
+                    version: cc.version.clone(),
+                    package_id: cc.package_id.clone(),
+                    connection: cc.connection.clone(),
+                },
+                endorsement_policy: Policy::Signature(policy),
+                endorsement_plugin: cc.endorsement_plugin.clone(),
+                validation_plugin: cc.validation_plugin.clone(),
+            },
+        );
+    }
+    Ok(Channel { config, ledger, chaincodes })
+}
+
+/// Takes blocks from the channel's orderers (rotating on failure) and commits them.
+async fn pull_blocks(
+    channel: Arc<Channel>,
+    plugins: PluginRegistry,
+    signer: SigningIdentity,
+    client_tls: Option<ClientTls>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let consenters = channel.config.consenters.clone();
+    let roots = channel.orderer_tls_roots();
+    let mut attempt = 0usize;
+    while !*shutdown.borrow() {
+        let c = &consenters[attempt % consenters.len()];
+        attempt += 1;
+        let address = format!("{}:{}", c.host, c.port);
+        let run = async {
+            let ch = dial(&address, &roots, client_tls.as_ref()).await?;
+            let seek = SeekInfo {
+                start: Some(SeekPosition { r#type: Some(seek_position::Type::Specified(SeekSpecified { number: channel.ledger.height() })) }),
+                stop: Some(SeekPosition { r#type: Some(seek_position::Type::Specified(SeekSpecified { number: u64::MAX })) }),
+                ..Default::default()
+            };
+            let env = signed_envelope(HeaderType::DeliverSeekInfo, channel.id(), seek.encode_to_vec(), &signer).map_err(|e| e.to_string())?;
+            let mut stream = AtomicBroadcastClient::new(ch)
+                .max_decoding_message_size(100 * 1024 * 1024)
+                .deliver(tokio_stream::once(env))
+                .await
+                .map_err(|s| s.message().to_owned())?
+                .into_inner();
+            loop {
+                let msg = stream.message().await.map_err(|s| s.message().to_owned())?;
+                match msg.and_then(|m| m.r#type) {
+                    Some(deliver_response::Type::Block(block)) => {
+                        let number = block.header.as_ref().map(|h| h.number).unwrap_or_default();
+                        if number < channel.ledger.height() {
+                            continue;
+                        }
+                        let (ch, pl) = (channel.clone(), plugins.clone());
+                        tokio::task::spawn_blocking(move || commit_block(&ch, &pl, block))
+                            .await
+                            .map_err(|e| e.to_string())?
+                            .map_err(|e| format!("block {number}: {e}"))?;
+                    }
+                    Some(deliver_response::Type::Status(s)) => return Err::<(), String>(format!("orderer ended delivery with status {s}")),
+                    None => return Err("orderer closed the delivery stream".to_owned()),
+                }
+            }
+        };
+        tokio::select! {
+            r = run => if let Err(e) = r {
+                tracing::warn!(channel = %channel.id(), orderer = %address, error = %e, "block delivery interrupted");
+            },
+            _ = shutdown.changed() => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(300)) => {},
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Starts a peer: opens its ledgers, joins its channels, serves gRPC and pulls blocks.
+pub async fn start(cfg: PeerConfig, plugins: PluginRegistry) -> Result<RunningPeer, NodeError> {
+    let signer = SigningIdentity::load(&cfg.msp_dir, &cfg.msp_id).map_err(|e| NodeError::File {
+        path: cfg.msp_dir.clone(),
+        reason: e.to_string(),
+    })?;
+    let mut joined = BTreeMap::new();
+    for c in &cfg.channels {
+        let ch = open_channel(c, &cfg.data_dir)?;
+        joined.insert(ch.id().to_owned(), Arc::new(ch));
+    }
+    let channels: Channels = Arc::new(RwLock::new(joined));
+    let client_tls = match &cfg.tls {
+        Some(t) => Some(ClientTls { cert_pem: read(&t.cert_file)?, key_pem: read(&t.key_file)? }),
+        None => None,
+    };
+    let endorser = Arc::new(Endorser {
+        channels: channels.clone(),
+        chaincodes: Arc::new(ChaincodeSupport::new(Duration::from_millis(cfg.chaincode_execute_timeout_ms))),
+        signer: signer.clone(),
+        plugins: plugins.clone(),
+    });
+    let mut remote_peers = Vec::new();
+    for p in &cfg.gateway_peers {
+        remote_peers.push(RemotePeer {
+            msp_id: p.msp_id.clone(),
+            address: p.address.clone(),
+            tls_root_pem: p.tls_root_cert_file.as_deref().map(read).transpose()?,
+        });
+    }
+    let listener = tokio::net::TcpListener::bind(&cfg.listen_address).await.map_err(|e| NodeError::Listen {
+        addr: cfg.listen_address.clone(),
+        reason: e.to_string(),
+    })?;
+    let address = listener.local_addr().map_err(|e| NodeError::Listen { addr: cfg.listen_address.clone(), reason: e.to_string() })?;
+    let gateway = GatewayService::new(endorser.clone(), remote_peers, client_tls.clone(), address.to_string());
+    let mut builder = tonic::transport::Server::builder();
+    if let (Some(t), Some(id)) = (&cfg.tls, &client_tls) {
+        let mut tls = tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(&id.cert_pem, &id.key_pem));
+        for ca in &t.client_root_cas {
+            tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
+        }
+        if !t.client_root_cas.is_empty() {
+            tls = tls.client_auth_optional(!t.client_auth_required);
+        }
+        builder = builder.tls_config(tls).map_err(|e| NodeError::Config(format!("TLS: {e}")))?;
+    }
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut rx = shutdown_rx.clone();
+    let max = MAX_PROPOSAL_BYTES + 1024 * 1024;
+    let server = builder
+        .add_service(GatewayServer::new(gateway).max_decoding_message_size(max))
+        .add_service(EndorserServer::new(EndorserService(endorser.clone())).max_decoding_message_size(max))
+        .add_service(DeliverServer::new(DeliverService { channels: channels.clone() }).max_decoding_message_size(max))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            let _ = rx.changed().await;
+        });
+    let mut tasks = vec![tokio::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "peer gRPC server stopped");
+        }
+    })];
+    for ch in channels.read().await.values() {
+        tasks.push(tokio::spawn(pull_blocks(ch.clone(), plugins.clone(), signer.clone(), client_tls.clone(), shutdown_rx.clone())));
+    }
+    tracing::info!(peer = %cfg.id, %address, "peer started");
+    Ok(RunningPeer { address, channels, shutdown, tasks })
+}
