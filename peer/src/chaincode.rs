@@ -11,10 +11,10 @@ use std::time::Duration;
 use medledger_proto::protos::chaincode_client::ChaincodeClient;
 use medledger_proto::protos::chaincode_message::Type as Msg;
 use medledger_proto::protos::{
-    ChaincodeEvent, ChaincodeId, ChaincodeInput, ChaincodeMessage, DelState, GetHistoryForKey, GetState,
-    GetStateByRange, GetStateMetadata, PutState, PutStateMetadata, QueryMetadata, QueryResponse,
-    QueryResponseMetadata, QueryResultBytes, QueryStateClose, QueryStateNext, Response, SignedProposal,
-    StateMetadata, StateMetadataResult,
+    ChaincodeEvent, ChaincodeId, ChaincodeInput, ChaincodeMessage, DelState, GetHistoryForKey,
+    GetState, GetStateByRange, GetStateMetadata, PutState, PutStateMetadata, QueryMetadata,
+    QueryResponse, QueryResponseMetadata, QueryResultBytes, QueryStateClose, QueryStateNext,
+    Response, SignedProposal, StateMetadata, StateMetadataResult,
 };
 use medledger_proto::queryresult::{KeyModification, Kv};
 use prost::Message;
@@ -53,7 +53,11 @@ pub struct ChaincodeEndpoint {
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
     #[error("chaincode {name} is unavailable at {address}: {reason}")]
-    Unavailable { name: String, address: String, reason: String },
+    Unavailable {
+        name: String,
+        address: String,
+        reason: String,
+    },
     #[error("chaincode registration failed: {0}")]
     Registration(String),
     #[error("timeout expired while executing transaction")]
@@ -98,22 +102,41 @@ impl ChaincodeSupport {
             address: ep.connection.address.clone(),
             reason,
         };
-        let scheme = if ep.connection.tls_required { "https" } else { "http" };
-        let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{}", ep.connection.address))
-            .map_err(|e| unavailable(e.to_string()))?
-            .connect_timeout(Duration::from_secs(3));
+        let scheme = if ep.connection.tls_required {
+            "https"
+        } else {
+            "http"
+        };
+        let mut endpoint = tonic::transport::Endpoint::from_shared(format!(
+            "{scheme}://{}",
+            ep.connection.address
+        ))
+        .map_err(|e| unavailable(e.to_string()))?
+        .connect_timeout(Duration::from_secs(3));
         if ep.connection.tls_required {
             let host = if ep.connection.domain.is_empty() {
-                ep.connection.address.rsplit_once(':').map(|(h, _)| h).unwrap_or("localhost").to_owned()
+                ep.connection
+                    .address
+                    .rsplit_once(':')
+                    .map(|(h, _)| h)
+                    .unwrap_or("localhost")
+                    .to_owned()
             } else {
                 ep.connection.domain.clone()
             };
             let tls = tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(&ep.connection.root_cert))
+                .ca_certificate(tonic::transport::Certificate::from_pem(
+                    &ep.connection.root_cert,
+                ))
                 .domain_name(host);
-            endpoint = endpoint.tls_config(tls).map_err(|e| unavailable(e.to_string()))?;
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| unavailable(e.to_string()))?;
         }
-        let channel = endpoint.connect().await.map_err(|e| unavailable(e.to_string()))?;
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
         let (tx, rx) = mpsc::channel::<ChaincodeMessage>(1024);
         let mut inbound = ChaincodeClient::new(channel)
             .max_decoding_message_size(100 * 1024 * 1024)
@@ -123,11 +146,16 @@ impl ChaincodeSupport {
             .into_inner();
         let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
             .await
-            .map_err(|_| ExecError::Registration("no REGISTER from the chaincode within 10s".into()))?
+            .map_err(|_| {
+                ExecError::Registration("no REGISTER from the chaincode within 10s".into())
+            })?
             .map_err(|e| ExecError::Registration(e.message().to_owned()))?
             .ok_or_else(|| ExecError::Registration("stream closed before REGISTER".into()))?;
         if first.r#type != Msg::Register as i32 {
-            return Err(ExecError::Registration(format!("expected REGISTER, got message type {}", first.r#type)));
+            return Err(ExecError::Registration(format!(
+                "expected REGISTER, got message type {}",
+                first.r#type
+            )));
         }
         let id = ChaincodeId::decode(first.payload.as_slice())
             .map_err(|e| ExecError::Registration(format!("bad REGISTER payload: {e}")))?;
@@ -138,9 +166,12 @@ impl ChaincodeSupport {
             )));
         }
         for t in [Msg::Registered, Msg::Ready] {
-            tx.send(ChaincodeMessage { r#type: t as i32, ..Default::default() })
-                .await
-                .map_err(|_| ExecError::StreamTerminated)?;
+            tx.send(ChaincodeMessage {
+                r#type: t as i32,
+                ..Default::default()
+            })
+            .await
+            .map_err(|_| ExecError::StreamTerminated)?;
         }
         let conn = Arc::new(Connection {
             outbound: tx,
@@ -150,19 +181,16 @@ impl ChaincodeSupport {
         let c = conn.clone();
         let name = ep.name.clone();
         tokio::spawn(async move {
-            loop {
-                match inbound.message().await {
-                    Ok(Some(msg)) => {
-                        let k = key(&msg.channel_id, &msg.txid);
-                        let target = c.pending.lock().await.get(&k).cloned();
-                        match target {
-                            Some(t) => {
-                                let _ = t.send(msg).await;
-                            }
-                            None => tracing::warn!(chaincode = %name, txid = %msg.txid, "message for no running transaction dropped"),
-                        }
+            while let Ok(Some(msg)) = inbound.message().await {
+                let k = key(&msg.channel_id, &msg.txid);
+                let target = c.pending.lock().await.get(&k).cloned();
+                match target {
+                    Some(t) => {
+                        let _ = t.send(msg).await;
                     }
-                    Ok(None) | Err(_) => break,
+                    None => {
+                        tracing::warn!(chaincode = %name, txid = %msg.txid, "message for no running transaction dropped")
+                    }
                 }
             }
             c.alive.store(false, Ordering::SeqCst);
@@ -205,7 +233,11 @@ impl ChaincodeSupport {
             }
             pending.insert(k.clone(), tx);
         }
-        let kind = if input.is_init { Msg::Init } else { Msg::Transaction };
+        let kind = if input.is_init {
+            Msg::Init
+        } else {
+            Msg::Transaction
+        };
         let start = ChaincodeMessage {
             r#type: kind as i32,
             payload: input.encode_to_vec(),
@@ -215,7 +247,10 @@ impl ChaincodeSupport {
             ..Default::default()
         };
         let result = async {
-            conn.outbound.send(start).await.map_err(|_| ExecError::StreamTerminated)?;
+            conn.outbound
+                .send(start)
+                .await
+                .map_err(|_| ExecError::StreamTerminated)?;
             let mut iterators: HashMap<String, VecDeque<Vec<u8>>> = HashMap::new();
             let deadline = tokio::time::Instant::now() + self.execute_timeout;
             loop {
@@ -235,11 +270,16 @@ impl ChaincodeSupport {
                         return Ok((resp, event));
                     }
                     Ok(Msg::Error) => {
-                        return Err(ExecError::Failed(String::from_utf8_lossy(&msg.payload).into_owned()));
+                        return Err(ExecError::Failed(
+                            String::from_utf8_lossy(&msg.payload).into_owned(),
+                        ));
                     }
                     _ => {
                         let reply = self.serve(&ep.name, &msg, sim, &mut iterators);
-                        conn.outbound.send(reply).await.map_err(|_| ExecError::StreamTerminated)?;
+                        conn.outbound
+                            .send(reply)
+                            .await
+                            .map_err(|_| ExecError::StreamTerminated)?;
                     }
                 }
             }
@@ -273,7 +313,10 @@ impl ChaincodeSupport {
 
     fn batch(&self, id: String, rows: &mut VecDeque<Vec<u8>>) -> QueryResponse {
         let n = rows.len().min(QUERY_BATCH);
-        let results: Vec<QueryResultBytes> = rows.drain(..n).map(|r| QueryResultBytes { result_bytes: r }).collect();
+        let results: Vec<QueryResultBytes> = rows
+            .drain(..n)
+            .map(|r| QueryResultBytes { result_bytes: r })
+            .collect();
         QueryResponse {
             results,
             has_more: !rows.is_empty(),
@@ -298,21 +341,29 @@ impl ChaincodeSupport {
             if collection.is_empty() {
                 Ok(())
             } else {
-                Err(format!("private data collection {collection:?}: private data is not enabled on this peer"))
+                Err(format!(
+                    "private data collection {collection:?}: private data is not enabled on this peer"
+                ))
             }
         };
         let result: Result<Vec<u8>, String> = match Msg::try_from(msg.r#type) {
             Ok(Msg::GetState) => dec::<GetState>(&msg.payload).and_then(|r| {
                 no_private(&r.collection)?;
-                sim.get_state(ns, &r.key).map(Option::unwrap_or_default).map_err(sim_err)
+                sim.get_state(ns, &r.key)
+                    .map(Option::unwrap_or_default)
+                    .map_err(sim_err)
             }),
             Ok(Msg::PutState) => dec::<PutState>(&msg.payload).and_then(|r| {
                 no_private(&r.collection)?;
-                sim.put_state(ns, &r.key, r.value).map(|()| Vec::new()).map_err(sim_err)
+                sim.put_state(ns, &r.key, r.value)
+                    .map(|()| Vec::new())
+                    .map_err(sim_err)
             }),
             Ok(Msg::DelState) => dec::<DelState>(&msg.payload).and_then(|r| {
                 no_private(&r.collection)?;
-                sim.del_state(ns, &r.key).map(|()| Vec::new()).map_err(sim_err)
+                sim.del_state(ns, &r.key)
+                    .map(|()| Vec::new())
+                    .map_err(sim_err)
             }),
             Ok(Msg::GetStateMetadata) => dec::<GetStateMetadata>(&msg.payload).and_then(|r| {
                 no_private(&r.collection)?;
@@ -320,7 +371,10 @@ impl ChaincodeSupport {
                 Ok(StateMetadataResult {
                     entries: entries
                         .into_iter()
-                        .map(|e| StateMetadata { metakey: e.name, value: e.value })
+                        .map(|e| StateMetadata {
+                            metakey: e.name,
+                            value: e.value,
+                        })
                         .collect(),
                 }
                 .encode_to_vec())
@@ -347,13 +401,23 @@ impl ChaincodeSupport {
                 let (rows, next) = sim.range(ns, &start, &r.end_key, page).map_err(sim_err)?;
                 let mut encoded: VecDeque<Vec<u8>> = rows
                     .into_iter()
-                    .map(|(key, value)| Kv { namespace: ns.to_owned(), key, value }.encode_to_vec())
+                    .map(|(key, value)| {
+                        Kv {
+                            namespace: ns.to_owned(),
+                            key,
+                            value,
+                        }
+                        .encode_to_vec()
+                    })
                     .collect();
                 let id = format!("it{}", self.next_iterator.fetch_add(1, Ordering::Relaxed));
                 if page.is_some() {
                     let count = encoded.len() as i32;
                     let mut resp = QueryResponse {
-                        results: encoded.drain(..).map(|r| QueryResultBytes { result_bytes: r }).collect(),
+                        results: encoded
+                            .drain(..)
+                            .map(|r| QueryResultBytes { result_bytes: r })
+                            .collect(),
                         has_more: false,
                         id,
                         metadata: Vec::new(),
@@ -373,7 +437,10 @@ impl ChaincodeSupport {
                 }
             }),
             Ok(Msg::GetHistoryForKey) => dec::<GetHistoryForKey>(&msg.payload).and_then(|r| {
-                let history = sim.ledger().history(ns, &r.key).map_err(|e| e.to_string())?;
+                let history = sim
+                    .ledger()
+                    .history(ns, &r.key)
+                    .map_err(|e| e.to_string())?;
                 let mut encoded: VecDeque<Vec<u8>> = history
                     .into_iter()
                     .rev()
@@ -395,7 +462,9 @@ impl ChaincodeSupport {
                 Ok(resp.encode_to_vec())
             }),
             Ok(Msg::QueryStateNext) => dec::<QueryStateNext>(&msg.payload).and_then(|r| {
-                let rows = iterators.get_mut(&r.id).ok_or_else(|| format!("query iterator {} not found", r.id))?;
+                let rows = iterators
+                    .get_mut(&r.id)
+                    .ok_or_else(|| format!("query iterator {} not found", r.id))?;
                 let resp = self.batch(r.id.clone(), rows);
                 if !resp.has_more {
                     iterators.remove(&r.id);
@@ -404,13 +473,23 @@ impl ChaincodeSupport {
             }),
             Ok(Msg::QueryStateClose) => dec::<QueryStateClose>(&msg.payload).map(|r| {
                 iterators.remove(&r.id);
-                QueryResponse { results: vec![], has_more: false, id: r.id, metadata: vec![] }.encode_to_vec()
+                QueryResponse {
+                    results: vec![],
+                    has_more: false,
+                    id: r.id,
+                    metadata: vec![],
+                }
+                .encode_to_vec()
             }),
-            Ok(Msg::GetQueryResult) => Err("rich queries need a CouchDB state database, which this peer does not use".into()),
+            Ok(Msg::GetQueryResult) => Err(
+                "rich queries need a CouchDB state database, which this peer does not use".into(),
+            ),
             Ok(Msg::GetPrivateDataHash) | Ok(Msg::PurgePrivateData) => {
                 Err("private data is not enabled on this peer".into())
             }
-            Ok(Msg::InvokeChaincode) => Err("chaincode-to-chaincode invocation is not supported".into()),
+            Ok(Msg::InvokeChaincode) => {
+                Err("chaincode-to-chaincode invocation is not supported".into())
+            }
             _ => Err(format!("unexpected message type {}", msg.r#type)),
         };
         Self::reply(msg, result)

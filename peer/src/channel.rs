@@ -39,7 +39,11 @@ impl Channel {
             .orderer_orgs
             .iter()
             .filter_map(|o| self.config.msps.get(o))
-            .flat_map(|m| m.tls_ca_certs().map(|c| c.to_pem().into_bytes()).collect::<Vec<_>>())
+            .flat_map(|m| {
+                m.tls_ca_certs()
+                    .map(|c| c.to_pem().into_bytes())
+                    .collect::<Vec<_>>()
+            })
             .collect()
     }
 

@@ -8,7 +8,10 @@ use crate::node::{NodeError, PeerConfig, start};
 use crate::plugins::PluginRegistry;
 
 #[derive(Parser, Debug)]
-#[command(name = "medledger-peer", about = "MedLedger peer: ledger, endorser, Fabric Gateway and Deliver services")]
+#[command(
+    name = "medledger-peer",
+    about = "MedLedger peer: ledger, endorser, Fabric Gateway and Deliver services"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,9 +27,11 @@ enum Command {
 #[derive(Subcommand, Debug)]
 enum NodeCommand {
     /// Start the peer with a YAML configuration.
-    #[command(after_help = "Example:\n  medledger-peer node start --config network/peers/peer0.hospital1/core.yaml\n\n\
+    #[command(
+        after_help = "Example:\n  medledger-peer node start --config network/peers/peer0.hospital1/core.yaml\n\n\
         Any top-level scalar field can be overridden by MEDLEDGER_PEER_<FIELD>, e.g.\n  \
-        MEDLEDGER_PEER_LISTENADDRESS=127.0.0.1:7051 medledger-peer node start --config core.yaml")]
+        MEDLEDGER_PEER_LISTENADDRESS=127.0.0.1:7051 medledger-peer node start --config core.yaml"
+    )]
     Start {
         /// Path of the peer's core.yaml.
         #[arg(long, env = "MEDLEDGER_PEER_CONFIG", default_value = "core.yaml")]

@@ -13,8 +13,16 @@ pub struct ClientTls {
 }
 
 /// Connects to `address` (host:port).
-pub async fn dial(address: &str, tls_roots: &[Vec<u8>], client: Option<&ClientTls>) -> Result<Channel, String> {
-    let scheme = if tls_roots.is_empty() { "http" } else { "https" };
+pub async fn dial(
+    address: &str,
+    tls_roots: &[Vec<u8>],
+    client: Option<&ClientTls>,
+) -> Result<Channel, String> {
+    let scheme = if tls_roots.is_empty() {
+        "http"
+    } else {
+        "https"
+    };
     let mut ep = Endpoint::from_shared(format!("{scheme}://{address}"))
         .map_err(|e| format!("bad address {address:?}: {e}"))?
         .connect_timeout(Duration::from_secs(5))
@@ -22,13 +30,18 @@ pub async fn dial(address: &str, tls_roots: &[Vec<u8>], client: Option<&ClientTl
     if !tls_roots.is_empty() {
         let host = address.rsplit_once(':').map(|(h, _)| h).unwrap_or(address);
         let mut tls = ClientTlsConfig::new().domain_name(host);
-        for root in tls_roots {
-            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(root));
-        }
+        tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(
+            tls_roots.join(&b'\n'),
+        ));
         if let Some(id) = client {
-            tls = tls.identity(tonic::transport::Identity::from_pem(&id.cert_pem, &id.key_pem));
+            tls = tls.identity(tonic::transport::Identity::from_pem(
+                &id.cert_pem,
+                &id.key_pem,
+            ));
         }
         ep = ep.tls_config(tls).map_err(|e| e.to_string())?;
     }
-    ep.connect().await.map_err(|e| format!("cannot connect to {address}: {e}"))
+    ep.connect()
+        .await
+        .map_err(|e| format!("cannot connect to {address}: {e}"))
 }

@@ -12,7 +12,8 @@ use medledger_proto::common::{Block, BlockMetadataIndex, Envelope, HeaderType};
 use medledger_proto::kvrwset::{KvRead, KvrwSet, Version, range_query_info::ReadsInfo};
 use medledger_proto::medledger::ledger::{HistoryEntry, TxLocation, VersionedValue};
 use medledger_proto::protos::{
-    ChaincodeAction, ChaincodeActionPayload, ProposalResponsePayload, Transaction, TxValidationCode as Code,
+    ChaincodeAction, ChaincodeActionPayload, ProposalResponsePayload, Transaction,
+    TxValidationCode as Code,
 };
 use medledger_proto::rwset::TxReadWriteSet;
 use prost::Message;
@@ -58,23 +59,52 @@ impl Overlay<'_> {
     }
 
     /// Re-runs a range query: keys in `[start, end)`, or `[start, end]` when `inclusive`.
-    fn range(&self, ns: &str, start: &str, end: &str, inclusive: bool) -> Result<Vec<KvRead>, LedgerError> {
-        let upper = if inclusive && !end.is_empty() { format!("{end}\u{0}") } else { end.to_owned() };
+    fn range(
+        &self,
+        ns: &str,
+        start: &str,
+        end: &str,
+        inclusive: bool,
+    ) -> Result<Vec<KvRead>, LedgerError> {
+        let upper = if inclusive && !end.is_empty() {
+            format!("{end}\u{0}")
+        } else {
+            end.to_owned()
+        };
         let mut merged: BTreeMap<String, Option<Version>> = self
             .channel
             .ledger
             .range(ns, start, &upper, crate::simulator::TOTAL_QUERY_LIMIT)?
             .into_iter()
-            .map(|(k, v)| (k, Some(Version { block_num: v.block_num, tx_num: v.tx_num })))
+            .map(|(k, v)| {
+                (
+                    k,
+                    Some(Version {
+                        block_num: v.block_num,
+                        tx_num: v.tx_num,
+                    }),
+                )
+            })
             .collect();
         for ((n, k), v) in &self.updates {
             if n == ns && k.as_str() >= start && (upper.is_empty() || k.as_str() < upper.as_str()) {
-                merged.insert(k.clone(), v.as_ref().map(|v| Version { block_num: v.block_num, tx_num: v.tx_num }));
+                merged.insert(
+                    k.clone(),
+                    v.as_ref().map(|v| Version {
+                        block_num: v.block_num,
+                        tx_num: v.tx_num,
+                    }),
+                );
             }
         }
         Ok(merged
             .into_iter()
-            .filter_map(|(key, version)| version.map(|v| KvRead { key, version: Some(v) }))
+            .filter_map(|(key, version)| {
+                version.map(|v| KvRead {
+                    key,
+                    version: Some(v),
+                })
+            })
             .collect())
     }
 }
@@ -98,31 +128,45 @@ fn validate(
 ) -> Result<Effects, (Code, String)> {
     let fail = |c: Code, m: &str| (c, m.to_owned());
     let channel = overlay.channel;
-    let env = Envelope::decode(env_bytes).map_err(|_| fail(Code::BadPayload, "undecodable envelope"))?;
+    let env =
+        Envelope::decode(env_bytes).map_err(|_| fail(Code::BadPayload, "undecodable envelope"))?;
     if env.payload.is_empty() {
         return Err(fail(Code::NilEnvelope, "empty envelope"));
     }
     let u = unpack_envelope(&env).map_err(|e| (Code::BadPayload, e.to_string()))?;
     let ch = &u.channel_header;
     if ch.r#type != HeaderType::EndorserTransaction as i32 {
-        return Err(fail(Code::UnsupportedTxPayload, "only endorser transactions are supported after genesis"));
+        return Err(fail(
+            Code::UnsupportedTxPayload,
+            "only endorser transactions are supported after genesis",
+        ));
     }
-    if ch.epoch != 0 || u.signature_header.nonce.is_empty() || u.signature_header.creator.is_empty() {
+    if ch.epoch != 0 || u.signature_header.nonce.is_empty() || u.signature_header.creator.is_empty()
+    {
         return Err(fail(Code::BadCommonHeader, "bad common header"));
     }
     if ch.channel_id != channel.id() {
-        return Err(fail(Code::TargetChainNotFound, "transaction is for another channel"));
+        return Err(fail(
+            Code::TargetChainNotFound,
+            "transaction is for another channel",
+        ));
     }
     let creator = channel
         .config
         .msps
         .deserialize(&u.signature_header.creator, Expiry::Ignore)
         .map_err(|e| (Code::BadCreatorSignature, e.to_string()))?;
-    creator
-        .verify(&env.payload, &env.signature)
-        .map_err(|_| fail(Code::BadCreatorSignature, "creator signature does not verify"))?;
+    creator.verify(&env.payload, &env.signature).map_err(|_| {
+        fail(
+            Code::BadCreatorSignature,
+            "creator signature does not verify",
+        )
+    })?;
     if ch.tx_id != compute_txid(&u.signature_header.nonce, &u.signature_header.creator) {
-        return Err(fail(Code::BadProposalTxid, "txid is not SHA-256(nonce || creator)"));
+        return Err(fail(
+            Code::BadProposalTxid,
+            "txid is not SHA-256(nonce || creator)",
+        ));
     }
     let dup = seen.contains(&ch.tx_id)
         || channel
@@ -133,39 +177,78 @@ fn validate(
     if dup {
         return Err(fail(Code::DuplicateTxid, "duplicate transaction id"));
     }
-    let tx = Transaction::decode(u.payload.data.as_slice()).map_err(|_| fail(Code::InvalidEndorserTransaction, "bad transaction"))?;
+    let tx = Transaction::decode(u.payload.data.as_slice())
+        .map_err(|_| fail(Code::InvalidEndorserTransaction, "bad transaction"))?;
     let [action] = tx.actions.as_slice() else {
-        return Err(fail(Code::InvalidEndorserTransaction, "a transaction must have exactly one action"));
+        return Err(fail(
+            Code::InvalidEndorserTransaction,
+            "a transaction must have exactly one action",
+        ));
     };
-    let header = u.payload.header.as_ref().ok_or_else(|| fail(Code::BadPayload, "no header"))?;
+    let header = u
+        .payload
+        .header
+        .as_ref()
+        .ok_or_else(|| fail(Code::BadPayload, "no header"))?;
     if action.header != header.signature_header {
-        return Err(fail(Code::InvalidEndorserTransaction, "action header does not match the transaction creator"));
+        return Err(fail(
+            Code::InvalidEndorserTransaction,
+            "action header does not match the transaction creator",
+        ));
     }
-    let cap = ChaincodeActionPayload::decode(action.payload.as_slice())
-        .map_err(|_| fail(Code::InvalidEndorserTransaction, "bad chaincode action payload"))?;
-    let endorsed = cap.action.ok_or_else(|| fail(Code::InvalidEndorserTransaction, "no endorsed action"))?;
+    let cap = ChaincodeActionPayload::decode(action.payload.as_slice()).map_err(|_| {
+        fail(
+            Code::InvalidEndorserTransaction,
+            "bad chaincode action payload",
+        )
+    })?;
+    let endorsed = cap
+        .action
+        .ok_or_else(|| fail(Code::InvalidEndorserTransaction, "no endorsed action"))?;
     let prp = ProposalResponsePayload::decode(endorsed.proposal_response_payload.as_slice())
         .map_err(|_| fail(Code::BadResponsePayload, "bad proposal response payload"))?;
-    let expected_hash = sha256_concat(&[&header.channel_header, &action.header, &cap.chaincode_proposal_payload]);
+    let expected_hash = sha256_concat(&[
+        &header.channel_header,
+        &action.header,
+        &cap.chaincode_proposal_payload,
+    ]);
     if prp.proposal_hash != expected_hash {
-        return Err(fail(Code::InvalidEndorserTransaction, "proposal hash does not match"));
+        return Err(fail(
+            Code::InvalidEndorserTransaction,
+            "proposal hash does not match",
+        ));
     }
     let cc_action = ChaincodeAction::decode(prp.extension.as_slice())
         .map_err(|_| fail(Code::BadResponsePayload, "bad chaincode action"))?;
-    let name = cc_action.chaincode_id.as_ref().map(|c| c.name.clone()).unwrap_or_default();
-    let def = channel
-        .chaincode(&name)
-        .ok_or_else(|| (Code::InvalidChaincode, format!("chaincode {name:?} is not defined")))?;
-    let rwset = TxReadWriteSet::decode(cc_action.results.as_slice()).map_err(|_| fail(Code::BadRwset, "bad read-write set"))?;
+    let name = cc_action
+        .chaincode_id
+        .as_ref()
+        .map(|c| c.name.clone())
+        .unwrap_or_default();
+    let def = channel.chaincode(&name).ok_or_else(|| {
+        (
+            Code::InvalidChaincode,
+            format!("chaincode {name:?} is not defined"),
+        )
+    })?;
+    let rwset = TxReadWriteSet::decode(cc_action.results.as_slice())
+        .map_err(|_| fail(Code::BadRwset, "bad read-write set"))?;
     let mut set = KvrwSet::default();
     for ns in &rwset.ns_rwset {
         if ns.namespace != name {
-            return Err((Code::IllegalWriteset, format!("read-write set touches namespace {:?}", ns.namespace)));
+            return Err((
+                Code::IllegalWriteset,
+                format!("read-write set touches namespace {:?}", ns.namespace),
+            ));
         }
         if !ns.collection_hashed_rwset.is_empty() {
-            return Err(fail(Code::InvalidWriteset, "private data is not enabled on this peer"));
+            return Err(fail(
+                Code::InvalidWriteset,
+                "private data is not enabled on this peer",
+            ));
         }
-        set = KvrwSet::decode(ns.rwset.as_slice()).map_err(|_| fail(Code::BadRwset, "bad KV read-write set"))?;
+        set = KvrwSet::decode(ns.rwset.as_slice())
+            .map_err(|_| fail(Code::BadRwset, "bad KV read-write set"))?;
     }
 
     // Endorsement policy, with key-level policies of the keys written.
@@ -177,16 +260,28 @@ fn validate(
         .chain(set.metadata_writes.iter().map(|m| m.key.as_str()))
         .collect();
     for key in written {
-        let current = overlay.get(&name, key).map_err(|e| (Code::InvalidOtherReason, e.to_string()))?;
+        let current = overlay
+            .get(&name, key)
+            .map_err(|e| (Code::InvalidOtherReason, e.to_string()))?;
         key_policies.push(
             current
-                .and_then(|v| v.metadata.into_iter().find(|m| m.name == VALIDATION_PARAMETER))
+                .and_then(|v| {
+                    v.metadata
+                        .into_iter()
+                        .find(|m| m.name == VALIDATION_PARAMETER)
+                })
                 .map(|m| m.value),
         );
     }
-    let plugin = plugins
-        .validation(&def.validation_plugin)
-        .ok_or_else(|| (Code::InvalidOtherReason, format!("validation plugin {:?} is not registered", def.validation_plugin)))?;
+    let plugin = plugins.validation(&def.validation_plugin).ok_or_else(|| {
+        (
+            Code::InvalidOtherReason,
+            format!(
+                "validation plugin {:?} is not registered",
+                def.validation_plugin
+            ),
+        )
+    })?;
     plugin
         .validate(&ValidationInput {
             payload: &endorsed.proposal_response_payload,
@@ -199,20 +294,31 @@ fn validate(
 
     // MVCC: every read must still be at the version read; every range must return the same keys.
     for r in &set.reads {
-        let now = overlay.version(&name, &r.key).map_err(|e| (Code::InvalidOtherReason, e.to_string()))?;
+        let now = overlay
+            .version(&name, &r.key)
+            .map_err(|e| (Code::InvalidOtherReason, e.to_string()))?;
         if now != r.version {
-            return Err((Code::MvccReadConflict, format!("key {:?} changed since it was read", r.key)));
+            return Err((
+                Code::MvccReadConflict,
+                format!("key {:?} changed since it was read", r.key),
+            ));
         }
     }
     for q in &set.range_queries_info {
         let Some(ReadsInfo::RawReads(raw)) = &q.reads_info else {
-            return Err(fail(Code::InvalidOtherReason, "merkle-summarised range queries are not supported"));
+            return Err(fail(
+                Code::InvalidOtherReason,
+                "merkle-summarised range queries are not supported",
+            ));
         };
         let again = overlay
             .range(&name, &q.start_key, &q.end_key, !q.itr_exhausted)
             .map_err(|e| (Code::InvalidOtherReason, e.to_string()))?;
         if again != raw.kv_reads {
-            return Err((Code::PhantomReadConflict, format!("range [{:?}, {:?}) changed", q.start_key, q.end_key)));
+            return Err((
+                Code::PhantomReadConflict,
+                format!("range [{:?}, {:?}) changed", q.start_key, q.end_key),
+            ));
         }
     }
     let _ = tx_num;
@@ -226,7 +332,13 @@ fn validate(
     })
 }
 
-fn apply(block_num: u64, tx_num: u64, fx: &Effects, overlay: &mut Overlay<'_>, commit: &mut BlockCommit) -> Result<(), LedgerError> {
+fn apply(
+    block_num: u64,
+    tx_num: u64,
+    fx: &Effects,
+    overlay: &mut Overlay<'_>,
+    commit: &mut BlockCommit,
+) -> Result<(), LedgerError> {
     for w in &fx.set.writes {
         let old = overlay.get(&fx.ns, &w.key)?;
         let value = if w.is_delete || w.value.is_empty() {
@@ -253,14 +365,18 @@ fn apply(block_num: u64, tx_num: u64, fx: &Effects, overlay: &mut Overlay<'_>, c
                 tx_num,
             },
         ));
-        overlay.updates.insert((fx.ns.clone(), w.key.clone()), value);
+        overlay
+            .updates
+            .insert((fx.ns.clone(), w.key.clone()), value);
     }
     for m in &fx.set.metadata_writes {
         if let Some(mut v) = overlay.get(&fx.ns, &m.key)? {
             v.metadata = m.entries.clone();
             v.block_num = block_num;
             v.tx_num = tx_num;
-            overlay.updates.insert((fx.ns.clone(), m.key.clone()), Some(v));
+            overlay
+                .updates
+                .insert((fx.ns.clone(), m.key.clone()), Some(v));
         }
     }
     Ok(())
@@ -268,12 +384,27 @@ fn apply(block_num: u64, tx_num: u64, fx: &Effects, overlay: &mut Overlay<'_>, c
 
 /// Validates and commits one block (the genesis block is committed as given).
 /// Returns the validation code of each transaction.
-pub fn commit_block(channel: &Channel, plugins: &PluginRegistry, mut block: Block) -> Result<Vec<Code>, CommitError> {
-    let number = block.header.as_ref().map(|h| h.number).ok_or_else(|| CommitError::BadBlock("no header".into()))?;
+pub fn commit_block(
+    channel: &Channel,
+    plugins: &PluginRegistry,
+    mut block: Block,
+) -> Result<Vec<Code>, CommitError> {
+    let number = block
+        .header
+        .as_ref()
+        .map(|h| h.number)
+        .ok_or_else(|| CommitError::BadBlock("no header".into()))?;
     if number > 0 {
-        channel.config.verify_block(&block).map_err(|e| CommitError::BadBlock(e.to_string()))?;
+        channel
+            .config
+            .verify_block(&block)
+            .map_err(|e| CommitError::BadBlock(e.to_string()))?;
     }
-    let envelopes = block.data.as_ref().map(|d| d.data.clone()).unwrap_or_default();
+    let envelopes = block
+        .data
+        .as_ref()
+        .map(|d| d.data.clone())
+        .unwrap_or_default();
     let mut overlay = Overlay {
         channel,
         updates: BTreeMap::new(),
@@ -304,7 +435,14 @@ pub fn commit_block(channel: &Channel, plugins: &PluginRegistry, mut block: Bloc
         };
         if !txid.is_empty() {
             seen.insert(txid.clone());
-            commit.tx_locations.push((txid, TxLocation { block_num: number, tx_num: i, validation_code: code as i32 }));
+            commit.tx_locations.push((
+                txid,
+                TxLocation {
+                    block_num: number,
+                    tx_num: i,
+                    validation_code: code as i32,
+                },
+            ));
         }
         codes.push(code);
     }
@@ -312,11 +450,16 @@ pub fn commit_block(channel: &Channel, plugins: &PluginRegistry, mut block: Bloc
     while metadata.metadata.len() < medledger_common::protoutil::BLOCK_METADATA_SLOTS {
         metadata.metadata.push(Vec::new());
     }
-    metadata.metadata[BlockMetadataIndex::TransactionsFilter as usize] = codes.iter().map(|c| *c as u8).collect();
+    metadata.metadata[BlockMetadataIndex::TransactionsFilter as usize] =
+        codes.iter().map(|c| *c as u8).collect();
     commit.updates = overlay
         .updates
         .into_iter()
-        .map(|((namespace, key), value)| StateUpdate { namespace, key, value })
+        .map(|((namespace, key), value)| StateUpdate {
+            namespace,
+            key,
+            value,
+        })
         .collect();
     commit.block = block;
     channel.ledger.commit(commit)?;

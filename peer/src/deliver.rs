@@ -14,7 +14,8 @@ use medledger_proto::protos::deliver_server::Deliver;
 use medledger_proto::protos::{
     BlockAndPrivateData, ChaincodeAction, ChaincodeActionPayload, ChaincodeEvent, DeliverResponse,
     FilteredBlock, FilteredChaincodeAction, FilteredTransaction, FilteredTransactionActions,
-    ProposalResponsePayload, Transaction, deliver_response::Type as Resp, filtered_transaction::Data,
+    ProposalResponsePayload, Transaction, deliver_response::Type as Resp,
+    filtered_transaction::Data,
 };
 use prost::Message;
 use tokio::sync::mpsc;
@@ -33,17 +34,25 @@ pub enum BlockForm {
 
 /// The chaincode events of an endorser transaction envelope, in action order.
 pub fn chaincode_events(envelope: &[u8]) -> Vec<ChaincodeEvent> {
-    let Ok(env) = Envelope::decode(envelope) else { return vec![] };
-    let Ok(u) = unpack_envelope(&env) else { return vec![] };
+    let Ok(env) = Envelope::decode(envelope) else {
+        return vec![];
+    };
+    let Ok(u) = unpack_envelope(&env) else {
+        return vec![];
+    };
     if u.channel_header.r#type != HeaderType::EndorserTransaction as i32 {
         return vec![];
     }
-    let Ok(tx) = Transaction::decode(u.payload.data.as_slice()) else { return vec![] };
+    let Ok(tx) = Transaction::decode(u.payload.data.as_slice()) else {
+        return vec![];
+    };
     tx.actions
         .iter()
         .filter_map(|a| {
             let cap = ChaincodeActionPayload::decode(a.payload.as_slice()).ok()?;
-            let prp = ProposalResponsePayload::decode(cap.action?.proposal_response_payload.as_slice()).ok()?;
+            let prp =
+                ProposalResponsePayload::decode(cap.action?.proposal_response_payload.as_slice())
+                    .ok()?;
             let action = ChaincodeAction::decode(prp.extension.as_slice()).ok()?;
             if action.events.is_empty() {
                 return None;
@@ -62,8 +71,18 @@ pub fn filtered_block(channel: &str, block: &Block) -> FilteredBlock {
         .cloned()
         .unwrap_or_default();
     let mut txs = Vec::new();
-    for (i, env) in block.data.as_ref().map(|d| d.data.as_slice()).unwrap_or_default().iter().enumerate() {
-        let Some(u) = Envelope::decode(env.as_slice()).ok().and_then(|e| unpack_envelope(&e).ok()) else {
+    for (i, env) in block
+        .data
+        .as_ref()
+        .map(|d| d.data.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        let Some(u) = Envelope::decode(env.as_slice())
+            .ok()
+            .and_then(|e| unpack_envelope(&e).ok())
+        else {
             continue;
         };
         let kind = u.channel_header.r#type;
@@ -73,7 +92,10 @@ pub fn filtered_block(channel: &str, block: &Block) -> FilteredBlock {
                     .into_iter()
                     .filter(|e| !e.chaincode_id.is_empty())
                     .map(|e| FilteredChaincodeAction {
-                        chaincode_event: Some(ChaincodeEvent { payload: Vec::new(), ..e }),
+                        chaincode_event: Some(ChaincodeEvent {
+                            payload: Vec::new(),
+                            ..e
+                        }),
                     })
                     .collect(),
             })
@@ -105,15 +127,26 @@ async fn seek(
     form: BlockForm,
     out: &mpsc::Sender<Result<DeliverResponse, Status>>,
 ) -> BlockStatus {
-    let Ok(u) = unpack_envelope(&env) else { return BlockStatus::BadRequest };
-    let Some(channel) = channels.read().await.get(&u.channel_header.channel_id).cloned() else {
+    let Ok(u) = unpack_envelope(&env) else {
+        return BlockStatus::BadRequest;
+    };
+    let Some(channel) = channels
+        .read()
+        .await
+        .get(&u.channel_header.channel_id)
+        .cloned()
+    else {
         return BlockStatus::NotFound;
     };
     let ts = u.channel_header.timestamp.unwrap_or_default();
-    if ts.seconds == 0 || (ts.seconds - medledger_common::msp::unix_now()).unsigned_abs() > TIME_WINDOW.as_secs() {
+    if ts.seconds == 0
+        || (ts.seconds - medledger_common::msp::unix_now()).unsigned_abs() > TIME_WINDOW.as_secs()
+    {
         return BlockStatus::BadRequest;
     }
-    let Ok(info) = SeekInfo::decode(u.payload.data.as_slice()) else { return BlockStatus::BadRequest };
+    let Ok(info) = SeekInfo::decode(u.payload.data.as_slice()) else {
+        return BlockStatus::BadRequest;
+    };
     let allowed = channel
         .config
         .msps
@@ -174,7 +207,11 @@ async fn seek(
                 private_data_map: Default::default(),
             }),
         };
-        if out.send(Ok(DeliverResponse { r#type: Some(resp) })).await.is_err() {
+        if out
+            .send(Ok(DeliverResponse { r#type: Some(resp) }))
+            .await
+            .is_err()
+        {
             return BlockStatus::Success;
         }
         n += 1;
@@ -211,13 +248,26 @@ impl Deliver for DeliverService {
     type DeliverFilteredStream = DeliverStream;
     type DeliverWithPrivateDataStream = DeliverStream;
 
-    async fn deliver(&self, r: Request<Streaming<Envelope>>) -> Result<Response<DeliverStream>, Status> {
+    async fn deliver(
+        &self,
+        r: Request<Streaming<Envelope>>,
+    ) -> Result<Response<DeliverStream>, Status> {
         Ok(Response::new(self.serve(r.into_inner(), BlockForm::Full)))
     }
-    async fn deliver_filtered(&self, r: Request<Streaming<Envelope>>) -> Result<Response<DeliverStream>, Status> {
-        Ok(Response::new(self.serve(r.into_inner(), BlockForm::Filtered)))
+    async fn deliver_filtered(
+        &self,
+        r: Request<Streaming<Envelope>>,
+    ) -> Result<Response<DeliverStream>, Status> {
+        Ok(Response::new(
+            self.serve(r.into_inner(), BlockForm::Filtered),
+        ))
     }
-    async fn deliver_with_private_data(&self, r: Request<Streaming<Envelope>>) -> Result<Response<DeliverStream>, Status> {
-        Ok(Response::new(self.serve(r.into_inner(), BlockForm::WithPrivateData)))
+    async fn deliver_with_private_data(
+        &self,
+        r: Request<Streaming<Envelope>>,
+    ) -> Result<Response<DeliverStream>, Status> {
+        Ok(Response::new(
+            self.serve(r.into_inner(), BlockForm::WithPrivateData),
+        ))
     }
 }

@@ -9,7 +9,8 @@ use medledger_common::SigningIdentity;
 use medledger_common::msp::{Expiry, Identity};
 use medledger_common::protoutil::{UnpackedProposal, unpack_proposal};
 use medledger_proto::protos::{
-    ChaincodeAction, ChaincodeId, ProposalResponse, ProposalResponsePayload, Response, SignedProposal,
+    ChaincodeAction, ChaincodeId, ProposalResponse, ProposalResponsePayload, Response,
+    SignedProposal,
 };
 use prost::Message;
 use tokio::sync::RwLock;
@@ -133,18 +134,33 @@ impl Endorser {
     }
 
     /// Simulates a checked proposal and endorses the result.
-    pub async fn simulate_and_endorse(&self, sp: &SignedProposal, c: &CheckedProposal) -> ProposalResponse {
+    pub async fn simulate_and_endorse(
+        &self,
+        sp: &SignedProposal,
+        c: &CheckedProposal,
+    ) -> ProposalResponse {
         let p = &c.proposal;
         let Some(def) = c.channel.chaincode(&p.chaincode_name) else {
             return error_response(
                 500,
-                format!("make sure the chaincode {} has been successfully defined on channel {}", p.chaincode_name, c.channel.id()),
+                format!(
+                    "make sure the chaincode {} has been successfully defined on channel {}",
+                    p.chaincode_name,
+                    c.channel.id()
+                ),
             );
         };
         let mut sim = TxSimulator::new(c.channel.ledger.clone());
         let (response, event) = match self
             .chaincodes
-            .execute(&def.endpoint, c.channel.id(), p.tx_id(), sp, p.input.clone(), &mut sim)
+            .execute(
+                &def.endpoint,
+                c.channel.id(),
+                p.tx_id(),
+                sp,
+                p.input.clone(),
+                &mut sim,
+            )
             .await
         {
             Ok(r) => r,
@@ -172,7 +188,13 @@ impl Endorser {
         }
         .encode_to_vec();
         let Some(plugin) = self.plugins.endorsement(&def.endorsement_plugin) else {
-            return error_response(500, format!("endorsement plugin {:?} is not registered", def.endorsement_plugin));
+            return error_response(
+                500,
+                format!(
+                    "endorsement plugin {:?} is not registered",
+                    def.endorsement_plugin
+                ),
+            );
         };
         match plugin.endorse(&payload, &self.signer) {
             Ok(endorsement) => ProposalResponse {

@@ -15,9 +15,9 @@ use medledger_common::protoutil::assemble_transaction;
 use medledger_proto::common::{Envelope, Status as OrdererStatus};
 use medledger_proto::gateway::gateway_server::Gateway;
 use medledger_proto::gateway::{
-    ChaincodeEventsRequest, ChaincodeEventsResponse, CommitStatusRequest, CommitStatusResponse, EndorseRequest,
-    EndorseResponse, ErrorDetail, EvaluateRequest, EvaluateResponse, SignedChaincodeEventsRequest,
-    SignedCommitStatusRequest, SubmitRequest, SubmitResponse,
+    ChaincodeEventsRequest, ChaincodeEventsResponse, CommitStatusRequest, CommitStatusResponse,
+    EndorseRequest, EndorseResponse, ErrorDetail, EvaluateRequest, EvaluateResponse,
+    SignedChaincodeEventsRequest, SignedCommitStatusRequest, SubmitRequest, SubmitResponse,
 };
 use medledger_proto::orderer::atomic_broadcast_client::AtomicBroadcastClient;
 use medledger_proto::orderer::seek_position::Type as Seek;
@@ -87,13 +87,29 @@ pub fn gateway_error(code: Code, message: impl Into<String>, details: Vec<ErrorD
     Status::with_details(code, message, rich.encode_to_vec().into())
 }
 
+/// A status's message with its underlying causes (transport errors say little on their own).
+fn status_text(s: &Status) -> String {
+    let mut text = s.message().to_owned();
+    let mut source = std::error::Error::source(s);
+    while let Some(e) = source {
+        text.push_str(&format!(": {e}"));
+        source = e.source();
+    }
+    text
+}
+
 fn chaincode_error(resp: &ProposalResponse) -> String {
     let r = resp.response.clone().unwrap_or_default();
     format!("chaincode response {}, {}", r.status, r.message)
 }
 
 impl GatewayService {
-    pub fn new(endorser: Arc<Endorser>, remote_peers: Vec<RemotePeer>, client_tls: Option<ClientTls>, address: String) -> Self {
+    pub fn new(
+        endorser: Arc<Endorser>,
+        remote_peers: Vec<RemotePeer>,
+        client_tls: Option<ClientTls>,
+        address: String,
+    ) -> Self {
         Self {
             endorser,
             remote_peers,
@@ -108,11 +124,18 @@ impl GatewayService {
             return Ok(c.clone());
         }
         let ch = dial(address, tls_roots, self.client_tls.as_ref()).await?;
-        self.conns.lock().await.insert(address.to_owned(), ch.clone());
+        self.conns
+            .lock()
+            .await
+            .insert(address.to_owned(), ch.clone());
         Ok(ch)
     }
 
-    async fn remote_endorse(&self, peer: &RemotePeer, sp: &medledger_proto::protos::SignedProposal) -> Result<ProposalResponse, String> {
+    async fn remote_endorse(
+        &self,
+        peer: &RemotePeer,
+        sp: &medledger_proto::protos::SignedProposal,
+    ) -> Result<ProposalResponse, String> {
         let roots: Vec<Vec<u8>> = peer.tls_root_pem.iter().cloned().collect();
         let ch = self.connect(&peer.address, &roots).await?;
         let mut client = EndorserClient::new(ch);
@@ -120,15 +143,22 @@ impl GatewayService {
             .await
             .map_err(|_| "endorsement timeout expired".to_owned())?
             .map(Response::into_inner)
-            .map_err(|s| s.message().to_owned())
+            .map_err(|s| status_text(&s))
     }
 
     fn signers(channel: &Channel, payload: &[u8], endorsements: &[Endorsement]) -> Vec<Identity> {
-        let msgs: Vec<Vec<u8>> = endorsements.iter().map(|e| [payload, &e.endorser].concat()).collect();
+        let msgs: Vec<Vec<u8>> = endorsements
+            .iter()
+            .map(|e| [payload, &e.endorser].concat())
+            .collect();
         let signed: Vec<SignedData> = endorsements
             .iter()
             .zip(&msgs)
-            .map(|(e, m)| SignedData { data: m, identity: &e.endorser, signature: &e.signature })
+            .map(|(e, m)| SignedData {
+                data: m,
+                identity: &e.endorser,
+                signature: &e.signature,
+            })
             .collect();
         verified_signers(&signed, &channel.config.msps, Expiry::now())
     }
@@ -167,9 +197,16 @@ impl GatewayService {
         for t in tasks {
             match t.await {
                 Ok(Ok((_, r))) if r.status == OrdererStatus::Success as i32 => ok += 1,
-                Ok(Ok((_, r))) if r.status == OrdererStatus::ServiceUnavailable as i32 && r.info.contains("already exists") => ok += 1,
+                Ok(Ok((_, r)))
+                    if r.status == OrdererStatus::ServiceUnavailable as i32
+                        && r.info.contains("already exists") =>
+                {
+                    ok += 1
+                }
                 Ok(Ok((addr, r))) => {
-                    let name = OrdererStatus::try_from(r.status).map(|s| s.as_str_name()).unwrap_or("UNKNOWN");
+                    let name = OrdererStatus::try_from(r.status)
+                        .map(|s| s.as_str_name())
+                        .unwrap_or("UNKNOWN");
                     if (400..500).contains(&r.status) {
                         return Err(Status::aborted(format!(
                             "received unsuccessful response from orderer: status={name}, info={}",
@@ -198,7 +235,13 @@ impl GatewayService {
     }
 
     /// Verifies a signed gateway request (commit status, events) against the channel's Readers.
-    async fn authorize(&self, channel_id: &str, identity: &[u8], request: &[u8], signature: &[u8]) -> Result<Arc<Channel>, Status> {
+    async fn authorize(
+        &self,
+        channel_id: &str,
+        identity: &[u8],
+        request: &[u8],
+        signature: &[u8],
+    ) -> Result<Arc<Channel>, Status> {
         let channel = self
             .channel(channel_id)
             .await
@@ -207,7 +250,9 @@ impl GatewayService {
             .config
             .msps
             .deserialize(identity, Expiry::now())
-            .map_err(|e| Status::permission_denied(format!("identity is not valid on the channel: {e}")))?;
+            .map_err(|e| {
+                Status::permission_denied(format!("identity is not valid on the channel: {e}"))
+            })?;
         id.verify(request, signature)
             .map_err(|_| Status::permission_denied("request signature does not verify"))?;
         if !channel
@@ -215,7 +260,9 @@ impl GatewayService {
             .policy("/Channel/Application/Readers")
             .is_some_and(|p| p.satisfied_by(std::slice::from_ref(&id)))
         {
-            return Err(Status::permission_denied("identity does not satisfy the channel's Readers policy"));
+            return Err(Status::permission_denied(
+                "identity does not satisfy the channel's Readers policy",
+            ));
         }
         Ok(channel)
     }
@@ -225,13 +272,20 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<ChaincodeEventsResponse, Sta
 
 #[tonic::async_trait]
 impl Gateway for GatewayService {
-    async fn evaluate(&self, request: Request<EvaluateRequest>) -> Result<Response<EvaluateResponse>, Status> {
+    async fn evaluate(
+        &self,
+        request: Request<EvaluateRequest>,
+    ) -> Result<Response<EvaluateResponse>, Status> {
         let req = request.into_inner();
-        let sp = req
-            .proposed_transaction
-            .ok_or_else(|| Status::invalid_argument("the proposed transaction must contain a signed proposal"))?;
+        let sp = req.proposed_transaction.ok_or_else(|| {
+            Status::invalid_argument("the proposed transaction must contain a signed proposal")
+        })?;
         let checked = self.endorser.check(&sp).await.map_err(|e| {
-            gateway_error(Code::FailedPrecondition, format!("evaluate call to endorser returned error: {e}"), vec![])
+            gateway_error(
+                Code::FailedPrecondition,
+                format!("evaluate call to endorser returned error: {e}"),
+                vec![],
+            )
         })?;
         let resp = self.endorser.simulate_and_endorse(&sp, &checked).await;
         let r = resp.response.clone().unwrap_or_default();
@@ -247,11 +301,14 @@ impl Gateway for GatewayService {
         Ok(Response::new(EvaluateResponse { result: Some(r) }))
     }
 
-    async fn endorse(&self, request: Request<EndorseRequest>) -> Result<Response<EndorseResponse>, Status> {
+    async fn endorse(
+        &self,
+        request: Request<EndorseRequest>,
+    ) -> Result<Response<EndorseResponse>, Status> {
         let req = request.into_inner();
-        let sp = req
-            .proposed_transaction
-            .ok_or_else(|| Status::invalid_argument("the proposed transaction must contain a signed proposal"))?;
+        let sp = req.proposed_transaction.ok_or_else(|| {
+            Status::invalid_argument("the proposed transaction must contain a signed proposal")
+        })?;
         let own = self.endorser.signer.mspid().to_owned();
         let checked = self.endorser.check(&sp).await.map_err(|e| {
             gateway_error(
@@ -280,7 +337,10 @@ impl Gateway for GatewayService {
         let mut endorsed_orgs = vec![own.clone()];
         let mut details = Vec::new();
         let wanted = &req.endorsing_organizations;
-        let satisfied = |e: &[Endorsement]| def.endorsement_policy.satisfied_by(&Self::signers(&channel, &local.payload, e));
+        let satisfied = |e: &[Endorsement]| {
+            def.endorsement_policy
+                .satisfied_by(&Self::signers(&channel, &local.payload, e))
+        };
         for peer in &self.remote_peers {
             // Without named organisations, stop as soon as the policy holds.
             if wanted.is_empty() && satisfied(&endorsements) {
@@ -298,7 +358,11 @@ impl Gateway for GatewayService {
                     endorsed_orgs.push(peer.msp_id.clone());
                 }
                 Ok(r) if r.endorsement.is_some() => {
-                    details.push(detail(&peer.address, &peer.msp_id, "ProposalResponsePayloads do not match"));
+                    details.push(detail(
+                        &peer.address,
+                        &peer.msp_id,
+                        "ProposalResponsePayloads do not match",
+                    ));
                 }
                 Ok(r) => details.push(detail(&peer.address, &peer.msp_id, chaincode_error(&r))),
                 Err(e) => details.push(detail(&peer.address, &peer.msp_id, e)),
@@ -312,16 +376,23 @@ impl Gateway for GatewayService {
             ));
         }
         let env = assemble_transaction(&checked.proposal, &local.payload, &endorsements);
-        Ok(Response::new(EndorseResponse { prepared_transaction: Some(env) }))
+        Ok(Response::new(EndorseResponse {
+            prepared_transaction: Some(env),
+        }))
     }
 
-    async fn submit(&self, request: Request<SubmitRequest>) -> Result<Response<SubmitResponse>, Status> {
+    async fn submit(
+        &self,
+        request: Request<SubmitRequest>,
+    ) -> Result<Response<SubmitResponse>, Status> {
         let req = request.into_inner();
         let env = req
             .prepared_transaction
             .ok_or_else(|| Status::invalid_argument("a prepared transaction is required"))?;
         if env.signature.is_empty() {
-            return Err(Status::invalid_argument("prepared transaction must be signed"));
+            return Err(Status::invalid_argument(
+                "prepared transaction must be signed",
+            ));
         }
         let channel = self
             .channel(&req.channel_id)
@@ -331,17 +402,32 @@ impl Gateway for GatewayService {
         Ok(Response::new(SubmitResponse {}))
     }
 
-    async fn commit_status(&self, request: Request<SignedCommitStatusRequest>) -> Result<Response<CommitStatusResponse>, Status> {
+    async fn commit_status(
+        &self,
+        request: Request<SignedCommitStatusRequest>,
+    ) -> Result<Response<CommitStatusResponse>, Status> {
         let signed = request.into_inner();
         if signed.request.is_empty() {
-            return Err(Status::invalid_argument("a commit status request is required"));
+            return Err(Status::invalid_argument(
+                "a commit status request is required",
+            ));
         }
-        let req = CommitStatusRequest::decode(signed.request.as_slice())
-            .map_err(|e| Status::invalid_argument(format!("malformed commit status request: {e}")))?;
+        let req = CommitStatusRequest::decode(signed.request.as_slice()).map_err(|e| {
+            Status::invalid_argument(format!("malformed commit status request: {e}"))
+        })?;
         if req.transaction_id.is_empty() || req.channel_id.is_empty() || req.identity.is_empty() {
-            return Err(Status::invalid_argument("transaction id, channel id and identity are required"));
+            return Err(Status::invalid_argument(
+                "transaction id, channel id and identity are required",
+            ));
         }
-        let channel = self.authorize(&req.channel_id, &req.identity, &signed.request, &signed.signature).await?;
+        let channel = self
+            .authorize(
+                &req.channel_id,
+                &req.identity,
+                &signed.request,
+                &signed.signature,
+            )
+            .await?;
         let mut heights = channel.ledger.subscribe();
         loop {
             if let Some(loc) = channel
@@ -362,11 +448,22 @@ impl Gateway for GatewayService {
 
     type ChaincodeEventsStream = EventStream;
 
-    async fn chaincode_events(&self, request: Request<SignedChaincodeEventsRequest>) -> Result<Response<EventStream>, Status> {
+    async fn chaincode_events(
+        &self,
+        request: Request<SignedChaincodeEventsRequest>,
+    ) -> Result<Response<EventStream>, Status> {
         let signed = request.into_inner();
-        let req = ChaincodeEventsRequest::decode(signed.request.as_slice())
-            .map_err(|e| Status::invalid_argument(format!("malformed chaincode events request: {e}")))?;
-        let channel = self.authorize(&req.channel_id, &req.identity, &signed.request, &signed.signature).await?;
+        let req = ChaincodeEventsRequest::decode(signed.request.as_slice()).map_err(|e| {
+            Status::invalid_argument(format!("malformed chaincode events request: {e}"))
+        })?;
+        let channel = self
+            .authorize(
+                &req.channel_id,
+                &req.identity,
+                &signed.request,
+                &signed.signature,
+            )
+            .await?;
         let ledger = channel.ledger.clone();
         let located = if req.after_transaction_id.is_empty() {
             None
@@ -381,7 +478,11 @@ impl Gateway for GatewayService {
             None => match req.start_position.as_ref().and_then(|p| p.r#type.as_ref()) {
                 None | Some(Seek::NextCommit(_)) => ledger.height(),
                 Some(Seek::Specified(s)) => s.number,
-                Some(other) => return Err(Status::invalid_argument(format!("invalid start position type: {other:?}"))),
+                Some(other) => {
+                    return Err(Status::invalid_argument(format!(
+                        "invalid start position type: {other:?}"
+                    )));
+                }
             },
         };
         let (tx, rx) = mpsc::channel(16);
@@ -396,10 +497,24 @@ impl Gateway for GatewayService {
                         _ = tx.closed() => return,
                     }
                 }
-                let Ok(Some(block)) = ledger.block(n) else { return };
-                let filter = block.metadata.as_ref().and_then(|m| m.metadata.get(2)).cloned().unwrap_or_default();
+                let Ok(Some(block)) = ledger.block(n) else {
+                    return;
+                };
+                let filter = block
+                    .metadata
+                    .as_ref()
+                    .and_then(|m| m.metadata.get(2))
+                    .cloned()
+                    .unwrap_or_default();
                 let mut events = Vec::new();
-                for (i, env) in block.data.as_ref().map(|d| d.data.clone()).unwrap_or_default().iter().enumerate() {
+                for (i, env) in block
+                    .data
+                    .as_ref()
+                    .map(|d| d.data.clone())
+                    .unwrap_or_default()
+                    .iter()
+                    .enumerate()
+                {
                     if filter.get(i).copied() != Some(TxValidationCode::Valid as u8) {
                         continue;
                     }
@@ -410,12 +525,23 @@ impl Gateway for GatewayService {
                             }
                             continue;
                         }
-                        if e.chaincode_id == req.chaincode_id && !e.event_name.is_empty() && !e.tx_id.is_empty() {
+                        if e.chaincode_id == req.chaincode_id
+                            && !e.event_name.is_empty()
+                            && !e.tx_id.is_empty()
+                        {
                             events.push(e);
                         }
                     }
                 }
-                if !events.is_empty() && tx.send(Ok(ChaincodeEventsResponse { events, block_number: n })).await.is_err() {
+                if !events.is_empty()
+                    && tx
+                        .send(Ok(ChaincodeEventsResponse {
+                            events,
+                            block_number: n,
+                        }))
+                        .await
+                        .is_err()
+                {
                     return;
                 }
                 n += 1;

@@ -9,7 +9,9 @@ use medledger_common::protoutil;
 use medledger_proto::common::Block;
 use medledger_proto::medledger::ledger::{HistoryEntry, TxLocation, VersionedValue};
 use prost::Message;
-use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
+use rocksdb::{
+    ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
+};
 
 /// Errors from the ledger.
 #[derive(Debug, thiserror::Error)]
@@ -142,7 +144,11 @@ impl Ledger {
         let hash = protoutil::block_header_hash(header);
         let mut batch = WriteBatch::default();
         let db = &self.db;
-        batch.put_cf(cf(db, BLOCKS)?, header.number.to_be_bytes(), c.block.encode_to_vec());
+        batch.put_cf(
+            cf(db, BLOCKS)?,
+            header.number.to_be_bytes(),
+            c.block.encode_to_vec(),
+        );
         batch.put_cf(cf(db, HASHES)?, hash, header.number.to_be_bytes());
         for (txid, loc) in &c.tx_locations {
             // The first committed occurrence of a transaction id is the one that counts.
@@ -212,17 +218,29 @@ impl Ledger {
     }
 
     /// Keys in `[start, end)` of a namespace (empty `end` = to the end), at most `limit`.
-    pub fn range(&self, ns: &str, start: &str, end: &str, limit: usize) -> Result<Vec<(String, VersionedValue)>, LedgerError> {
+    pub fn range(
+        &self,
+        ns: &str,
+        start: &str,
+        end: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, VersionedValue)>, LedgerError> {
         let from = state_key(ns, start);
         let prefix = state_key(ns, "");
-        let upper = if end.is_empty() { None } else { Some(state_key(ns, end)) };
+        let upper = if end.is_empty() {
+            None
+        } else {
+            Some(state_key(ns, end))
+        };
         let mut out = Vec::new();
-        let it = self
-            .db
-            .iterator_cf(cf(&self.db, STATE)?, IteratorMode::From(&from, Direction::Forward));
+        let it = self.db.iterator_cf(
+            cf(&self.db, STATE)?,
+            IteratorMode::From(&from, Direction::Forward),
+        );
         for item in it {
             let (k, v) = item?;
-            if !k.starts_with(&prefix) || upper.as_ref().is_some_and(|u| k.as_ref() >= u.as_slice()) {
+            if !k.starts_with(&prefix) || upper.as_ref().is_some_and(|u| k.as_ref() >= u.as_slice())
+            {
                 break;
             }
             if out.len() >= limit {
@@ -239,9 +257,10 @@ impl Ledger {
     pub fn history(&self, ns: &str, key: &str) -> Result<Vec<HistoryEntry>, LedgerError> {
         let prefix = history_prefix(ns, key);
         let mut out = Vec::new();
-        let it = self
-            .db
-            .iterator_cf(cf(&self.db, HISTORY)?, IteratorMode::From(&prefix, Direction::Forward));
+        let it = self.db.iterator_cf(
+            cf(&self.db, HISTORY)?,
+            IteratorMode::From(&prefix, Direction::Forward),
+        );
         for item in it {
             let (k, v) = item?;
             if !k.starts_with(&prefix) || k.len() != prefix.len() + 16 {
@@ -256,7 +275,10 @@ impl Ledger {
     /// peers exactly when their states are equal.
     pub fn state_hash(&self) -> Result<[u8; 32], LedgerError> {
         let mut parts: Vec<Vec<u8>> = Vec::new();
-        for item in self.db.iterator_cf(cf(&self.db, STATE)?, IteratorMode::Start) {
+        for item in self
+            .db
+            .iterator_cf(cf(&self.db, STATE)?, IteratorMode::Start)
+        {
             let (k, v) = item?;
             parts.push((k.len() as u64).to_be_bytes().to_vec());
             parts.push(k.to_vec());

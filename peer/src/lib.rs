@@ -3,8 +3,8 @@
 //! Fabric Gateway and Deliver services clients use.
 
 pub mod chaincode;
-pub mod cli;
 pub mod channel;
+pub mod cli;
 pub mod comm;
 pub mod committer;
 pub mod deliver;

@@ -13,19 +13,21 @@ use medledger_common::channelconfig::ChannelConfig;
 use medledger_common::policy::{Policy, parse_signature_policy};
 use medledger_common::protoutil::signed_envelope;
 use medledger_proto::common::{Block, HeaderType};
+use medledger_proto::gateway::gateway_server::GatewayServer;
 use medledger_proto::orderer::atomic_broadcast_client::AtomicBroadcastClient;
-use medledger_proto::orderer::{SeekInfo, SeekPosition, SeekSpecified, deliver_response, seek_position};
+use medledger_proto::orderer::{
+    SeekInfo, SeekPosition, SeekSpecified, deliver_response, seek_position,
+};
+use medledger_proto::protos::deliver_server::DeliverServer;
 use medledger_proto::protos::endorser_server::{Endorser as EndorserRpc, EndorserServer};
 use medledger_proto::protos::{ProposalResponse, SignedProposal};
-use medledger_proto::gateway::gateway_server::GatewayServer;
-use medledger_proto::protos::deliver_server::DeliverServer;
 use prost::Message;
 use serde::Deserialize;
 use tokio::sync::{RwLock, watch};
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::chaincode::{ChaincodeEndpoint, ChaincodeSupport, ConnectionInfo};
-use crate::channel::{Channel, ChaincodeDefinition};
+use crate::channel::{ChaincodeDefinition, Channel};
 use crate::comm::{ClientTls, dial};
 use crate::committer::commit_block;
 use crate::deliver::DeliverService;
@@ -141,16 +143,24 @@ impl PeerConfig {
     /// (`MEDLEDGER_PEER_LISTENADDRESS=127.0.0.1:7051`).
     pub fn load(path: &Path) -> Result<Self, NodeError> {
         let text = String::from_utf8(read(path)?).map_err(|e| NodeError::Config(e.to_string()))?;
-        let mut value: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| NodeError::Config(e.to_string()))?;
+        let mut value: serde_yaml::Value =
+            serde_yaml::from_str(&text).map_err(|e| NodeError::Config(e.to_string()))?;
         if let serde_yaml::Value::Mapping(map) = &mut value {
-            let keys: Vec<String> = map.keys().filter_map(|k| k.as_str().map(str::to_owned)).collect();
+            let keys: Vec<String> = map
+                .keys()
+                .filter_map(|k| k.as_str().map(str::to_owned))
+                .collect();
             for k in keys {
                 if let Ok(v) = std::env::var(format!("MEDLEDGER_PEER_{}", k.to_ascii_uppercase())) {
-                    map.insert(k.into(), serde_yaml::from_str(&v).unwrap_or(serde_yaml::Value::String(v)));
+                    map.insert(
+                        k.into(),
+                        serde_yaml::from_str(&v).unwrap_or(serde_yaml::Value::String(v)),
+                    );
                 }
             }
         }
-        let mut cfg: Self = serde_yaml::from_value(value).map_err(|e| NodeError::Config(e.to_string()))?;
+        let mut cfg: Self =
+            serde_yaml::from_value(value).map_err(|e| NodeError::Config(e.to_string()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         cfg.resolve_paths(base);
         Ok(cfg)
@@ -184,7 +194,10 @@ struct EndorserService(Arc<Endorser>);
 
 #[tonic::async_trait]
 impl EndorserRpc for EndorserService {
-    async fn process_proposal(&self, request: tonic::Request<SignedProposal>) -> Result<tonic::Response<ProposalResponse>, tonic::Status> {
+    async fn process_proposal(
+        &self,
+        request: tonic::Request<SignedProposal>,
+    ) -> Result<tonic::Response<ProposalResponse>, tonic::Status> {
         self.0
             .process(&request.into_inner())
             .await
@@ -217,30 +230,48 @@ impl RunningPeer {
 }
 
 fn open_channel(cfg: &ChannelJoinConfig, data_dir: &Path) -> Result<Channel, NodeError> {
-    let genesis = Block::decode(read(&cfg.genesis_block)?.as_slice()).map_err(|e| NodeError::Config(format!("genesis block: {e}")))?;
-    let config = ChannelConfig::from_block(&genesis).map_err(|e| NodeError::Config(format!("genesis block: {e}")))?;
+    let genesis = Block::decode(read(&cfg.genesis_block)?.as_slice())
+        .map_err(|e| NodeError::Config(format!("genesis block: {e}")))?;
+    let config = ChannelConfig::from_block(&genesis)
+        .map_err(|e| NodeError::Config(format!("genesis block: {e}")))?;
     let err = |reason: String| NodeError::Channel {
         channel: config.channel_id.clone(),
         reason,
     };
-    let ledger = Ledger::open(&data_dir.join("ledgers").join(&config.channel_id)).map_err(|e| err(e.to_string()))?;
+    let ledger = Ledger::open(&data_dir.join("ledgers").join(&config.channel_id))
+        .map_err(|e| err(e.to_string()))?;
     if ledger.height() == 0 {
-        let channel = Channel { config: config.clone(), ledger: Arc::new(ledger), chaincodes: BTreeMap::new() };
-        commit_block(&channel, &PluginRegistry::default(), genesis).map_err(|e| err(e.to_string()))?;
+        let channel = Channel {
+            config: config.clone(),
+            ledger: Arc::new(ledger),
+            chaincodes: BTreeMap::new(),
+        };
+        commit_block(&channel, &PluginRegistry::default(), genesis)
+            .map_err(|e| err(e.to_string()))?;
         return open_channel_with(cfg, config, channel.ledger);
     }
-    let stored = ledger.block(0).map_err(|e| err(e.to_string()))?.and_then(|b| b.header);
+    let stored = ledger
+        .block(0)
+        .map_err(|e| err(e.to_string()))?
+        .and_then(|b| b.header);
     if stored != genesis.header {
-        return Err(err("the ledger on disk belongs to another genesis block".into()));
+        return Err(err(
+            "the ledger on disk belongs to another genesis block".into()
+        ));
     }
     open_channel_with(cfg, config, Arc::new(ledger))
 }
 
-fn open_channel_with(cfg: &ChannelJoinConfig, config: ChannelConfig, ledger: Arc<Ledger>) -> Result<Channel, NodeError> {
+fn open_channel_with(
+    cfg: &ChannelJoinConfig,
+    config: ChannelConfig,
+    ledger: Arc<Ledger>,
+) -> Result<Channel, NodeError> {
     let mut chaincodes = BTreeMap::new();
     for cc in &cfg.chaincodes {
-        let policy = parse_signature_policy(&cc.endorsement_policy)
-            .map_err(|e| NodeError::Config(format!("chaincode {} endorsement policy: {e}", cc.name)))?;
+        let policy = parse_signature_policy(&cc.endorsement_policy).map_err(|e| {
+            NodeError::Config(format!("chaincode {} endorsement policy: {e}", cc.name))
+        })?;
         chaincodes.insert(
             cc.name.clone(),
             ChaincodeDefinition {
@@ -256,7 +287,11 @@ fn open_channel_with(cfg: &ChannelJoinConfig, config: ChannelConfig, ledger: Arc
             },
         );
     }
-    Ok(Channel { config, ledger, chaincodes })
+    Ok(Channel {
+        config,
+        ledger,
+        chaincodes,
+    })
 }
 
 /// Takes blocks from the channel's orderers (rotating on failure) and commits them.
@@ -277,11 +312,25 @@ async fn pull_blocks(
         let run = async {
             let ch = dial(&address, &roots, client_tls.as_ref()).await?;
             let seek = SeekInfo {
-                start: Some(SeekPosition { r#type: Some(seek_position::Type::Specified(SeekSpecified { number: channel.ledger.height() })) }),
-                stop: Some(SeekPosition { r#type: Some(seek_position::Type::Specified(SeekSpecified { number: u64::MAX })) }),
+                start: Some(SeekPosition {
+                    r#type: Some(seek_position::Type::Specified(SeekSpecified {
+                        number: channel.ledger.height(),
+                    })),
+                }),
+                stop: Some(SeekPosition {
+                    r#type: Some(seek_position::Type::Specified(SeekSpecified {
+                        number: u64::MAX,
+                    })),
+                }),
                 ..Default::default()
             };
-            let env = signed_envelope(HeaderType::DeliverSeekInfo, channel.id(), seek.encode_to_vec(), &signer).map_err(|e| e.to_string())?;
+            let env = signed_envelope(
+                HeaderType::DeliverSeekInfo,
+                channel.id(),
+                seek.encode_to_vec(),
+                &signer,
+            )
+            .map_err(|e| e.to_string())?;
             let mut stream = AtomicBroadcastClient::new(ch)
                 .max_decoding_message_size(100 * 1024 * 1024)
                 .deliver(tokio_stream::once(env))
@@ -302,7 +351,11 @@ async fn pull_blocks(
                             .map_err(|e| e.to_string())?
                             .map_err(|e| format!("block {number}: {e}"))?;
                     }
-                    Some(deliver_response::Type::Status(s)) => return Err::<(), String>(format!("orderer ended delivery with status {s}")),
+                    Some(deliver_response::Type::Status(s)) => {
+                        return Err::<(), String>(format!(
+                            "orderer ended delivery with status {s}"
+                        ));
+                    }
                     None => return Err("orderer closed the delivery stream".to_owned()),
                 }
             }
@@ -333,12 +386,17 @@ pub async fn start(cfg: PeerConfig, plugins: PluginRegistry) -> Result<RunningPe
     }
     let channels: Channels = Arc::new(RwLock::new(joined));
     let client_tls = match &cfg.tls {
-        Some(t) => Some(ClientTls { cert_pem: read(&t.cert_file)?, key_pem: read(&t.key_file)? }),
+        Some(t) => Some(ClientTls {
+            cert_pem: read(&t.cert_file)?,
+            key_pem: read(&t.key_file)?,
+        }),
         None => None,
     };
     let endorser = Arc::new(Endorser {
         channels: channels.clone(),
-        chaincodes: Arc::new(ChaincodeSupport::new(Duration::from_millis(cfg.chaincode_execute_timeout_ms))),
+        chaincodes: Arc::new(ChaincodeSupport::new(Duration::from_millis(
+            cfg.chaincode_execute_timeout_ms,
+        ))),
         signer: signer.clone(),
         plugins: plugins.clone(),
     });
@@ -350,30 +408,56 @@ pub async fn start(cfg: PeerConfig, plugins: PluginRegistry) -> Result<RunningPe
             tls_root_pem: p.tls_root_cert_file.as_deref().map(read).transpose()?,
         });
     }
-    let listener = tokio::net::TcpListener::bind(&cfg.listen_address).await.map_err(|e| NodeError::Listen {
+    let listener = tokio::net::TcpListener::bind(&cfg.listen_address)
+        .await
+        .map_err(|e| NodeError::Listen {
+            addr: cfg.listen_address.clone(),
+            reason: e.to_string(),
+        })?;
+    let address = listener.local_addr().map_err(|e| NodeError::Listen {
         addr: cfg.listen_address.clone(),
         reason: e.to_string(),
     })?;
-    let address = listener.local_addr().map_err(|e| NodeError::Listen { addr: cfg.listen_address.clone(), reason: e.to_string() })?;
-    let gateway = GatewayService::new(endorser.clone(), remote_peers, client_tls.clone(), address.to_string());
+    let gateway = GatewayService::new(
+        endorser.clone(),
+        remote_peers,
+        client_tls.clone(),
+        address.to_string(),
+    );
     let mut builder = tonic::transport::Server::builder();
     if let (Some(t), Some(id)) = (&cfg.tls, &client_tls) {
-        let mut tls = tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(&id.cert_pem, &id.key_pem));
-        for ca in &t.client_root_cas {
-            tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
-        }
+        let mut tls = tonic::transport::ServerTlsConfig::new().identity(
+            tonic::transport::Identity::from_pem(&id.cert_pem, &id.key_pem),
+        );
         if !t.client_root_cas.is_empty() {
-            tls = tls.client_auth_optional(!t.client_auth_required);
+            // tonic keeps one client CA set, so every organisation's TLS CA goes in one bundle.
+            let mut bundle = Vec::new();
+            for ca in &t.client_root_cas {
+                bundle.extend(read(ca)?);
+                bundle.push(b'\n');
+            }
+            tls = tls
+                .client_ca_root(tonic::transport::Certificate::from_pem(bundle))
+                .client_auth_optional(!t.client_auth_required);
         }
-        builder = builder.tls_config(tls).map_err(|e| NodeError::Config(format!("TLS: {e}")))?;
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| NodeError::Config(format!("TLS: {e}")))?;
     }
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut rx = shutdown_rx.clone();
     let max = MAX_PROPOSAL_BYTES + 1024 * 1024;
     let server = builder
         .add_service(GatewayServer::new(gateway).max_decoding_message_size(max))
-        .add_service(EndorserServer::new(EndorserService(endorser.clone())).max_decoding_message_size(max))
-        .add_service(DeliverServer::new(DeliverService { channels: channels.clone() }).max_decoding_message_size(max))
+        .add_service(
+            EndorserServer::new(EndorserService(endorser.clone())).max_decoding_message_size(max),
+        )
+        .add_service(
+            DeliverServer::new(DeliverService {
+                channels: channels.clone(),
+            })
+            .max_decoding_message_size(max),
+        )
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             let _ = rx.changed().await;
         });
@@ -383,8 +467,19 @@ pub async fn start(cfg: PeerConfig, plugins: PluginRegistry) -> Result<RunningPe
         }
     })];
     for ch in channels.read().await.values() {
-        tasks.push(tokio::spawn(pull_blocks(ch.clone(), plugins.clone(), signer.clone(), client_tls.clone(), shutdown_rx.clone())));
+        tasks.push(tokio::spawn(pull_blocks(
+            ch.clone(),
+            plugins.clone(),
+            signer.clone(),
+            client_tls.clone(),
+            shutdown_rx.clone(),
+        )));
     }
     tracing::info!(peer = %cfg.id, %address, "peer started");
-    Ok(RunningPeer { address, channels, shutdown, tasks })
+    Ok(RunningPeer {
+        address,
+        channels,
+        shutdown,
+        tasks,
+    })
 }

@@ -41,7 +41,10 @@ impl EndorsementPlugin for DefaultEndorsement {
         let signature = signer
             .sign(&[payload, &endorser].concat())
             .map_err(|e| e.to_string())?;
-        Ok(Endorsement { endorser, signature })
+        Ok(Endorsement {
+            endorser,
+            signature,
+        })
     }
 }
 
@@ -72,7 +75,8 @@ impl ValidationPlugin for DefaultValidation {
             return Err(TxValidationCode::EndorsementPolicyFailure);
         }
         for kp in input.key_policies.iter().flatten() {
-            let env = decode_signature_policy(kp).map_err(|_| TxValidationCode::EndorsementPolicyFailure)?;
+            let env = decode_signature_policy(kp)
+                .map_err(|_| TxValidationCode::EndorsementPolicyFailure)?;
             if !Policy::Signature(env).satisfied_by(&signers) {
                 return Err(TxValidationCode::EndorsementPolicyFailure);
             }

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use medledger_proto::kvrwset::{
-    KvMetadataEntry, KvMetadataWrite, KvRead, KvrwSet, KvWrite, QueryReads, RangeQueryInfo, Version,
-    range_query_info::ReadsInfo,
+    KvMetadataEntry, KvMetadataWrite, KvRead, KvWrite, KvrwSet, QueryReads, RangeQueryInfo,
+    Version, range_query_info::ReadsInfo,
 };
 use medledger_proto::medledger::ledger::VersionedValue;
 use medledger_proto::rwset::{NsReadWriteSet, TxReadWriteSet};
@@ -23,6 +23,9 @@ use crate::ledger::{Ledger, LedgerError};
 pub const TOTAL_QUERY_LIMIT: usize = 100_000;
 
 type NsKey = (String, String);
+
+/// A page of `(key, value)` rows and the key the next page starts at, if any.
+pub type RangePage = (Vec<(String, Vec<u8>)>, Option<String>);
 
 /// Records one transaction's reads and writes.
 pub struct TxSimulator {
@@ -82,21 +85,31 @@ impl TxSimulator {
     }
 
     /// A key's committed metadata (recorded as a read).
-    pub fn get_state_metadata(&mut self, ns: &str, key: &str) -> Result<Vec<KvMetadataEntry>, SimulationError> {
+    pub fn get_state_metadata(
+        &mut self,
+        ns: &str,
+        key: &str,
+    ) -> Result<Vec<KvMetadataEntry>, SimulationError> {
         Ok(self.read(ns, key)?.map(|v| v.metadata).unwrap_or_default())
     }
 
     fn check_writable(&self) -> Result<(), SimulationError> {
         if self.paginated {
             return Err(SimulationError::Rejected(
-                "transaction has already performed a paginated query; writes are not allowed".into(),
+                "transaction has already performed a paginated query; writes are not allowed"
+                    .into(),
             ));
         }
         Ok(())
     }
 
     /// Writes a value; an empty value deletes, as in Fabric.
-    pub fn put_state(&mut self, ns: &str, key: &str, value: Vec<u8>) -> Result<(), SimulationError> {
+    pub fn put_state(
+        &mut self,
+        ns: &str,
+        key: &str,
+        value: Vec<u8>,
+    ) -> Result<(), SimulationError> {
         self.check_writable()?;
         if key.is_empty() {
             return Err(SimulationError::Rejected("key must not be empty".into()));
@@ -114,7 +127,13 @@ impl TxSimulator {
     }
 
     /// Sets one metadata entry of a key (e.g. `VALIDATION_PARAMETER` for key-level endorsement).
-    pub fn put_state_metadata(&mut self, ns: &str, key: &str, name: &str, value: Vec<u8>) -> Result<(), SimulationError> {
+    pub fn put_state_metadata(
+        &mut self,
+        ns: &str,
+        key: &str,
+        name: &str,
+        value: Vec<u8>,
+    ) -> Result<(), SimulationError> {
         self.check_writable()?;
         let mut entries = match self.metadata_writes.get(&(ns.to_owned(), key.to_owned())) {
             Some(e) => e.clone(),
@@ -126,7 +145,8 @@ impl TxSimulator {
             value,
         });
         entries.sort_by(|a, b| a.name.cmp(&b.name));
-        self.metadata_writes.insert((ns.to_owned(), key.to_owned()), entries);
+        self.metadata_writes
+            .insert((ns.to_owned(), key.to_owned()), entries);
         Ok(())
     }
 
@@ -138,7 +158,7 @@ impl TxSimulator {
         start: &str,
         end: &str,
         page_size: Option<usize>,
-    ) -> Result<(Vec<(String, Vec<u8>)>, Option<String>), SimulationError> {
+    ) -> Result<RangePage, SimulationError> {
         if page_size.is_some() {
             if !self.writes.is_empty() || !self.metadata_writes.is_empty() {
                 return Err(SimulationError::Rejected(
@@ -175,14 +195,21 @@ impl TxSimulator {
             })),
         };
         self.range_queries.push((ns.to_owned(), info));
-        Ok((rows.into_iter().map(|(k, v)| (k, v.value)).collect(), next_start))
+        Ok((
+            rows.into_iter().map(|(k, v)| (k, v.value)).collect(),
+            next_start,
+        ))
     }
 
     /// The read-write set, namespaces and keys sorted as Fabric sorts them.
     pub fn build(self) -> TxReadWriteSet {
         let mut by_ns: BTreeMap<String, KvrwSet> = BTreeMap::new();
         for ((ns, key), v) in self.reads {
-            by_ns.entry(ns).or_default().reads.push(KvRead { key, version: v });
+            by_ns
+                .entry(ns)
+                .or_default()
+                .reads
+                .push(KvRead { key, version: v });
         }
         for (ns, info) in self.range_queries {
             by_ns.entry(ns).or_default().range_queries_info.push(info);

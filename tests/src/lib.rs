@@ -8,6 +8,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+
+pub mod peernet;
+pub mod standin;
 use medledger_common::issue::{CaSigner, IssueRequest, Usage, random_serial};
 use medledger_common::msp::{MspFolderContents, unix_now, write_msp_folder};
 use medledger_common::{PrivateKey, SigningIdentity};
@@ -120,6 +123,25 @@ impl TestOrg {
             usage: Usage::Signing,
         })?;
         Ok(SigningIdentity::new(&self.mspid, pem.into_bytes(), key)?)
+    }
+
+    /// A TLS certificate and key (PEM) from the organisation's TLS CA for localhost / 127.0.0.1.
+    pub fn tls_pair(&self, name: &str) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+        let key = PrivateKey::generate();
+        let now = unix_now();
+        let pem = self.tls_ca.issue(&IssueRequest {
+            public_key: key.public_key(),
+            common_name: name.to_owned(),
+            organization: Some(self.mspid.clone()),
+            organizational_units: vec![],
+            hosts: vec!["localhost".into(), "127.0.0.1".into()],
+            attributes: BTreeMap::new(),
+            serial: random_serial(),
+            not_before: now - 60,
+            not_after: now + 24 * 3600,
+            usage: Usage::Tls,
+        })?;
+        Ok((pem.into_bytes(), key.to_pkcs8_pem()?.into_bytes()))
     }
 
     /// The organisation's MSP as channel configuration carries it.

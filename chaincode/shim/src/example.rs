@@ -12,7 +12,9 @@ use crate::{Chaincode, Response, ResponseExt, Stub};
 pub struct KvStore;
 
 fn param(p: &[String], i: usize, name: &str) -> Result<String, Response> {
-    p.get(i).cloned().ok_or_else(|| Response::error(format!("missing argument {name}")))
+    p.get(i)
+        .cloned()
+        .ok_or_else(|| Response::error(format!("missing argument {name}")))
 }
 
 impl KvStore {
@@ -22,7 +24,9 @@ impl KvStore {
         match stub.function().as_str() {
             "Put" => {
                 let (k, v) = (param(&p, 0, "key")?, param(&p, 1, "value")?);
-                stub.put_state(&k, v.clone().into_bytes()).await.map_err(err)?;
+                stub.put_state(&k, v.clone().into_bytes())
+                    .await
+                    .map_err(err)?;
                 stub.set_event("Put", k.into_bytes());
                 Ok(Response::success(v))
             }
@@ -47,14 +51,18 @@ impl KvStore {
                     .and_then(|v| String::from_utf8(v).ok()?.parse::<u64>().ok())
                     .unwrap_or(0)
                     + 1;
-                stub.put_state(&k, n.to_string().into_bytes()).await.map_err(err)?;
+                stub.put_state(&k, n.to_string().into_bytes())
+                    .await
+                    .map_err(err)?;
                 Ok(Response::success(n.to_string()))
             }
             "Range" => {
                 let (s, e) = (param(&p, 0, "start")?, param(&p, 1, "end")?);
                 let rows = stub.get_state_by_range(&s, &e).await.map_err(err)?;
                 let keys: Vec<&str> = rows.iter().map(|(k, _)| k.as_str()).collect();
-                Ok(Response::success(serde_json::to_vec(&keys).unwrap_or_default()))
+                Ok(Response::success(
+                    serde_json::to_vec(&keys).unwrap_or_default(),
+                ))
             }
             "History" => {
                 let k = param(&p, 0, "key")?;
@@ -70,26 +78,39 @@ impl KvStore {
                         })
                     })
                     .collect();
-                Ok(Response::success(serde_json::to_vec(&list).unwrap_or_default()))
+                Ok(Response::success(
+                    serde_json::to_vec(&list).unwrap_or_default(),
+                ))
             }
             "SetPolicy" => {
                 let (k, policy) = (param(&p, 0, "key")?, param(&p, 1, "policy")?);
-                let env = parse_signature_policy(&policy).map_err(|e| Response::error(e.to_string()))?;
-                stub.set_state_validation_parameter(&k, env.encode_to_vec()).await.map_err(err)?;
+                let env =
+                    parse_signature_policy(&policy).map_err(|e| Response::error(e.to_string()))?;
+                stub.set_state_validation_parameter(&k, env.encode_to_vec())
+                    .await
+                    .map_err(err)?;
                 Ok(Response::success(Vec::new()))
             }
             "Whoami" => {
                 let c = stub.creator();
-                Ok(Response::success(format!("{} {}", c.mspid, c.attribute("role").unwrap_or("-"))))
+                Ok(Response::success(format!(
+                    "{} {}",
+                    c.mspid,
+                    c.attribute("role").unwrap_or("-")
+                )))
             }
             "Transient" => {
                 let name = param(&p, 0, "name")?;
-                Ok(Response::success(stub.transient(&name).unwrap_or_default().to_vec()))
+                Ok(Response::success(
+                    stub.transient(&name).unwrap_or_default().to_vec(),
+                ))
             }
             "Fail" => Err(Response::error(param(&p, 0, "message")?)),
             "Panic" => panic!("asked to panic"),
             "Sleep" => {
-                let ms: u64 = param(&p, 0, "ms")?.parse().map_err(|_| Response::error("ms must be a number"))?;
+                let ms: u64 = param(&p, 0, "ms")?
+                    .parse()
+                    .map_err(|_| Response::error("ms must be a number"))?;
                 tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
                 Ok(Response::success(Vec::new()))
             }

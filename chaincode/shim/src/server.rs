@@ -74,23 +74,28 @@ async fn run_transaction<C: Chaincode>(
                 }
             };
             // A panicking chaincode answers with an error instead of leaving the peer waiting.
-            let response = match futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run)).await {
-                Ok(r) => r,
-                Err(panic) => {
-                    let why = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| (*s).to_owned())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "unknown panic".into());
-                    let _ = outbound
-                        .send(message(Msg::Error, format!("chaincode panicked: {why}").into_bytes(), &msg))
-                        .await;
-                    if let Ok(mut p) = pending.lock() {
-                        p.remove(&key(&msg));
+            let response =
+                match futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run)).await {
+                    Ok(r) => r,
+                    Err(panic) => {
+                        let why = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| (*s).to_owned())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "unknown panic".into());
+                        let _ = outbound
+                            .send(message(
+                                Msg::Error,
+                                format!("chaincode panicked: {why}").into_bytes(),
+                                &msg,
+                            ))
+                            .await;
+                        if let Ok(mut p) = pending.lock() {
+                            p.remove(&key(&msg));
+                        }
+                        return;
                     }
-                    return;
-                }
-            };
+                };
             let mut done = message(Msg::Completed, response.encode_to_vec(), &msg);
             done.chaincode_event = stub.take_event();
             done
@@ -122,10 +127,18 @@ impl<C: Chaincode> ChaincodeService for Service<C> {
         });
         let register = ChaincodeMessage {
             r#type: Msg::Register as i32,
-            payload: ChaincodeId { path: String::new(), name: self.package_id.clone(), version: String::new() }.encode_to_vec(),
+            payload: ChaincodeId {
+                path: String::new(),
+                name: self.package_id.clone(),
+                version: String::new(),
+            }
+            .encode_to_vec(),
             ..Default::default()
         };
-        msg_tx.send(register).await.map_err(|_| Status::internal("stream closed"))?;
+        msg_tx
+            .send(register)
+            .await
+            .map_err(|_| Status::internal("stream closed"))?;
         let chaincode = self.chaincode.clone();
         tokio::spawn(async move {
             let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
@@ -142,11 +155,21 @@ impl<C: Chaincode> ChaincodeService for Service<C> {
                         };
                         if duplicate {
                             let _ = msg_tx
-                                .send(message(Msg::Error, b"duplicate transaction id on this stream".to_vec(), &msg))
+                                .send(message(
+                                    Msg::Error,
+                                    b"duplicate transaction id on this stream".to_vec(),
+                                    &msg,
+                                ))
                                 .await;
                             continue;
                         }
-                        tokio::spawn(run_transaction(chaincode.clone(), msg, msg_tx.clone(), rx, pending.clone()));
+                        tokio::spawn(run_transaction(
+                            chaincode.clone(),
+                            msg,
+                            msg_tx.clone(),
+                            rx,
+                            pending.clone(),
+                        ));
                     }
                     Ok(Msg::Response) | Ok(Msg::Error) => {
                         let target = pending.lock().ok().and_then(|p| p.get(&key(&msg)).cloned());
@@ -156,7 +179,11 @@ impl<C: Chaincode> ChaincodeService for Service<C> {
                     }
                     _ => {
                         let _ = msg_tx
-                            .send(message(Msg::Error, format!("unexpected message type {}", msg.r#type).into_bytes(), &msg))
+                            .send(message(
+                                Msg::Error,
+                                format!("unexpected message type {}", msg.r#type).into_bytes(),
+                                &msg,
+                            ))
                             .await;
                     }
                 }

@@ -7,10 +7,10 @@ use medledger_proto::common::{ChannelHeader, Header, SignatureHeader};
 use medledger_proto::msp::SerializedIdentity;
 use medledger_proto::protos::chaincode_message::Type as Msg;
 use medledger_proto::protos::{
-    ChaincodeEvent, ChaincodeInput, ChaincodeMessage, ChaincodeProposalPayload, DelState, GetHistoryForKey,
-    GetState, GetStateByRange, GetStateMetadata, Proposal, PutState, PutStateMetadata, QueryMetadata,
-    QueryResponse, QueryResponseMetadata, QueryStateClose, QueryStateNext, SignedProposal, StateMetadata,
-    StateMetadataResult,
+    ChaincodeEvent, ChaincodeInput, ChaincodeMessage, ChaincodeProposalPayload, DelState,
+    GetHistoryForKey, GetState, GetStateByRange, GetStateMetadata, Proposal, PutState,
+    PutStateMetadata, QueryMetadata, QueryResponse, QueryResponseMetadata, QueryStateClose,
+    QueryStateNext, SignedProposal, StateMetadata, StateMetadataResult,
 };
 use medledger_proto::queryresult::Kv;
 use prost::Message;
@@ -56,7 +56,10 @@ impl ClientIdentity {
 
     /// The certificate's subject, e.g. `CN=doctor1, OU=client`.
     pub fn subject(&self) -> String {
-        self.certificate.as_ref().map(|c| c.subject.clone()).unwrap_or_default()
+        self.certificate
+            .as_ref()
+            .map(|c| c.subject.clone())
+            .unwrap_or_default()
     }
 
     /// A stable identifier: `x509::<subject>::<msp>`.
@@ -86,7 +89,8 @@ impl Stub {
         outbound: mpsc::Sender<ChaincodeMessage>,
         inbound: mpsc::Receiver<ChaincodeMessage>,
     ) -> Result<Self, String> {
-        let input = ChaincodeInput::decode(msg.payload.as_slice()).map_err(|e| format!("bad chaincode input: {e}"))?;
+        let input = ChaincodeInput::decode(msg.payload.as_slice())
+            .map_err(|e| format!("bad chaincode input: {e}"))?;
         let (creator, transient, ts) = decode_proposal(msg.proposal.as_ref())?;
         Ok(Self {
             channel_id: msg.channel_id.clone(),
@@ -113,11 +117,18 @@ impl Stub {
     }
     /// `args[0]` as text.
     pub fn function(&self) -> String {
-        self.args.first().map(|a| String::from_utf8_lossy(a).into_owned()).unwrap_or_default()
+        self.args
+            .first()
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .unwrap_or_default()
     }
     /// The arguments after the function name, as text (invalid UTF-8 replaced).
     pub fn params(&self) -> Vec<String> {
-        self.args.iter().skip(1).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
+        self.args
+            .iter()
+            .skip(1)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect()
     }
     /// Private inputs from the proposal's transient map (never on the ledger).
     pub fn transient(&self, key: &str) -> Option<&[u8]> {
@@ -158,8 +169,13 @@ impl Stub {
         let reply = self.inbound.recv().await.ok_or(ShimError::Closed)?;
         match Msg::try_from(reply.r#type) {
             Ok(Msg::Response) => Ok(reply.payload),
-            Ok(Msg::Error) => Err(ShimError::Peer(String::from_utf8_lossy(&reply.payload).into_owned())),
-            _ => Err(ShimError::Malformed(format!("unexpected reply type {}", reply.r#type))),
+            Ok(Msg::Error) => Err(ShimError::Peer(
+                String::from_utf8_lossy(&reply.payload).into_owned(),
+            )),
+            _ => Err(ShimError::Malformed(format!(
+                "unexpected reply type {}",
+                reply.r#type
+            ))),
         }
     }
 
@@ -174,7 +190,14 @@ impl Stub {
     pub async fn get_state(&mut self, key: &str) -> Result<Option<Vec<u8>>, ShimError> {
         Self::check_key(key)?;
         let v = self
-            .call(Msg::GetState, GetState { key: key.into(), collection: String::new() }.encode_to_vec())
+            .call(
+                Msg::GetState,
+                GetState {
+                    key: key.into(),
+                    collection: String::new(),
+                }
+                .encode_to_vec(),
+            )
             .await?;
         Ok(if v.is_empty() { None } else { Some(v) })
     }
@@ -182,36 +205,12 @@ impl Stub {
     /// Writes a value (visible to later transactions once committed).
     pub async fn put_state(&mut self, key: &str, value: Vec<u8>) -> Result<(), ShimError> {
         Self::check_key(key)?;
-        self.call(Msg::PutState, PutState { key: key.into(), value, collection: String::new() }.encode_to_vec())
-            .await
-            .map(drop)
-    }
-
-    /// Deletes a key.
-    pub async fn del_state(&mut self, key: &str) -> Result<(), ShimError> {
-        Self::check_key(key)?;
-        self.call(Msg::DelState, DelState { key: key.into(), collection: String::new() }.encode_to_vec())
-            .await
-            .map(drop)
-    }
-
-    /// A key's metadata entries.
-    pub async fn get_state_metadata(&mut self, key: &str) -> Result<BTreeMap<String, Vec<u8>>, ShimError> {
-        let r = self
-            .call(Msg::GetStateMetadata, GetStateMetadata { key: key.into(), collection: String::new() }.encode_to_vec())
-            .await?;
-        let res = StateMetadataResult::decode(r.as_slice()).map_err(|e| ShimError::Malformed(e.to_string()))?;
-        Ok(res.entries.into_iter().map(|e| (e.metakey, e.value)).collect())
-    }
-
-    /// Sets a key-level endorsement policy (a serialized `SignaturePolicyEnvelope`).
-    pub async fn set_state_validation_parameter(&mut self, key: &str, policy: Vec<u8>) -> Result<(), ShimError> {
         self.call(
-            Msg::PutStateMetadata,
-            PutStateMetadata {
+            Msg::PutState,
+            PutState {
                 key: key.into(),
+                value,
                 collection: String::new(),
-                metadata: Some(StateMetadata { metakey: "VALIDATION_PARAMETER".into(), value: policy }),
             }
             .encode_to_vec(),
         )
@@ -219,37 +218,131 @@ impl Stub {
         .map(drop)
     }
 
-    async fn drain(&mut self, mut resp: QueryResponse, out: &mut Vec<Vec<u8>>) -> Result<(), ShimError> {
+    /// Deletes a key.
+    pub async fn del_state(&mut self, key: &str) -> Result<(), ShimError> {
+        Self::check_key(key)?;
+        self.call(
+            Msg::DelState,
+            DelState {
+                key: key.into(),
+                collection: String::new(),
+            }
+            .encode_to_vec(),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// A key's metadata entries.
+    pub async fn get_state_metadata(
+        &mut self,
+        key: &str,
+    ) -> Result<BTreeMap<String, Vec<u8>>, ShimError> {
+        let r = self
+            .call(
+                Msg::GetStateMetadata,
+                GetStateMetadata {
+                    key: key.into(),
+                    collection: String::new(),
+                }
+                .encode_to_vec(),
+            )
+            .await?;
+        let res = StateMetadataResult::decode(r.as_slice())
+            .map_err(|e| ShimError::Malformed(e.to_string()))?;
+        Ok(res
+            .entries
+            .into_iter()
+            .map(|e| (e.metakey, e.value))
+            .collect())
+    }
+
+    /// Sets a key-level endorsement policy (a serialized `SignaturePolicyEnvelope`).
+    pub async fn set_state_validation_parameter(
+        &mut self,
+        key: &str,
+        policy: Vec<u8>,
+    ) -> Result<(), ShimError> {
+        self.call(
+            Msg::PutStateMetadata,
+            PutStateMetadata {
+                key: key.into(),
+                collection: String::new(),
+                metadata: Some(StateMetadata {
+                    metakey: "VALIDATION_PARAMETER".into(),
+                    value: policy,
+                }),
+            }
+            .encode_to_vec(),
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn drain(
+        &mut self,
+        mut resp: QueryResponse,
+        out: &mut Vec<Vec<u8>>,
+    ) -> Result<(), ShimError> {
         loop {
             out.extend(resp.results.drain(..).map(|r| r.result_bytes));
             if !resp.has_more {
                 let _ = self
-                    .call(Msg::QueryStateClose, QueryStateClose { id: resp.id.clone() }.encode_to_vec())
+                    .call(
+                        Msg::QueryStateClose,
+                        QueryStateClose {
+                            id: resp.id.clone(),
+                        }
+                        .encode_to_vec(),
+                    )
                     .await;
                 return Ok(());
             }
-            let r = self.call(Msg::QueryStateNext, QueryStateNext { id: resp.id.clone() }.encode_to_vec()).await?;
-            resp = QueryResponse::decode(r.as_slice()).map_err(|e| ShimError::Malformed(e.to_string()))?;
+            let r = self
+                .call(
+                    Msg::QueryStateNext,
+                    QueryStateNext {
+                        id: resp.id.clone(),
+                    }
+                    .encode_to_vec(),
+                )
+                .await?;
+            resp = QueryResponse::decode(r.as_slice())
+                .map_err(|e| ShimError::Malformed(e.to_string()))?;
         }
     }
 
     fn decode_kvs(raw: Vec<Vec<u8>>) -> Result<Vec<(String, Vec<u8>)>, ShimError> {
         raw.iter()
-            .map(|b| Kv::decode(b.as_slice()).map(|kv| (kv.key, kv.value)).map_err(|e| ShimError::Malformed(e.to_string())))
+            .map(|b| {
+                Kv::decode(b.as_slice())
+                    .map(|kv| (kv.key, kv.value))
+                    .map_err(|e| ShimError::Malformed(e.to_string()))
+            })
             .collect()
     }
 
     /// Keys in `[start, end)` (empty `end`: to the end of the namespace).
-    pub async fn get_state_by_range(&mut self, start: &str, end: &str) -> Result<Vec<(String, Vec<u8>)>, ShimError> {
+    pub async fn get_state_by_range(
+        &mut self,
+        start: &str,
+        end: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, ShimError> {
         let start = if start.is_empty() { "\u{1}" } else { start };
         let r = self
             .call(
                 Msg::GetStateByRange,
-                GetStateByRange { start_key: start.into(), end_key: end.into(), collection: String::new(), metadata: vec![] }
-                    .encode_to_vec(),
+                GetStateByRange {
+                    start_key: start.into(),
+                    end_key: end.into(),
+                    collection: String::new(),
+                    metadata: vec![],
+                }
+                .encode_to_vec(),
             )
             .await?;
-        let resp = QueryResponse::decode(r.as_slice()).map_err(|e| ShimError::Malformed(e.to_string()))?;
+        let resp =
+            QueryResponse::decode(r.as_slice()).map_err(|e| ShimError::Malformed(e.to_string()))?;
         let mut raw = Vec::new();
         self.drain(resp, &mut raw).await?;
         Self::decode_kvs(raw)
@@ -264,23 +357,44 @@ impl Stub {
         bookmark: &str,
     ) -> Result<(Vec<(String, Vec<u8>)>, String), ShimError> {
         let start = if start.is_empty() { "\u{1}" } else { start };
-        let metadata = QueryMetadata { page_size, bookmark: bookmark.into() }.encode_to_vec();
+        let metadata = QueryMetadata {
+            page_size,
+            bookmark: bookmark.into(),
+        }
+        .encode_to_vec();
         let r = self
             .call(
                 Msg::GetStateByRange,
-                GetStateByRange { start_key: start.into(), end_key: end.into(), collection: String::new(), metadata }.encode_to_vec(),
+                GetStateByRange {
+                    start_key: start.into(),
+                    end_key: end.into(),
+                    collection: String::new(),
+                    metadata,
+                }
+                .encode_to_vec(),
             )
             .await?;
-        let mut resp = QueryResponse::decode(r.as_slice()).map_err(|e| ShimError::Malformed(e.to_string()))?;
-        let meta = QueryResponseMetadata::decode(resp.metadata.as_slice()).map_err(|e| ShimError::Malformed(e.to_string()))?;
+        let mut resp =
+            QueryResponse::decode(r.as_slice()).map_err(|e| ShimError::Malformed(e.to_string()))?;
+        let meta = QueryResponseMetadata::decode(resp.metadata.as_slice())
+            .map_err(|e| ShimError::Malformed(e.to_string()))?;
         let raw = resp.results.drain(..).map(|r| r.result_bytes).collect();
         Ok((Self::decode_kvs(raw)?, meta.bookmark))
     }
 
     /// Fabric's composite key: `\0 type \0 attr1 \0 ... \0`.
-    pub fn create_composite_key(object_type: &str, attributes: &[&str]) -> Result<String, ShimError> {
-        if object_type.contains('\u{0}') || attributes.iter().any(|a| a.contains('\u{0}') || a.contains(MAX_UNICODE)) {
-            return Err(ShimError::InvalidKey("composite key parts may not contain U+0000 or U+10FFFF".into()));
+    pub fn create_composite_key(
+        object_type: &str,
+        attributes: &[&str],
+    ) -> Result<String, ShimError> {
+        if object_type.contains('\u{0}')
+            || attributes
+                .iter()
+                .any(|a| a.contains('\u{0}') || a.contains(MAX_UNICODE))
+        {
+            return Err(ShimError::InvalidKey(
+                "composite key parts may not contain U+0000 or U+10FFFF".into(),
+            ));
         }
         let mut k = format!("\u{0}{object_type}\u{0}");
         for a in attributes {
@@ -323,14 +437,24 @@ impl Stub {
     ) -> Result<(Vec<(String, Vec<u8>)>, String), ShimError> {
         let start = Self::create_composite_key(object_type, attributes)?;
         let end = format!("{start}{MAX_UNICODE}");
-        self.get_state_by_range_with_pagination(&start, &end, page_size, bookmark).await
+        self.get_state_by_range_with_pagination(&start, &end, page_size, bookmark)
+            .await
     }
 
     /// Every committed write of a key, newest first.
-    pub async fn get_history_for_key(&mut self, key: &str) -> Result<Vec<KeyModification>, ShimError> {
+    pub async fn get_history_for_key(
+        &mut self,
+        key: &str,
+    ) -> Result<Vec<KeyModification>, ShimError> {
         Self::check_key(key)?;
-        let r = self.call(Msg::GetHistoryForKey, GetHistoryForKey { key: key.into() }.encode_to_vec()).await?;
-        let resp = QueryResponse::decode(r.as_slice()).map_err(|e| ShimError::Malformed(e.to_string()))?;
+        let r = self
+            .call(
+                Msg::GetHistoryForKey,
+                GetHistoryForKey { key: key.into() }.encode_to_vec(),
+            )
+            .await?;
+        let resp =
+            QueryResponse::decode(r.as_slice()).map_err(|e| ShimError::Malformed(e.to_string()))?;
         let mut raw = Vec::new();
         self.drain(resp, &mut raw).await?;
         raw.iter()
@@ -352,12 +476,17 @@ type ProposalParts = (ClientIdentity, HashMap<String, Vec<u8>>, i64);
 
 fn decode_proposal(sp: Option<&SignedProposal>) -> Result<ProposalParts, String> {
     let sp = sp.ok_or("the peer sent no signed proposal")?;
-    let p = Proposal::decode(sp.proposal_bytes.as_slice()).map_err(|e| format!("bad proposal: {e}"))?;
+    let p =
+        Proposal::decode(sp.proposal_bytes.as_slice()).map_err(|e| format!("bad proposal: {e}"))?;
     let h = Header::decode(p.header.as_slice()).map_err(|e| format!("bad header: {e}"))?;
-    let sh = SignatureHeader::decode(h.signature_header.as_slice()).map_err(|e| format!("bad signature header: {e}"))?;
-    let ch = ChannelHeader::decode(h.channel_header.as_slice()).map_err(|e| format!("bad channel header: {e}"))?;
-    let sid = SerializedIdentity::decode(sh.creator.as_slice()).map_err(|e| format!("bad creator: {e}"))?;
-    let cpp = ChaincodeProposalPayload::decode(p.payload.as_slice()).map_err(|e| format!("bad payload: {e}"))?;
+    let sh = SignatureHeader::decode(h.signature_header.as_slice())
+        .map_err(|e| format!("bad signature header: {e}"))?;
+    let ch = ChannelHeader::decode(h.channel_header.as_slice())
+        .map_err(|e| format!("bad channel header: {e}"))?;
+    let sid = SerializedIdentity::decode(sh.creator.as_slice())
+        .map_err(|e| format!("bad creator: {e}"))?;
+    let cpp = ChaincodeProposalPayload::decode(p.payload.as_slice())
+        .map_err(|e| format!("bad payload: {e}"))?;
     Ok((
         ClientIdentity {
             mspid: sid.mspid,

@@ -1,0 +1,390 @@
+//! A two-hospital network in one test process: an ordering stand-in, one peer per hospital
+//! (TLS, real RocksDB ledgers, real gRPC on loopback), and the example chaincode served by the
+//! Rust shim; plus a Gateway client that signs as Fabric clients do.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use medledger_common::SigningIdentity;
+use medledger_common::channelconfig::{ChannelProfile, OrgProfile, genesis_block};
+use medledger_common::protoutil::{Invocation, build_signed_proposal, unpack_envelope};
+use medledger_peer::chaincode::ConnectionInfo;
+use medledger_peer::node::{
+    ChaincodeConfig, ChannelJoinConfig, PeerConfig, PeerEndpointConfig, RunningPeer, TlsFiles,
+    start,
+};
+use medledger_peer::plugins::PluginRegistry;
+use medledger_proto::common::{Consenter, Envelope};
+use medledger_proto::gateway::gateway_client::GatewayClient;
+use medledger_proto::gateway::{
+    CommitStatusRequest, EndorseRequest, EvaluateRequest, SignedCommitStatusRequest, SubmitRequest,
+};
+use medledger_proto::orderer::BatchSize;
+use medledger_proto::protos::{
+    ChaincodeAction, ChaincodeActionPayload, ProposalResponsePayload, Transaction,
+};
+use prost::Message;
+use tonic::transport::Channel;
+
+use crate::TestOrg;
+use crate::standin::StandInOrderer;
+
+pub const CHANNEL: &str = "medchannel";
+pub const CHAINCODE: &str = "kv";
+pub const PACKAGE_ID: &str = "kvstore_1.0:0f1e2d3c";
+
+/// The running network.
+pub struct PeerNet {
+    pub dir: tempfile::TempDir,
+    pub orgs: Vec<TestOrg>,
+    pub orderer: StandInOrderer,
+    pub peers: Vec<Option<RunningPeer>>,
+    pub configs: Vec<PeerConfig>,
+    chaincode_stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl PeerNet {
+    /// Starts everything; `policy` is the chaincode's endorsement policy.
+    pub async fn start(policy: &str, execute_timeout_ms: u64) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let orgs = vec![TestOrg::new("Hospital1MSP")?, TestOrg::new("Hospital2MSP")?];
+        let ord = TestOrg::new("OrdererMSP")?;
+
+        let cc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let cc_address = cc_listener.local_addr()?.to_string();
+        let (cc_stop, cc_stop_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(medledger_shim::serve_with_listener(
+            cc_listener,
+            PACKAGE_ID.into(),
+            None,
+            medledger_shim::example::KvStore,
+            async {
+                let _ = cc_stop_rx.await;
+            },
+        ));
+
+        let orderer_id = ord.identity("orderer1", "orderer", &[])?;
+        let orderer_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let orderer_port = orderer_listener.local_addr()?.port();
+        let profile = ChannelProfile {
+            channel_id: CHANNEL.into(),
+            application_orgs: orgs
+                .iter()
+                .map(|o| OrgProfile {
+                    msp: o.msp_config(),
+                    anchor_peers: vec![],
+                })
+                .collect(),
+            orderer_orgs: vec![OrgProfile {
+                msp: ord.msp_config(),
+                anchor_peers: vec![],
+            }],
+            consenters: vec![Consenter {
+                id: 1,
+                host: "127.0.0.1".into(),
+                port: u32::from(orderer_port),
+                msp_id: "OrdererMSP".into(),
+                identity: orderer_id.cert_pem().to_vec(),
+                client_tls_cert: vec![],
+                server_tls_cert: vec![],
+            }],
+            batch_size: BatchSize {
+                max_message_count: 100,
+                absolute_max_bytes: 10 << 20,
+                preferred_max_bytes: 2 << 20,
+            },
+            batch_timeout: Duration::from_millis(200),
+        };
+        let genesis = genesis_block(&profile)?;
+        let genesis_path = dir.path().join("genesis.block");
+        std::fs::write(&genesis_path, genesis.encode_to_vec())?;
+        let orderer = StandInOrderer::start(
+            orderer_listener,
+            genesis,
+            orderer_id,
+            Some(ord.tls_pair("orderer1")?),
+            Duration::from_millis(150),
+        )
+        .await?;
+
+        let mut configs = Vec::new();
+        for (i, org) in orgs.iter().enumerate() {
+            let home = dir.path().join(format!("peer{i}"));
+            let peer_id = org.identity(&format!("peer0.hospital{}", i + 1), "peer", &[])?;
+            org.write_msp(&home.join("msp"), &peer_id)?;
+            let (cert, key) = org.tls_pair("peer0")?;
+            std::fs::create_dir_all(home.join("tls"))?;
+            std::fs::write(home.join("tls/server.crt"), cert)?;
+            std::fs::write(home.join("tls/server.key"), key)?;
+            let mut roots = Vec::new();
+            for (j, o) in orgs.iter().enumerate() {
+                let p = home.join(format!("tls/ca{j}.pem"));
+                std::fs::write(&p, o.tls_ca.cert_pem())?;
+                roots.push(p);
+            }
+            configs.push(PeerConfig {
+                id: format!("peer0.hospital{}", i + 1),
+                msp_id: org.mspid.clone(),
+                msp_dir: home.join("msp"),
+                listen_address: "127.0.0.1:0".into(),
+                data_dir: home.join("data"),
+                tls: Some(TlsFiles {
+                    cert_file: home.join("tls/server.crt"),
+                    key_file: home.join("tls/server.key"),
+                    client_root_cas: roots,
+                    client_auth_required: false,
+                }),
+                gateway_peers: vec![],
+                chaincode_execute_timeout_ms: execute_timeout_ms,
+                channels: vec![ChannelJoinConfig {
+                    genesis_block: genesis_path.clone(),
+                    chaincodes: vec![ChaincodeConfig {
+                        name: CHAINCODE.into(),
+                        version: "1.0".into(),
+                        package_id: PACKAGE_ID.into(),
+                        connection: ConnectionInfo {
+                            address: cc_address.clone(),
+                            tls_required: false,
+                            root_cert: String::new(),
+                            domain: String::new(),
+                        },
+                        endorsement_policy: policy.into(),
+                        endorsement_plugin: "escc".into(),
+                        validation_plugin: "vscc".into(),
+                    }],
+                }],
+            });
+        }
+        let mut net = Self {
+            dir,
+            orgs,
+            orderer,
+            peers: vec![None, None],
+            configs,
+            chaincode_stop: Some(cc_stop),
+        };
+        // Hospital2's peer first, so Hospital1's gateway can be told where it is.
+        net.start_peer(1).await?;
+        let p2 = net.peers[1].as_ref().map(|p| p.address).context("peer 2")?;
+        net.configs[0].gateway_peers = vec![PeerEndpointConfig {
+            msp_id: "Hospital2MSP".into(),
+            address: format!("localhost:{}", p2.port()),
+            tls_root_cert_file: Some(
+                net.configs[0].tls.as_ref().context("tls")?.client_root_cas[1].clone(),
+            ),
+        }];
+        net.start_peer(0).await?;
+        Ok(net)
+    }
+
+    /// Starts (or restarts) peer `i` with its configuration; the port is fixed after the first start.
+    pub async fn start_peer(&mut self, i: usize) -> anyhow::Result<()> {
+        let peer = start(self.configs[i].clone(), PluginRegistry::default()).await?;
+        self.configs[i].listen_address = peer.address.to_string();
+        self.peers[i] = Some(peer);
+        Ok(())
+    }
+
+    /// Stops peer `i`.
+    pub async fn stop_peer(&mut self, i: usize) {
+        if let Some(p) = self.peers[i].take() {
+            p.stop().await;
+        }
+    }
+
+    /// Address of peer `i` as `localhost:port` (its TLS certificate names localhost).
+    pub fn address(&self, i: usize) -> String {
+        format!(
+            "localhost:{}",
+            self.configs[i]
+                .listen_address
+                .rsplit(':')
+                .next()
+                .unwrap_or("0")
+        )
+    }
+
+    /// The channel of peer `i`.
+    pub async fn channel(
+        &self,
+        i: usize,
+    ) -> anyhow::Result<std::sync::Arc<medledger_peer::channel::Channel>> {
+        self.peers[i]
+            .as_ref()
+            .context("peer stopped")?
+            .channel(CHANNEL)
+            .await
+            .context("channel")
+    }
+
+    /// A Gateway client to peer `i` signing as `signer`.
+    pub async fn gateway(&self, i: usize, signer: SigningIdentity) -> anyhow::Result<Gateway> {
+        let root = self.orgs[i].tls_ca.cert_pem().as_bytes().to_vec();
+        let ch = medledger_peer::comm::dial(&self.address(i), &[root], None)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        Ok(Gateway {
+            client: GatewayClient::new(ch),
+            signer,
+        })
+    }
+
+    /// Waits until both peers reach `height`.
+    pub async fn wait_height(&self, height: u64) -> anyhow::Result<()> {
+        for i in 0..self.peers.len() {
+            let ch = self.channel(i).await?;
+            let mut h = ch.ledger.subscribe();
+            tokio::time::timeout(Duration::from_secs(20), async {
+                while *h.borrow() < height {
+                    if h.changed().await.is_err() {
+                        break;
+                    }
+                }
+            })
+            .await
+            .with_context(|| format!("peer {i} did not reach height {height}"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PeerNet {
+    fn drop(&mut self) {
+        self.orderer.stop();
+        if let Some(s) = self.chaincode_stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// A Fabric Gateway client: builds, signs and sends what `@hyperledger/fabric-gateway` sends.
+pub struct Gateway {
+    pub client: GatewayClient<Channel>,
+    pub signer: SigningIdentity,
+}
+
+/// The transaction result inside a prepared envelope (where the Node client reads it).
+pub fn result_of(env: &Envelope) -> anyhow::Result<Vec<u8>> {
+    let u = unpack_envelope(env)?;
+    let tx = Transaction::decode(u.payload.data.as_slice())?;
+    let action = tx.actions.first().context("no action")?;
+    let cap = ChaincodeActionPayload::decode(action.payload.as_slice())?;
+    let prp = ProposalResponsePayload::decode(
+        cap.action
+            .context("no endorsed action")?
+            .proposal_response_payload
+            .as_slice(),
+    )?;
+    let ca = ChaincodeAction::decode(prp.extension.as_slice())?;
+    Ok(ca.response.context("no response")?.payload)
+}
+
+impl Gateway {
+    fn invocation(&self, args: &[&str], transient: HashMap<String, Vec<u8>>) -> Invocation {
+        Invocation {
+            channel: CHANNEL.into(),
+            chaincode: CHAINCODE.into(),
+            args: args.iter().map(|a| a.as_bytes().to_vec()).collect(),
+            transient,
+            is_init: false,
+        }
+    }
+
+    pub async fn evaluate(&mut self, args: &[&str]) -> Result<Vec<u8>, tonic::Status> {
+        let (sp, tx_id) =
+            build_signed_proposal(&self.invocation(args, HashMap::new()), &self.signer)
+                .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        let r = self
+            .client
+            .evaluate(EvaluateRequest {
+                transaction_id: tx_id,
+                channel_id: CHANNEL.into(),
+                proposed_transaction: Some(sp),
+                target_organizations: vec![],
+            })
+            .await?;
+        Ok(r.into_inner().result.unwrap_or_default().payload)
+    }
+
+    /// Endorse only: the transaction id and the unsigned prepared envelope.
+    pub async fn endorse(&mut self, args: &[&str]) -> Result<(String, Envelope), tonic::Status> {
+        let (sp, tx_id) =
+            build_signed_proposal(&self.invocation(args, HashMap::new()), &self.signer)
+                .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        let r = self
+            .client
+            .endorse(EndorseRequest {
+                transaction_id: tx_id.clone(),
+                channel_id: CHANNEL.into(),
+                proposed_transaction: Some(sp),
+                endorsing_organizations: vec![],
+            })
+            .await?;
+        Ok((
+            tx_id,
+            r.into_inner().prepared_transaction.unwrap_or_default(),
+        ))
+    }
+
+    /// Signs a prepared envelope and submits it.
+    pub async fn submit_prepared(
+        &mut self,
+        tx_id: &str,
+        mut env: Envelope,
+    ) -> Result<(), tonic::Status> {
+        env.signature = self
+            .signer
+            .sign(&env.payload)
+            .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        self.client
+            .submit(SubmitRequest {
+                transaction_id: tx_id.into(),
+                channel_id: CHANNEL.into(),
+                prepared_transaction: Some(env),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Waits for the commit and returns (validation code, block number).
+    pub async fn commit_status(&mut self, tx_id: &str) -> Result<(i32, u64), tonic::Status> {
+        let request = CommitStatusRequest {
+            transaction_id: tx_id.into(),
+            channel_id: CHANNEL.into(),
+            identity: self.signer.serialized().to_vec(),
+        }
+        .encode_to_vec();
+        let signature = self
+            .signer
+            .sign(&request)
+            .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        let r = tokio::time::timeout(
+            Duration::from_secs(20),
+            self.client
+                .commit_status(SignedCommitStatusRequest { request, signature }),
+        )
+        .await
+        .map_err(|_| tonic::Status::deadline_exceeded("commit status wait"))??
+        .into_inner();
+        Ok((r.result, r.block_number))
+    }
+
+    /// Endorse, submit, wait: returns (txid, code, block, result).
+    pub async fn submit(&mut self, args: &[&str]) -> anyhow::Result<(String, i32, u64, Vec<u8>)> {
+        let (tx_id, env) = self.endorse(args).await?;
+        let result = result_of(&env)?;
+        self.submit_prepared(&tx_id, env).await?;
+        let (code, block) = self.commit_status(&tx_id).await?;
+        if code != 0 && code != 11 {
+            bail!("transaction {tx_id} committed with code {code}");
+        }
+        Ok((tx_id, code, block, result))
+    }
+}
+
+/// Data directory of a peer in the network.
+pub fn data_dir(net: &PeerNet, i: usize) -> PathBuf {
+    net.configs[i].data_dir.clone()
+}

@@ -1,0 +1,275 @@
+//! Two hospitals' peers on loopback with TLS, the example chaincode served by the Rust shim, an
+//! endorsement policy needing both organisations: submit and commit on both peers with the same
+//! state and block hashes, history, an MVCC conflict, bad input, and restart from the savepoint.
+
+use medledger_common::protoutil::{Invocation, build_signed_proposal};
+use medledger_proto::gateway::{EndorseRequest, EvaluateRequest};
+use medledger_proto::protos::{SignedProposal, TxValidationCode};
+use medledger_tests::TestOrg;
+use medledger_tests::peernet::{CHANNEL, PeerNet};
+use prost::Message;
+
+const BOTH: &str = "AND('Hospital1MSP.peer', 'Hospital2MSP.peer')";
+
+async fn same_ledgers(net: &PeerNet) -> anyhow::Result<()> {
+    let a = net.channel(0).await?;
+    let b = net.channel(1).await?;
+    assert_eq!(a.ledger.height(), b.ledger.height());
+    assert_eq!(
+        a.ledger.state_hash()?,
+        b.ledger.state_hash()?,
+        "same world state"
+    );
+    assert_eq!(
+        a.ledger.last_hash()?,
+        b.ledger.last_hash()?,
+        "same block hashes"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn submit_commits_on_both_peers_with_history_and_mvcc() -> anyhow::Result<()> {
+    let net = PeerNet::start(BOTH, 5_000).await?;
+    let doctor = net.orgs[0].identity("doctor1", "client", &[("role", "doctor")])?;
+    let mut gw = net.gateway(0, doctor.clone()).await?;
+
+    let (tx1, code, block, result) = gw.submit(&["Put", "record-1", "v1"]).await?;
+    assert_eq!(code, TxValidationCode::Valid as i32);
+    assert_eq!(result, b"v1");
+    net.wait_height(block + 1).await?;
+    same_ledgers(&net).await?;
+    let (tx2, _, block2, _) = gw.submit(&["Put", "record-1", "v2"]).await?;
+    net.wait_height(block2 + 1).await?;
+    for i in 0..2 {
+        let ch = net.channel(i).await?;
+        assert_eq!(
+            ch.ledger.state("kv", "record-1")?.map(|v| v.value),
+            Some(b"v2".to_vec())
+        );
+    }
+    assert_eq!(gw.evaluate(&["Get", "record-1"]).await?, b"v2");
+    assert_eq!(gw.evaluate(&["Whoami"]).await?, b"Hospital1MSP doctor");
+
+    // History: both writes, newest first, with their transaction ids; the ledger also keeps who.
+    let history: serde_json::Value =
+        serde_json::from_slice(&gw.evaluate(&["History", "record-1"]).await?)?;
+    let ids: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["txId"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [tx2.as_str(), tx1.as_str()]);
+    let h = net.channel(1).await?.ledger.history("kv", "record-1")?;
+    assert_eq!(h[0].creator_msp_id, "Hospital1MSP");
+    assert!(
+        h[0].creator_subject.contains("doctor1"),
+        "{}",
+        h[0].creator_subject
+    );
+
+    // MVCC: two increments endorsed on the same version; the second to commit is invalid.
+    let (ta, ea) = gw.endorse(&["Increment", "counter"]).await?;
+    let (tb, eb) = gw.endorse(&["Increment", "counter"]).await?;
+    gw.submit_prepared(&ta, ea).await?;
+    gw.submit_prepared(&tb, eb).await?;
+    let (ca, ba) = gw.commit_status(&ta).await?;
+    let (cb, bb) = gw.commit_status(&tb).await?;
+    assert_eq!(ca, TxValidationCode::Valid as i32);
+    assert_eq!(cb, TxValidationCode::MvccReadConflict as i32);
+    net.wait_height(ba.max(bb) + 1).await?;
+    assert_eq!(
+        gw.evaluate(&["Get", "counter"]).await?,
+        b"1",
+        "state as the first wrote it"
+    );
+    same_ledgers(&net).await?;
+
+    // Ranges see committed keys.
+    let keys: Vec<String> = serde_json::from_slice(&gw.evaluate(&["Range", "", ""]).await?)?;
+    assert_eq!(keys, ["counter", "record-1"]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn endorsement_policy_is_enforced_at_commit() -> anyhow::Result<()> {
+    let net = PeerNet::start(BOTH, 5_000).await?;
+    let client = net.orgs[0].identity("app", "client", &[])?;
+    let mut gw = net.gateway(0, client.clone()).await?;
+    // Endorse through the gateway (both orgs), then strip Hospital2's endorsement before submitting.
+    let (tx, env) = gw.endorse(&["Put", "k", "v"]).await?;
+    let mut payload = medledger_proto::common::Payload::decode(env.payload.as_slice())?;
+    let mut t = medledger_proto::protos::Transaction::decode(payload.data.as_slice())?;
+    let mut cap =
+        medledger_proto::protos::ChaincodeActionPayload::decode(t.actions[0].payload.as_slice())?;
+    let action = cap.action.as_mut().unwrap();
+    assert_eq!(
+        action.endorsements.len(),
+        2,
+        "the gateway collected both organisations"
+    );
+    action.endorsements.truncate(1);
+    t.actions[0].payload = cap.encode_to_vec();
+    payload.data = t.encode_to_vec();
+    let forged = medledger_proto::common::Envelope {
+        payload: payload.encode_to_vec(),
+        signature: vec![],
+    };
+    gw.submit_prepared(&tx, forged).await?;
+    let (code, block) = gw.commit_status(&tx).await?;
+    assert_eq!(code, TxValidationCode::EndorsementPolicyFailure as i32);
+    net.wait_height(block + 1).await?;
+    assert!(
+        net.channel(1).await?.ledger.state("kv", "k")?.is_none(),
+        "no state change"
+    );
+    // The same write with both endorsements commits.
+    let (_, code, _, _) = gw.submit(&["Put", "k", "v"]).await?;
+    assert_eq!(code, TxValidationCode::Valid as i32);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_proposals_and_failing_chaincode_get_clear_errors() -> anyhow::Result<()> {
+    let net = PeerNet::start("OR('Hospital1MSP.peer', 'Hospital2MSP.peer')", 1_500).await?;
+    let client = net.orgs[0].identity("app", "client", &[])?;
+    let mut gw = net.gateway(0, client.clone()).await?;
+    let inv = |args: &[&str], channel: &str, cc: &str| Invocation {
+        channel: channel.into(),
+        chaincode: cc.into(),
+        args: args.iter().map(|a| a.as_bytes().to_vec()).collect(),
+        ..Default::default()
+    };
+    let evaluate = |sp: SignedProposal, tx_id: String| EvaluateRequest {
+        transaction_id: tx_id,
+        channel_id: CHANNEL.into(),
+        proposed_transaction: Some(sp),
+        target_organizations: vec![],
+    };
+
+    // Unsigned and wrongly signed proposals.
+    let (mut sp, tx) = build_signed_proposal(&inv(&["Get", "x"], CHANNEL, "kv"), &client)?;
+    sp.signature.clear();
+    let e = gw
+        .client
+        .evaluate(evaluate(sp.clone(), tx.clone()))
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("signature"), "{e}");
+    sp.signature = client.sign(b"other bytes")?;
+    let e = gw.client.evaluate(evaluate(sp, tx)).await.unwrap_err();
+    assert!(e.message().contains("signature"), "{e}");
+
+    // Garbage proposal bytes.
+    let garbage = SignedProposal {
+        proposal_bytes: vec![0xff; 64],
+        signature: vec![1, 2, 3],
+    };
+    let e = gw
+        .client
+        .evaluate(evaluate(garbage, "x".into()))
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("unpack"), "{e}");
+
+    // Unknown channel, unknown chaincode.
+    let (sp, tx) = build_signed_proposal(&inv(&["Get", "x"], "nochannel", "kv"), &client)?;
+    let e = gw.client.evaluate(evaluate(sp, tx)).await.unwrap_err();
+    assert!(e.message().contains("nochannel"), "{e}");
+    let (sp, tx) = build_signed_proposal(&inv(&["Get", "x"], CHANNEL, "nocc"), &client)?;
+    let e = gw.client.evaluate(evaluate(sp, tx)).await.unwrap_err();
+    assert!(e.message().contains("nocc"), "{e}");
+
+    // A creator from a CA the channel does not know.
+    let stranger = TestOrg::new("Hospital1MSP")?.identity("mallory", "client", &[])?;
+    let (sp, tx) = build_signed_proposal(&inv(&["Get", "x"], CHANNEL, "kv"), &stranger)?;
+    let e = gw.client.evaluate(evaluate(sp, tx)).await.unwrap_err();
+    assert!(e.message().contains("not valid"), "{e}");
+
+    // Chaincode that returns an error, panics, or runs past the execute timeout.
+    let e = gw.evaluate(&["Fail", "no such patient"]).await.unwrap_err();
+    assert!(e.message().contains("no such patient"), "{e}");
+    let e = gw.evaluate(&["Panic"]).await.unwrap_err();
+    assert!(e.message().contains("panicked"), "{e}");
+    let e = gw.evaluate(&["Sleep", "3000"]).await.unwrap_err();
+    assert!(e.message().contains("timeout"), "{e}");
+    let e = gw.endorse(&["Fail", "nope"]).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Aborted);
+
+    // Oversized proposal.
+    let big = "x".repeat(11 * 1024 * 1024);
+    let (sp, tx) = build_signed_proposal(&inv(&["Put", "big", &big], CHANNEL, "kv"), &client)?;
+    let e = gw
+        .client
+        .endorse(EndorseRequest {
+            transaction_id: tx,
+            channel_id: CHANNEL.into(),
+            proposed_transaction: Some(sp),
+            endorsing_organizations: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert!(!e.message().is_empty());
+
+    // A replayed, committed proposal is refused as a duplicate.
+    let (sp, tx) = build_signed_proposal(&inv(&["Put", "once", "1"], CHANNEL, "kv"), &client)?;
+    let r = gw
+        .client
+        .endorse(EndorseRequest {
+            transaction_id: tx.clone(),
+            channel_id: CHANNEL.into(),
+            proposed_transaction: Some(sp.clone()),
+            endorsing_organizations: vec![],
+        })
+        .await?
+        .into_inner();
+    gw.submit_prepared(&tx, r.prepared_transaction.unwrap())
+        .await?;
+    assert_eq!(gw.commit_status(&tx).await?.0, 0);
+    let e = gw
+        .client
+        .endorse(EndorseRequest {
+            transaction_id: tx.clone(),
+            channel_id: CHANNEL.into(),
+            proposed_transaction: Some(sp),
+            endorsing_organizations: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        String::from_utf8_lossy(e.details()).contains("duplicate transaction"),
+        "{e:?}"
+    );
+
+    // Nothing above changed state, and the peer still serves.
+    assert!(net.channel(0).await?.ledger.state("kv", "big")?.is_none());
+    gw.submit(&["Put", "still", "serving"]).await?;
+    assert_eq!(gw.evaluate(&["Get", "still"]).await?, b"serving");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restarted_peer_resumes_from_its_savepoint() -> anyhow::Result<()> {
+    let mut net = PeerNet::start(BOTH, 5_000).await?;
+    let client = net.orgs[0].identity("app", "client", &[])?;
+    let mut gw = net.gateway(0, client.clone()).await?;
+    for i in 0..3 {
+        gw.submit(&["Put", &format!("k{i}"), "v"]).await?;
+    }
+    let before = net.channel(1).await?;
+    let (height, hash) = (before.ledger.height(), before.ledger.state_hash()?);
+    drop(before);
+    net.stop_peer(1).await;
+    // Hospital2 is down: endorsements needing it fail, nothing commits.
+    assert!(gw.endorse(&["Put", "down", "v"]).await.is_err());
+    net.start_peer(1).await?;
+    let after = net.channel(1).await?;
+    assert_eq!(after.ledger.height(), height, "resumed at its savepoint");
+    assert_eq!(after.ledger.state_hash()?, hash, "same state after restart");
+    let mut gw = net.gateway(0, client).await?;
+    let (_, _, block, _) = gw.submit(&["Put", "after", "restart"]).await?;
+    net.wait_height(block + 1).await?;
+    same_ledgers(&net).await?;
+    Ok(())
+}
