@@ -46,24 +46,40 @@ pub struct PeerNet {
 }
 
 impl PeerNet {
-    /// Starts everything; `policy` is the chaincode's endorsement policy.
+    /// Starts everything with the Rust example chaincode; `policy` is its endorsement policy.
     pub async fn start(policy: &str, execute_timeout_ms: u64) -> anyhow::Result<Self> {
+        Self::start_with(policy, execute_timeout_ms, None).await
+    }
+
+    /// Starts everything; with `external = Some((address, package id))` the peers use that
+    /// chaincode server instead of the Rust example.
+    pub async fn start_with(
+        policy: &str,
+        execute_timeout_ms: u64,
+        external: Option<(String, String)>,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let orgs = vec![TestOrg::new("Hospital1MSP")?, TestOrg::new("Hospital2MSP")?];
         let ord = TestOrg::new("OrdererMSP")?;
 
-        let cc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let cc_address = cc_listener.local_addr()?.to_string();
         let (cc_stop, cc_stop_rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(medledger_shim::serve_with_listener(
-            cc_listener,
-            PACKAGE_ID.into(),
-            None,
-            medledger_shim::example::KvStore,
-            async {
-                let _ = cc_stop_rx.await;
-            },
-        ));
+        let (cc_address, package_id) = match external {
+            Some(e) => e,
+            None => {
+                let cc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                let cc_address = cc_listener.local_addr()?.to_string();
+                tokio::spawn(medledger_shim::serve_with_listener(
+                    cc_listener,
+                    PACKAGE_ID.into(),
+                    None,
+                    medledger_shim::example::KvStore,
+                    async {
+                        let _ = cc_stop_rx.await;
+                    },
+                ));
+                (cc_address, PACKAGE_ID.to_owned())
+            }
+        };
 
         let orderer_id = ord.identity("orderer1", "orderer", &[])?;
         let orderer_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -143,7 +159,7 @@ impl PeerNet {
                     chaincodes: vec![ChaincodeConfig {
                         name: CHAINCODE.into(),
                         version: "1.0".into(),
-                        package_id: PACKAGE_ID.into(),
+                        package_id: package_id.clone(),
                         connection: ConnectionInfo {
                             address: cc_address.clone(),
                             tls_required: false,
