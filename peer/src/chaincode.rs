@@ -27,7 +27,7 @@ use crate::simulator::{SimulationError, TxSimulator};
 const QUERY_BATCH: usize = 100;
 
 /// Where a chaincode server is, from the installed package's `connection.json`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 pub struct ConnectionInfo {
     pub address: String,
     #[serde(default)]

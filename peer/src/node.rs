@@ -57,7 +57,7 @@ fn read(path: &Path) -> Result<Vec<u8>, NodeError> {
 }
 
 /// TLS files of the peer's gRPC server (and its client identity towards other nodes).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TlsFiles {
     pub cert_file: PathBuf,
@@ -71,7 +71,7 @@ pub struct TlsFiles {
 }
 
 /// Another organisation's peer for gateway endorsement.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PeerEndpointConfig {
     pub msp_id: String,
@@ -81,7 +81,7 @@ pub struct PeerEndpointConfig {
 }
 
 /// A chaincode defined on a channel (until the lifecycle chaincode manages definitions).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ChaincodeConfig {
     pub name: String,
@@ -111,7 +111,7 @@ fn default_timeout() -> u64 {
 }
 
 /// A channel to join: its genesis block and its chaincodes.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ChannelJoinConfig {
     pub genesis_block: PathBuf,
@@ -120,7 +120,7 @@ pub struct ChannelJoinConfig {
 }
 
 /// The peer's configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PeerConfig {
     pub id: String,

@@ -81,6 +81,28 @@ pub fn run_node(script: &str, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8(out.stdout)?)
 }
 
+/// The path of a workspace binary, built on demand with the cargo running the tests (so
+/// process tests run the real binaries, whatever order cargo built things in).
+pub fn workspace_binary(package: &str, bin: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test binary is not in <target>/<profile>/deps")?
+        .to_path_buf();
+    let path = profile_dir.join(bin);
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "-p", package, "--bin", bin])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build -p {package} --bin {bin} failed");
+    }
+    Ok(path)
+}
+
 /// An organisation with a root CA, issuing identities for tests.
 pub struct TestOrg {
     pub mspid: String,

@@ -51,12 +51,27 @@ impl PeerNet {
         Self::start_with(policy, execute_timeout_ms, None).await
     }
 
+    /// Like [`PeerNet::start`], but Hospital2's peer is not started: the caller runs it (as a
+    /// process) from `configs[1]`, whose port is already chosen.
+    pub async fn start_without_peer2(policy: &str) -> anyhow::Result<Self> {
+        Self::build(policy, 5_000, None, true).await
+    }
+
     /// Starts everything; with `external = Some((address, package id))` the peers use that
     /// chaincode server instead of the Rust example.
     pub async fn start_with(
         policy: &str,
         execute_timeout_ms: u64,
         external: Option<(String, String)>,
+    ) -> anyhow::Result<Self> {
+        Self::build(policy, execute_timeout_ms, external, false).await
+    }
+
+    async fn build(
+        policy: &str,
+        execute_timeout_ms: u64,
+        external: Option<(String, String)>,
+        separate_peer2: bool,
     ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let orgs = vec![TestOrg::new("Hospital1MSP")?, TestOrg::new("Hospital2MSP")?];
@@ -181,9 +196,17 @@ impl PeerNet {
             configs,
             chaincode_stop: Some(cc_stop),
         };
-        // Hospital2's peer first, so Hospital1's gateway can be told where it is.
-        net.start_peer(1).await?;
-        let p2 = net.peers[1].as_ref().map(|p| p.address).context("peer 2")?;
+        // Hospital2's peer first, so Hospital1's gateway can be told where it is. As a separate
+        // process it gets a fixed free port and is left to the caller to start.
+        if separate_peer2 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            net.configs[1].listen_address = format!("127.0.0.1:{port}");
+        } else {
+            net.start_peer(1).await?;
+        }
+        let p2: std::net::SocketAddr = net.configs[1].listen_address.parse()?;
         net.configs[0].gateway_peers = vec![PeerEndpointConfig {
             msp_id: "Hospital2MSP".into(),
             address: format!("localhost:{}", p2.port()),

@@ -273,3 +273,116 @@ async fn restarted_peer_resumes_from_its_savepoint() -> anyhow::Result<()> {
     same_ledgers(&net).await?;
     Ok(())
 }
+
+/// The Deliver service: full and filtered blocks from a seek, and refusals for bad requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deliver_streams_blocks_and_filtered_blocks() -> anyhow::Result<()> {
+    use medledger_common::protoutil::signed_envelope;
+    use medledger_proto::common::{HeaderType, Status as BlockStatus};
+    use medledger_proto::orderer::seek_info::SeekBehavior;
+    use medledger_proto::orderer::{
+        SeekInfo, SeekNewest, SeekOldest, SeekPosition, seek_position::Type as Seek,
+    };
+    use medledger_proto::protos::deliver_client::DeliverClient;
+    use medledger_proto::protos::deliver_response::Type as Resp;
+
+    let net = PeerNet::start(BOTH, 5_000).await?;
+    let client = net.orgs[0].identity("app", "client", &[])?;
+    let mut gw = net.gateway(0, client.clone()).await?;
+    let (tx, _, block, _) = gw.submit(&["Put", "a", "1"]).await?;
+    let root = net.orgs[0].tls_ca.cert_pem().as_bytes().to_vec();
+    let ch = medledger_peer::comm::dial(&net.address(0), &[root], None)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let mut deliver = DeliverClient::new(ch);
+    let seek = |start: Seek, stop: Seek| SeekInfo {
+        start: Some(SeekPosition {
+            r#type: Some(start),
+        }),
+        stop: Some(SeekPosition { r#type: Some(stop) }),
+        behavior: SeekBehavior::FailIfNotReady as i32,
+        ..Default::default()
+    };
+    let env = signed_envelope(
+        HeaderType::DeliverSeekInfo,
+        CHANNEL,
+        seek(Seek::Oldest(SeekOldest {}), Seek::Newest(SeekNewest {})).encode_to_vec(),
+        &client,
+    )?;
+    let mut stream = deliver
+        .deliver(tokio_stream::once(env.clone()))
+        .await?
+        .into_inner();
+    let mut numbers = Vec::new();
+    while let Some(m) = stream.message().await? {
+        match m.r#type {
+            Some(Resp::Block(b)) => numbers.push(b.header.unwrap().number),
+            Some(Resp::Status(s)) => {
+                assert_eq!(s, BlockStatus::Success as i32);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(numbers, (0..=block).collect::<Vec<_>>());
+
+    let mut stream = deliver
+        .deliver_filtered(tokio_stream::once(env))
+        .await?
+        .into_inner();
+    let mut found = false;
+    while let Some(m) = stream.message().await? {
+        if let Some(Resp::FilteredBlock(fb)) = m.r#type {
+            for t in fb.filtered_transactions {
+                if t.txid == tx {
+                    assert_eq!(t.tx_validation_code, 0);
+                    found = true;
+                }
+            }
+        } else {
+            break;
+        }
+    }
+    assert!(found, "the filtered block names our transaction as valid");
+
+    // A seek signed by an identity from an unknown CA is forbidden; a wrong channel is not found.
+    let stranger = TestOrg::new("Hospital1MSP")?.identity("x", "client", &[])?;
+    let env = signed_envelope(
+        HeaderType::DeliverSeekInfo,
+        CHANNEL,
+        seek(Seek::Oldest(SeekOldest {}), Seek::Newest(SeekNewest {})).encode_to_vec(),
+        &stranger,
+    )?;
+    let mut stream = deliver.deliver(tokio_stream::once(env)).await?.into_inner();
+    let m = stream.message().await?.and_then(|m| m.r#type);
+    assert!(
+        matches!(m, Some(Resp::Status(s)) if s == BlockStatus::Forbidden as i32),
+        "{m:?}"
+    );
+    let env = signed_envelope(
+        HeaderType::DeliverSeekInfo,
+        "other",
+        seek(Seek::Oldest(SeekOldest {}), Seek::Newest(SeekNewest {})).encode_to_vec(),
+        &client,
+    )?;
+    let mut stream = deliver.deliver(tokio_stream::once(env)).await?.into_inner();
+    let m = stream.message().await?.and_then(|m| m.r#type);
+    assert!(
+        matches!(m, Some(Resp::Status(s)) if s == BlockStatus::NotFound as i32),
+        "{m:?}"
+    );
+    let garbage = medledger_proto::common::Envelope {
+        payload: vec![0xff; 10],
+        signature: vec![],
+    };
+    let mut stream = deliver
+        .deliver(tokio_stream::once(garbage))
+        .await?
+        .into_inner();
+    let m = stream.message().await?.and_then(|m| m.r#type);
+    assert!(
+        matches!(m, Some(Resp::Status(s)) if s == BlockStatus::BadRequest as i32),
+        "{m:?}"
+    );
+    Ok(())
+}
