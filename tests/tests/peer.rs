@@ -89,6 +89,45 @@ async fn submit_commits_on_both_peers_with_history_and_mvcc() -> anyhow::Result<
     // Ranges see committed keys.
     let keys: Vec<String> = serde_json::from_slice(&gw.evaluate(&["Range", "", ""]).await?)?;
     assert_eq!(keys, ["counter", "record-1"]);
+
+    // Pagination with bookmarks, and partial composite key queries.
+    for i in 0..5 {
+        gw.submit(&["Put", &format!("page-{i}"), "x"]).await?;
+    }
+    let page = |v: Vec<u8>| -> anyhow::Result<(Vec<String>, String)> {
+        let j: serde_json::Value = serde_json::from_slice(&v)?;
+        Ok((
+            serde_json::from_value(j["keys"].clone())?,
+            j["bookmark"].as_str().unwrap_or("").to_owned(),
+        ))
+    };
+    let (keys, bm) = page(gw.evaluate(&["Page", "page-", "page-~", "2", ""]).await?)?;
+    assert_eq!(
+        (keys, bm.as_str()),
+        (vec!["page-0".to_string(), "page-1".into()], "page-2")
+    );
+    let (keys, bm) = page(gw.evaluate(&["Page", "page-", "page-~", "2", &bm]).await?)?;
+    assert_eq!(
+        (keys, bm.as_str()),
+        (vec!["page-2".to_string(), "page-3".into()], "page-4")
+    );
+    let (keys, bm) = page(gw.evaluate(&["Page", "page-", "page-~", "2", &bm]).await?)?;
+    assert_eq!((keys, bm.as_str()), (vec!["page-4".to_string()], ""));
+    gw.submit(&["PutIndexed", "record", "P-0042", "R-1", "a"])
+        .await?;
+    gw.submit(&["PutIndexed", "record", "P-0042", "R-2", "b"])
+        .await?;
+    gw.submit(&["PutIndexed", "record", "P-0099", "R-3", "c"])
+        .await?;
+    let parts: Vec<Vec<String>> =
+        serde_json::from_slice(&gw.evaluate(&["ByPartial", "record", "P-0042"]).await?)?;
+    assert_eq!(
+        parts,
+        vec![
+            vec!["P-0042".to_string(), "R-1".into()],
+            vec!["P-0042".to_string(), "R-2".into()]
+        ]
+    );
     Ok(())
 }
 

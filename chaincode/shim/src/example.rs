@@ -8,7 +8,8 @@ use prost::Message;
 use crate::{Chaincode, Response, ResponseExt, Stub};
 
 /// Functions (`args[0]`): `Put k v`, `Get k`, `Del k`, `Increment k`, `Range start end`,
-/// `History k`, `SetPolicy k policy`, `Whoami`, `Transient name`, `Fail msg`, `Panic`, `Sleep ms`.
+/// `History k`, `SetPolicy k policy`, `Whoami`, `Transient name`, `Fail msg`, `Panic`, `Sleep ms`,
+/// `Page start end size bookmark`, `PutIndexed type attr1 attr2 value`, `ByPartial type attr1`.
 pub struct KvStore;
 
 fn param(p: &[String], i: usize, name: &str) -> Result<String, Response> {
@@ -62,6 +63,47 @@ impl KvStore {
                 let keys: Vec<&str> = rows.iter().map(|(k, _)| k.as_str()).collect();
                 Ok(Response::success(
                     serde_json::to_vec(&keys).unwrap_or_default(),
+                ))
+            }
+            "Page" => {
+                let (s, e) = (param(&p, 0, "start")?, param(&p, 1, "end")?);
+                let size: i32 = param(&p, 2, "size")?
+                    .parse()
+                    .map_err(|_| Response::error("size must be a number"))?;
+                let bookmark = p.get(3).cloned().unwrap_or_default();
+                let (rows, next) = stub
+                    .get_state_by_range_with_pagination(&s, &e, size, &bookmark)
+                    .await
+                    .map_err(err)?;
+                let keys: Vec<&str> = rows.iter().map(|(k, _)| k.as_str()).collect();
+                Ok(Response::success(
+                    serde_json::to_vec(&serde_json::json!({"keys": keys, "bookmark": next}))
+                        .unwrap_or_default(),
+                ))
+            }
+            "PutIndexed" => {
+                let (t, a, b, v) = (
+                    param(&p, 0, "type")?,
+                    param(&p, 1, "attr1")?,
+                    param(&p, 2, "attr2")?,
+                    param(&p, 3, "value")?,
+                );
+                let key = Stub::create_composite_key(&t, &[&a, &b]).map_err(err)?;
+                stub.put_state(&key, v.into_bytes()).await.map_err(err)?;
+                Ok(Response::success(Vec::new()))
+            }
+            "ByPartial" => {
+                let (t, a) = (param(&p, 0, "type")?, param(&p, 1, "attr1")?);
+                let rows = stub
+                    .get_state_by_partial_composite_key(&t, &[&a])
+                    .await
+                    .map_err(err)?;
+                let parts: Vec<Vec<String>> = rows
+                    .iter()
+                    .filter_map(|(k, _)| Stub::split_composite_key(k).map(|(_, attrs)| attrs))
+                    .collect();
+                Ok(Response::success(
+                    serde_json::to_vec(&parts).unwrap_or_default(),
                 ))
             }
             "History" => {
