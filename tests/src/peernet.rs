@@ -42,6 +42,8 @@ pub struct PeerNet {
     pub orderer: StandInOrderer,
     pub peers: Vec<Option<RunningPeer>>,
     pub configs: Vec<PeerConfig>,
+    /// A Hospital1 client whose certificate the channel's MSP lists as revoked.
+    pub revoked_client: SigningIdentity,
     chaincode_stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -96,6 +98,15 @@ impl PeerNet {
             }
         };
 
+        let revoked_client = orgs[0].identity("revoked", "client", &[])?;
+        let crl = orgs[0].ca.crl(
+            &[(
+                revoked_client.certificate().serial.clone(),
+                medledger_common::msp::unix_now() - 10,
+            )],
+            1,
+            3600,
+        )?;
         let orderer_id = ord.identity("orderer1", "orderer", &[])?;
         let orderer_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let orderer_port = orderer_listener.local_addr()?.port();
@@ -103,9 +114,16 @@ impl PeerNet {
             channel_id: CHANNEL.into(),
             application_orgs: orgs
                 .iter()
-                .map(|o| OrgProfile {
-                    msp: o.msp_config(),
-                    anchor_peers: vec![],
+                .enumerate()
+                .map(|(i, o)| {
+                    let mut msp = o.msp_config();
+                    if i == 0 {
+                        msp.revocation_list = vec![crl.clone().into_bytes()];
+                    }
+                    OrgProfile {
+                        msp,
+                        anchor_peers: vec![],
+                    }
                 })
                 .collect(),
             orderer_orgs: vec![OrgProfile {
@@ -194,6 +212,7 @@ impl PeerNet {
             orderer,
             peers: vec![None, None],
             configs,
+            revoked_client,
             chaincode_stop: Some(cc_stop),
         };
         // Hospital2's peer first, so Hospital1's gateway can be told where it is. As a separate

@@ -226,6 +226,11 @@ async fn bad_proposals_and_failing_chaincode_get_clear_errors() -> anyhow::Resul
     let e = gw.client.evaluate(evaluate(sp, tx)).await.unwrap_err();
     assert!(e.message().contains("not valid"), "{e}");
 
+    // A creator whose certificate the channel's CRL revokes.
+    let (sp, tx) = build_signed_proposal(&inv(&["Get", "x"], CHANNEL, "kv"), &net.revoked_client)?;
+    let e = gw.client.evaluate(evaluate(sp, tx)).await.unwrap_err();
+    assert!(e.message().contains("revoked"), "{e}");
+
     // Chaincode that returns an error, panics, or runs past the execute timeout.
     let e = gw.evaluate(&["Fail", "no such patient"]).await.unwrap_err();
     assert!(e.message().contains("no such patient"), "{e}");
