@@ -1,1 +1,5 @@
-//! placeholder
+//! The MedLedger ordering service: a BFT (PBFT as SmartBFT runs it) consensus core as a pure
+//! state machine, the crypto it needs over real identities, and the node around it.
+
+pub mod consensus;
+pub mod crypto;
