@@ -11,7 +11,9 @@ use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::sync::Arc;
 
 use medledger_common::protoutil::{block_data_hash, block_header_hash, new_block};
-use medledger_proto::common::{Block, LastConfig, Metadata, MetadataSignature, OrdererBlockMetadata};
+use medledger_proto::common::{
+    Block, LastConfig, Metadata, MetadataSignature, OrdererBlockMetadata,
+};
 use medledger_proto::medledger::consensus::{
     Body, Commit, ConsensusMessage, ForwardRequest, Heartbeat, NewView, PrePrepare, Prepare,
     PreparedCertificate, StateRequest, StateResponse, ViewChange, body::Kind,
@@ -27,7 +29,13 @@ pub trait Crypto: Send + Sync {
     /// This replica's block signature (Fabric's BFT format) over `block` with `value`.
     fn sign_block(&self, block: &Block, value: &[u8]) -> Option<MetadataSignature>;
     /// Checks that `sig` is consenter `signer`'s valid block signature.
-    fn verify_block_signature(&self, signer: u32, block: &Block, value: &[u8], sig: &MetadataSignature) -> bool;
+    fn verify_block_signature(
+        &self,
+        signer: u32,
+        block: &Block,
+        value: &[u8],
+        sig: &MetadataSignature,
+    ) -> bool;
     /// Validates a client request (envelope bytes): signature, channel, writers, size.
     /// Returns its transaction id.
     fn check_request(&self, envelope: &[u8]) -> Result<String, String>;
@@ -101,7 +109,10 @@ pub struct Restored {
 #[derive(Debug, Clone)]
 pub enum Output {
     /// Send to one consenter, or to all others when `to` is `None`.
-    Send { to: Option<u32>, msg: ConsensusMessage },
+    Send {
+        to: Option<u32>,
+        msg: ConsensusMessage,
+    },
     /// A block is final: persist it (with its signatures) and deliver it.
     Commit(Block),
     /// Durable state changed: write it before sending anything that depends on it.
@@ -166,6 +177,10 @@ pub struct Replica {
     last_heartbeat: u64,
     last_retransmit: u64,
     last_state_request: u64,
+    /// The signed NewView that installed the current view, relayed to replicas that missed it.
+    new_view_msg: Option<ConsensusMessage>,
+    /// When we last sent committed blocks to each lagging consenter.
+    last_help: BTreeMap<u32, u64>,
     out: Vec<Output>,
 }
 
@@ -182,11 +197,17 @@ pub fn block_value(seq: u64) -> Vec<u8> {
 /// The transaction id in an envelope's channel header, without checking anything else.
 pub fn txid_of(envelope: &[u8]) -> Option<String> {
     let env = medledger_proto::common::Envelope::decode(envelope).ok()?;
-    medledger_common::protoutil::unpack_envelope(&env).ok().map(|u| u.channel_header.tx_id)
+    medledger_common::protoutil::unpack_envelope(&env)
+        .ok()
+        .map(|u| u.channel_header.tx_id)
 }
 
 fn digest(block: &Block) -> Vec<u8> {
-    block.header.as_ref().map(|h| block_header_hash(h).to_vec()).unwrap_or_default()
+    block
+        .header
+        .as_ref()
+        .map(|h| block_header_hash(h).to_vec())
+        .unwrap_or_default()
 }
 
 impl Replica {
@@ -214,13 +235,22 @@ impl Replica {
             last_heartbeat: 0,
             last_retransmit: 0,
             last_state_request: 0,
+            last_help: BTreeMap::new(),
+            new_view_msg: None,
             out: Vec::new(),
         };
         r.durable.view = restored.durable.view;
         r.durable.voted = restored.durable.voted;
         for (txid, env) in restored.durable.pending {
             if !r.committed.contains(&txid) {
-                r.pool.insert(txid.clone(), PoolEntry { envelope: env, arrived: 0, forwarded: 0 });
+                r.pool.insert(
+                    txid.clone(),
+                    PoolEntry {
+                        envelope: env,
+                        arrived: 0,
+                        forwarded: 0,
+                    },
+                );
                 r.pool_order.push_back(txid);
             }
         }
@@ -248,7 +278,11 @@ impl Replica {
 
     fn persist(&mut self) {
         let mut d = self.durable.clone();
-        d.pending = self.pool.iter().map(|(k, v)| (k.clone(), v.envelope.clone())).collect();
+        d.pending = self
+            .pool
+            .iter()
+            .map(|(k, v)| (k.clone(), v.envelope.clone()))
+            .collect();
         self.out.push(Output::Persist(d));
     }
 
@@ -265,7 +299,10 @@ impl Replica {
 
     fn broadcast(&mut self, kind: Kind) -> ConsensusMessage {
         let msg = self.message(kind);
-        self.out.push(Output::Send { to: None, msg: msg.clone() });
+        self.out.push(Output::Send {
+            to: None,
+            msg: msg.clone(),
+        });
         msg
     }
 
@@ -295,13 +332,18 @@ impl Replica {
         (r, std::mem::take(&mut self.out))
     }
 
-    /// A consensus message from consenter `from` (authenticated by the transport).
+    /// A consensus message from consenter `from` (authenticated by the transport). Only a
+    /// NewView may be relayed by someone other than its signer (the leader's signature is in it).
     pub fn receive(&mut self, from: u32, msg: ConsensusMessage) -> Vec<Output> {
-        if from != msg.sender || from == self.cfg.self_id {
+        if from == self.cfg.self_id || !self.cfg.consenters.contains(&from) {
             return Vec::new();
         }
         if let Some(kind) = self.open(&msg) {
-            self.on_message(from, msg, kind);
+            match kind {
+                Kind::NewView(nv) => self.on_new_view(msg, nv),
+                _ if from != msg.sender => {}
+                kind => self.on_message(from, msg, kind),
+            }
         }
         std::mem::take(&mut self.out)
     }
@@ -329,15 +371,27 @@ impl Replica {
                 self.cfg.batch.absolute_max_bytes
             )));
         }
-        let txid = self.crypto.check_request(&envelope).map_err(RequestError::Invalid)?;
+        let txid = self
+            .crypto
+            .check_request(&envelope)
+            .map_err(RequestError::Invalid)?;
         if self.committed.contains(&txid) || self.pool.contains_key(&txid) {
             return Err(RequestError::Duplicate);
         }
-        self.pool.insert(txid.clone(), PoolEntry { envelope: envelope.clone(), arrived: self.now, forwarded: self.now });
+        self.pool.insert(
+            txid.clone(),
+            PoolEntry {
+                envelope: envelope.clone(),
+                arrived: self.now,
+                forwarded: self.now,
+            },
+        );
         self.pool_order.push_back(txid);
         self.persist();
         if from_client {
-            self.broadcast(Kind::Forward(ForwardRequest { envelopes: vec![envelope] }));
+            self.broadcast(Kind::Forward(ForwardRequest {
+                envelopes: vec![envelope],
+            }));
         }
         self.maybe_propose();
         Ok(())
@@ -349,7 +403,11 @@ impl Replica {
             Kind::Prepare(p) => {
                 self.hint_height(from, p.seq);
                 if p.seq >= self.height {
-                    self.votes.entry((p.view, p.seq)).or_default().prepares.insert(from, (p.digest, msg));
+                    self.votes
+                        .entry((p.view, p.seq))
+                        .or_default()
+                        .prepares
+                        .insert(from, (p.digest, msg));
                     self.check_quorums();
                 }
             }
@@ -358,7 +416,11 @@ impl Replica {
                 if c.seq >= self.height
                     && let Some(sig) = c.block_signature
                 {
-                    self.votes.entry((c.view, c.seq)).or_default().commits.insert(from, (c.digest, sig));
+                    self.votes
+                        .entry((c.view, c.seq))
+                        .or_default()
+                        .commits
+                        .insert(from, (c.digest, sig));
                     self.check_quorums();
                 }
             }
@@ -374,21 +436,41 @@ impl Replica {
                 }
             }
             Kind::ViewChange(vc) => self.on_view_change(from, msg, vc),
-            Kind::NewView(nv) => self.on_new_view(from, nv),
+            Kind::NewView(nv) => self.on_new_view(msg, nv),
             Kind::StateRequest(r) => {
                 if r.from_seq < self.height {
-                    self.out.push(Output::ServeState { to: from, from_seq: r.from_seq });
+                    self.out.push(Output::ServeState {
+                        to: from,
+                        from_seq: r.from_seq,
+                    });
                 }
             }
             Kind::StateResponse(r) => self.on_state(r.blocks),
         }
     }
 
-    /// Evidence that `from` is ahead: ask it for blocks (rate-limited).
+    /// Evidence that `from` is ahead: ask it for blocks; or behind: send it ours (rate-limited).
+    /// A block decided by few correct replicas must reach the others even if nobody asks.
     fn hint_height(&mut self, from: u32, seq: u64) {
+        if seq < self.height {
+            let last = self.last_help.get(&from).copied().unwrap_or(0);
+            if self.now == 0 || self.now.saturating_sub(last) >= 5 {
+                self.last_help.insert(from, self.now);
+                self.out.push(Output::ServeState {
+                    to: from,
+                    from_seq: seq,
+                });
+            }
+            return;
+        }
         if seq > self.height && self.now.saturating_sub(self.last_state_request) >= 3 {
             self.last_state_request = self.now;
-            self.send_to(from, Kind::StateRequest(StateRequest { from_seq: self.height }));
+            self.send_to(
+                from,
+                Kind::StateRequest(StateRequest {
+                    from_seq: self.height,
+                }),
+            );
         }
     }
 
@@ -397,8 +479,12 @@ impl Replica {
     fn required_at(&self, seq: u64) -> Option<Block> {
         let mut best: Option<(u64, Block)> = None;
         for c in &self.view_certs {
-            let Some(pp) = c.pre_prepare.as_ref() else { continue };
-            let Some(Kind::PrePrepare(p)) = Body::decode(pp.body.as_slice()).ok().and_then(|b| b.kind) else {
+            let Some(pp) = c.pre_prepare.as_ref() else {
+                continue;
+            };
+            let Some(Kind::PrePrepare(p)) =
+                Body::decode(pp.body.as_slice()).ok().and_then(|b| b.kind)
+            else {
                 continue;
             };
             if p.seq != seq {
@@ -416,7 +502,10 @@ impl Replica {
     fn validate_block(&self, block: &Block) -> Result<(), String> {
         let h = block.header.as_ref().ok_or("no header")?;
         if h.number != self.height {
-            return Err(format!("block number {} is not the next ({})", h.number, self.height));
+            return Err(format!(
+                "block number {} is not the next ({})",
+                h.number, self.height
+            ));
         }
         if h.previous_hash != self.last_hash {
             return Err("previous hash does not chain".into());
@@ -447,7 +536,11 @@ impl Replica {
             self.hint_height(from, pp.seq);
             return;
         }
-        if pp.seq < self.height || self.in_view_change.is_some() || pp.view != self.durable.view || from != self.leader() {
+        if pp.seq < self.height {
+            self.hint_height(from, pp.seq);
+            return;
+        }
+        if self.in_view_change.is_some() || pp.view != self.durable.view || from != self.leader() {
             return;
         }
         let Some(block) = pp.block else { return };
@@ -499,8 +592,16 @@ impl Replica {
             accepted_at: self.now,
         });
         self.last_leader_activity = self.now;
-        let msg = self.broadcast(Kind::Prepare(Prepare { view, seq, digest: d.clone() }));
-        self.votes.entry((view, seq)).or_default().prepares.insert(self.cfg.self_id, (d, msg));
+        let msg = self.broadcast(Kind::Prepare(Prepare {
+            view,
+            seq,
+            digest: d.clone(),
+        }));
+        self.votes
+            .entry((view, seq))
+            .or_default()
+            .prepares
+            .insert(self.cfg.self_id, (d, msg));
         self.check_quorums();
     }
 
@@ -509,7 +610,9 @@ impl Replica {
         let seq = self.height;
         let Some(p) = &self.proposal else { return };
         let (view, d) = (p.view, p.digest.clone());
-        let Some(votes) = self.votes.get(&(view, seq)) else { return };
+        let Some(votes) = self.votes.get(&(view, seq)) else {
+            return;
+        };
         let prepared = votes.prepares.values().filter(|(pd, _)| *pd == d).count() >= q;
         if prepared && !p.sent_commit {
             let (block, value) = (p.block.clone(), p.value.clone());
@@ -517,8 +620,17 @@ impl Replica {
                 if let Some(p) = self.proposal.as_mut() {
                     p.sent_commit = true;
                 }
-                self.broadcast(Kind::Commit(Commit { view, seq, digest: d.clone(), block_signature: Some(sig.clone()) }));
-                self.votes.entry((view, seq)).or_default().commits.insert(self.cfg.self_id, (d.clone(), sig));
+                self.broadcast(Kind::Commit(Commit {
+                    view,
+                    seq,
+                    digest: d.clone(),
+                    block_signature: Some(sig.clone()),
+                }));
+                self.votes
+                    .entry((view, seq))
+                    .or_default()
+                    .commits
+                    .insert(self.cfg.self_id, (d.clone(), sig));
             }
         }
         self.try_finalize();
@@ -537,7 +649,9 @@ impl Replica {
             for (from, (cd, sig)) in &votes.commits {
                 if *cd == p.digest
                     && !valid.contains_key(from)
-                    && self.crypto.verify_block_signature(*from, &p.block, &p.value, sig)
+                    && self
+                        .crypto
+                        .verify_block_signature(*from, &p.block, &p.value, sig)
                 {
                     valid.insert(*from, sig.clone());
                 }
@@ -549,8 +663,16 @@ impl Replica {
         let mut block = p.block.clone();
         let value = p.value.clone();
         if let Some(md) = block.metadata.as_mut() {
-            md.metadata[0] = Metadata { value, signatures: valid.into_values().collect() }.encode_to_vec();
-            md.metadata[1] = Metadata { value: LastConfig { index: 0 }.encode_to_vec(), signatures: vec![] }.encode_to_vec();
+            md.metadata[0] = Metadata {
+                value,
+                signatures: valid.into_values().collect(),
+            }
+            .encode_to_vec();
+            md.metadata[1] = Metadata {
+                value: LastConfig { index: 0 }.encode_to_vec(),
+                signatures: vec![],
+            }
+            .encode_to_vec();
         }
         self.commit(block);
     }
@@ -586,11 +708,17 @@ impl Replica {
             return;
         }
         if let Some(required) = self.required_at(seq) {
-            let msg = self.broadcast(Kind::PrePrepare(PrePrepare { view: self.durable.view, seq, block: Some(required.clone()) }));
+            let msg = self.broadcast(Kind::PrePrepare(PrePrepare {
+                view: self.durable.view,
+                seq,
+                block: Some(required.clone()),
+            }));
             self.accept(self.durable.view, required, msg);
             return;
         }
-        let Some(oldest) = self.pool_order.front().and_then(|t| self.pool.get(t)) else { return };
+        let Some(oldest) = self.pool_order.front().and_then(|t| self.pool.get(t)) else {
+            return;
+        };
         let full = self.pool.len() >= self.cfg.batch.max_message_count;
         if !full && self.now.saturating_sub(oldest.arrived) < self.cfg.batch.timeout_ticks {
             return;
@@ -598,9 +726,12 @@ impl Replica {
         let mut batch = Vec::new();
         let mut bytes = 0;
         for txid in &self.pool_order {
-            let Some(e) = self.pool.get(txid) else { continue };
+            let Some(e) = self.pool.get(txid) else {
+                continue;
+            };
             if batch.len() >= self.cfg.batch.max_message_count
-                || (!batch.is_empty() && bytes + e.envelope.len() > self.cfg.batch.preferred_max_bytes)
+                || (!batch.is_empty()
+                    && bytes + e.envelope.len() > self.cfg.batch.preferred_max_bytes)
             {
                 break;
             }
@@ -608,7 +739,11 @@ impl Replica {
             batch.push(e.envelope.clone());
         }
         let block = new_block(seq, self.last_hash.clone(), batch);
-        let msg = self.broadcast(Kind::PrePrepare(PrePrepare { view: self.durable.view, seq, block: Some(block.clone()) }));
+        let msg = self.broadcast(Kind::PrePrepare(PrePrepare {
+            view: self.durable.view,
+            seq,
+            block: Some(block.clone()),
+        }));
         self.accept(self.durable.view, block, msg);
     }
 
@@ -619,16 +754,25 @@ impl Replica {
                 self.start_view_change(target + 1);
             } else if now.saturating_sub(self.last_retransmit) >= self.cfg.retransmit_ticks {
                 self.last_retransmit = now;
-                if let Some((_, msg)) = self.view_changes.get(&target).and_then(|m| m.get(&self.cfg.self_id)).cloned() {
+                if let Some((_, msg)) = self
+                    .view_changes
+                    .get(&target)
+                    .and_then(|m| m.get(&self.cfg.self_id))
+                    .cloned()
+                {
                     self.out.push(Output::Send { to: None, msg });
                 }
             }
+            self.reforward_stale(None);
             return;
         }
         if self.is_leader() {
             if now - self.last_heartbeat >= self.cfg.heartbeat_ticks {
                 self.last_heartbeat = now;
-                self.broadcast(Kind::Heartbeat(Heartbeat { view: self.durable.view, seq: self.height }));
+                self.broadcast(Kind::Heartbeat(Heartbeat {
+                    view: self.durable.view,
+                    seq: self.height,
+                }));
             }
             self.maybe_propose();
         } else {
@@ -643,29 +787,42 @@ impl Replica {
                 return;
             }
             let timeout = self.cfg.request_timeout_ticks;
-            if self.pool.values().any(|e| now.saturating_sub(e.arrived) >= timeout) {
+            if self
+                .pool
+                .values()
+                .any(|e| now.saturating_sub(e.arrived) >= timeout)
+            {
                 // A request we hold was not ordered in time: the leader censors or stalls.
                 self.start_view_change(self.durable.view + 1);
                 return;
             }
-            let stale: Vec<Vec<u8>> = self
-                .pool
-                .values_mut()
-                .filter(|e| now.saturating_sub(e.forwarded) >= timeout / 3)
-                .map(|e| {
-                    e.forwarded = now;
-                    e.envelope.clone()
-                })
-                .collect();
-            if !stale.is_empty() {
-                let leader = self.leader();
-                self.send_to(leader, Kind::Forward(ForwardRequest { envelopes: stale }));
-            }
+            let leader = self.leader();
+            self.reforward_stale(Some(leader));
         }
         if now.saturating_sub(self.last_retransmit) >= self.cfg.retransmit_ticks {
             self.last_retransmit = now;
             self.retransmit();
         }
+    }
+
+    /// Re-sends requests that have waited a while, to the leader or (during a view change) to all.
+    fn reforward_stale(&mut self, to: Option<u32>) {
+        let now = self.now;
+        let every = (self.cfg.request_timeout_ticks / 3).max(1);
+        let stale: Vec<Vec<u8>> = self
+            .pool
+            .values_mut()
+            .filter(|e| now.saturating_sub(e.forwarded) >= every)
+            .map(|e| {
+                e.forwarded = now;
+                e.envelope.clone()
+            })
+            .collect();
+        if stale.is_empty() {
+            return;
+        }
+        let msg = self.message(Kind::Forward(ForwardRequest { envelopes: stale }));
+        self.out.push(Output::Send { to, msg });
     }
 
     /// Re-sends own pre-prepare / prepare / commit for the pending block (links may lose them).
@@ -681,7 +838,12 @@ impl Replica {
                 msgs.push(m.clone());
             }
             if let Some((d, sig)) = v.commits.get(&self.cfg.self_id) {
-                let c = self.message(Kind::Commit(Commit { view: key.0, seq: key.1, digest: d.clone(), block_signature: Some(sig.clone()) }));
+                let c = self.message(Kind::Commit(Commit {
+                    view: key.0,
+                    seq: key.1,
+                    digest: d.clone(),
+                    block_signature: Some(sig.clone()),
+                }));
                 msgs.push(c);
             }
         }
@@ -696,9 +858,16 @@ impl Replica {
     fn prepared_certificate(&self) -> Option<PreparedCertificate> {
         let p = self.proposal.as_ref()?;
         let votes = self.votes.get(&(p.view, self.height))?;
-        let prepares: Vec<ConsensusMessage> =
-            votes.prepares.values().filter(|(d, _)| *d == p.digest).map(|(_, m)| m.clone()).collect();
-        (prepares.len() >= self.cfg.quorum()).then(|| PreparedCertificate { pre_prepare: Some(p.pre_prepare.clone()), prepares })
+        let prepares: Vec<ConsensusMessage> = votes
+            .prepares
+            .values()
+            .filter(|(d, _)| *d == p.digest)
+            .map(|(_, m)| m.clone())
+            .collect();
+        (prepares.len() >= self.cfg.quorum()).then(|| PreparedCertificate {
+            pre_prepare: Some(p.pre_prepare.clone()),
+            prepares,
+        })
     }
 
     fn start_view_change(&mut self, target: u64) {
@@ -708,17 +877,28 @@ impl Replica {
         self.in_view_change = Some(target);
         self.view_change_started = self.now;
         self.last_retransmit = self.now;
-        let vc = ViewChange { next_view: target, last_committed_seq: self.height, prepared: self.prepared_certificate() };
+        let vc = ViewChange {
+            next_view: target,
+            last_committed_seq: self.height,
+            prepared: self.prepared_certificate(),
+        };
         let msg = self.broadcast(Kind::ViewChange(vc.clone()));
-        self.view_changes.entry(target).or_default().insert(self.cfg.self_id, (vc, msg));
+        self.view_changes
+            .entry(target)
+            .or_default()
+            .insert(self.cfg.self_id, (vc, msg));
         self.check_view_change_quorum(target);
     }
 
     /// A certificate is valid if the pre-prepare is signed by the leader of its view and 2f+1
     /// distinct consenters signed matching prepares.
     fn valid_certificate(&self, c: &PreparedCertificate) -> bool {
-        let Some(pp_msg) = &c.pre_prepare else { return false };
-        let Some(Kind::PrePrepare(pp)) = self.open(pp_msg) else { return false };
+        let Some(pp_msg) = &c.pre_prepare else {
+            return false;
+        };
+        let Some(Kind::PrePrepare(pp)) = self.open(pp_msg) else {
+            return false;
+        };
         if pp_msg.sender != self.cfg.leader(pp.view) {
             return false;
         }
@@ -740,17 +920,44 @@ impl Replica {
     fn on_view_change(&mut self, from: u32, msg: ConsensusMessage, vc: ViewChange) {
         self.hint_height(from, vc.last_committed_seq);
         if vc.next_view <= self.durable.view {
+            // The sender missed the view change we already went through: relay its proof.
+            if self.in_view_change.is_none()
+                && let Some(nv) = self.new_view_msg.clone()
+            {
+                let last = self
+                    .last_help
+                    .get(&(from + 1_000_000))
+                    .copied()
+                    .unwrap_or(0);
+                if self.now == 0 || self.now.saturating_sub(last) >= 5 {
+                    self.last_help.insert(from + 1_000_000, self.now);
+                    self.out.push(Output::Send {
+                        to: Some(from),
+                        msg: nv,
+                    });
+                }
+            }
             return;
         }
-        if vc.prepared.as_ref().is_some_and(|c| !self.valid_certificate(c)) {
+        if vc
+            .prepared
+            .as_ref()
+            .is_some_and(|c| !self.valid_certificate(c))
+        {
             return;
         }
-        self.view_changes.entry(vc.next_view).or_default().insert(from, (vc.clone(), msg));
+        self.view_changes
+            .entry(vc.next_view)
+            .or_default()
+            .insert(from, (vc.clone(), msg));
         // f+1 replicas want a later view: at least one correct replica does, so join.
         let mut wanting: BTreeMap<u32, u64> = BTreeMap::new();
         for (v, senders) in self.view_changes.range(self.durable.view + 1..) {
             for s in senders.keys() {
-                wanting.entry(*s).and_modify(|x| *x = (*x).min(*v)).or_insert(*v);
+                wanting
+                    .entry(*s)
+                    .and_modify(|x| *x = (*x).min(*v))
+                    .or_insert(*v);
             }
         }
         if wanting.len() > self.cfg.f()
@@ -763,14 +970,23 @@ impl Replica {
     }
 
     fn check_view_change_quorum(&mut self, v: u64) {
-        if self.cfg.leader(v) != self.cfg.self_id || self.new_view_sent.contains(&v) || self.in_view_change != Some(v) {
+        if self.cfg.leader(v) != self.cfg.self_id
+            || self.new_view_sent.contains(&v)
+            || self.in_view_change != Some(v)
+        {
             return;
         }
-        let Some(vcs) = self.view_changes.get(&v) else { return };
+        let Some(vcs) = self.view_changes.get(&v) else {
+            return;
+        };
         if vcs.len() < self.cfg.quorum() {
             return;
         }
-        let ahead = vcs.iter().filter(|(_, (vc, _))| vc.last_committed_seq > self.height).map(|(s, _)| *s).next();
+        let ahead = vcs
+            .iter()
+            .filter(|(_, (vc, _))| vc.last_committed_seq > self.height)
+            .map(|(s, _)| *s)
+            .next();
         if let Some(s) = ahead {
             // Someone committed more than we did: catch up before leading.
             self.last_state_request = 0;
@@ -778,16 +994,25 @@ impl Replica {
             return;
         }
         let msgs: Vec<ConsensusMessage> = vcs.values().map(|(_, m)| m.clone()).collect();
-        let certs: Vec<PreparedCertificate> = vcs.values().filter_map(|(vc, _)| vc.prepared.clone()).collect();
+        let certs: Vec<PreparedCertificate> = vcs
+            .values()
+            .filter_map(|(vc, _)| vc.prepared.clone())
+            .collect();
         self.new_view_sent.insert(v);
-        self.broadcast(Kind::NewView(NewView { view: v, view_changes: msgs }));
-        self.install_view(v, certs, 0);
+        let nv = self.broadcast(Kind::NewView(NewView {
+            view: v,
+            view_changes: msgs,
+        }));
+        self.install_view(v, certs, 0, nv);
     }
 
-    fn on_new_view(&mut self, from: u32, nv: NewView) {
-        if nv.view < self.durable.view || (nv.view == self.durable.view && self.in_view_change.is_none()) {
+    fn on_new_view(&mut self, msg: ConsensusMessage, nv: NewView) {
+        if nv.view < self.durable.view
+            || (nv.view == self.durable.view && self.in_view_change.is_none())
+        {
             return;
         }
+        let from = msg.sender;
         if from != self.cfg.leader(nv.view) {
             return;
         }
@@ -811,11 +1036,18 @@ impl Replica {
         if senders.len() < self.cfg.quorum() {
             return;
         }
-        self.install_view(nv.view, certs, decided);
+        self.install_view(nv.view, certs, decided, msg);
         self.hint_height(from, decided);
     }
 
-    fn install_view(&mut self, v: u64, certs: Vec<PreparedCertificate>, decided_up_to: u64) {
+    fn install_view(
+        &mut self,
+        v: u64,
+        certs: Vec<PreparedCertificate>,
+        decided_up_to: u64,
+        proof: ConsensusMessage,
+    ) {
+        self.new_view_msg = Some(proof);
         self.durable.view = v;
         self.in_view_change = None;
         self.view_certs = certs;
@@ -831,7 +1063,10 @@ impl Replica {
         self.view_changes.retain(|k, _| *k > v);
         self.persist();
         if self.is_leader() {
-            self.broadcast(Kind::Heartbeat(Heartbeat { view: v, seq: self.height }));
+            self.broadcast(Kind::Heartbeat(Heartbeat {
+                view: v,
+                seq: self.height,
+            }));
             self.maybe_propose();
         }
     }
@@ -841,26 +1076,38 @@ impl Replica {
 
     fn on_state(&mut self, blocks: Vec<Block>) {
         for block in blocks {
-            let Some(h) = block.header.as_ref() else { return };
+            let Some(h) = block.header.as_ref() else {
+                return;
+            };
             if h.number < self.height {
                 continue;
             }
             if h.number > self.height || h.previous_hash != self.last_hash {
                 return;
             }
-            let Some(data) = block.data.as_ref() else { return };
+            let Some(data) = block.data.as_ref() else {
+                return;
+            };
             if block_data_hash(data).as_slice() != h.data_hash.as_slice() {
                 return;
             }
-            let Some(md) = block.metadata.as_ref().and_then(|m| m.metadata.first()) else { return };
-            let Ok(md) = Metadata::decode(md.as_slice()) else { return };
+            let Some(md) = block.metadata.as_ref().and_then(|m| m.metadata.first()) else {
+                return;
+            };
+            let Ok(md) = Metadata::decode(md.as_slice()) else {
+                return;
+            };
             let mut signers = BTreeSet::new();
             for sig in &md.signatures {
-                let Ok(ih) = medledger_proto::common::IdentifierHeader::decode(sig.identifier_header.as_slice()) else {
+                let Ok(ih) = medledger_proto::common::IdentifierHeader::decode(
+                    sig.identifier_header.as_slice(),
+                ) else {
                     continue;
                 };
                 if self.cfg.consenters.contains(&ih.identifier)
-                    && self.crypto.verify_block_signature(ih.identifier, &block, &md.value, sig)
+                    && self
+                        .crypto
+                        .verify_block_signature(ih.identifier, &block, &md.value, sig)
                 {
                     signers.insert(ih.identifier);
                 }

@@ -17,7 +17,11 @@ use crate::consensus::Crypto;
 #[derive(Debug, thiserror::Error)]
 pub enum CryptoSetupError {
     #[error("consenter {id} ({msp}) has an invalid identity: {reason}")]
-    Consenter { id: u32, msp: String, reason: String },
+    Consenter {
+        id: u32,
+        msp: String,
+        reason: String,
+    },
 }
 
 /// Crypto for one consenter on one channel.
@@ -29,18 +33,34 @@ pub struct ConsenterCrypto {
 }
 
 impl ConsenterCrypto {
-    pub fn new(self_id: u32, signer: SigningIdentity, config: ChannelConfig) -> Result<Self, CryptoSetupError> {
+    pub fn new(
+        self_id: u32,
+        signer: SigningIdentity,
+        config: ChannelConfig,
+    ) -> Result<Self, CryptoSetupError> {
         let mut consenters = BTreeMap::new();
         for c in &config.consenters {
-            let serialized = SerializedIdentity { mspid: c.msp_id.clone(), id_bytes: c.identity.clone() }.encode_to_vec();
-            let id = config.msps.deserialize(&serialized, Expiry::Ignore).map_err(|e| CryptoSetupError::Consenter {
-                id: c.id,
-                msp: c.msp_id.clone(),
-                reason: e.to_string(),
-            })?;
+            let serialized = SerializedIdentity {
+                mspid: c.msp_id.clone(),
+                id_bytes: c.identity.clone(),
+            }
+            .encode_to_vec();
+            let id = config
+                .msps
+                .deserialize(&serialized, Expiry::Ignore)
+                .map_err(|e| CryptoSetupError::Consenter {
+                    id: c.id,
+                    msp: c.msp_id.clone(),
+                    reason: e.to_string(),
+                })?;
             consenters.insert(c.id, id);
         }
-        Ok(Self { self_id, signer, config, consenters })
+        Ok(Self {
+            self_id,
+            signer,
+            config,
+            consenters,
+        })
     }
 
     /// The channel configuration requests are checked against.
@@ -55,16 +75,28 @@ impl Crypto for ConsenterCrypto {
     }
 
     fn verify(&self, signer: u32, msg: &[u8], sig: &[u8]) -> bool {
-        self.consenters.get(&signer).is_some_and(|id| id.verify(msg, sig).is_ok())
+        self.consenters
+            .get(&signer)
+            .is_some_and(|id| id.verify(msg, sig).is_ok())
     }
 
     fn sign_block(&self, block: &Block, value: &[u8]) -> Option<MetadataSignature> {
         sign_block(block, self.self_id, value, &self.signer).ok()
     }
 
-    fn verify_block_signature(&self, signer: u32, block: &Block, value: &[u8], sig: &MetadataSignature) -> bool {
-        let Ok(ih) = IdentifierHeader::decode(sig.identifier_header.as_slice()) else { return false };
-        let Some(header) = block.header.as_ref() else { return false };
+    fn verify_block_signature(
+        &self,
+        signer: u32,
+        block: &Block,
+        value: &[u8],
+        sig: &MetadataSignature,
+    ) -> bool {
+        let Ok(ih) = IdentifierHeader::decode(sig.identifier_header.as_slice()) else {
+            return false;
+        };
+        let Some(header) = block.header.as_ref() else {
+            return false;
+        };
         if ih.identifier != signer {
             return false;
         }
@@ -80,19 +112,33 @@ impl Crypto for ConsenterCrypto {
         let u = unpack_envelope(&env).map_err(|e| e.to_string())?;
         let ch = &u.channel_header;
         if ch.channel_id != self.config.channel_id {
-            return Err(format!("envelope is for channel {:?}, not {:?}", ch.channel_id, self.config.channel_id));
+            return Err(format!(
+                "envelope is for channel {:?}, not {:?}",
+                ch.channel_id, self.config.channel_id
+            ));
         }
         if ch.r#type != HeaderType::EndorserTransaction as i32 {
-            return Err(format!("header type {} is not accepted for ordering", ch.r#type));
+            return Err(format!(
+                "header type {} is not accepted for ordering",
+                ch.r#type
+            ));
         }
         let creator = &u.signature_header.creator;
         if ch.tx_id.is_empty() || ch.tx_id != compute_txid(&u.signature_header.nonce, creator) {
             return Err("transaction id is not SHA-256(nonce || creator)".into());
         }
         // Commit-time rule: the clock is not consulted, so every replica reaches the same verdict.
-        let id = self.config.msps.deserialize(creator, Expiry::Ignore).map_err(|e| format!("creator: {e}"))?;
-        id.verify(&env.payload, &env.signature).map_err(|_| "envelope signature does not verify".to_string())?;
-        let writers = self.config.policy("/Channel/Writers").ok_or("channel has no Writers policy")?;
+        let id = self
+            .config
+            .msps
+            .deserialize(creator, Expiry::Ignore)
+            .map_err(|e| format!("creator: {e}"))?;
+        id.verify(&env.payload, &env.signature)
+            .map_err(|_| "envelope signature does not verify".to_string())?;
+        let writers = self
+            .config
+            .policy("/Channel/Writers")
+            .ok_or("channel has no Writers policy")?;
         if !writers.satisfied_by(std::slice::from_ref(&id)) {
             return Err("creator is not allowed to write to the channel (Writers policy)".into());
         }
