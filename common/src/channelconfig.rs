@@ -571,3 +571,63 @@ impl ChannelConfig {
         Ok(())
     }
 }
+
+/// A checked Deliver request: the blocks to send and how to wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeekRange {
+    pub start: u64,
+    pub stop: u64,
+    /// FAIL_IF_NOT_READY: answer NOT_FOUND instead of waiting for blocks beyond the height.
+    pub fail_if_not_ready: bool,
+}
+
+/// Checks a Deliver seek envelope for `channel` at ledger `height`, as Fabric's deliver server
+/// does: decodes it, checks the time window (`window_secs`), the signature and creator against
+/// the policy at `policy_path` (channel Readers), and resolves start and stop.
+pub fn check_seek(
+    channel: &ChannelConfig,
+    env: &medledger_proto::common::Envelope,
+    height: u64,
+    policy_path: &str,
+    window_secs: u64,
+) -> Result<SeekRange, medledger_proto::common::Status> {
+    use medledger_proto::common::Status;
+    use medledger_proto::orderer::{SeekInfo, seek_info::SeekBehavior, seek_position::Type as Seek};
+    let u = protoutil::unpack_envelope(env).map_err(|_| Status::BadRequest)?;
+    if u.channel_header.channel_id != channel.channel_id {
+        return Err(Status::NotFound);
+    }
+    let ts = u.channel_header.timestamp.unwrap_or_default();
+    if ts.seconds == 0 || (ts.seconds - crate::msp::unix_now()).unsigned_abs() > window_secs {
+        return Err(Status::BadRequest);
+    }
+    let info = SeekInfo::decode(u.payload.data.as_slice()).map_err(|_| Status::BadRequest)?;
+    let allowed = channel
+        .msps
+        .deserialize(&u.signature_header.creator, crate::msp::Expiry::now())
+        .ok()
+        .filter(|id| id.verify(&env.payload, &env.signature).is_ok())
+        .is_some_and(|id| channel.policy(policy_path).is_some_and(|p| p.satisfied_by(std::slice::from_ref(&id))));
+    if !allowed {
+        return Err(Status::Forbidden);
+    }
+    let resolve = |p: &Option<medledger_proto::orderer::SeekPosition>| -> Option<u64> {
+        match p.as_ref()?.r#type.as_ref()? {
+            Seek::Oldest(_) => Some(0),
+            Seek::Newest(_) => Some(height.saturating_sub(1)),
+            Seek::Specified(s) => Some(s.number),
+            Seek::NextCommit(_) => Some(height),
+        }
+    };
+    let (Some(start), Some(stop)) = (resolve(&info.start), resolve(&info.stop)) else {
+        return Err(Status::BadRequest);
+    };
+    if stop < start {
+        return Err(Status::BadRequest);
+    }
+    let fail_if_not_ready = info.behavior == SeekBehavior::FailIfNotReady as i32;
+    if fail_if_not_ready && start >= height {
+        return Err(Status::NotFound);
+    }
+    Ok(SeekRange { start, stop, fail_if_not_ready })
+}

@@ -5,11 +5,9 @@
 use std::pin::Pin;
 
 use futures::Stream;
-use medledger_common::msp::Expiry;
+use medledger_common::channelconfig::check_seek;
 use medledger_common::protoutil::unpack_envelope;
 use medledger_proto::common::{Block, Envelope, HeaderType, Status as BlockStatus};
-use medledger_proto::orderer::seek_info::SeekBehavior;
-use medledger_proto::orderer::{SeekInfo, seek_position::Type as Seek};
 use medledger_proto::protos::deliver_server::Deliver;
 use medledger_proto::protos::{
     BlockAndPrivateData, ChaincodeAction, ChaincodeActionPayload, ChaincodeEvent, DeliverResponse,
@@ -127,61 +125,18 @@ async fn seek(
     form: BlockForm,
     out: &mpsc::Sender<Result<DeliverResponse, Status>>,
 ) -> BlockStatus {
-    let Ok(u) = unpack_envelope(&env) else {
+    let Some(channel_id) = unpack_envelope(&env).ok().map(|u| u.channel_header.channel_id) else {
         return BlockStatus::BadRequest;
     };
-    let Some(channel) = channels
-        .read()
-        .await
-        .get(&u.channel_header.channel_id)
-        .cloned()
-    else {
+    let Some(channel) = channels.read().await.get(&channel_id).cloned() else {
         return BlockStatus::NotFound;
     };
-    let ts = u.channel_header.timestamp.unwrap_or_default();
-    if ts.seconds == 0
-        || (ts.seconds - medledger_common::msp::unix_now()).unsigned_abs() > TIME_WINDOW.as_secs()
-    {
-        return BlockStatus::BadRequest;
-    }
-    let Ok(info) = SeekInfo::decode(u.payload.data.as_slice()) else {
-        return BlockStatus::BadRequest;
-    };
-    let allowed = channel
-        .config
-        .msps
-        .deserialize(&u.signature_header.creator, Expiry::now())
-        .ok()
-        .filter(|id| id.verify(&env.payload, &env.signature).is_ok())
-        .is_some_and(|id| {
-            channel
-                .config
-                .policy("/Channel/Application/Readers")
-                .is_some_and(|p| p.satisfied_by(std::slice::from_ref(&id)))
-        });
-    if !allowed {
-        return BlockStatus::Forbidden;
-    }
     let ledger = channel.ledger.clone();
-    let height = ledger.height();
-    let resolve = |p: &Option<medledger_proto::orderer::SeekPosition>| -> Option<u64> {
-        match p.as_ref()?.r#type.as_ref()? {
-            Seek::Oldest(_) => Some(0),
-            Seek::Newest(_) => Some(height.saturating_sub(1)),
-            Seek::Specified(s) => Some(s.number),
-            Seek::NextCommit(_) => Some(height),
-        }
+    let range = match check_seek(&channel.config, &env, ledger.height(), "/Channel/Application/Readers", TIME_WINDOW.as_secs()) {
+        Ok(r) => r,
+        Err(s) => return s,
     };
-    let (Some(start), Some(stop)) = (resolve(&info.start), resolve(&info.stop)) else {
-        return BlockStatus::BadRequest;
-    };
-    if stop < start {
-        return BlockStatus::BadRequest;
-    }
-    let fail_if_not_ready = info.behavior == SeekBehavior::FailIfNotReady as i32;
-    if fail_if_not_ready && start >= height {
-        return BlockStatus::NotFound;
-    }
+    let (start, stop, fail_if_not_ready) = (range.start, range.stop, range.fail_if_not_ready);
     let mut heights = ledger.subscribe();
     let mut n = start;
     while n <= stop {
