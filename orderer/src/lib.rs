@@ -1,5 +1,9 @@
 //! The MedLedger ordering service: a BFT (PBFT as SmartBFT runs it) consensus core as a pure
 //! state machine, the crypto it needs over real identities, and the node around it.
 
+pub mod cli;
 pub mod consensus;
 pub mod crypto;
+pub mod genesis;
+pub mod node;
+pub mod store;

@@ -1,0 +1,492 @@
+//! A running orderer: configuration (`orderer.yaml`, `MEDLEDGER_ORDERER_*` overrides), one gRPC
+//! server with TLS carrying Fabric's AtomicBroadcast (clients, peers) and our consensus service
+//! (other consenters, mutual TLS), the event loop that drives the consensus core, and outbound
+//! links to the other consenters.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use medledger_common::SigningIdentity;
+use medledger_common::channelconfig::{ChannelConfig, check_seek};
+use medledger_common::msp::Expiry;
+use medledger_common::protoutil::unpack_envelope;
+use medledger_proto::common::{Block, Envelope, Status as BlockStatus};
+use medledger_proto::medledger::consensus::consensus_client::ConsensusClient;
+use medledger_proto::medledger::consensus::consensus_server::{Consensus, ConsensusServer};
+use medledger_proto::medledger::consensus::{Ack, ConsensusMessage};
+use medledger_proto::orderer::atomic_broadcast_server::{AtomicBroadcast, AtomicBroadcastServer};
+use medledger_proto::orderer::{BroadcastResponse, DeliverResponse, deliver_response};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::consensus::{BatchConfig, Config, Output, Replica, RequestError};
+use crate::crypto::ConsenterCrypto;
+use crate::store::BlockStore;
+
+/// Errors starting an orderer.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("{path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("storage: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: String, reason: String },
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, NodeError> {
+    std::fs::read(path).map_err(|e| NodeError::File { path: path.to_path_buf(), reason: e.to_string() })
+}
+
+/// TLS files of the orderer.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// CAs of clients and other consenters (mutual TLS; clients may connect without a certificate).
+    #[serde(default)]
+    pub client_root_cas: Vec<PathBuf>,
+}
+
+fn default_tick() -> u64 {
+    20
+}
+
+/// The orderer's configuration.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrdererConfig {
+    /// This orderer's consenter id in the channel configuration.
+    pub consenter_id: u32,
+    pub msp_id: String,
+    pub msp_dir: PathBuf,
+    pub listen_address: String,
+    pub data_dir: PathBuf,
+    pub genesis_block: PathBuf,
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    /// Logical clock period of the consensus core.
+    #[serde(default = "default_tick")]
+    pub tick_ms: u64,
+}
+
+impl OrdererConfig {
+    /// Reads YAML and applies `MEDLEDGER_ORDERER_<FIELD>` overrides of top-level fields.
+    pub fn load(path: &Path) -> Result<Self, NodeError> {
+        let text = String::from_utf8(read(path)?).map_err(|e| NodeError::Config(e.to_string()))?;
+        let mut value: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| NodeError::Config(e.to_string()))?;
+        if let serde_yaml::Value::Mapping(map) = &mut value {
+            let keys: Vec<String> = map.keys().filter_map(|k| k.as_str().map(str::to_owned)).collect();
+            for k in keys {
+                if let Ok(v) = std::env::var(format!("MEDLEDGER_ORDERER_{}", k.to_ascii_uppercase())) {
+                    map.insert(k.into(), serde_yaml::from_str(&v).unwrap_or(serde_yaml::Value::String(v)));
+                }
+            }
+        }
+        let mut cfg: Self = serde_yaml::from_value(value).map_err(|e| NodeError::Config(e.to_string()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut cfg.msp_dir, &mut cfg.data_dir, &mut cfg.genesis_block] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        if let Some(t) = &mut cfg.tls {
+            for p in [&mut t.cert_file, &mut t.key_file].into_iter().chain(t.client_root_cas.iter_mut()) {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+enum Event {
+    Consensus { from: u32, msg: ConsensusMessage },
+    Request { envelope: Vec<u8>, reply: oneshot::Sender<Result<(), RequestError>> },
+}
+
+/// A started orderer.
+pub struct RunningOrderer {
+    pub address: SocketAddr,
+    pub store: Arc<BlockStore>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningOrderer {
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Joins the channel of a genesis block: stores block 0 if the store is empty; refuses another
+/// channel's genesis.
+pub fn join_channel(store: &BlockStore, genesis: &Block) -> Result<(), NodeError> {
+    if store.height() == 0 {
+        store.append(genesis)?;
+        return Ok(());
+    }
+    let ours = store.block(0)?.and_then(|b| b.header);
+    if ours != genesis.header {
+        return Err(NodeError::Config("the store holds another channel's genesis block".into()));
+    }
+    Ok(())
+}
+
+fn consensus_config(cfg: &OrdererConfig, channel: &ChannelConfig) -> Config {
+    let ticks = |ms: u64| (ms / cfg.tick_ms.max(1)).max(1);
+    let mut ids: Vec<u32> = channel.consenters.iter().map(|c| c.id).collect();
+    ids.sort_unstable();
+    Config {
+        channel_id: channel.channel_id.clone(),
+        self_id: cfg.consenter_id,
+        consenters: ids,
+        batch: BatchConfig {
+            max_message_count: channel.batch_size.max_message_count.max(1) as usize,
+            preferred_max_bytes: channel.batch_size.preferred_max_bytes as usize,
+            absolute_max_bytes: channel.batch_size.absolute_max_bytes as usize,
+            timeout_ticks: ticks(channel.batch_timeout.as_millis() as u64),
+        },
+        heartbeat_ticks: ticks(250),
+        leader_timeout_ticks: ticks(2_500),
+        request_timeout_ticks: ticks(6_000),
+        view_change_timeout_ticks: ticks(4_000),
+        retransmit_ticks: ticks(500),
+    }
+}
+
+/// Classifies a client envelope as Fabric's broadcast does: NOT_FOUND for another channel,
+/// FORBIDDEN for signature or Writers failures, BAD_REQUEST for anything malformed or too large.
+fn check_broadcast(channel: &ChannelConfig, env: &Envelope, max_bytes: usize) -> Result<(), (BlockStatus, String)> {
+    let size = env.encoded_len();
+    if size > max_bytes {
+        return Err((BlockStatus::BadRequest, format!("message of {size} bytes exceeds the absolute maximum of {max_bytes}")));
+    }
+    let u = unpack_envelope(env).map_err(|e| (BlockStatus::BadRequest, e.to_string()))?;
+    if u.channel_header.channel_id != channel.channel_id {
+        return Err((BlockStatus::NotFound, format!("channel {:?} not found", u.channel_header.channel_id)));
+    }
+    let id = channel
+        .msps
+        .deserialize(&u.signature_header.creator, Expiry::now())
+        .map_err(|e| (BlockStatus::Forbidden, format!("creator: {e}")))?;
+    id.verify(&env.payload, &env.signature)
+        .map_err(|_| (BlockStatus::Forbidden, "envelope signature does not verify".to_string()))?;
+    if !channel.policy("/Channel/Writers").is_some_and(|p| p.satisfied_by(std::slice::from_ref(&id))) {
+        return Err((BlockStatus::Forbidden, "creator does not satisfy the channel's Writers policy".into()));
+    }
+    Ok(())
+}
+
+struct Services {
+    channel: ChannelConfig,
+    store: Arc<BlockStore>,
+    events: mpsc::Sender<Event>,
+    /// Consenter TLS certificates (DER) by id, to know who is on the other end.
+    peers_by_cert: Vec<(Vec<u8>, u32)>,
+    max_bytes: usize,
+}
+
+type Out<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// The gRPC services, sharing the node's state.
+#[derive(Clone)]
+struct Svc(Arc<Services>);
+
+#[tonic::async_trait]
+impl AtomicBroadcast for Svc {
+    type BroadcastStream = Out<BroadcastResponse>;
+    type DeliverStream = Out<DeliverResponse>;
+
+    async fn broadcast(&self, r: Request<Streaming<Envelope>>) -> Result<Response<Self::BroadcastStream>, Status> {
+        let mut inbound = r.into_inner();
+        let svc = self.0.clone();
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            while let Ok(Some(env)) = inbound.message().await {
+                let (status, info) = match check_broadcast(&svc.channel, &env, svc.max_bytes) {
+                    Err((s, info)) => (s, info),
+                    Ok(()) => {
+                        let (reply, wait) = oneshot::channel();
+                        let sent = svc.events.send(Event::Request { envelope: env.encode_to_vec(), reply }).await;
+                        match (sent, wait.await) {
+                            (Ok(()), Ok(Ok(()))) => (BlockStatus::Success, String::new()),
+                            (Ok(()), Ok(Err(RequestError::Duplicate))) => {
+                                (BlockStatus::ServiceUnavailable, "failed to submit request: request already exists".into())
+                            }
+                            (Ok(()), Ok(Err(RequestError::Invalid(why)))) => (BlockStatus::BadRequest, why),
+                            _ => (BlockStatus::ServiceUnavailable, "the orderer is shutting down".into()),
+                        }
+                    }
+                };
+                if tx.send(Ok(BroadcastResponse { status: status as i32, info })).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn deliver(&self, r: Request<Streaming<Envelope>>) -> Result<Response<Self::DeliverStream>, Status> {
+        let mut inbound = r.into_inner();
+        let svc = self.0.clone();
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            let status = |s: BlockStatus| DeliverResponse { r#type: Some(deliver_response::Type::Status(s as i32)) };
+            while let Ok(Some(env)) = inbound.message().await {
+                let range = match check_seek(&svc.channel, &env, svc.store.height(), "/Channel/Readers", 15 * 60) {
+                    Ok(r) => r,
+                    Err(s) => {
+                        let _ = tx.send(Ok(status(s))).await;
+                        return;
+                    }
+                };
+                let mut heights = svc.store.subscribe();
+                let mut n = range.start;
+                while n <= range.stop {
+                    if n >= svc.store.height() {
+                        if range.fail_if_not_ready {
+                            let _ = tx.send(Ok(status(BlockStatus::NotFound))).await;
+                            return;
+                        }
+                        tokio::select! {
+                            r = heights.changed() => if r.is_err() { return },
+                            _ = tx.closed() => return,
+                        }
+                        continue;
+                    }
+                    let Ok(Some(block)) = svc.store.block(n) else {
+                        let _ = tx.send(Ok(status(BlockStatus::InternalServerError))).await;
+                        return;
+                    };
+                    if tx.send(Ok(DeliverResponse { r#type: Some(deliver_response::Type::Block(block)) })).await.is_err() {
+                        return;
+                    }
+                    n += 1;
+                }
+                if tx.send(Ok(status(BlockStatus::Success))).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[tonic::async_trait]
+impl Consensus for Svc {
+    async fn step(&self, r: Request<Streaming<ConsensusMessage>>) -> Result<Response<Ack>, Status> {
+        let cert = r.peer_certs().and_then(|c| c.first().map(|c| c.as_ref().to_vec()));
+        let Some(from) = cert.and_then(|c| self.0.peers_by_cert.iter().find(|(d, _)| *d == c).map(|(_, id)| *id)) else {
+            tracing::warn!("consensus stream from a client that is not a consenter: refused");
+            return Err(Status::permission_denied("not a consenter of this channel"));
+        };
+        let mut inbound = r.into_inner();
+        while let Ok(Some(msg)) = inbound.message().await {
+            if self.0.events.send(Event::Consensus { from, msg }).await.is_err() {
+                break;
+            }
+        }
+        Ok(Response::new(Ack {}))
+    }
+}
+
+/// Keeps a consensus stream open to one other consenter, reconnecting as needed. Messages that
+/// cannot be sent are dropped: the protocol retransmits what matters.
+async fn outbound_link(
+    address: String,
+    roots: Vec<u8>,
+    identity: (Vec<u8>, Vec<u8>),
+    mut queue: mpsc::Receiver<ConsensusMessage>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let host = address.rsplit_once(':').map(|(h, _)| h.to_owned()).unwrap_or_default();
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .domain_name(host)
+            .ca_certificate(tonic::transport::Certificate::from_pem(&roots))
+            .identity(tonic::transport::Identity::from_pem(&identity.0, &identity.1));
+        let connect = async {
+            let ep = tonic::transport::Endpoint::from_shared(format!("https://{address}"))
+                .map_err(|e| e.to_string())?
+                .connect_timeout(Duration::from_secs(2))
+                .tls_config(tls)
+                .map_err(|e| e.to_string())?;
+            ep.connect().await.map_err(|e| e.to_string())
+        };
+        let channel = tokio::select! {
+            c = connect => c,
+            _ = shutdown.changed() => return,
+        };
+        if let Ok(ch) = channel {
+            let (tx, rx) = mpsc::channel::<ConsensusMessage>(1024);
+            let mut client = ConsensusClient::new(ch).max_encoding_message_size(100 << 20);
+            let call = tokio::spawn(async move { client.step(ReceiverStream::new(rx)).await });
+            loop {
+                tokio::select! {
+                    m = queue.recv() => match m {
+                        Some(m) => if tx.send(m).await.is_err() { break },
+                        None => return,
+                    },
+                    _ = shutdown.changed() => return,
+                }
+                if call.is_finished() {
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(300)) => {},
+            _ = shutdown.changed() => return,
+        }
+        // Drop what queued up while disconnected.
+        while queue.try_recv().is_ok() {}
+    }
+}
+
+fn pem_der(pem: &[u8]) -> Option<Vec<u8>> {
+    ::pem::parse(pem).ok().map(|p| p.into_contents())
+}
+
+/// Starts an orderer for the channel of its genesis block.
+pub async fn start(cfg: OrdererConfig) -> Result<RunningOrderer, NodeError> {
+    let genesis = Block::decode(read(&cfg.genesis_block)?.as_slice()).map_err(|e| NodeError::Config(format!("genesis block: {e}")))?;
+    let channel = ChannelConfig::from_block(&genesis).map_err(|e| NodeError::Config(format!("genesis block: {e}")))?;
+    if channel.consenter(cfg.consenter_id).is_none() {
+        return Err(NodeError::Config(format!("consenter {} is not in the channel's consenter set", cfg.consenter_id)));
+    }
+    let signer = SigningIdentity::load(&cfg.msp_dir, &cfg.msp_id).map_err(|e| NodeError::File { path: cfg.msp_dir.clone(), reason: e.to_string() })?;
+    let store = Arc::new(BlockStore::open(&cfg.data_dir.join("chains").join(&channel.channel_id))?);
+    join_channel(&store, &genesis)?;
+    let crypto = Arc::new(ConsenterCrypto::new(cfg.consenter_id, signer, channel.clone()).map_err(|e| NodeError::Config(e.to_string()))?);
+    let tls = cfg.tls.clone().ok_or_else(|| NodeError::Config("orderers need TLS (mutual TLS between consenters)".into()))?;
+    let (cert, key) = (read(&tls.cert_file)?, read(&tls.key_file)?);
+    let mut roots = Vec::new();
+    for ca in &tls.client_root_cas {
+        roots.extend(read(ca)?);
+        roots.push(b'\n');
+    }
+    let ccfg = consensus_config(&cfg, &channel);
+    let max_bytes = ccfg.batch.absolute_max_bytes;
+    let mut replica = Replica::new(ccfg, crypto, store.restore()?);
+
+    let (events_tx, mut events) = mpsc::channel::<Event>(4096);
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut links: BTreeMap<u32, mpsc::Sender<ConsensusMessage>> = BTreeMap::new();
+    let mut tasks = Vec::new();
+    for c in channel.consenters.iter().filter(|c| c.id != cfg.consenter_id) {
+        let (tx, rx) = mpsc::channel(1024);
+        links.insert(c.id, tx);
+        tasks.push(tokio::spawn(outbound_link(
+            format!("{}:{}", c.host, c.port),
+            roots.clone(),
+            (cert.clone(), key.clone()),
+            rx,
+            shutdown_rx.clone(),
+        )));
+    }
+    let services = Arc::new(Services {
+        channel: channel.clone(),
+        store: store.clone(),
+        events: events_tx,
+        peers_by_cert: channel.consenters.iter().filter_map(|c| pem_der(&c.client_tls_cert).map(|d| (d, c.id))).collect(),
+        max_bytes,
+    });
+    let listener = tokio::net::TcpListener::bind(&cfg.listen_address)
+        .await
+        .map_err(|e| NodeError::Listen { addr: cfg.listen_address.clone(), reason: e.to_string() })?;
+    let address = listener.local_addr().map_err(|e| NodeError::Listen { addr: cfg.listen_address.clone(), reason: e.to_string() })?;
+    let mut server_tls = tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(&cert, &key));
+    if !roots.is_empty() {
+        server_tls = server_tls.client_ca_root(tonic::transport::Certificate::from_pem(&roots)).client_auth_optional(true);
+    }
+    let mut rx = shutdown_rx.clone();
+    let server = tonic::transport::Server::builder()
+        .tls_config(server_tls)
+        .map_err(|e| NodeError::Config(format!("TLS: {e}")))?
+        .add_service(AtomicBroadcastServer::new(Svc(services.clone())).max_decoding_message_size(100 << 20))
+        .add_service(ConsensusServer::new(Svc(services)).max_decoding_message_size(100 << 20))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            let _ = rx.changed().await;
+        });
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "orderer gRPC server stopped");
+        }
+    }));
+
+    let loop_store = store.clone();
+    let mut stop = shutdown_rx.clone();
+    let tick = Duration::from_millis(cfg.tick_ms.max(1));
+    let id = cfg.consenter_id;
+    tasks.push(tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let outputs = tokio::select! {
+                _ = stop.changed() => return,
+                _ = ticker.tick() => replica.tick(),
+                ev = events.recv() => match ev {
+                    None => return,
+                    Some(Event::Consensus { from, msg }) => replica.receive(from, msg),
+                    Some(Event::Request { envelope, reply }) => {
+                        let (r, out) = replica.submit(envelope);
+                        let _ = reply.send(r);
+                        out
+                    }
+                },
+            };
+            for o in outputs {
+                match o {
+                    Output::Persist(d) => {
+                        if let Err(e) = loop_store.persist(&d) {
+                            tracing::error!(error = %e, "cannot persist consensus state: stopping");
+                            return;
+                        }
+                    }
+                    Output::Commit(block) => {
+                        let n = block.header.as_ref().map(|h| h.number).unwrap_or_default();
+                        if let Err(e) = loop_store.append(&block) {
+                            tracing::error!(error = %e, "cannot store block: stopping");
+                            return;
+                        }
+                        tracing::debug!(orderer = id, block = n, "block committed");
+                    }
+                    Output::Send { to, msg } => {
+                        for (peer, link) in &links {
+                            if to.is_none_or(|t| t == *peer) {
+                                let _ = link.try_send(msg.clone());
+                            }
+                        }
+                    }
+                    Output::ServeState { to, from_seq } => {
+                        let blocks: Vec<Block> = (from_seq..loop_store.height().min(from_seq + 20))
+                            .filter_map(|n| loop_store.block(n).ok().flatten())
+                            .collect();
+                        let msg = replica.state_response_message(blocks);
+                        if let Some(link) = links.get(&to) {
+                            let _ = link.try_send(msg);
+                        }
+                    }
+                }
+            }
+        }
+    }));
+    tracing::info!(consenter = cfg.consenter_id, %address, channel = %channel.channel_id, "orderer started");
+    Ok(RunningOrderer { address, store, shutdown, tasks })
+}
