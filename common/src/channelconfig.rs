@@ -592,7 +592,9 @@ pub fn check_seek(
     window_secs: u64,
 ) -> Result<SeekRange, medledger_proto::common::Status> {
     use medledger_proto::common::Status;
-    use medledger_proto::orderer::{SeekInfo, seek_info::SeekBehavior, seek_position::Type as Seek};
+    use medledger_proto::orderer::{
+        SeekInfo, seek_info::SeekBehavior, seek_position::Type as Seek,
+    };
     let u = protoutil::unpack_envelope(env).map_err(|_| Status::BadRequest)?;
     if u.channel_header.channel_id != channel.channel_id {
         return Err(Status::NotFound);
@@ -607,7 +609,11 @@ pub fn check_seek(
         .deserialize(&u.signature_header.creator, crate::msp::Expiry::now())
         .ok()
         .filter(|id| id.verify(&env.payload, &env.signature).is_ok())
-        .is_some_and(|id| channel.policy(policy_path).is_some_and(|p| p.satisfied_by(std::slice::from_ref(&id))));
+        .is_some_and(|id| {
+            channel
+                .policy(policy_path)
+                .is_some_and(|p| p.satisfied_by(std::slice::from_ref(&id)))
+        });
     if !allowed {
         return Err(Status::Forbidden);
     }
@@ -629,5 +635,9 @@ pub fn check_seek(
     if fail_if_not_ready && start >= height {
         return Err(Status::NotFound);
     }
-    Ok(SeekRange { start, stop, fail_if_not_ready })
+    Ok(SeekRange {
+        start,
+        stop,
+        fail_if_not_ready,
+    })
 }

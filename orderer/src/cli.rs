@@ -21,7 +21,10 @@ pub enum CliError {
 }
 
 #[derive(Parser, Debug)]
-#[command(name = "medledger-orderer", about = "MedLedger BFT ordering service node")]
+#[command(
+    name = "medledger-orderer",
+    about = "MedLedger BFT ordering service node"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -30,13 +33,17 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Start the orderer.
-    #[command(after_help = "Example:\n  medledger-orderer start --config network/orderers/orderer1/orderer.yaml")]
+    #[command(
+        after_help = "Example:\n  medledger-orderer start --config network/orderers/orderer1/orderer.yaml"
+    )]
     Start {
         #[arg(long, env = "MEDLEDGER_ORDERER_CONFIG", default_value = "orderer.yaml")]
         config: PathBuf,
     },
     /// Make a channel's genesis block from a configtx.yaml.
-    #[command(after_help = "Example:\n  medledger-orderer genesis --configtx network/configtx.yaml --output network/channel-artifacts/medchannel.block")]
+    #[command(
+        after_help = "Example:\n  medledger-orderer genesis --configtx network/configtx.yaml --output network/channel-artifacts/medchannel.block"
+    )]
     Genesis {
         #[arg(long)]
         configtx: PathBuf,
@@ -51,7 +58,9 @@ enum Command {
 #[derive(Subcommand, Debug)]
 enum ChannelCommand {
     /// Join this orderer to the channel of a genesis block (stores block 0).
-    #[command(after_help = "Example:\n  medledger-orderer channel join --config orderer.yaml --genesis-block medchannel.block")]
+    #[command(
+        after_help = "Example:\n  medledger-orderer channel join --config orderer.yaml --genesis-block medchannel.block"
+    )]
     Join {
         #[arg(long, default_value = "orderer.yaml")]
         config: PathBuf,
@@ -73,19 +82,27 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Genesis { configtx, output } => {
             let block = from_configtx(&configtx)?;
             if let Some(p) = output.parent() {
-                std::fs::create_dir_all(p).map_err(|e| CliError::Io(format!("{}: {e}", p.display())))?;
+                std::fs::create_dir_all(p)
+                    .map_err(|e| CliError::Io(format!("{}: {e}", p.display())))?;
             }
-            std::fs::write(&output, block.encode_to_vec()).map_err(|e| CliError::Io(format!("{}: {e}", output.display())))?;
+            std::fs::write(&output, block.encode_to_vec())
+                .map_err(|e| CliError::Io(format!("{}: {e}", output.display())))?;
             println!("genesis block written to {}", output.display());
             Ok(())
         }
-        Command::Channel(ChannelCommand::Join { config, genesis_block }) => {
+        Command::Channel(ChannelCommand::Join {
+            config,
+            genesis_block,
+        }) => {
             let cfg = OrdererConfig::load(&config)?;
-            let bytes = std::fs::read(&genesis_block).map_err(|e| CliError::Io(format!("{}: {e}", genesis_block.display())))?;
-            let block = medledger_proto::common::Block::decode(bytes.as_slice()).map_err(|e| CliError::Io(format!("genesis block: {e}")))?;
+            let bytes = std::fs::read(&genesis_block)
+                .map_err(|e| CliError::Io(format!("{}: {e}", genesis_block.display())))?;
+            let block = medledger_proto::common::Block::decode(bytes.as_slice())
+                .map_err(|e| CliError::Io(format!("genesis block: {e}")))?;
             let channel = medledger_common::channelconfig::ChannelConfig::from_block(&block)
                 .map_err(|e| CliError::Io(format!("genesis block: {e}")))?;
-            let store = BlockStore::open(&cfg.data_dir.join("chains").join(&channel.channel_id)).map_err(NodeError::from)?;
+            let store = BlockStore::open(&cfg.data_dir.join("chains").join(&channel.channel_id))
+                .map_err(NodeError::from)?;
             join_channel(&store, &block)?;
             println!("joined channel {}", channel.channel_id);
             Ok(())

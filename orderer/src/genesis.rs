@@ -69,27 +69,54 @@ struct ConfigTx {
 }
 
 fn read(base: &Path, p: &Path) -> Result<Vec<u8>, GenesisError> {
-    let path = if p.is_relative() { base.join(p) } else { p.to_path_buf() };
-    std::fs::read(&path).map_err(|e| GenesisError::File { path, reason: e.to_string() })
+    let path = if p.is_relative() {
+        base.join(p)
+    } else {
+        p.to_path_buf()
+    };
+    std::fs::read(&path).map_err(|e| GenesisError::File {
+        path,
+        reason: e.to_string(),
+    })
 }
 
 fn parse_duration(s: &str) -> Option<Duration> {
     if let Some(ms) = s.strip_suffix("ms") {
         return ms.trim().parse().ok().map(Duration::from_millis);
     }
-    s.strip_suffix('s')?.trim().parse::<f64>().ok().map(Duration::from_secs_f64)
+    s.strip_suffix('s')?
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .map(Duration::from_secs_f64)
 }
 
 /// Builds the genesis block described by the `configtx.yaml` at `path` (relative paths in it are
 /// relative to its folder).
 pub fn from_configtx(path: &Path) -> Result<Block, GenesisError> {
-    let text = std::fs::read_to_string(path).map_err(|e| GenesisError::File { path: path.to_path_buf(), reason: e.to_string() })?;
-    let tx: ConfigTx = serde_yaml::from_str(&text).map_err(|e| GenesisError::Config(e.to_string()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| GenesisError::File {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let tx: ConfigTx =
+        serde_yaml::from_str(&text).map_err(|e| GenesisError::Config(e.to_string()))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let org = |o: &Org| -> Result<OrgProfile, GenesisError> {
-        let dir = if o.msp_dir.is_relative() { base.join(&o.msp_dir) } else { o.msp_dir.clone() };
-        let msp = load_msp_folder(&dir, &o.name).map_err(|e| GenesisError::Config(format!("organisation {}: {e}", o.name)))?;
-        Ok(OrgProfile { msp, anchor_peers: o.anchor_peers.iter().map(|a| (a.host.clone(), a.port)).collect() })
+        let dir = if o.msp_dir.is_relative() {
+            base.join(&o.msp_dir)
+        } else {
+            o.msp_dir.clone()
+        };
+        let msp = load_msp_folder(&dir, &o.name)
+            .map_err(|e| GenesisError::Config(format!("organisation {}: {e}", o.name)))?;
+        Ok(OrgProfile {
+            msp,
+            anchor_peers: o
+                .anchor_peers
+                .iter()
+                .map(|a| (a.host.clone(), a.port))
+                .collect(),
+        })
     };
     let mut consenters = Vec::new();
     for c in &tx.consenters {
@@ -108,20 +135,27 @@ pub fn from_configtx(path: &Path) -> Result<Block, GenesisError> {
     ids.sort_unstable();
     ids.dedup();
     if ids.len() != consenters.len() {
-        return Err(GenesisError::Config("consenter ids must be distinct".into()));
+        return Err(GenesisError::Config(
+            "consenter ids must be distinct".into(),
+        ));
     }
     let profile = ChannelProfile {
         channel_id: tx.channel.clone(),
         application_orgs: tx.organizations.iter().map(org).collect::<Result<_, _>>()?,
-        orderer_orgs: tx.orderer_organizations.iter().map(org).collect::<Result<_, _>>()?,
+        orderer_orgs: tx
+            .orderer_organizations
+            .iter()
+            .map(org)
+            .collect::<Result<_, _>>()?,
         consenters,
         batch_size: BatchSize {
             max_message_count: tx.batch.max_message_count,
             absolute_max_bytes: tx.batch.absolute_max_bytes,
             preferred_max_bytes: tx.batch.preferred_max_bytes,
         },
-        batch_timeout: parse_duration(&tx.batch.timeout)
-            .ok_or_else(|| GenesisError::Config(format!("bad batch timeout {:?}", tx.batch.timeout)))?,
+        batch_timeout: parse_duration(&tx.batch.timeout).ok_or_else(|| {
+            GenesisError::Config(format!("bad batch timeout {:?}", tx.batch.timeout))
+        })?,
     };
     genesis_block(&profile).map_err(|e| GenesisError::Config(e.to_string()))
 }

@@ -45,7 +45,10 @@ pub enum NodeError {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, NodeError> {
-    std::fs::read(path).map_err(|e| NodeError::File { path: path.to_path_buf(), reason: e.to_string() })
+    std::fs::read(path).map_err(|e| NodeError::File {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
 }
 
 /// TLS files of the orderer.
@@ -85,16 +88,26 @@ impl OrdererConfig {
     /// Reads YAML and applies `MEDLEDGER_ORDERER_<FIELD>` overrides of top-level fields.
     pub fn load(path: &Path) -> Result<Self, NodeError> {
         let text = String::from_utf8(read(path)?).map_err(|e| NodeError::Config(e.to_string()))?;
-        let mut value: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| NodeError::Config(e.to_string()))?;
+        let mut value: serde_yaml::Value =
+            serde_yaml::from_str(&text).map_err(|e| NodeError::Config(e.to_string()))?;
         if let serde_yaml::Value::Mapping(map) = &mut value {
-            let keys: Vec<String> = map.keys().filter_map(|k| k.as_str().map(str::to_owned)).collect();
+            let keys: Vec<String> = map
+                .keys()
+                .filter_map(|k| k.as_str().map(str::to_owned))
+                .collect();
             for k in keys {
-                if let Ok(v) = std::env::var(format!("MEDLEDGER_ORDERER_{}", k.to_ascii_uppercase())) {
-                    map.insert(k.into(), serde_yaml::from_str(&v).unwrap_or(serde_yaml::Value::String(v)));
+                if let Ok(v) =
+                    std::env::var(format!("MEDLEDGER_ORDERER_{}", k.to_ascii_uppercase()))
+                {
+                    map.insert(
+                        k.into(),
+                        serde_yaml::from_str(&v).unwrap_or(serde_yaml::Value::String(v)),
+                    );
                 }
             }
         }
-        let mut cfg: Self = serde_yaml::from_value(value).map_err(|e| NodeError::Config(e.to_string()))?;
+        let mut cfg: Self =
+            serde_yaml::from_value(value).map_err(|e| NodeError::Config(e.to_string()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [&mut cfg.msp_dir, &mut cfg.data_dir, &mut cfg.genesis_block] {
             if p.is_relative() {
@@ -102,7 +115,10 @@ impl OrdererConfig {
             }
         }
         if let Some(t) = &mut cfg.tls {
-            for p in [&mut t.cert_file, &mut t.key_file].into_iter().chain(t.client_root_cas.iter_mut()) {
+            for p in [&mut t.cert_file, &mut t.key_file]
+                .into_iter()
+                .chain(t.client_root_cas.iter_mut())
+            {
                 if p.is_relative() {
                     *p = base.join(&*p);
                 }
@@ -113,8 +129,14 @@ impl OrdererConfig {
 }
 
 enum Event {
-    Consensus { from: u32, msg: ConsensusMessage },
-    Request { envelope: Vec<u8>, reply: oneshot::Sender<Result<(), RequestError>> },
+    Consensus {
+        from: u32,
+        msg: ConsensusMessage,
+    },
+    Request {
+        envelope: Vec<u8>,
+        reply: oneshot::Sender<Result<(), RequestError>>,
+    },
 }
 
 /// A started orderer.
@@ -143,7 +165,9 @@ pub fn join_channel(store: &BlockStore, genesis: &Block) -> Result<(), NodeError
     }
     let ours = store.block(0)?.and_then(|b| b.header);
     if ours != genesis.header {
-        return Err(NodeError::Config("the store holds another channel's genesis block".into()));
+        return Err(NodeError::Config(
+            "the store holds another channel's genesis block".into(),
+        ));
     }
     Ok(())
 }
@@ -172,23 +196,43 @@ fn consensus_config(cfg: &OrdererConfig, channel: &ChannelConfig) -> Config {
 
 /// Classifies a client envelope as Fabric's broadcast does: NOT_FOUND for another channel,
 /// FORBIDDEN for signature or Writers failures, BAD_REQUEST for anything malformed or too large.
-fn check_broadcast(channel: &ChannelConfig, env: &Envelope, max_bytes: usize) -> Result<(), (BlockStatus, String)> {
+fn check_broadcast(
+    channel: &ChannelConfig,
+    env: &Envelope,
+    max_bytes: usize,
+) -> Result<(), (BlockStatus, String)> {
     let size = env.encoded_len();
     if size > max_bytes {
-        return Err((BlockStatus::BadRequest, format!("message of {size} bytes exceeds the absolute maximum of {max_bytes}")));
+        return Err((
+            BlockStatus::BadRequest,
+            format!("message of {size} bytes exceeds the absolute maximum of {max_bytes}"),
+        ));
     }
     let u = unpack_envelope(env).map_err(|e| (BlockStatus::BadRequest, e.to_string()))?;
     if u.channel_header.channel_id != channel.channel_id {
-        return Err((BlockStatus::NotFound, format!("channel {:?} not found", u.channel_header.channel_id)));
+        return Err((
+            BlockStatus::NotFound,
+            format!("channel {:?} not found", u.channel_header.channel_id),
+        ));
     }
     let id = channel
         .msps
         .deserialize(&u.signature_header.creator, Expiry::now())
         .map_err(|e| (BlockStatus::Forbidden, format!("creator: {e}")))?;
-    id.verify(&env.payload, &env.signature)
-        .map_err(|_| (BlockStatus::Forbidden, "envelope signature does not verify".to_string()))?;
-    if !channel.policy("/Channel/Writers").is_some_and(|p| p.satisfied_by(std::slice::from_ref(&id))) {
-        return Err((BlockStatus::Forbidden, "creator does not satisfy the channel's Writers policy".into()));
+    id.verify(&env.payload, &env.signature).map_err(|_| {
+        (
+            BlockStatus::Forbidden,
+            "envelope signature does not verify".to_string(),
+        )
+    })?;
+    if !channel
+        .policy("/Channel/Writers")
+        .is_some_and(|p| p.satisfied_by(std::slice::from_ref(&id)))
+    {
+        return Err((
+            BlockStatus::Forbidden,
+            "creator does not satisfy the channel's Writers policy".into(),
+        ));
     }
     Ok(())
 }
@@ -213,7 +257,10 @@ impl AtomicBroadcast for Svc {
     type BroadcastStream = Out<BroadcastResponse>;
     type DeliverStream = Out<DeliverResponse>;
 
-    async fn broadcast(&self, r: Request<Streaming<Envelope>>) -> Result<Response<Self::BroadcastStream>, Status> {
+    async fn broadcast(
+        &self,
+        r: Request<Streaming<Envelope>>,
+    ) -> Result<Response<Self::BroadcastStream>, Status> {
         let mut inbound = r.into_inner();
         let svc = self.0.clone();
         let (tx, rx) = mpsc::channel(64);
@@ -223,18 +270,37 @@ impl AtomicBroadcast for Svc {
                     Err((s, info)) => (s, info),
                     Ok(()) => {
                         let (reply, wait) = oneshot::channel();
-                        let sent = svc.events.send(Event::Request { envelope: env.encode_to_vec(), reply }).await;
+                        let sent = svc
+                            .events
+                            .send(Event::Request {
+                                envelope: env.encode_to_vec(),
+                                reply,
+                            })
+                            .await;
                         match (sent, wait.await) {
                             (Ok(()), Ok(Ok(()))) => (BlockStatus::Success, String::new()),
-                            (Ok(()), Ok(Err(RequestError::Duplicate))) => {
-                                (BlockStatus::ServiceUnavailable, "failed to submit request: request already exists".into())
+                            (Ok(()), Ok(Err(RequestError::Duplicate))) => (
+                                BlockStatus::ServiceUnavailable,
+                                "failed to submit request: request already exists".into(),
+                            ),
+                            (Ok(()), Ok(Err(RequestError::Invalid(why)))) => {
+                                (BlockStatus::BadRequest, why)
                             }
-                            (Ok(()), Ok(Err(RequestError::Invalid(why)))) => (BlockStatus::BadRequest, why),
-                            _ => (BlockStatus::ServiceUnavailable, "the orderer is shutting down".into()),
+                            _ => (
+                                BlockStatus::ServiceUnavailable,
+                                "the orderer is shutting down".into(),
+                            ),
                         }
                     }
                 };
-                if tx.send(Ok(BroadcastResponse { status: status as i32, info })).await.is_err() {
+                if tx
+                    .send(Ok(BroadcastResponse {
+                        status: status as i32,
+                        info,
+                    }))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -242,14 +308,25 @@ impl AtomicBroadcast for Svc {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn deliver(&self, r: Request<Streaming<Envelope>>) -> Result<Response<Self::DeliverStream>, Status> {
+    async fn deliver(
+        &self,
+        r: Request<Streaming<Envelope>>,
+    ) -> Result<Response<Self::DeliverStream>, Status> {
         let mut inbound = r.into_inner();
         let svc = self.0.clone();
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(async move {
-            let status = |s: BlockStatus| DeliverResponse { r#type: Some(deliver_response::Type::Status(s as i32)) };
+            let status = |s: BlockStatus| DeliverResponse {
+                r#type: Some(deliver_response::Type::Status(s as i32)),
+            };
             while let Ok(Some(env)) = inbound.message().await {
-                let range = match check_seek(&svc.channel, &env, svc.store.height(), "/Channel/Readers", 15 * 60) {
+                let range = match check_seek(
+                    &svc.channel,
+                    &env,
+                    svc.store.height(),
+                    "/Channel/Readers",
+                    15 * 60,
+                ) {
                     Ok(r) => r,
                     Err(s) => {
                         let _ = tx.send(Ok(status(s))).await;
@@ -274,7 +351,13 @@ impl AtomicBroadcast for Svc {
                         let _ = tx.send(Ok(status(BlockStatus::InternalServerError))).await;
                         return;
                     };
-                    if tx.send(Ok(DeliverResponse { r#type: Some(deliver_response::Type::Block(block)) })).await.is_err() {
+                    if tx
+                        .send(Ok(DeliverResponse {
+                            r#type: Some(deliver_response::Type::Block(block)),
+                        }))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                     n += 1;
@@ -291,14 +374,28 @@ impl AtomicBroadcast for Svc {
 #[tonic::async_trait]
 impl Consensus for Svc {
     async fn step(&self, r: Request<Streaming<ConsensusMessage>>) -> Result<Response<Ack>, Status> {
-        let cert = r.peer_certs().and_then(|c| c.first().map(|c| c.as_ref().to_vec()));
-        let Some(from) = cert.and_then(|c| self.0.peers_by_cert.iter().find(|(d, _)| *d == c).map(|(_, id)| *id)) else {
+        let cert = r
+            .peer_certs()
+            .and_then(|c| c.first().map(|c| c.as_ref().to_vec()));
+        let Some(from) = cert.and_then(|c| {
+            self.0
+                .peers_by_cert
+                .iter()
+                .find(|(d, _)| *d == c)
+                .map(|(_, id)| *id)
+        }) else {
             tracing::warn!("consensus stream from a client that is not a consenter: refused");
             return Err(Status::permission_denied("not a consenter of this channel"));
         };
         let mut inbound = r.into_inner();
         while let Ok(Some(msg)) = inbound.message().await {
-            if self.0.events.send(Event::Consensus { from, msg }).await.is_err() {
+            if self
+                .0
+                .events
+                .send(Event::Consensus { from, msg })
+                .await
+                .is_err()
+            {
                 break;
             }
         }
@@ -316,11 +413,17 @@ async fn outbound_link(
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
-        let host = address.rsplit_once(':').map(|(h, _)| h.to_owned()).unwrap_or_default();
+        let host = address
+            .rsplit_once(':')
+            .map(|(h, _)| h.to_owned())
+            .unwrap_or_default();
         let tls = tonic::transport::ClientTlsConfig::new()
             .domain_name(host)
             .ca_certificate(tonic::transport::Certificate::from_pem(&roots))
-            .identity(tonic::transport::Identity::from_pem(&identity.0, &identity.1));
+            .identity(tonic::transport::Identity::from_pem(
+                &identity.0,
+                &identity.1,
+            ));
         let connect = async {
             let ep = tonic::transport::Endpoint::from_shared(format!("https://{address}"))
                 .map_err(|e| e.to_string())?
@@ -365,16 +468,31 @@ fn pem_der(pem: &[u8]) -> Option<Vec<u8>> {
 
 /// Starts an orderer for the channel of its genesis block.
 pub async fn start(cfg: OrdererConfig) -> Result<RunningOrderer, NodeError> {
-    let genesis = Block::decode(read(&cfg.genesis_block)?.as_slice()).map_err(|e| NodeError::Config(format!("genesis block: {e}")))?;
-    let channel = ChannelConfig::from_block(&genesis).map_err(|e| NodeError::Config(format!("genesis block: {e}")))?;
+    let genesis = Block::decode(read(&cfg.genesis_block)?.as_slice())
+        .map_err(|e| NodeError::Config(format!("genesis block: {e}")))?;
+    let channel = ChannelConfig::from_block(&genesis)
+        .map_err(|e| NodeError::Config(format!("genesis block: {e}")))?;
     if channel.consenter(cfg.consenter_id).is_none() {
-        return Err(NodeError::Config(format!("consenter {} is not in the channel's consenter set", cfg.consenter_id)));
+        return Err(NodeError::Config(format!(
+            "consenter {} is not in the channel's consenter set",
+            cfg.consenter_id
+        )));
     }
-    let signer = SigningIdentity::load(&cfg.msp_dir, &cfg.msp_id).map_err(|e| NodeError::File { path: cfg.msp_dir.clone(), reason: e.to_string() })?;
-    let store = Arc::new(BlockStore::open(&cfg.data_dir.join("chains").join(&channel.channel_id))?);
+    let signer = SigningIdentity::load(&cfg.msp_dir, &cfg.msp_id).map_err(|e| NodeError::File {
+        path: cfg.msp_dir.clone(),
+        reason: e.to_string(),
+    })?;
+    let store = Arc::new(BlockStore::open(
+        &cfg.data_dir.join("chains").join(&channel.channel_id),
+    )?);
     join_channel(&store, &genesis)?;
-    let crypto = Arc::new(ConsenterCrypto::new(cfg.consenter_id, signer, channel.clone()).map_err(|e| NodeError::Config(e.to_string()))?);
-    let tls = cfg.tls.clone().ok_or_else(|| NodeError::Config("orderers need TLS (mutual TLS between consenters)".into()))?;
+    let crypto = Arc::new(
+        ConsenterCrypto::new(cfg.consenter_id, signer, channel.clone())
+            .map_err(|e| NodeError::Config(e.to_string()))?,
+    );
+    let tls = cfg.tls.clone().ok_or_else(|| {
+        NodeError::Config("orderers need TLS (mutual TLS between consenters)".into())
+    })?;
     let (cert, key) = (read(&tls.cert_file)?, read(&tls.key_file)?);
     let mut roots = Vec::new();
     for ca in &tls.client_root_cas {
@@ -389,7 +507,11 @@ pub async fn start(cfg: OrdererConfig) -> Result<RunningOrderer, NodeError> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut links: BTreeMap<u32, mpsc::Sender<ConsensusMessage>> = BTreeMap::new();
     let mut tasks = Vec::new();
-    for c in channel.consenters.iter().filter(|c| c.id != cfg.consenter_id) {
+    for c in channel
+        .consenters
+        .iter()
+        .filter(|c| c.id != cfg.consenter_id)
+    {
         let (tx, rx) = mpsc::channel(1024);
         links.insert(c.id, tx);
         tasks.push(tokio::spawn(outbound_link(
@@ -404,22 +526,37 @@ pub async fn start(cfg: OrdererConfig) -> Result<RunningOrderer, NodeError> {
         channel: channel.clone(),
         store: store.clone(),
         events: events_tx,
-        peers_by_cert: channel.consenters.iter().filter_map(|c| pem_der(&c.client_tls_cert).map(|d| (d, c.id))).collect(),
+        peers_by_cert: channel
+            .consenters
+            .iter()
+            .filter_map(|c| pem_der(&c.client_tls_cert).map(|d| (d, c.id)))
+            .collect(),
         max_bytes,
     });
     let listener = tokio::net::TcpListener::bind(&cfg.listen_address)
         .await
-        .map_err(|e| NodeError::Listen { addr: cfg.listen_address.clone(), reason: e.to_string() })?;
-    let address = listener.local_addr().map_err(|e| NodeError::Listen { addr: cfg.listen_address.clone(), reason: e.to_string() })?;
-    let mut server_tls = tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(&cert, &key));
+        .map_err(|e| NodeError::Listen {
+            addr: cfg.listen_address.clone(),
+            reason: e.to_string(),
+        })?;
+    let address = listener.local_addr().map_err(|e| NodeError::Listen {
+        addr: cfg.listen_address.clone(),
+        reason: e.to_string(),
+    })?;
+    let mut server_tls = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(&cert, &key));
     if !roots.is_empty() {
-        server_tls = server_tls.client_ca_root(tonic::transport::Certificate::from_pem(&roots)).client_auth_optional(true);
+        server_tls = server_tls
+            .client_ca_root(tonic::transport::Certificate::from_pem(&roots))
+            .client_auth_optional(true);
     }
     let mut rx = shutdown_rx.clone();
     let server = tonic::transport::Server::builder()
         .tls_config(server_tls)
         .map_err(|e| NodeError::Config(format!("TLS: {e}")))?
-        .add_service(AtomicBroadcastServer::new(Svc(services.clone())).max_decoding_message_size(100 << 20))
+        .add_service(
+            AtomicBroadcastServer::new(Svc(services.clone())).max_decoding_message_size(100 << 20),
+        )
         .add_service(ConsensusServer::new(Svc(services)).max_decoding_message_size(100 << 20))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             let _ = rx.changed().await;
@@ -488,5 +625,10 @@ pub async fn start(cfg: OrdererConfig) -> Result<RunningOrderer, NodeError> {
         }
     }));
     tracing::info!(consenter = cfg.consenter_id, %address, channel = %channel.channel_id, "orderer started");
-    Ok(RunningOrderer { address, store, shutdown, tasks })
+    Ok(RunningOrderer {
+        address,
+        store,
+        shutdown,
+        tasks,
+    })
 }

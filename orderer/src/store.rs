@@ -37,7 +37,8 @@ pub struct BlockStore {
 }
 
 fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily, StoreError> {
-    db.cf_handle(name).ok_or_else(|| StoreError::Corrupt(format!("missing column family {name}")))
+    db.cf_handle(name)
+        .ok_or_else(|| StoreError::Corrupt(format!("missing column family {name}")))
 }
 
 fn synced() -> WriteOptions {
@@ -51,12 +52,20 @@ impl BlockStore {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        let cfs = [BLOCKS, WAL].into_iter().map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        let cfs = [BLOCKS, WAL]
+            .into_iter()
+            .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
         let mut height = 0;
-        if let Some(item) = db.iterator_cf(cf(&db, BLOCKS)?, rocksdb::IteratorMode::End).next() {
+        if let Some(item) = db
+            .iterator_cf(cf(&db, BLOCKS)?, rocksdb::IteratorMode::End)
+            .next()
+        {
             let (k, _) = item?;
-            let n: [u8; 8] = k.as_ref().try_into().map_err(|_| StoreError::Corrupt("block key".into()))?;
+            let n: [u8; 8] = k
+                .as_ref()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("block key".into()))?;
             height = u64::from_be_bytes(n) + 1;
         }
         let (tx, _) = tokio::sync::watch::channel(height);
@@ -73,13 +82,21 @@ impl BlockStore {
 
     /// Appends the next block (synced).
     pub fn append(&self, block: &Block) -> Result<(), StoreError> {
-        let n = block.header.as_ref().map(|h| h.number).ok_or_else(|| StoreError::Corrupt("no header".into()))?;
+        let n = block
+            .header
+            .as_ref()
+            .map(|h| h.number)
+            .ok_or_else(|| StoreError::Corrupt("no header".into()))?;
         let height = self.height();
         if n != height {
             return Err(StoreError::OutOfOrder { got: n, height });
         }
         let mut batch = WriteBatch::default();
-        batch.put_cf(cf(&self.db, BLOCKS)?, n.to_be_bytes(), block.encode_to_vec());
+        batch.put_cf(
+            cf(&self.db, BLOCKS)?,
+            n.to_be_bytes(),
+            block.encode_to_vec(),
+        );
         self.db.write_opt(batch, &synced())?;
         self.height.send_replace(n + 1);
         Ok(())
@@ -148,24 +165,47 @@ impl BlockStore {
             if !k.starts_with(PENDING_PREFIX) {
                 break;
             }
-            pending.insert(String::from_utf8_lossy(&k[PENDING_PREFIX.len()..]).into_owned(), v.to_vec());
+            pending.insert(
+                String::from_utf8_lossy(&k[PENDING_PREFIX.len()..]).into_owned(),
+                v.to_vec(),
+            );
         }
         let height = self.height();
         let mut committed = HashSet::new();
         let mut last_hash = Vec::new();
         for n in 0..height {
-            let b = self.block(n)?.ok_or_else(|| StoreError::Corrupt(format!("block {n} missing")))?;
+            let b = self
+                .block(n)?
+                .ok_or_else(|| StoreError::Corrupt(format!("block {n} missing")))?;
             if n > 0 {
-                for e in b.data.as_ref().map(|d| d.data.as_slice()).unwrap_or_default() {
+                for e in b
+                    .data
+                    .as_ref()
+                    .map(|d| d.data.as_slice())
+                    .unwrap_or_default()
+                {
                     if let Some(t) = txid_of(e) {
                         committed.insert(t);
                     }
                 }
             }
             if n + 1 == height {
-                last_hash = b.header.as_ref().map(|h| block_header_hash(h).to_vec()).unwrap_or_default();
+                last_hash = b
+                    .header
+                    .as_ref()
+                    .map(|h| block_header_hash(h).to_vec())
+                    .unwrap_or_default();
             }
         }
-        Ok(Restored { durable: Durable { view, voted, pending }, height, last_hash, committed_txids: committed })
+        Ok(Restored {
+            durable: Durable {
+                view,
+                voted,
+                pending,
+            },
+            height,
+            last_hash,
+            committed_txids: committed,
+        })
     }
 }

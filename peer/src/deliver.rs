@@ -125,14 +125,23 @@ async fn seek(
     form: BlockForm,
     out: &mpsc::Sender<Result<DeliverResponse, Status>>,
 ) -> BlockStatus {
-    let Some(channel_id) = unpack_envelope(&env).ok().map(|u| u.channel_header.channel_id) else {
+    let Some(channel_id) = unpack_envelope(&env)
+        .ok()
+        .map(|u| u.channel_header.channel_id)
+    else {
         return BlockStatus::BadRequest;
     };
     let Some(channel) = channels.read().await.get(&channel_id).cloned() else {
         return BlockStatus::NotFound;
     };
     let ledger = channel.ledger.clone();
-    let range = match check_seek(&channel.config, &env, ledger.height(), "/Channel/Application/Readers", TIME_WINDOW.as_secs()) {
+    let range = match check_seek(
+        &channel.config,
+        &env,
+        ledger.height(),
+        "/Channel/Application/Readers",
+        TIME_WINDOW.as_secs(),
+    ) {
         Ok(r) => r,
         Err(s) => return s,
     };

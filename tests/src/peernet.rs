@@ -16,7 +16,7 @@ use medledger_peer::node::{
     start,
 };
 use medledger_peer::plugins::PluginRegistry;
-use medledger_proto::common::{Consenter, Envelope};
+use medledger_proto::common::Envelope;
 use medledger_proto::gateway::gateway_client::GatewayClient;
 use medledger_proto::gateway::{
     CommitStatusRequest, EndorseRequest, EvaluateRequest, SignedCommitStatusRequest, SubmitRequest,
@@ -29,7 +29,7 @@ use prost::Message;
 use tonic::transport::Channel;
 
 use crate::TestOrg;
-use crate::standin::StandInOrderer;
+use crate::ordernet::OrdererSet;
 
 pub const CHANNEL: &str = "medchannel";
 pub const CHAINCODE: &str = "kv";
@@ -39,7 +39,8 @@ pub const PACKAGE_ID: &str = "kvstore_1.0:0f1e2d3c";
 pub struct PeerNet {
     pub dir: tempfile::TempDir,
     pub orgs: Vec<TestOrg>,
-    pub orderer: StandInOrderer,
+    pub orderers: OrdererSet,
+    pub running_orderers: Vec<Option<medledger_orderer::node::RunningOrderer>>,
     pub peers: Vec<Option<RunningPeer>>,
     pub configs: Vec<PeerConfig>,
     /// A Hospital1 client whose certificate the channel's MSP lists as revoked.
@@ -77,7 +78,6 @@ impl PeerNet {
     ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let orgs = vec![TestOrg::new("Hospital1MSP")?, TestOrg::new("Hospital2MSP")?];
-        let ord = TestOrg::new("OrdererMSP")?;
 
         let (cc_stop, cc_stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (cc_address, package_id) = match external {
@@ -107,9 +107,11 @@ impl PeerNet {
             1,
             3600,
         )?;
-        let orderer_id = ord.identity("orderer1", "orderer", &[])?;
-        let orderer_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let orderer_port = orderer_listener.local_addr()?.port();
+        let orderers = OrdererSet::prepare(
+            dir.path(),
+            4,
+            &[orgs[0].tls_ca.cert_pem(), orgs[1].tls_ca.cert_pem()],
+        )?;
         let profile = ChannelProfile {
             channel_id: CHANNEL.into(),
             application_orgs: orgs
@@ -127,18 +129,10 @@ impl PeerNet {
                 })
                 .collect(),
             orderer_orgs: vec![OrgProfile {
-                msp: ord.msp_config(),
+                msp: orderers.org.msp_config(),
                 anchor_peers: vec![],
             }],
-            consenters: vec![Consenter {
-                id: 1,
-                host: "127.0.0.1".into(),
-                port: u32::from(orderer_port),
-                msp_id: "OrdererMSP".into(),
-                identity: orderer_id.cert_pem().to_vec(),
-                client_tls_cert: vec![],
-                server_tls_cert: vec![],
-            }],
+            consenters: orderers.consenters.clone(),
             batch_size: BatchSize {
                 max_message_count: 100,
                 absolute_max_bytes: 10 << 20,
@@ -147,16 +141,9 @@ impl PeerNet {
             batch_timeout: Duration::from_millis(200),
         };
         let genesis = genesis_block(&profile)?;
-        let genesis_path = dir.path().join("genesis.block");
+        let genesis_path = orderers.genesis_path.clone();
         std::fs::write(&genesis_path, genesis.encode_to_vec())?;
-        let orderer = StandInOrderer::start(
-            orderer_listener,
-            genesis,
-            orderer_id,
-            Some(ord.tls_pair("orderer1")?),
-            Duration::from_millis(150),
-        )
-        .await?;
+        let running_orderers = orderers.start_all().await?;
 
         let mut configs = Vec::new();
         for (i, org) in orgs.iter().enumerate() {
@@ -209,7 +196,8 @@ impl PeerNet {
         let mut net = Self {
             dir,
             orgs,
-            orderer,
+            orderers,
+            running_orderers,
             peers: vec![None, None],
             configs,
             revoked_client,
@@ -310,7 +298,6 @@ impl PeerNet {
 
 impl Drop for PeerNet {
     fn drop(&mut self) {
-        self.orderer.stop();
         if let Some(s) = self.chaincode_stop.take() {
             let _ = s.send(());
         }

@@ -1,0 +1,117 @@
+//! A set of real BFT orderers for tests: identities, TLS material, configurations on free
+//! loopback ports, the consenter entries for a genesis block, and starting them in-process.
+
+use std::path::Path;
+
+use medledger_orderer::node::{OrdererConfig, RunningOrderer, TlsFiles, start};
+use medledger_proto::common::Consenter;
+use medledger_proto::orderer::{BroadcastResponse, atomic_broadcast_client::AtomicBroadcastClient};
+
+use crate::TestOrg;
+
+/// Orderers ready to start once the genesis block is written to `genesis_path`.
+pub struct OrdererSet {
+    pub org: TestOrg,
+    pub configs: Vec<OrdererConfig>,
+    pub consenters: Vec<Consenter>,
+    pub genesis_path: std::path::PathBuf,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl OrdererSet {
+    /// `n` orderers of `OrdererMSP` under `dir`; `client_tls_cas` are the TLS CAs (PEM) of the
+    /// organisations whose nodes connect with client certificates (peers).
+    pub fn prepare(dir: &Path, n: u32, client_tls_cas: &[&str]) -> anyhow::Result<Self> {
+        let org = TestOrg::new("OrdererMSP")?;
+        let genesis_path = dir.join("genesis.block");
+        let mut configs = Vec::new();
+        let mut consenters = Vec::new();
+        for id in 1..=n {
+            let home = dir.join(format!("orderer{id}"));
+            let ident = org.identity(&format!("orderer{id}"), "orderer", &[])?;
+            org.write_msp(&home.join("msp"), &ident)?;
+            let (cert, key) = org.tls_pair(&format!("orderer{id}"))?;
+            std::fs::create_dir_all(home.join("tls"))?;
+            std::fs::write(home.join("tls/server.crt"), &cert)?;
+            std::fs::write(home.join("tls/server.key"), &key)?;
+            let mut cas = vec![org.tls_ca.cert_pem().to_owned()];
+            cas.extend(client_tls_cas.iter().map(|c| c.to_string()));
+            std::fs::write(home.join("tls/client-cas.pem"), cas.join("\n"))?;
+            let port = free_port()?;
+            configs.push(OrdererConfig {
+                consenter_id: id,
+                msp_id: "OrdererMSP".into(),
+                msp_dir: home.join("msp"),
+                listen_address: format!("127.0.0.1:{port}"),
+                data_dir: home.join("data"),
+                genesis_block: genesis_path.clone(),
+                tls: Some(TlsFiles {
+                    cert_file: home.join("tls/server.crt"),
+                    key_file: home.join("tls/server.key"),
+                    client_root_cas: vec![home.join("tls/client-cas.pem")],
+                }),
+                tick_ms: 20,
+            });
+            consenters.push(Consenter {
+                id,
+                host: "127.0.0.1".into(),
+                port: u32::from(port),
+                msp_id: "OrdererMSP".into(),
+                identity: ident.cert_pem().to_vec(),
+                client_tls_cert: cert.clone(),
+                server_tls_cert: cert,
+            });
+        }
+        Ok(Self {
+            org,
+            configs,
+            consenters,
+            genesis_path,
+        })
+    }
+
+    /// Starts all orderers in this process.
+    pub async fn start_all(&self) -> anyhow::Result<Vec<Option<RunningOrderer>>> {
+        let mut out = Vec::new();
+        for c in &self.configs {
+            out.push(Some(start(c.clone()).await?));
+        }
+        Ok(out)
+    }
+
+    /// `host:port` of orderer `id` as its TLS certificate names it.
+    pub fn address(&self, id: u32) -> String {
+        let port = self.configs[id as usize - 1]
+            .listen_address
+            .rsplit(':')
+            .next()
+            .unwrap_or("0")
+            .to_owned();
+        format!("localhost:{port}")
+    }
+
+    /// A Broadcast of one envelope to orderer `id`; its single answer.
+    pub async fn broadcast(
+        &self,
+        id: u32,
+        env: medledger_proto::common::Envelope,
+    ) -> anyhow::Result<BroadcastResponse> {
+        let root = self.org.tls_ca.cert_pem().as_bytes().to_vec();
+        let ch = medledger_peer::comm::dial(&self.address(id), &[root], None)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let mut stream = AtomicBroadcastClient::new(ch)
+            .broadcast(tokio_stream::once(env))
+            .await?
+            .into_inner();
+        stream
+            .message()
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no broadcast answer"))
+    }
+}
