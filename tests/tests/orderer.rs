@@ -1,0 +1,372 @@
+//! The BFT ordering service with real nodes on loopback over TLS: four orderer processes survive
+//! SIGKILL of the leader mid-load (no acknowledged transaction lost or duplicated, the restarted
+//! leader catches up to the same block hashes), and bad input is refused while ordering goes on.
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use medledger_common::SigningIdentity;
+use medledger_common::channelconfig::{ChannelConfig, ChannelProfile, OrgProfile, genesis_block};
+use medledger_common::protoutil::{block_header_hash, signed_envelope};
+use medledger_orderer::consensus::txid_of;
+use medledger_proto::common::{Block, HeaderType, Status as BlockStatus};
+use medledger_proto::orderer::atomic_broadcast_client::AtomicBroadcastClient;
+use medledger_proto::orderer::seek_info::SeekBehavior;
+use medledger_proto::orderer::{
+    BatchSize, SeekInfo, SeekNewest, SeekOldest, SeekPosition, deliver_response,
+    seek_position::Type as Seek,
+};
+use medledger_tests::ordernet::OrdererSet;
+use medledger_tests::{TestOrg, workspace_binary};
+use prost::Message;
+
+const CHANNEL: &str = "medchannel";
+
+fn channel(orderers: &OrdererSet, app: &TestOrg) -> anyhow::Result<(Block, ChannelConfig)> {
+    let genesis = genesis_block(&ChannelProfile {
+        channel_id: CHANNEL.into(),
+        application_orgs: vec![OrgProfile {
+            msp: app.msp_config(),
+            anchor_peers: vec![],
+        }],
+        orderer_orgs: vec![OrgProfile {
+            msp: orderers.org.msp_config(),
+            anchor_peers: vec![],
+        }],
+        consenters: orderers.consenters.clone(),
+        batch_size: BatchSize {
+            max_message_count: 20,
+            absolute_max_bytes: 1 << 20,
+            preferred_max_bytes: 512 << 10,
+        },
+        batch_timeout: Duration::from_millis(200),
+    })?;
+    std::fs::write(&orderers.genesis_path, genesis.encode_to_vec())?;
+    let cfg = ChannelConfig::from_block(&genesis)?;
+    Ok((genesis, cfg))
+}
+
+/// All blocks an orderer has, through Deliver (oldest to newest).
+async fn blocks_of(
+    orderers: &OrdererSet,
+    id: u32,
+    reader: &SigningIdentity,
+) -> anyhow::Result<Vec<Block>> {
+    let root = orderers.org.tls_ca.cert_pem().as_bytes().to_vec();
+    let ch = medledger_peer::comm::dial(&orderers.address(id), &[root], None)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let seek = SeekInfo {
+        start: Some(SeekPosition {
+            r#type: Some(Seek::Oldest(SeekOldest {})),
+        }),
+        stop: Some(SeekPosition {
+            r#type: Some(Seek::Newest(SeekNewest {})),
+        }),
+        behavior: SeekBehavior::FailIfNotReady as i32,
+        ..Default::default()
+    };
+    let env = signed_envelope(
+        HeaderType::DeliverSeekInfo,
+        CHANNEL,
+        seek.encode_to_vec(),
+        reader,
+    )?;
+    let mut stream = AtomicBroadcastClient::new(ch)
+        .deliver(tokio_stream::once(env))
+        .await?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(m) = stream.message().await? {
+        match m.r#type {
+            Some(deliver_response::Type::Block(b)) => out.push(b),
+            _ => break,
+        }
+    }
+    Ok(out)
+}
+
+fn txids(blocks: &[Block]) -> Vec<String> {
+    blocks
+        .iter()
+        .skip(1)
+        .flat_map(|b| b.data.as_ref().map(|d| d.data.clone()).unwrap_or_default())
+        .filter_map(|e| txid_of(&e))
+        .collect()
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(bin: &std::path::Path, config: &std::path::Path) -> anyhow::Result<Proc> {
+    Ok(Proc(
+        Command::new(bin)
+            .args(["start", "--config"])
+            .arg(config)
+            .env("MEDLEDGER_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    ))
+}
+
+async fn wait_listening(address: &str) -> anyhow::Result<()> {
+    let addr = address.replace("localhost", "127.0.0.1");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(&addr).await.is_err() {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{address} did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_orderer_processes_survive_killing_the_leader() -> anyhow::Result<()> {
+    let bin =
+        tokio::task::spawn_blocking(|| workspace_binary("medledger-orderer", "medledger-orderer"))
+            .await??;
+    let dir = tempfile::tempdir()?;
+    let app = TestOrg::new("Hospital1MSP")?;
+    let orderers = OrdererSet::prepare(dir.path(), 4, &[app.tls_ca.cert_pem()])?;
+    let (_, cfg) = channel(&orderers, &app)?;
+    let mut procs: HashMap<u32, Proc> = HashMap::new();
+    let mut configs = HashMap::new();
+    for c in &orderers.configs {
+        let path = dir.path().join(format!("orderer{}.yaml", c.consenter_id));
+        std::fs::write(&path, serde_yaml::to_string(c)?)?;
+        procs.insert(c.consenter_id, spawn(&bin, &path)?);
+        configs.insert(c.consenter_id, path);
+    }
+    for id in 1..=4 {
+        wait_listening(&orderers.address(id)).await?;
+    }
+    let client = app.identity("app", "client", &[])?;
+    let mut acked = Vec::new();
+    let mut killed = false;
+    for i in 0..80u32 {
+        if i == 30 {
+            // The leader of view 0 is consenter 1: kill it without warning, mid-load.
+            let mut p = procs.remove(&1).expect("leader process");
+            let _ = p.0.kill();
+            let _ = p.0.wait();
+            killed = true;
+        }
+        let target = if killed { 2 + i % 3 } else { 1 + i % 4 };
+        let env = signed_envelope(
+            HeaderType::EndorserTransaction,
+            CHANNEL,
+            format!("tx {i}").into_bytes(),
+            &client,
+        )?;
+        let txid = txid_of(&env.encode_to_vec()).expect("txid");
+        if let Ok(r) = orderers.broadcast(target, env).await
+            && r.status == BlockStatus::Success as i32
+        {
+            acked.push(txid);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        acked.len() >= 70,
+        "only {} of 80 broadcasts acknowledged",
+        acked.len()
+    );
+
+    // The survivors order everything after the view change.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let ordered: HashSet<String> = txids(&blocks_of(&orderers, 2, &client).await?)
+            .into_iter()
+            .collect();
+        if acked.iter().all(|t| ordered.contains(t)) {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "acknowledged transactions were not ordered after the leader died"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // The old leader restarts and catches up to the same blocks.
+    procs.insert(1, spawn(&bin, &configs[&1])?);
+    wait_listening(&orderers.address(1)).await?;
+    let reference = blocks_of(&orderers, 2, &client).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let theirs = blocks_of(&orderers, 1, &client).await.unwrap_or_default();
+        if theirs.len() >= reference.len() {
+            for (a, b) in theirs.iter().zip(&reference) {
+                assert_eq!(
+                    block_header_hash(a.header.as_ref().unwrap()),
+                    block_header_hash(b.header.as_ref().unwrap())
+                );
+            }
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the restarted leader did not catch up ({} of {} blocks)",
+            theirs.len(),
+            reference.len()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for id in 2..=4 {
+        let blocks = blocks_of(&orderers, id, &client).await?;
+        for b in blocks.iter().skip(1) {
+            cfg.verify_block(b)?;
+        }
+        let ids = txids(&blocks);
+        let unique: HashSet<&String> = ids.iter().collect();
+        assert_eq!(
+            unique.len(),
+            ids.len(),
+            "orderer {id} ordered a transaction twice"
+        );
+        assert!(
+            acked.iter().all(|t| unique.contains(t)),
+            "orderer {id} lost an acknowledged transaction"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_is_refused_and_ordering_goes_on() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let app = TestOrg::new("Hospital1MSP")?;
+    let orderers = OrdererSet::prepare(dir.path(), 4, &[app.tls_ca.cert_pem()])?;
+    let _ = channel(&orderers, &app)?;
+    let _running = orderers.start_all().await?;
+    let client = app.identity("app", "client", &[])?;
+    let status = |r: &medledger_proto::orderer::BroadcastResponse| {
+        BlockStatus::try_from(r.status).unwrap_or(BlockStatus::Unknown)
+    };
+
+    // Invalid signature.
+    let mut env = signed_envelope(
+        HeaderType::EndorserTransaction,
+        CHANNEL,
+        b"x".to_vec(),
+        &client,
+    )?;
+    env.signature = client.sign(b"something else")?;
+    assert_eq!(
+        status(&orderers.broadcast(2, env).await?),
+        BlockStatus::Forbidden
+    );
+    // An identity from a CA the channel does not know.
+    let stranger = TestOrg::new("Hospital1MSP")?.identity("mallory", "client", &[])?;
+    let env = signed_envelope(
+        HeaderType::EndorserTransaction,
+        CHANNEL,
+        b"x".to_vec(),
+        &stranger,
+    )?;
+    assert_eq!(
+        status(&orderers.broadcast(2, env).await?),
+        BlockStatus::Forbidden
+    );
+    // Wrong channel.
+    let env = signed_envelope(
+        HeaderType::EndorserTransaction,
+        "otherchannel",
+        b"x".to_vec(),
+        &client,
+    )?;
+    assert_eq!(
+        status(&orderers.broadcast(2, env).await?),
+        BlockStatus::NotFound
+    );
+    // Larger than AbsoluteMaxBytes.
+    let env = signed_envelope(
+        HeaderType::EndorserTransaction,
+        CHANNEL,
+        vec![7u8; 2 << 20],
+        &client,
+    )?;
+    assert_eq!(
+        status(&orderers.broadcast(2, env).await?),
+        BlockStatus::BadRequest
+    );
+    // Garbage envelope.
+    let garbage = medledger_proto::common::Envelope {
+        payload: vec![0xff; 32],
+        signature: vec![1],
+    };
+    assert_eq!(
+        status(&orderers.broadcast(2, garbage).await?),
+        BlockStatus::BadRequest
+    );
+
+    // Garbage bytes on the port, and a consensus stream from a client that is not a consenter.
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut s =
+            tokio::net::TcpStream::connect(orderers.address(1).replace("localhost", "127.0.0.1"))
+                .await?;
+        s.write_all(&[0x16, 0x03, 0x01, 0xff, 0xff, 0, 1, 2, 3, 4, 5])
+            .await?;
+        s.write_all(b"GET / HTTP/1.1\r\n\r\n garbage").await?;
+    }
+    let (cert, key) = app.tls_pair("intruder")?;
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .domain_name("localhost")
+        .ca_certificate(tonic::transport::Certificate::from_pem(
+            orderers.org.tls_ca.cert_pem(),
+        ))
+        .identity(tonic::transport::Identity::from_pem(cert, key));
+    let ch = tonic::transport::Endpoint::from_shared(format!("https://{}", orderers.address(1)))?
+        .tls_config(tls)?
+        .connect()
+        .await?;
+    let forged = medledger_proto::medledger::consensus::ConsensusMessage {
+        sender: 1,
+        channel_id: CHANNEL.into(),
+        body: vec![1, 2, 3],
+        signature: vec![],
+    };
+    let r = medledger_proto::medledger::consensus::consensus_client::ConsensusClient::new(ch)
+        .step(tokio_stream::once(forged))
+        .await;
+    assert_eq!(r.unwrap_err().code(), tonic::Code::PermissionDenied);
+
+    // Ordering goes on; a repeated submission is recognised as already known.
+    let env = signed_envelope(
+        HeaderType::EndorserTransaction,
+        CHANNEL,
+        b"good".to_vec(),
+        &client,
+    )?;
+    let txid = txid_of(&env.encode_to_vec()).expect("txid");
+    assert_eq!(
+        status(&orderers.broadcast(1, env.clone()).await?),
+        BlockStatus::Success
+    );
+    let again = orderers.broadcast(1, env).await?;
+    assert_eq!(status(&again), BlockStatus::ServiceUnavailable);
+    assert!(again.info.contains("already exists"), "{}", again.info);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if txids(&blocks_of(&orderers, 3, &client).await?).contains(&txid) {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the valid transaction was not ordered"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
