@@ -105,6 +105,35 @@ pub struct Restored {
     pub committed_txids: HashSet<String>,
 }
 
+/// One change to the write-ahead state, written before anything that depends on it is sent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WalOp {
+    View(u64),
+    Voted(u64, u64, Vec<u8>),
+    /// A request was accepted (by txid).
+    Pending(String, Vec<u8>),
+    /// These requests are in a committed block.
+    Done(Vec<String>),
+}
+
+impl Durable {
+    /// Applies one write-ahead change.
+    pub fn apply(&mut self, op: &WalOp) {
+        match op {
+            WalOp::View(v) => self.view = *v,
+            WalOp::Voted(v, s, d) => self.voted = Some((*v, *s, d.clone())),
+            WalOp::Pending(t, e) => {
+                self.pending.insert(t.clone(), e.clone());
+            }
+            WalOp::Done(ts) => {
+                for t in ts {
+                    self.pending.remove(t);
+                }
+            }
+        }
+    }
+}
+
 /// What happens to the world as a result of an input.
 #[derive(Debug, Clone)]
 pub enum Output {
@@ -116,7 +145,7 @@ pub enum Output {
     /// A block is final: persist it (with its signatures) and deliver it.
     Commit(Block),
     /// Durable state changed: write it before sending anything that depends on it.
-    Persist(Durable),
+    Wal(WalOp),
     /// Another replica asked for committed blocks from `from_seq`: answer with a StateResponse.
     ServeState { to: u32, from_seq: u64 },
 }
@@ -276,14 +305,8 @@ impl Replica {
         self.pool.len()
     }
 
-    fn persist(&mut self) {
-        let mut d = self.durable.clone();
-        d.pending = self
-            .pool
-            .iter()
-            .map(|(k, v)| (k.clone(), v.envelope.clone()))
-            .collect();
-        self.out.push(Output::Persist(d));
+    fn wal(&mut self, op: WalOp) {
+        self.out.push(Output::Wal(op));
     }
 
     fn message(&self, kind: Kind) -> ConsensusMessage {
@@ -386,8 +409,8 @@ impl Replica {
                 forwarded: self.now,
             },
         );
-        self.pool_order.push_back(txid);
-        self.persist();
+        self.pool_order.push_back(txid.clone());
+        self.wal(WalOp::Pending(txid, envelope.clone()));
         if from_client {
             self.broadcast(Kind::Forward(ForwardRequest {
                 envelopes: vec![envelope],
@@ -581,7 +604,7 @@ impl Replica {
         let seq = self.height;
         let d = digest(&block);
         self.durable.voted = Some((view, seq, d.clone()));
-        self.persist();
+        self.wal(WalOp::Voted(view, seq, d.clone()));
         self.proposal = Some(Proposal {
             view,
             block,
@@ -683,9 +706,9 @@ impl Replica {
             .as_ref()
             .map(|d| d.data.iter().filter_map(|e| txid_of(e)).collect())
             .unwrap_or_default();
-        for t in txids {
-            self.pool.remove(&t);
-            self.committed.insert(t);
+        for t in &txids {
+            self.pool.remove(t);
+            self.committed.insert(t.clone());
         }
         self.pool_order.retain(|t| self.pool.contains_key(t));
         self.height += 1;
@@ -695,7 +718,7 @@ impl Replica {
         self.votes.retain(|(_, s), _| *s >= h);
         self.last_leader_activity = self.now;
         self.out.push(Output::Commit(block));
-        self.persist();
+        self.wal(WalOp::Done(txids));
         self.maybe_propose();
     }
 
@@ -1061,7 +1084,7 @@ impl Replica {
             e.arrived = now;
         }
         self.view_changes.retain(|k, _| *k > v);
-        self.persist();
+        self.wal(WalOp::View(v));
         if self.is_leader() {
             self.broadcast(Kind::Heartbeat(Heartbeat {
                 view: v,

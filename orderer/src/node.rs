@@ -575,35 +575,56 @@ pub async fn start(cfg: OrdererConfig) -> Result<RunningOrderer, NodeError> {
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let outputs = tokio::select! {
+            let mut outputs = Vec::new();
+            let mut replies = Vec::new();
+            let mut handle = |ev: Event, outputs: &mut Vec<Output>, replica: &mut Replica| match ev {
+                Event::Consensus { from, msg } => outputs.extend(replica.receive(from, msg)),
+                Event::Request { envelope, reply } => {
+                    let (r, out) = replica.submit(envelope);
+                    outputs.extend(out);
+                    replies.push((reply, r));
+                }
+            };
+            tokio::select! {
                 _ = stop.changed() => return,
-                _ = ticker.tick() => replica.tick(),
+                _ = ticker.tick() => outputs.extend(replica.tick()),
                 ev = events.recv() => match ev {
                     None => return,
-                    Some(Event::Consensus { from, msg }) => replica.receive(from, msg),
-                    Some(Event::Request { envelope, reply }) => {
-                        let (r, out) = replica.submit(envelope);
-                        let _ = reply.send(r);
-                        out
-                    }
+                    Some(ev) => handle(ev, &mut outputs, &mut replica),
                 },
-            };
+            }
+            // Group commit: take what else is waiting, then write once.
+            for _ in 0..256 {
+                match events.try_recv() {
+                    Ok(ev) => handle(ev, &mut outputs, &mut replica),
+                    Err(_) => break,
+                }
+            }
+            let mut ops = Vec::new();
+            let mut blocks = Vec::new();
+            let mut rest = Vec::new();
             for o in outputs {
                 match o {
-                    Output::Persist(d) => {
-                        if let Err(e) = loop_store.persist(&d) {
-                            tracing::error!(error = %e, "cannot persist consensus state: stopping");
-                            return;
-                        }
-                    }
-                    Output::Commit(block) => {
-                        let n = block.header.as_ref().map(|h| h.number).unwrap_or_default();
-                        if let Err(e) = loop_store.append(&block) {
-                            tracing::error!(error = %e, "cannot store block: stopping");
-                            return;
-                        }
-                        tracing::debug!(orderer = id, block = n, "block committed");
-                    }
+                    Output::Wal(op) => ops.push(op),
+                    Output::Commit(b) => blocks.push(b),
+                    other => rest.push(other),
+                }
+            }
+            if !ops.is_empty() || !blocks.is_empty() {
+                if let Err(e) = loop_store.write(&ops, &blocks) {
+                    tracing::error!(orderer = id, error = %e, "cannot write blocks or consensus state: stopping");
+                    return;
+                }
+                for b in &blocks {
+                    tracing::debug!(orderer = id, block = b.header.as_ref().map(|h| h.number).unwrap_or_default(), "block committed");
+                }
+            }
+            // Acknowledge clients only once their requests are durable.
+            for (reply, r) in replies {
+                let _ = reply.send(r);
+            }
+            for o in rest {
+                match o {
                     Output::Send { to, msg } => {
                         for (peer, link) in &links {
                             if to.is_none_or(|t| t == *peer) {
@@ -620,6 +641,7 @@ pub async fn start(cfg: OrdererConfig) -> Result<RunningOrderer, NodeError> {
                             let _ = link.try_send(msg);
                         }
                     }
+                    Output::Wal(_) | Output::Commit(_) => {}
                 }
             }
         }

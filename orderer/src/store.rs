@@ -10,7 +10,7 @@ use medledger_proto::common::Block;
 use prost::Message;
 use rocksdb::{ColumnFamilyDescriptor, DB, Options, WriteBatch, WriteOptions};
 
-use crate::consensus::{Durable, Restored, txid_of};
+use crate::consensus::{Durable, Restored, WalOp, txid_of};
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -82,23 +82,54 @@ impl BlockStore {
 
     /// Appends the next block (synced).
     pub fn append(&self, block: &Block) -> Result<(), StoreError> {
-        let n = block
-            .header
-            .as_ref()
-            .map(|h| h.number)
-            .ok_or_else(|| StoreError::Corrupt("no header".into()))?;
-        let height = self.height();
-        if n != height {
-            return Err(StoreError::OutOfOrder { got: n, height });
-        }
+        self.write(&[], std::slice::from_ref(block))
+    }
+
+    /// Writes write-ahead changes and the next blocks in one synced batch (group commit).
+    pub fn write(&self, ops: &[WalOp], blocks: &[Block]) -> Result<(), StoreError> {
+        let wal = cf(&self.db, WAL)?;
         let mut batch = WriteBatch::default();
-        batch.put_cf(
-            cf(&self.db, BLOCKS)?,
-            n.to_be_bytes(),
-            block.encode_to_vec(),
-        );
+        for op in ops {
+            match op {
+                WalOp::View(v) => batch.put_cf(wal, VIEW, v.to_be_bytes()),
+                WalOp::Voted(v, s, digest) => {
+                    let mut b = v.to_be_bytes().to_vec();
+                    b.extend_from_slice(&s.to_be_bytes());
+                    b.extend_from_slice(digest);
+                    batch.put_cf(wal, VOTED, b);
+                }
+                WalOp::Pending(txid, env) => {
+                    batch.put_cf(wal, [PENDING_PREFIX, txid.as_bytes()].concat(), env)
+                }
+                WalOp::Done(txids) => {
+                    for t in txids {
+                        batch.delete_cf(wal, [PENDING_PREFIX, t.as_bytes()].concat());
+                    }
+                }
+            }
+        }
+        let mut next = self.height();
+        for block in blocks {
+            let n = block
+                .header
+                .as_ref()
+                .map(|h| h.number)
+                .ok_or_else(|| StoreError::Corrupt("no header".into()))?;
+            if n != next {
+                return Err(StoreError::OutOfOrder {
+                    got: n,
+                    height: next,
+                });
+            }
+            batch.put_cf(
+                cf(&self.db, BLOCKS)?,
+                n.to_be_bytes(),
+                block.encode_to_vec(),
+            );
+            next += 1;
+        }
         self.db.write_opt(batch, &synced())?;
-        self.height.send_replace(n + 1);
+        self.height.send_replace(next);
         Ok(())
     }
 
@@ -107,40 +138,6 @@ impl BlockStore {
             .get_cf(cf(&self.db, BLOCKS)?, n.to_be_bytes())?
             .map(|b| Block::decode(b.as_slice()).map_err(|e| StoreError::Corrupt(e.to_string())))
             .transpose()
-    }
-
-    /// Writes the consensus core's durable state (synced), replacing the previous one.
-    pub fn persist(&self, d: &Durable) -> Result<(), StoreError> {
-        let wal = cf(&self.db, WAL)?;
-        let mut batch = WriteBatch::default();
-        batch.put_cf(wal, VIEW, d.view.to_be_bytes());
-        match &d.voted {
-            Some((v, s, digest)) => {
-                let mut b = v.to_be_bytes().to_vec();
-                b.extend_from_slice(&s.to_be_bytes());
-                b.extend_from_slice(digest);
-                batch.put_cf(wal, VOTED, b);
-            }
-            None => batch.delete_cf(wal, VOTED),
-        }
-        let existing: Vec<Vec<u8>> = self
-            .db
-            .prefix_iterator_cf(wal, PENDING_PREFIX)
-            .filter_map(Result::ok)
-            .map(|(k, _)| k.to_vec())
-            .take_while(|k| k.starts_with(PENDING_PREFIX))
-            .collect();
-        for k in existing {
-            let txid = String::from_utf8_lossy(&k[PENDING_PREFIX.len()..]).into_owned();
-            if !d.pending.contains_key(&txid) {
-                batch.delete_cf(wal, k);
-            }
-        }
-        for (txid, env) in &d.pending {
-            batch.put_cf(wal, [PENDING_PREFIX, txid.as_bytes()].concat(), env);
-        }
-        self.db.write_opt(batch, &synced())?;
-        Ok(())
     }
 
     /// What a restarting replica resumes from.

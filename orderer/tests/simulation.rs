@@ -345,7 +345,7 @@ impl<'w> Sim<'w> {
                     );
                     node.blocks.push(block);
                 }
-                Output::Persist(d) => self.nodes[i].durable = d,
+                Output::Wal(op) => self.nodes[i].durable.apply(&op),
                 Output::ServeState { to, from_seq } => {
                     let blocks: Vec<Block> = self.nodes[i]
                         .blocks
