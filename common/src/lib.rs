@@ -8,6 +8,7 @@ pub mod crypto;
 pub mod identity;
 pub mod issue;
 pub mod msp;
+pub mod ops;
 pub mod policy;
 pub mod protoutil;
 

@@ -82,6 +82,9 @@ pub struct OrdererConfig {
     /// Logical clock period of the consensus core.
     #[serde(default = "default_tick")]
     pub tick_ms: u64,
+    /// Where `/healthz` and `/metrics` are served (none when unset).
+    #[serde(default)]
+    pub operations_address: Option<String>,
 }
 
 impl OrdererConfig {
@@ -142,6 +145,7 @@ enum Event {
 /// A started orderer.
 pub struct RunningOrderer {
     pub address: SocketAddr,
+    pub operations_address: Option<SocketAddr>,
     pub store: Arc<BlockStore>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -567,6 +571,48 @@ pub async fn start(cfg: OrdererConfig) -> Result<RunningOrderer, NodeError> {
         }
     }));
 
+    let view = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let operations_address = match &cfg.operations_address {
+        Some(a) => {
+            let (l, addr) =
+                medledger_common::ops::bind(a)
+                    .await
+                    .map_err(|e| NodeError::Listen {
+                        addr: a.clone(),
+                        reason: e.to_string(),
+                    })?;
+            let (st, v, ch) = (store.clone(), view.clone(), channel.channel_id.clone());
+            let metrics = Arc::new(move || {
+                let label = vec![("channel".to_owned(), ch.clone())];
+                vec![
+                    medledger_common::ops::Metric {
+                        name: "ledger_blockchain_height".into(),
+                        help: "Blocks in the channel's chain".into(),
+                        kind: "gauge",
+                        labels: label.clone(),
+                        value: st.height() as f64,
+                    },
+                    medledger_common::ops::Metric {
+                        name: "consensus_bft_view".into(),
+                        help: "Current BFT view".into(),
+                        kind: "gauge",
+                        labels: label,
+                        value: v.load(std::sync::atomic::Ordering::Relaxed) as f64,
+                    },
+                ]
+            });
+            let mut rx = shutdown_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                let _ = medledger_common::ops::serve(l, metrics, async move {
+                    let _ = rx.changed().await;
+                })
+                .await;
+            }));
+            Some(addr)
+        }
+        None => None,
+    };
+    let loop_view = view.clone();
     let loop_store = store.clone();
     let mut stop = shutdown_rx.clone();
     let tick = Duration::from_millis(cfg.tick_ms.max(1));
@@ -619,6 +665,7 @@ pub async fn start(cfg: OrdererConfig) -> Result<RunningOrderer, NodeError> {
                     tracing::debug!(orderer = id, block = b.header.as_ref().map(|h| h.number).unwrap_or_default(), "block committed");
                 }
             }
+            loop_view.store(replica.view(), std::sync::atomic::Ordering::Relaxed);
             // Acknowledge clients only once their requests are durable.
             for (reply, r) in replies {
                 let _ = reply.send(r);
@@ -649,6 +696,7 @@ pub async fn start(cfg: OrdererConfig) -> Result<RunningOrderer, NodeError> {
     tracing::info!(consenter = cfg.consenter_id, %address, channel = %channel.channel_id, "orderer started");
     Ok(RunningOrderer {
         address,
+        operations_address,
         store,
         shutdown,
         tasks,

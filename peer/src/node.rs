@@ -136,6 +136,9 @@ pub struct PeerConfig {
     pub chaincode_execute_timeout_ms: u64,
     #[serde(default)]
     pub channels: Vec<ChannelJoinConfig>,
+    /// Where `/healthz` and `/metrics` are served (none when unset).
+    #[serde(default)]
+    pub operations_address: Option<String>,
 }
 
 impl PeerConfig {
@@ -209,6 +212,7 @@ impl EndorserRpc for EndorserService {
 /// A started peer.
 pub struct RunningPeer {
     pub address: SocketAddr,
+    pub operations_address: Option<SocketAddr>,
     pub channels: Channels,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -475,9 +479,48 @@ pub async fn start(cfg: PeerConfig, plugins: PluginRegistry) -> Result<RunningPe
             shutdown_rx.clone(),
         )));
     }
+    let operations_address = match &cfg.operations_address {
+        Some(a) => {
+            let (l, addr) =
+                medledger_common::ops::bind(a)
+                    .await
+                    .map_err(|e| NodeError::Listen {
+                        addr: a.clone(),
+                        reason: e.to_string(),
+                    })?;
+            let ledgers: Vec<(String, Arc<Ledger>)> = channels
+                .read()
+                .await
+                .values()
+                .map(|c| (c.id().to_owned(), c.ledger.clone()))
+                .collect();
+            let metrics = Arc::new(move || {
+                ledgers
+                    .iter()
+                    .map(|(id, l)| medledger_common::ops::Metric {
+                        name: "ledger_blockchain_height".into(),
+                        help: "Blocks committed on the channel".into(),
+                        kind: "gauge",
+                        labels: vec![("channel".into(), id.clone())],
+                        value: l.height() as f64,
+                    })
+                    .collect()
+            });
+            let mut rx = shutdown_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                let _ = medledger_common::ops::serve(l, metrics, async move {
+                    let _ = rx.changed().await;
+                })
+                .await;
+            }));
+            Some(addr)
+        }
+        None => None,
+    };
     tracing::info!(peer = %cfg.id, %address, "peer started");
     Ok(RunningPeer {
         address,
+        operations_address,
         channels,
         shutdown,
         tasks,

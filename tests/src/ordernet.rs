@@ -56,6 +56,7 @@ impl OrdererSet {
                     client_root_cas: vec![home.join("tls/client-cas.pem")],
                 }),
                 tick_ms: 20,
+                operations_address: Some("127.0.0.1:0".into()),
             });
             consenters.push(Consenter {
                 id,

@@ -174,6 +174,7 @@ impl PeerNet {
                 }),
                 gateway_peers: vec![],
                 chaincode_execute_timeout_ms: execute_timeout_ms,
+                operations_address: Some("127.0.0.1:0".into()),
                 channels: vec![ChannelJoinConfig {
                     genesis_block: genesis_path.clone(),
                     chaincodes: vec![ChaincodeConfig {

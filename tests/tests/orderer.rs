@@ -248,7 +248,7 @@ async fn bad_input_is_refused_and_ordering_goes_on() -> anyhow::Result<()> {
     let app = TestOrg::new("Hospital1MSP")?;
     let orderers = OrdererSet::prepare(dir.path(), 4, &[app.tls_ca.cert_pem()])?;
     let _ = channel(&orderers, &app)?;
-    let _running = orderers.start_all().await?;
+    let running = orderers.start_all().await?;
     let client = app.identity("app", "client", &[])?;
     let status = |r: &medledger_proto::orderer::BroadcastResponse| {
         BlockStatus::try_from(r.status).unwrap_or(BlockStatus::Unknown)
@@ -368,5 +368,29 @@ async fn bad_input_is_refused_and_ordering_goes_on() -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // The operations endpoint reports health, the chain height and the BFT view.
+    let ops = running[2]
+        .as_ref()
+        .and_then(|r| r.operations_address)
+        .expect("operations address");
+    let get = |path: &'static str| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(ops).await?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).await?;
+        anyhow::Ok(body)
+    };
+    assert!(get("/healthz").await?.contains("\"status\":\"OK\""));
+    let metrics = get("/metrics").await?;
+    assert!(
+        metrics.contains("ledger_blockchain_height{channel=\"medchannel\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("consensus_bft_view"), "{metrics}");
     Ok(())
 }
