@@ -44,13 +44,17 @@ enum Command {
 #[derive(Subcommand, Debug)]
 enum ChaincodeCommand {
     /// Endorse, submit and wait for the commit of a transaction.
-    #[command(after_help = "Example:\n  CORE_PEER_LOCALMSPID=Hospital1MSP CORE_PEER_MSPCONFIGPATH=organizations/hospital1/users/doctor1/msp \\\n  \
+    #[command(
+        after_help = "Example:\n  CORE_PEER_LOCALMSPID=Hospital1MSP CORE_PEER_MSPCONFIGPATH=organizations/hospital1/users/doctor1/msp \\\n  \
         medledger-peer chaincode invoke -C medchannel -n kv -c '{\"function\":\"Put\",\"Args\":[\"k\",\"v\"]}' \\\n    \
-        --peerAddresses localhost:7051 --tlsRootCertFiles organizations/hospital1/tlsca/tlsca-cert.pem")]
+        --peerAddresses localhost:7051 --tlsRootCertFiles organizations/hospital1/tlsca/tlsca-cert.pem"
+    )]
     Invoke(CallArgs),
     /// Evaluate a transaction on the peer without ordering it.
-    #[command(after_help = "Example:\n  medledger-peer chaincode query -C medchannel -n kv -c '{\"Args\":[\"Get\",\"k\"]}' \\\n    \
-        --peerAddresses localhost:7051 --tlsRootCertFiles organizations/hospital1/tlsca/tlsca-cert.pem")]
+    #[command(
+        after_help = "Example:\n  medledger-peer chaincode query -C medchannel -n kv -c '{\"Args\":[\"Get\",\"k\"]}' \\\n    \
+        --peerAddresses localhost:7051 --tlsRootCertFiles organizations/hospital1/tlsca/tlsca-cert.pem"
+    )]
     Query(CallArgs),
 }
 
@@ -118,8 +122,14 @@ fn result_of(env: &medledger_proto::common::Envelope) -> Option<Vec<u8>> {
     let payload = medledger_proto::common::Payload::decode(env.payload.as_slice()).ok()?;
     let tx = Transaction::decode(payload.data.as_slice()).ok()?;
     let cap = ChaincodeActionPayload::decode(tx.actions.first()?.payload.as_slice()).ok()?;
-    let prp = ProposalResponsePayload::decode(cap.action?.proposal_response_payload.as_slice()).ok()?;
-    Some(ChaincodeAction::decode(prp.extension.as_slice()).ok()?.response?.payload)
+    let prp =
+        ProposalResponsePayload::decode(cap.action?.proposal_response_payload.as_slice()).ok()?;
+    Some(
+        ChaincodeAction::decode(prp.extension.as_slice())
+            .ok()?
+            .response?
+            .payload,
+    )
 }
 
 async fn call(a: CallArgs, invoke: bool) -> Result<(), NodeError> {
@@ -149,46 +159,81 @@ async fn call(a: CallArgs, invoke: bool) -> Result<(), NodeError> {
         transient,
         is_init: false,
     };
-    let (sp, tx_id) = build_signed_proposal(&inv, &signer).map_err(|e| NodeError::Config(e.to_string()))?;
+    let (sp, tx_id) =
+        build_signed_proposal(&inv, &signer).map_err(|e| NodeError::Config(e.to_string()))?;
     let channel = crate::comm::dial(&a.peer_address, &roots, None)
         .await
         .map_err(NodeError::Config)?;
     let mut gw = GatewayClient::new(channel);
     let fail = |s: tonic::Status| {
         let details = String::from_utf8_lossy(s.details()).into_owned();
-        NodeError::Config(format!("{} ({})", s.message(), details.trim_matches(|c: char| !c.is_ascii_graphic() && c != ' ')))
+        NodeError::Config(format!(
+            "{} ({})",
+            s.message(),
+            details.trim_matches(|c: char| !c.is_ascii_graphic() && c != ' ')
+        ))
     };
     if !invoke {
         let r = gw
-            .evaluate(EvaluateRequest { transaction_id: tx_id, channel_id: a.channel, proposed_transaction: Some(sp), target_organizations: vec![] })
+            .evaluate(EvaluateRequest {
+                transaction_id: tx_id,
+                channel_id: a.channel,
+                proposed_transaction: Some(sp),
+                target_organizations: vec![],
+            })
             .await
             .map_err(fail)?
             .into_inner();
-        println!("{}", String::from_utf8_lossy(&r.result.unwrap_or_default().payload));
+        println!(
+            "{}",
+            String::from_utf8_lossy(&r.result.unwrap_or_default().payload)
+        );
         return Ok(());
     }
     let mut env = gw
-        .endorse(EndorseRequest { transaction_id: tx_id.clone(), channel_id: a.channel.clone(), proposed_transaction: Some(sp), endorsing_organizations: vec![] })
+        .endorse(EndorseRequest {
+            transaction_id: tx_id.clone(),
+            channel_id: a.channel.clone(),
+            proposed_transaction: Some(sp),
+            endorsing_organizations: vec![],
+        })
         .await
         .map_err(fail)?
         .into_inner()
         .prepared_transaction
         .ok_or_else(|| NodeError::Config("the gateway returned no transaction".into()))?;
     let result = result_of(&env).unwrap_or_default();
-    env.signature = signer.sign(&env.payload).map_err(|e| NodeError::Config(e.to_string()))?;
-    gw.submit(SubmitRequest { transaction_id: tx_id.clone(), channel_id: a.channel.clone(), prepared_transaction: Some(env) })
-        .await
-        .map_err(fail)?;
-    let request = CommitStatusRequest { transaction_id: tx_id.clone(), channel_id: a.channel, identity: signer.serialized().to_vec() }.encode_to_vec();
-    let signature = signer.sign(&request).map_err(|e| NodeError::Config(e.to_string()))?;
+    env.signature = signer
+        .sign(&env.payload)
+        .map_err(|e| NodeError::Config(e.to_string()))?;
+    gw.submit(SubmitRequest {
+        transaction_id: tx_id.clone(),
+        channel_id: a.channel.clone(),
+        prepared_transaction: Some(env),
+    })
+    .await
+    .map_err(fail)?;
+    let request = CommitStatusRequest {
+        transaction_id: tx_id.clone(),
+        channel_id: a.channel,
+        identity: signer.serialized().to_vec(),
+    }
+    .encode_to_vec();
+    let signature = signer
+        .sign(&request)
+        .map_err(|e| NodeError::Config(e.to_string()))?;
     let status = gw
         .commit_status(SignedCommitStatusRequest { request, signature })
         .await
         .map_err(fail)?
         .into_inner();
-    let code = TxValidationCode::try_from(status.result).map(|c| c.as_str_name()).unwrap_or("UNKNOWN");
+    let code = TxValidationCode::try_from(status.result)
+        .map(|c| c.as_str_name())
+        .unwrap_or("UNKNOWN");
     if status.result != TxValidationCode::Valid as i32 {
-        return Err(NodeError::Config(format!("transaction {tx_id} committed as invalid: {code}")));
+        return Err(NodeError::Config(format!(
+            "transaction {tx_id} committed as invalid: {code}"
+        )));
     }
     println!(
         "Chaincode invoke successful. result: status:200 payload:\"{}\" txid:{tx_id} block:{} ({code})",

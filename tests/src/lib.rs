@@ -82,25 +82,33 @@ pub fn run_node(script: &str, args: &[&str]) -> anyhow::Result<String> {
 }
 
 /// The path of a workspace binary, built on demand with the cargo running the tests (so
-/// process tests run the real binaries, whatever order cargo built things in).
-pub fn workspace_binary(package: &str, bin: &str) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test binary is not in <target>/<profile>/deps")?
-        .to_path_buf();
-    let path = profile_dir.join(bin);
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--quiet", "-p", package, "--bin", bin])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .context("running cargo build")?;
-    if !status.success() {
-        bail!("cargo build -p {package} --bin {bin} failed");
-    }
-    Ok(path)
+/// process tests run the real binaries, whatever order cargo built things in). All binaries are
+/// built in one `cargo build --workspace --bins --tests`, once per test process, so features unify as in
+/// `cargo test --workspace` and nothing is rebuilt.
+pub fn workspace_binary(_package: &str, bin: &str) -> anyhow::Result<PathBuf> {
+    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    let dir = BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+            let profile_dir = exe
+                .parent()
+                .and_then(Path::parent)
+                .ok_or("test binary is not in <target>/<profile>/deps")?
+                .to_path_buf();
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "--quiet", "--workspace", "--bins", "--tests"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .map_err(|e| format!("running cargo build: {e}"))?;
+            if !status.success() {
+                return Err("cargo build --workspace --bins failed".to_owned());
+            }
+            Ok(profile_dir)
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)?;
+    Ok(dir.join(bin))
 }
 
 /// An organisation with a root CA, issuing identities for tests.

@@ -13,7 +13,10 @@ fn arg(name: &str, env: &str) -> Option<String> {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let (Some(address), Some(package_id)) = (arg("--address", "CHAINCODE_SERVER_ADDRESS"), arg("--package-id", "CHAINCODE_ID")) else {
+    let (Some(address), Some(package_id)) = (
+        arg("--address", "CHAINCODE_SERVER_ADDRESS"),
+        arg("--package-id", "CHAINCODE_ID"),
+    ) else {
         eprintln!("usage: kvstore-chaincode --address HOST:PORT --package-id LABEL:HASH");
         return std::process::ExitCode::from(2);
     };

@@ -1,0 +1,311 @@
+#!/usr/bin/env bash
+# MedLedger test network on local processes (no container engine): the equivalent of Fabric's
+# test-network. One CA and one TLS CA per organisation (Hospital1, Hospital2, Orderer), 4 BFT
+# orderers and one peer per hospital, all over TLS, channel `medchannel`.
+#
+#   ./network/network.sh up         build if needed, start CAs, enroll everyone, genesis, nodes
+#   ./network/network.sh deployCC   start the chaincode server, then a smoke invoke and query
+#   ./network/network.sh down       stop everything started (by PID) and remove generated files
+#
+# Ports (override with the environment): CAs 7054/8054/9054, TLS CAs 7154/8154/9154,
+# orderers 7050/8050/9050/10050, peers 7051/9051, chaincode 9999, operations 9443-9448.
+# Logs: network/logs/<node>.log. Binaries: $MEDLEDGER_BIN or $CARGO_TARGET_DIR/release.
+set -euo pipefail
+
+NET="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(dirname "$NET")"
+ORGS="$NET/organizations"
+LOGS="$NET/logs"
+DATA="$NET/data"
+PIDS="$NET/pids"
+ART="$NET/channel-artifacts"
+CHANNEL="${CHANNEL:-medchannel}"
+CC_NAME="${CC_NAME:-kv}"
+CC_LABEL="kvstore_1.0"
+
+CA_PORTS=(${CA_PORTS:-7054 8054 9054})
+TLSCA_PORTS=(${TLSCA_PORTS:-7154 8154 9154})
+ORDERER_PORTS=(${ORDERER_PORTS:-7050 8050 9050 10050})
+PEER_PORTS=(${PEER_PORTS:-7051 9051})
+CC_PORT="${CC_PORT:-9999}"
+OPS_BASE="${OPS_BASE:-9443}"
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/medledger-target}"
+BIN="${MEDLEDGER_BIN:-$CARGO_TARGET_DIR/release}"
+
+ORG_NAMES=(hospital1 hospital2 orderer)
+ORG_MSPS=(Hospital1MSP Hospital2MSP OrdererMSP)
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+die() { printf 'Error: %s\n' "$*" >&2; exit 1; }
+
+is_up() { [ -d "$PIDS" ] && [ -n "$(ls -A "$PIDS" 2>/dev/null)" ]; }
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() { # name port
+  for _ in $(seq 1 150); do
+    if ! port_free "$2"; then return 0; fi
+    if [ -f "$PIDS/$1.pid" ] && ! kill -0 "$(cat "$PIDS/$1.pid")" 2>/dev/null; then break; fi
+    sleep 0.2
+  done
+  echo "--- last lines of $LOGS/$1.log ---" >&2
+  tail -n 20 "$LOGS/$1.log" >&2 || true
+  down_quiet
+  die "$1 did not start on port $2"
+}
+
+start() { # name command...
+  local name=$1; shift
+  "$@" >"$LOGS/$name.log" 2>&1 &
+  echo $! >"$PIDS/$name.pid"
+}
+
+build() {
+  local need=0
+  for b in medledger-ca medledger-orderer medledger-peer kvstore-chaincode; do
+    [ -x "$BIN/$b" ] || need=1
+  done
+  if [ "$need" = 1 ] && [ -z "${MEDLEDGER_BIN:-}" ]; then
+    say "building release binaries (the first build compiles RocksDB: about 10-15 minutes)"
+    if ! ldconfig -p 2>/dev/null | grep -q libclang; then
+      say "installing libclang-dev (RocksDB's bindings need it)"
+      SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+      $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libclang-dev >/dev/null
+    fi
+    (cd "$ROOT" && cargo build --release -p medledger-ca -p medledger-orderer -p medledger-peer -p medledger-shim --bins)
+  fi
+  for b in medledger-ca medledger-orderer medledger-peer kvstore-chaincode; do
+    [ -x "$BIN/$b" ] || die "missing binary $BIN/$b"
+  done
+}
+
+ca() { "$BIN/medledger-ca" "$@"; }
+
+enroll() { # ca-port tls-cert id secret mspdir mspid [extra...]
+  local port=$1 tls=$2 id=$3 secret=$4 msp=$5 mspid=$6; shift 6
+  ca enroll -u "https://$id:$secret@localhost:$port" --tls-certfiles "$tls" --mspdir "$msp" --mspid "$mspid" "$@" >/dev/null
+}
+
+register() { # ca-port tls-cert admin-msp mspid name secret type affiliation [attrs]
+  ca register -u "https://localhost:$1" --tls-certfiles "$2" --mspdir "$3" --mspid "$4" \
+    --id.name "$5" --id.secret "$6" --id.type "$7" --id.affiliation "$8" ${9:+--id.attrs "$9"} >/dev/null
+}
+
+node_ous() { # msp dir
+  cat >"$1/config.yaml" <<'EOF'
+NodeOUs:
+  Enable: true
+  ClientOUIdentifier:
+    Certificate: cacerts/ca.pem
+    OrganizationalUnitIdentifier: client
+  PeerOUIdentifier:
+    Certificate: cacerts/ca.pem
+    OrganizationalUnitIdentifier: peer
+  AdminOUIdentifier:
+    Certificate: cacerts/ca.pem
+    OrganizationalUnitIdentifier: admin
+  OrdererOUIdentifier:
+    Certificate: cacerts/ca.pem
+    OrganizationalUnitIdentifier: orderer
+EOF
+}
+
+tls_files() { # tls msp dir -> writes server.crt/server.key/ca.crt beside it
+  local d=$1
+  cp "$d/signcerts/cert.pem" "$d/server.crt"
+  cp "$(ls "$d"/keystore/* | head -n 1)" "$d/server.key"
+  cp "$d/cacerts/ca.pem" "$d/ca.crt"
+}
+
+down_quiet() {
+  if [ -d "$PIDS" ]; then
+    for f in "$PIDS"/*.pid; do
+      [ -e "$f" ] || continue
+      kill "$(cat "$f")" 2>/dev/null || true
+    done
+    sleep 0.5
+    for f in "$PIDS"/*.pid; do
+      [ -e "$f" ] || continue
+      kill -9 "$(cat "$f")" 2>/dev/null || true
+    done
+  fi
+  rm -rf "$ORGS" "$LOGS" "$DATA" "$PIDS" "$ART" "$NET/configtx.yaml"
+}
+
+up() {
+  is_up && die "the network is already up (run ./network/network.sh down first)"
+  for p in "${CA_PORTS[@]}" "${TLSCA_PORTS[@]}" "${ORDERER_PORTS[@]}" "${PEER_PORTS[@]}"; do
+    port_free "$p" || die "port $p is in use (set CA_PORTS, TLSCA_PORTS, ORDERER_PORTS or PEER_PORTS)"
+  done
+  build
+  mkdir -p "$ORGS" "$LOGS" "$DATA" "$PIDS" "$ART"
+
+  say "starting a CA and a TLS CA per organisation"
+  for i in 0 1 2; do
+    local org=${ORG_NAMES[$i]}
+    local aff="$org,$org.cardiology,$org.nursing,$org.patients"
+    start "ca-$org" "$BIN/medledger-ca" server start --home "$ORGS/fabric-ca/$org" --name "ca-$org" \
+      -b admin:adminpw --port "${CA_PORTS[$i]}" --affiliation "$aff"
+    start "tlsca-$org" "$BIN/medledger-ca" server start --home "$ORGS/fabric-ca/tls-$org" --name "tlsca-$org" \
+      -b admin:adminpw --port "${TLSCA_PORTS[$i]}" --affiliation "$aff"
+  done
+  for i in 0 1 2; do
+    wait_port "ca-${ORG_NAMES[$i]}" "${CA_PORTS[$i]}"
+    wait_port "tlsca-${ORG_NAMES[$i]}" "${TLSCA_PORTS[$i]}"
+    echo "    ${ORG_MSPS[$i]}: CA https://localhost:${CA_PORTS[$i]}, TLS CA https://localhost:${TLSCA_PORTS[$i]}"
+  done
+
+  say "enrolling nodes, admins and users into $ORGS"
+  for i in 0 1 2; do
+    local org=${ORG_NAMES[$i]} mspid=${ORG_MSPS[$i]}
+    local port=${CA_PORTS[$i]} tport=${TLSCA_PORTS[$i]}
+    local cacert="$ORGS/fabric-ca/$org/tls-cert.pem" tlscacert="$ORGS/fabric-ca/tls-$org/tls-cert.pem"
+    local o="$ORGS/$org"
+    enroll "$port" "$cacert" admin adminpw "$o/ca-admin/msp" "$mspid"
+    enroll "$tport" "$tlscacert" admin adminpw "$o/tlsca-admin/msp" "$mspid"
+    # The organisation's MSP: its CA, its TLS CA, Node OUs.
+    mkdir -p "$o/msp/cacerts" "$o/msp/tlscacerts" "$o/tlsca"
+    cp "$ORGS/fabric-ca/$org/ca-cert.pem" "$o/msp/cacerts/ca.pem"
+    cp "$ORGS/fabric-ca/tls-$org/ca-cert.pem" "$o/msp/tlscacerts/tlsca.pem"
+    cp "$ORGS/fabric-ca/tls-$org/ca-cert.pem" "$o/tlsca/tlsca-cert.pem"
+    node_ous "$o/msp"
+    register "$port" "$cacert" "$o/ca-admin/msp" "$mspid" "${org}admin" adminpw admin "$org"
+    enroll "$port" "$cacert" "${org}admin" adminpw "$o/users/admin/msp" "$mspid"
+    if [ "$org" = orderer ]; then
+      for n in 1 2 3 4; do
+        register "$port" "$cacert" "$o/ca-admin/msp" "$mspid" "orderer$n" pw "orderer" "$org"
+        enroll "$port" "$cacert" "orderer$n" pw "$o/orderers/orderer$n/msp" "$mspid"
+        register "$tport" "$tlscacert" "$o/tlsca-admin/msp" "$mspid" "orderer$n" pw "orderer" "$org"
+        enroll "$tport" "$tlscacert" "orderer$n" pw "$o/orderers/orderer$n/tls" "$mspid" --enrollment.profile tls --csr.hosts localhost,127.0.0.1
+        tls_files "$o/orderers/orderer$n/tls"
+      done
+    else
+      register "$port" "$cacert" "$o/ca-admin/msp" "$mspid" peer0 pw peer "$org"
+      enroll "$port" "$cacert" peer0 pw "$o/peers/peer0/msp" "$mspid"
+      register "$tport" "$tlscacert" "$o/tlsca-admin/msp" "$mspid" peer0 pw peer "$org"
+      enroll "$tport" "$tlscacert" peer0 pw "$o/peers/peer0/tls" "$mspid" --enrollment.profile tls --csr.hosts localhost,127.0.0.1
+      tls_files "$o/peers/peer0/tls"
+      register "$port" "$cacert" "$o/ca-admin/msp" "$mspid" doctor1 pw client "$org.cardiology" "role=doctor:ecert"
+      enroll "$port" "$cacert" doctor1 pw "$o/users/doctor1/msp" "$mspid"
+      register "$port" "$cacert" "$o/ca-admin/msp" "$mspid" nurse1 pw client "$org.nursing" "role=nurse:ecert"
+      enroll "$port" "$cacert" nurse1 pw "$o/users/nurse1/msp" "$mspid"
+      register "$port" "$cacert" "$o/ca-admin/msp" "$mspid" patient1 pw client "$org.patients" "role=patient:ecert,patientId=P-0042:ecert"
+      enroll "$port" "$cacert" patient1 pw "$o/users/patient1/msp" "$mspid"
+    fi
+    echo "    $mspid enrolled"
+  done
+
+  say "making the genesis block of channel $CHANNEL"
+  local pkg_id
+  pkg_id="$CC_LABEL:$(printf '%s' "$CC_LABEL" | sha256sum | cut -c1-64)"
+  echo "$pkg_id" >"$ART/package-id"
+  {
+    echo "channel: $CHANNEL"
+    echo "organizations:"
+    echo "  - name: Hospital1MSP"
+    echo "    mspDir: organizations/hospital1/msp"
+    echo "    anchorPeers: [{host: localhost, port: ${PEER_PORTS[0]}}]"
+    echo "  - name: Hospital2MSP"
+    echo "    mspDir: organizations/hospital2/msp"
+    echo "    anchorPeers: [{host: localhost, port: ${PEER_PORTS[1]}}]"
+    echo "ordererOrganizations:"
+    echo "  - name: OrdererMSP"
+    echo "    mspDir: organizations/orderer/msp"
+    echo "consenters:"
+    for n in 1 2 3 4; do
+      echo "  - {id: $n, host: localhost, port: ${ORDERER_PORTS[$((n-1))]}, mspId: OrdererMSP, identity: organizations/orderer/orderers/orderer$n/msp/signcerts/cert.pem, tlsCert: organizations/orderer/orderers/orderer$n/tls/server.crt}"
+    done
+    echo "batch: {maxMessageCount: 100, absoluteMaxBytes: 10485760, preferredMaxBytes: 2097152, timeout: 250ms}"
+  } >"$NET/configtx.yaml"
+  "$BIN/medledger-orderer" genesis --configtx "$NET/configtx.yaml" --output "$ART/$CHANNEL.block" >/dev/null
+
+  # Everyone's TLS CAs, for mutual TLS between nodes.
+  cat "$ORGS"/*/tlsca/tlsca-cert.pem >"$ART/all-tls-cas.pem"
+
+  say "starting 4 BFT orderers"
+  for n in 1 2 3 4; do
+    local d="$ORGS/orderer/orderers/orderer$n"
+    cat >"$d/orderer.yaml" <<EOF
+consenterId: $n
+mspId: OrdererMSP
+mspDir: msp
+listenAddress: 127.0.0.1:${ORDERER_PORTS[$((n-1))]}
+dataDir: $DATA/orderer$n
+genesisBlock: $ART/$CHANNEL.block
+operationsAddress: 127.0.0.1:$((OPS_BASE + n - 1))
+tls:
+  certFile: tls/server.crt
+  keyFile: tls/server.key
+  clientRootCas: [$ART/all-tls-cas.pem]
+EOF
+    start "orderer$n" "$BIN/medledger-orderer" start --config "$d/orderer.yaml"
+  done
+  for n in 1 2 3 4; do
+    wait_port "orderer$n" "${ORDERER_PORTS[$((n-1))]}"
+    echo "    orderer$n on localhost:${ORDERER_PORTS[$((n-1))]} (operations :$((OPS_BASE + n - 1)))"
+  done
+
+  say "starting one peer per hospital"
+  for i in 0 1; do
+    local org=${ORG_NAMES[$i]} other=$((1 - i))
+    local d="$ORGS/$org/peers/peer0"
+    cat >"$d/core.yaml" <<EOF
+id: peer0.$org
+mspId: ${ORG_MSPS[$i]}
+mspDir: msp
+listenAddress: 127.0.0.1:${PEER_PORTS[$i]}
+dataDir: $DATA/peer0.$org
+operationsAddress: 127.0.0.1:$((OPS_BASE + 4 + i))
+tls:
+  certFile: tls/server.crt
+  keyFile: tls/server.key
+  clientRootCas: [$ART/all-tls-cas.pem]
+gatewayPeers:
+  - mspId: ${ORG_MSPS[$other]}
+    address: localhost:${PEER_PORTS[$other]}
+    tlsRootCertFile: $ORGS/${ORG_NAMES[$other]}/tlsca/tlsca-cert.pem
+channels:
+  - genesisBlock: $ART/$CHANNEL.block
+    chaincodes:
+      - name: $CC_NAME
+        version: "1.0"
+        packageId: $pkg_id
+        connection: {address: "127.0.0.1:$CC_PORT", tls_required: false}
+        endorsementPolicy: "AND('Hospital1MSP.peer', 'Hospital2MSP.peer')"
+EOF
+    start "peer0.$org" "$BIN/medledger-peer" node start --config "$d/core.yaml"
+  done
+  for i in 0 1; do
+    wait_port "peer0.${ORG_NAMES[$i]}" "${PEER_PORTS[$i]}"
+    echo "    peer0.${ORG_NAMES[$i]} on localhost:${PEER_PORTS[$i]} (operations :$((OPS_BASE + 4 + i)))"
+  done
+  say "network is up: channel $CHANNEL, 4 orderers, 2 peers, logs in $LOGS"
+}
+
+deploy_cc() {
+  is_up || die "the network is not up (run ./network/network.sh up first)"
+  [ -f "$PIDS/chaincode-$CC_NAME.pid" ] && die "chaincode $CC_NAME is already deployed"
+  port_free "$CC_PORT" || die "port $CC_PORT is in use (set CC_PORT before up)"
+  local pkg_id
+  pkg_id="$(cat "$ART/package-id")"
+  say "starting chaincode $CC_NAME ($pkg_id) on 127.0.0.1:$CC_PORT"
+  start "chaincode-$CC_NAME" "$BIN/kvstore-chaincode" --address "127.0.0.1:$CC_PORT" --package-id "$pkg_id"
+  wait_port "chaincode-$CC_NAME" "$CC_PORT"
+  say "smoke invoke as doctor1@Hospital1MSP (endorsed by both hospitals, ordered by BFT)"
+  export CORE_PEER_LOCALMSPID=Hospital1MSP CORE_PEER_MSPCONFIGPATH="$ORGS/hospital1/users/doctor1/msp"
+  "$BIN/medledger-peer" chaincode invoke -C "$CHANNEL" -n "$CC_NAME" \
+    -c '{"function":"Put","Args":["record-1","{\"resourceType\":\"Observation\",\"status\":\"final\"}"]}' \
+    --peerAddresses "localhost:${PEER_PORTS[0]}" --tlsRootCertFiles "$ORGS/hospital1/tlsca/tlsca-cert.pem"
+  say "smoke query on Hospital2's peer as doctor1@Hospital2MSP"
+  CORE_PEER_LOCALMSPID=Hospital2MSP CORE_PEER_MSPCONFIGPATH="$ORGS/hospital2/users/doctor1/msp" \
+  "$BIN/medledger-peer" chaincode query -C "$CHANNEL" -n "$CC_NAME" -c '{"Args":["Get","record-1"]}' \
+    --peerAddresses "localhost:${PEER_PORTS[1]}" --tlsRootCertFiles "$ORGS/hospital2/tlsca/tlsca-cert.pem"
+}
+
+case "${1:-}" in
+  up) up ;;
+  deployCC) deploy_cc ;;
+  down) say "stopping the network"; down_quiet; echo "    stopped and cleaned" ;;
+  *) echo "usage: $0 up|deployCC|down"; exit 2 ;;
+esac
