@@ -4,6 +4,7 @@
 
 pub mod cert;
 pub mod channelconfig;
+pub mod config;
 pub mod crypto;
 pub mod identity;
 pub mod issue;

@@ -90,41 +90,19 @@ pub struct OrdererConfig {
 impl OrdererConfig {
     /// Reads YAML and applies `MEDLEDGER_ORDERER_<FIELD>` overrides of top-level fields.
     pub fn load(path: &Path) -> Result<Self, NodeError> {
-        let text = String::from_utf8(read(path)?).map_err(|e| NodeError::Config(e.to_string()))?;
-        let mut value: serde_yaml::Value =
-            serde_yaml::from_str(&text).map_err(|e| NodeError::Config(e.to_string()))?;
-        if let serde_yaml::Value::Mapping(map) = &mut value {
-            let keys: Vec<String> = map
-                .keys()
-                .filter_map(|k| k.as_str().map(str::to_owned))
-                .collect();
-            for k in keys {
-                if let Ok(v) =
-                    std::env::var(format!("MEDLEDGER_ORDERER_{}", k.to_ascii_uppercase()))
-                {
-                    map.insert(
-                        k.into(),
-                        serde_yaml::from_str(&v).unwrap_or(serde_yaml::Value::String(v)),
-                    );
-                }
-            }
-        }
-        let mut cfg: Self =
-            serde_yaml::from_value(value).map_err(|e| NodeError::Config(e.to_string()))?;
+        use medledger_common::config::resolve;
+        let mut cfg: Self = medledger_common::config::load_yaml(path, "MEDLEDGER_ORDERER_")
+            .map_err(NodeError::Config)?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [&mut cfg.msp_dir, &mut cfg.data_dir, &mut cfg.genesis_block] {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
+            resolve(base, p);
         }
         if let Some(t) = &mut cfg.tls {
             for p in [&mut t.cert_file, &mut t.key_file]
                 .into_iter()
                 .chain(t.client_root_cas.iter_mut())
             {
-                if p.is_relative() {
-                    *p = base.join(&*p);
-                }
+                resolve(base, p);
             }
         }
         Ok(cfg)

@@ -145,50 +145,28 @@ impl PeerConfig {
     /// Reads YAML, then applies `MEDLEDGER_PEER_<FIELD>` environment overrides for scalar fields
     /// (`MEDLEDGER_PEER_LISTENADDRESS=127.0.0.1:7051`).
     pub fn load(path: &Path) -> Result<Self, NodeError> {
-        let text = String::from_utf8(read(path)?).map_err(|e| NodeError::Config(e.to_string()))?;
-        let mut value: serde_yaml::Value =
-            serde_yaml::from_str(&text).map_err(|e| NodeError::Config(e.to_string()))?;
-        if let serde_yaml::Value::Mapping(map) = &mut value {
-            let keys: Vec<String> = map
-                .keys()
-                .filter_map(|k| k.as_str().map(str::to_owned))
-                .collect();
-            for k in keys {
-                if let Ok(v) = std::env::var(format!("MEDLEDGER_PEER_{}", k.to_ascii_uppercase())) {
-                    map.insert(
-                        k.into(),
-                        serde_yaml::from_str(&v).unwrap_or(serde_yaml::Value::String(v)),
-                    );
-                }
-            }
-        }
-        let mut cfg: Self =
-            serde_yaml::from_value(value).map_err(|e| NodeError::Config(e.to_string()))?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        cfg.resolve_paths(base);
+        let mut cfg: Self = medledger_common::config::load_yaml(path, "MEDLEDGER_PEER_")
+            .map_err(NodeError::Config)?;
+        cfg.resolve_paths(path.parent().unwrap_or(Path::new(".")));
         Ok(cfg)
     }
 
     fn resolve_paths(&mut self, base: &Path) {
-        let fix = |p: &mut PathBuf| {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
-        };
-        fix(&mut self.msp_dir);
-        fix(&mut self.data_dir);
+        use medledger_common::config::resolve;
+        resolve(base, &mut self.msp_dir);
+        resolve(base, &mut self.data_dir);
         if let Some(t) = &mut self.tls {
-            fix(&mut t.cert_file);
-            fix(&mut t.key_file);
-            t.client_root_cas.iter_mut().for_each(fix);
+            resolve(base, &mut t.cert_file);
+            resolve(base, &mut t.key_file);
+            t.client_root_cas.iter_mut().for_each(|p| resolve(base, p));
         }
         for p in &mut self.gateway_peers {
             if let Some(f) = &mut p.tls_root_cert_file {
-                fix(f);
+                resolve(base, f);
             }
         }
         for c in &mut self.channels {
-            fix(&mut c.genesis_block);
+            resolve(base, &mut c.genesis_block);
         }
     }
 }

@@ -298,9 +298,12 @@ async fn restarted_peer_resumes_from_its_savepoint() -> anyhow::Result<()> {
     let mut net = PeerNet::start(BOTH, 5_000).await?;
     let client = net.orgs[0].identity("app", "client", &[])?;
     let mut gw = net.gateway(0, client.clone()).await?;
+    let mut last = 0;
     for i in 0..3 {
-        gw.submit(&["Put", &format!("k{i}"), "v"]).await?;
+        last = gw.submit(&["Put", &format!("k{i}"), "v"]).await?.2;
     }
+    // The gateway waits for Hospital1's commit only; let Hospital2 catch up before measuring it.
+    net.wait_height(last + 1).await?;
     let before = net.channel(1).await?;
     let (height, hash) = (before.ledger.height(), before.ledger.state_hash()?);
     drop(before);

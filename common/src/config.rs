@@ -1,0 +1,89 @@
+//! Node configuration files: YAML whose top-level fields an environment variable may override
+//! (`<PREFIX><FIELD>`, e.g. `MEDLEDGER_PEER_LISTENADDRESS=127.0.0.1:7051`), and logging setup.
+
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+
+/// Reads a YAML configuration and applies `<prefix><FIELD>` overrides of its top-level fields
+/// (the value is parsed as YAML, so numbers and lists work too).
+pub fn load_yaml<T: DeserializeOwned>(path: &Path, env_prefix: &str) -> Result<T, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut value: serde_yaml::Value =
+        serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    if let serde_yaml::Value::Mapping(map) = &mut value {
+        let keys: Vec<String> = map
+            .keys()
+            .filter_map(|k| k.as_str().map(str::to_owned))
+            .collect();
+        for k in keys {
+            if let Ok(v) = std::env::var(format!("{env_prefix}{}", k.to_ascii_uppercase())) {
+                map.insert(
+                    k.into(),
+                    serde_yaml::from_str(&v).unwrap_or(serde_yaml::Value::String(v)),
+                );
+            }
+        }
+    }
+    serde_yaml::from_value(value).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Makes a relative path relative to `base` (the configuration file's folder).
+pub fn resolve(base: &Path, p: &mut std::path::PathBuf) {
+    if p.is_relative() {
+        *p = base.join(&*p);
+    }
+}
+
+/// Logs to stderr with `tracing`, levels per module from `MEDLEDGER_LOG` (default `info`),
+/// e.g. `MEDLEDGER_LOG=info,medledger_orderer::consensus=debug`.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MEDLEDGER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug, PartialEq)]
+    #[serde(rename_all = "camelCase")]
+    struct Sample {
+        listen_address: String,
+        tick_ms: u64,
+        #[serde(default)]
+        peers: Vec<String>,
+    }
+
+    #[test]
+    fn environment_overrides_top_level_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.yaml");
+        std::fs::write(
+            &path,
+            "listenAddress: 127.0.0.1:7051\ntickMs: 20\npeers: [a]\n",
+        )
+        .unwrap();
+        // SAFETY: the variable names are unique to this test; no other thread reads them.
+        unsafe {
+            std::env::set_var("MEDLEDGER_CFGTEST_TICKMS", "5");
+            std::env::set_var("MEDLEDGER_CFGTEST_PEERS", "[b, c]");
+        }
+        let s: Sample = load_yaml(&path, "MEDLEDGER_CFGTEST_").unwrap();
+        assert_eq!(
+            s,
+            Sample {
+                listen_address: "127.0.0.1:7051".into(),
+                tick_ms: 5,
+                peers: vec!["b".into(), "c".into()]
+            }
+        );
+        std::fs::write(&path, "listenAddress: [unterminated").unwrap();
+        assert!(load_yaml::<Sample>(&path, "MEDLEDGER_CFGTEST_").is_err());
+        assert!(load_yaml::<Sample>(&dir.path().join("missing.yaml"), "X_").is_err());
+    }
+}
