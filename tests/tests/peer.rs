@@ -433,3 +433,46 @@ async fn deliver_streams_blocks_and_filtered_blocks() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A chaincode server with TLS: the peers dial it with `tls_required` and the CA from
+/// `connection.json`'s `root_cert`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chaincode_server_over_tls() -> anyhow::Result<()> {
+    let mut net = PeerNet::start(BOTH, 5_000).await?;
+    let (cert, key) = net.orgs[0].tls_pair("chaincode")?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(medledger_shim::serve_with_listener(
+        listener,
+        "kvtls_1.0:77".into(),
+        Some(medledger_shim::ServerTls {
+            cert_pem: cert,
+            key_pem: key,
+            client_ca_pem: None,
+        }),
+        medledger_shim::example::KvStore,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    for i in [1, 0] {
+        net.stop_peer(i).await;
+        let cc = &mut net.configs[i].channels[0].chaincodes[0];
+        cc.package_id = "kvtls_1.0:77".into();
+        cc.connection = medledger_peer::chaincode::ConnectionInfo {
+            address: format!("localhost:{port}"),
+            tls_required: true,
+            root_cert: net.orgs[0].tls_ca.cert_pem().to_owned(),
+            domain: String::new(),
+        };
+        net.start_peer(i).await?;
+    }
+    let client = net.orgs[0].identity("app", "client", &[])?;
+    let mut gw = net.gateway(0, client).await?;
+    let (_, code, _, _) = gw.submit(&["Put", "tls-key", "over tls"]).await?;
+    assert_eq!(code, TxValidationCode::Valid as i32);
+    assert_eq!(gw.evaluate(&["Get", "tls-key"]).await?, b"over tls");
+    let _ = stop.send(());
+    Ok(())
+}
