@@ -26,7 +26,8 @@ pub async fn dial(
     let mut ep = Endpoint::from_shared(format!("{scheme}://{address}"))
         .map_err(|e| format!("bad address {address:?}: {e}"))?
         .connect_timeout(Duration::from_secs(5))
-        .tcp_keepalive(Some(Duration::from_secs(60)));
+        .tcp_keepalive(Some(Duration::from_secs(60)))
+        .tcp_nodelay(true);
     if !tls_roots.is_empty() {
         let host = address.rsplit_once(':').map(|(h, _)| h).unwrap_or(address);
         let mut tls = ClientTlsConfig::new().domain_name(host);

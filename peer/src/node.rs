@@ -406,7 +406,7 @@ pub async fn start(cfg: PeerConfig, plugins: PluginRegistry) -> Result<RunningPe
         client_tls.clone(),
         address.to_string(),
     );
-    let mut builder = tonic::transport::Server::builder();
+    let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
     if let (Some(t), Some(id)) = (&cfg.tls, &client_tls) {
         let mut tls = tonic::transport::ServerTlsConfig::new().identity(
             tonic::transport::Identity::from_pem(&id.cert_pem, &id.key_pem),

@@ -194,7 +194,7 @@ impl<C: Chaincode> ChaincodeService for Service<C> {
 }
 
 fn builder(tls: Option<ServerTls>) -> Result<tonic::transport::Server, ServeError> {
-    let mut b = tonic::transport::Server::builder();
+    let mut b = tonic::transport::Server::builder().tcp_nodelay(true);
     if let Some(t) = tls {
         let mut cfg = tonic::transport::ServerTlsConfig::new()
             .identity(tonic::transport::Identity::from_pem(t.cert_pem, t.key_pem));
