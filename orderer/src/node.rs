@@ -533,7 +533,8 @@ pub async fn start(cfg: OrdererConfig) -> Result<RunningOrderer, NodeError> {
             .client_auth_optional(true);
     }
     let mut rx = shutdown_rx.clone();
-    let server = tonic::transport::Server::builder().tcp_nodelay(true)
+    let server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
         .tls_config(server_tls)
         .map_err(|e| NodeError::Config(format!("TLS: {e}")))?
         .add_service(
