@@ -285,6 +285,10 @@ async fn pull_blocks(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let consenters = channel.config.consenters.clone();
+    if consenters.is_empty() {
+        tracing::error!(channel = %channel.id(), "the channel configuration names no consenters: no blocks can be pulled");
+        return;
+    }
     let roots = channel.orderer_tls_roots();
     let mut attempt = 0usize;
     while !*shutdown.borrow() {
