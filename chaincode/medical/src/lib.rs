@@ -1,0 +1,64 @@
+//! MedLedger's medical chaincode. Today: medical certificates (see `certificates`). Records and
+//! consent need private data collections (issues #6, #7) and follow.
+//!
+//! Functions (`args[0]`), JSON documented in `chaincode/README.md`:
+//! `IssueCertificate(json)`, `VerifyCertificate(id, sha256)`, `RevokeCertificate(id, reason)`,
+//! `CertificateHistory(id)`.
+
+pub mod certificates;
+pub mod ctx;
+
+use ctx::Ctx;
+
+/// Why a call failed; the chaincode answers status 500 with `<kind>: <message>`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ContractError {
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("ledger: {0}")]
+    Ledger(String),
+}
+
+fn arg<'a>(args: &'a [String], i: usize, name: &str) -> Result<&'a str, ContractError> {
+    args.get(i)
+        .map(String::as_str)
+        .ok_or_else(|| ContractError::Invalid(format!("missing argument {name}")))
+}
+
+fn json(v: &impl serde::Serialize) -> Result<Vec<u8>, ContractError> {
+    serde_json::to_vec(v).map_err(|e| ContractError::Ledger(e.to_string()))
+}
+
+/// Dispatches one call; the result is the JSON payload.
+pub async fn invoke<C: Ctx>(
+    ctx: &mut C,
+    function: &str,
+    args: &[String],
+) -> Result<Vec<u8>, ContractError> {
+    if args.iter().map(String::len).sum::<usize>() > 256 * 1024 {
+        return Err(ContractError::Invalid(
+            "arguments larger than 256 KiB".into(),
+        ));
+    }
+    match function {
+        "IssueCertificate" => {
+            json(&certificates::issue(ctx, arg(args, 0, "certificate JSON")?).await?)
+        }
+        "VerifyCertificate" => {
+            json(&certificates::verify(ctx, arg(args, 0, "id")?, arg(args, 1, "sha256")?).await?)
+        }
+        "RevokeCertificate" => {
+            json(&certificates::revoke(ctx, arg(args, 0, "id")?, arg(args, 1, "reason")?).await?)
+        }
+        "CertificateHistory" => json(&certificates::history(ctx, arg(args, 0, "id")?).await?),
+        other => Err(ContractError::Invalid(format!(
+            "unknown function {other:?}"
+        ))),
+    }
+}
