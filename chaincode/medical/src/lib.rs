@@ -35,6 +35,20 @@ fn json(v: &impl serde::Serialize) -> Result<Vec<u8>, ContractError> {
     serde_json::to_vec(v).map_err(|e| ContractError::Ledger(e.to_string()))
 }
 
+/// The medical chaincode, served by `medical-chaincode` or in-process by tests.
+pub struct MedicalChaincode;
+
+impl medledger_shim::Chaincode for MedicalChaincode {
+    async fn invoke(&self, stub: &mut medledger_shim::Stub) -> medledger_shim::Response {
+        use medledger_shim::ResponseExt;
+        let (function, params) = (stub.function(), stub.params());
+        match invoke(stub, &function, &params).await {
+            Ok(payload) => medledger_shim::Response::success(payload),
+            Err(e) => medledger_shim::Response::error(e.to_string()),
+        }
+    }
+}
+
 /// Dispatches one call; the result is the JSON payload.
 pub async fn invoke<C: Ctx>(
     ctx: &mut C,

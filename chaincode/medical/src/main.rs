@@ -1,20 +1,6 @@
 //! `medical-chaincode --address HOST:PORT --package-id LABEL:HASH`: serves the medical chaincode
 //! as chaincode-as-a-service.
 
-use medledger_shim::{Chaincode, Response, ResponseExt, Stub};
-
-struct Medical;
-
-impl Chaincode for Medical {
-    async fn invoke(&self, stub: &mut Stub) -> Response {
-        let (function, params) = (stub.function(), stub.params());
-        match medledger_medical_chaincode::invoke(stub, &function, &params).await {
-            Ok(payload) => Response::success(payload),
-            Err(e) => Response::error(e.to_string()),
-        }
-    }
-}
-
 fn arg(name: &str, env: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
@@ -36,7 +22,14 @@ async fn main() -> std::process::ExitCode {
         eprintln!("Error: invalid address {address:?}");
         return std::process::ExitCode::from(2);
     };
-    match medledger_shim::serve(addr, package_id, None, Medical).await {
+    match medledger_shim::serve(
+        addr,
+        package_id,
+        None,
+        medledger_medical_chaincode::MedicalChaincode,
+    )
+    .await
+    {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("Error: {e}");
