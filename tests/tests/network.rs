@@ -28,6 +28,49 @@ fn run(bin_dir: &std::path::Path, arg: &str) -> (bool, String) {
     )
 }
 
+/// Runs the README's "Using the network" block as written, with `BIN` pointing at these binaries.
+fn readme_usage(bin_dir: &std::path::Path) -> (bool, String) {
+    let root = script()
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("repo root")
+        .to_path_buf();
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let section = readme
+        .split("## Using the network")
+        .nth(1)
+        .expect("README has 'Using the network'");
+    let block = section
+        .split("```bash")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a bash block");
+    let script: String = block
+        .lines()
+        .map(|l| {
+            if l.starts_with("BIN=") {
+                format!("BIN={}", bin_dir.display())
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .current_dir(&root)
+        .output()
+        .expect("bash runs");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 #[test]
 fn network_up_deploy_invoke_and_down() {
     let mut bin_dir = PathBuf::new();
@@ -55,7 +98,25 @@ fn network_up_deploy_invoke_and_down() {
     assert!(!ok && out2.contains("already up"), "{out2}");
 
     let (ok, out) = run(&bin_dir, "deployCC");
+    let readme = readme_usage(&bin_dir);
     let (down_ok, down_out) = run(&bin_dir, "down");
+    let (readme_ok, readme_out) = readme;
+    assert!(
+        readme_ok,
+        "the README's 'Using the network' commands failed:\n{readme_out}"
+    );
+    assert!(
+        readme_out.contains("Chaincode invoke successful"),
+        "{readme_out}"
+    );
+    assert!(
+        readme_out.contains(r#""value":"v1""#),
+        "history shows the write: {readme_out}"
+    );
+    assert!(
+        readme_out.contains("ledger_blockchain_height{channel=\"medchannel\"}"),
+        "{readme_out}"
+    );
     assert!(ok, "deployCC failed:\n{out}");
     assert!(
         out.contains("Chaincode invoke successful") && out.contains("(VALID)"),
