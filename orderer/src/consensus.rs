@@ -36,9 +36,9 @@ pub trait Crypto: Send + Sync {
         value: &[u8],
         sig: &MetadataSignature,
     ) -> bool;
-    /// Validates a client request (envelope bytes): signature, channel, writers, size.
-    /// Returns its transaction id.
-    fn check_request(&self, envelope: &[u8]) -> Result<String, String>;
+    /// Validates a client request (envelope bytes): form, channel, txid, creator, signature,
+    /// Writers. Returns its transaction id, or why it is refused (never `Duplicate`).
+    fn check_request(&self, envelope: &[u8]) -> Result<String, RequestError>;
 }
 
 /// Block cutting settings (from the channel's BatchSize / BatchTimeout).
@@ -153,8 +153,12 @@ pub enum Output {
 /// Why a client request was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
+    /// Not a well-formed transaction for this channel (Fabric answers BAD_REQUEST).
     #[error("{0}")]
-    Invalid(String),
+    Malformed(String),
+    /// The creator may not write, or the signature does not verify (FORBIDDEN).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("request already exists")]
     Duplicate,
 }
@@ -388,16 +392,13 @@ impl Replica {
 
     fn add_request(&mut self, envelope: Vec<u8>, from_client: bool) -> Result<(), RequestError> {
         if envelope.len() > self.cfg.batch.absolute_max_bytes {
-            return Err(RequestError::Invalid(format!(
+            return Err(RequestError::Malformed(format!(
                 "message of {} bytes exceeds the absolute maximum of {} bytes",
                 envelope.len(),
                 self.cfg.batch.absolute_max_bytes
             )));
         }
-        let txid = self
-            .crypto
-            .check_request(&envelope)
-            .map_err(RequestError::Invalid)?;
+        let txid = self.crypto.check_request(&envelope)?;
         if self.committed.contains(&txid) || self.pool.contains_key(&txid) {
             return Err(RequestError::Duplicate);
         }
@@ -546,7 +547,13 @@ impl Replica {
         }
         let mut seen = HashSet::new();
         for env in &data.data {
-            let txid = self.crypto.check_request(env)?;
+            // A request already in our pool with the same bytes was checked when it arrived.
+            let pooled =
+                txid_of(env).filter(|t| self.pool.get(t).is_some_and(|e| e.envelope == *env));
+            let txid = match pooled {
+                Some(t) => t,
+                None => self.crypto.check_request(env).map_err(|e| e.to_string())?,
+            };
             if self.committed.contains(&txid) || !seen.insert(txid.clone()) {
                 return Err(format!("transaction {txid} is ordered twice"));
             }

@@ -11,7 +11,7 @@ use medledger_proto::common::{Block, Envelope, HeaderType, IdentifierHeader, Met
 use medledger_proto::msp::SerializedIdentity;
 use prost::Message;
 
-use crate::consensus::Crypto;
+use crate::consensus::{Crypto, RequestError};
 
 /// Errors building the consenters' identities.
 #[derive(Debug, thiserror::Error)]
@@ -104,43 +104,49 @@ impl Crypto for ConsenterCrypto {
         self.verify(signer, &msg, &sig.signature)
     }
 
-    fn check_request(&self, envelope: &[u8]) -> Result<String, String> {
-        let env = Envelope::decode(envelope).map_err(|e| format!("malformed envelope: {e}"))?;
+    fn check_request(&self, envelope: &[u8]) -> Result<String, RequestError> {
+        let malformed = |m: String| RequestError::Malformed(m);
+        let env = Envelope::decode(envelope)
+            .map_err(|e| malformed(format!("malformed envelope: {e}")))?;
         if env.signature.is_empty() {
-            return Err("envelope is not signed".into());
+            return Err(malformed("envelope is not signed".into()));
         }
-        let u = unpack_envelope(&env).map_err(|e| e.to_string())?;
+        let u = unpack_envelope(&env).map_err(|e| malformed(e.to_string()))?;
         let ch = &u.channel_header;
         if ch.channel_id != self.config.channel_id {
-            return Err(format!(
+            return Err(malformed(format!(
                 "envelope is for channel {:?}, not {:?}",
                 ch.channel_id, self.config.channel_id
-            ));
+            )));
         }
         if ch.r#type != HeaderType::EndorserTransaction as i32 {
-            return Err(format!(
+            return Err(malformed(format!(
                 "header type {} is not accepted for ordering",
                 ch.r#type
-            ));
+            )));
         }
         let creator = &u.signature_header.creator;
         if ch.tx_id.is_empty() || ch.tx_id != compute_txid(&u.signature_header.nonce, creator) {
-            return Err("transaction id is not SHA-256(nonce || creator)".into());
+            return Err(malformed(
+                "transaction id is not SHA-256(nonce || creator)".into(),
+            ));
         }
         // Commit-time rule: the clock is not consulted, so every replica reaches the same verdict.
         let id = self
             .config
             .msps
             .deserialize(creator, Expiry::Ignore)
-            .map_err(|e| format!("creator: {e}"))?;
+            .map_err(|e| RequestError::Forbidden(format!("creator: {e}")))?;
         id.verify(&env.payload, &env.signature)
-            .map_err(|_| "envelope signature does not verify".to_string())?;
+            .map_err(|_| RequestError::Forbidden("envelope signature does not verify".into()))?;
         let writers = self
             .config
             .policy("/Channel/Writers")
-            .ok_or("channel has no Writers policy")?;
+            .ok_or_else(|| RequestError::Forbidden("channel has no Writers policy".into()))?;
         if !writers.satisfied_by(std::slice::from_ref(&id)) {
-            return Err("creator is not allowed to write to the channel (Writers policy)".into());
+            return Err(RequestError::Forbidden(
+                "creator is not allowed to write to the channel (Writers policy)".into(),
+            ));
         }
         Ok(ch.tx_id.clone())
     }

@@ -176,8 +176,9 @@ fn consensus_config(cfg: &OrdererConfig, channel: &ChannelConfig) -> Config {
     }
 }
 
-/// Classifies a client envelope as Fabric's broadcast does: NOT_FOUND for another channel,
-/// FORBIDDEN for signature or Writers failures, BAD_REQUEST for anything malformed or too large.
+/// The checks only Broadcast makes, before the consensus core checks the request (form,
+/// signature, Writers — once): size, NOT_FOUND for another channel, and the creator's
+/// certificate against the clock (the core ignores the clock so that replicas agree).
 fn check_broadcast(
     channel: &ChannelConfig,
     env: &Envelope,
@@ -197,25 +198,10 @@ fn check_broadcast(
             format!("channel {:?} not found", u.channel_header.channel_id),
         ));
     }
-    let id = channel
+    channel
         .msps
         .deserialize(&u.signature_header.creator, Expiry::now())
         .map_err(|e| (BlockStatus::Forbidden, format!("creator: {e}")))?;
-    id.verify(&env.payload, &env.signature).map_err(|_| {
-        (
-            BlockStatus::Forbidden,
-            "envelope signature does not verify".to_string(),
-        )
-    })?;
-    if !channel
-        .policy("/Channel/Writers")
-        .is_some_and(|p| p.satisfied_by(std::slice::from_ref(&id)))
-    {
-        return Err((
-            BlockStatus::Forbidden,
-            "creator does not satisfy the channel's Writers policy".into(),
-        ));
-    }
     Ok(())
 }
 
@@ -265,8 +251,11 @@ impl AtomicBroadcast for Svc {
                                 BlockStatus::ServiceUnavailable,
                                 "failed to submit request: request already exists".into(),
                             ),
-                            (Ok(()), Ok(Err(RequestError::Invalid(why)))) => {
+                            (Ok(()), Ok(Err(RequestError::Malformed(why)))) => {
                                 (BlockStatus::BadRequest, why)
+                            }
+                            (Ok(()), Ok(Err(RequestError::Forbidden(why)))) => {
+                                (BlockStatus::Forbidden, why)
                             }
                             _ => (
                                 BlockStatus::ServiceUnavailable,
