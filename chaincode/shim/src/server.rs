@@ -235,3 +235,35 @@ pub async fn serve_with_listener<C: Chaincode>(
         .await?;
     Ok(())
 }
+
+/// A chaincode binary's whole `main`: serves `chaincode` on `--address HOST:PORT` as
+/// `--package-id LABEL:HASH` (or `CHAINCODE_SERVER_ADDRESS` / `CHAINCODE_ID`, the fabric-samples
+/// convention), printing a clear error and exiting non-zero on bad arguments or failure.
+pub async fn run_from_args<C: Chaincode>(program: &str, chaincode: C) -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str, env: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1).cloned())
+            .or_else(|| std::env::var(env).ok())
+    };
+    let (Some(address), Some(package_id)) = (
+        arg("--address", "CHAINCODE_SERVER_ADDRESS"),
+        arg("--package-id", "CHAINCODE_ID"),
+    ) else {
+        eprintln!("usage: {program} --address HOST:PORT --package-id LABEL:HASH");
+        return std::process::ExitCode::from(2);
+    };
+    let Ok(addr) = address.parse() else {
+        eprintln!("Error: invalid address {address:?}");
+        return std::process::ExitCode::from(2);
+    };
+    println!("{program} {package_id} listening on {address}");
+    match serve(addr, package_id, None, chaincode).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
