@@ -7,12 +7,14 @@ use std::pin::Pin;
 use futures::Stream;
 use medledger_common::channelconfig::check_seek;
 use medledger_common::protoutil::unpack_envelope;
-use medledger_proto::common::{Block, Envelope, HeaderType, Status as BlockStatus};
+use medledger_proto::common::{
+    Block, BlockMetadataIndex, Envelope, HeaderType, Status as BlockStatus,
+};
 use medledger_proto::protos::deliver_server::Deliver;
 use medledger_proto::protos::{
     BlockAndPrivateData, ChaincodeAction, ChaincodeActionPayload, ChaincodeEvent, DeliverResponse,
     FilteredBlock, FilteredChaincodeAction, FilteredTransaction, FilteredTransactionActions,
-    ProposalResponsePayload, Transaction, deliver_response::Type as Resp,
+    ProposalResponsePayload, Transaction, TxValidationCode, deliver_response::Type as Resp,
     filtered_transaction::Data,
 };
 use prost::Message;
@@ -60,24 +62,40 @@ pub fn chaincode_events(envelope: &[u8]) -> Vec<ChaincodeEvent> {
         .collect()
 }
 
-/// Fabric's filtered block: per transaction its id, type, code and event names (no payloads).
-pub fn filtered_block(channel: &str, block: &Block) -> FilteredBlock {
-    let filter = block
+/// A committed block's envelopes, each with its TxValidationCode from TRANSACTIONS_FILTER
+/// (INVALID_OTHER_REASON when the filter is missing or short, as Fabric's gateway reads it).
+pub fn transactions(block: &Block) -> impl Iterator<Item = (&[u8], i32)> {
+    let filter: &[u8] = block
         .metadata
         .as_ref()
-        .and_then(|m| m.metadata.get(2))
-        .cloned()
+        .and_then(|m| {
+            m.metadata
+                .get(BlockMetadataIndex::TransactionsFilter as usize)
+        })
+        .map(Vec::as_slice)
         .unwrap_or_default();
-    let mut txs = Vec::new();
-    for (i, env) in block
+    block
         .data
         .as_ref()
         .map(|d| d.data.as_slice())
         .unwrap_or_default()
         .iter()
         .enumerate()
-    {
-        let Some(u) = Envelope::decode(env.as_slice())
+        .map(move |(i, env)| {
+            let code = filter
+                .get(i)
+                .map_or(TxValidationCode::InvalidOtherReason as i32, |c| {
+                    i32::from(*c)
+                });
+            (env.as_slice(), code)
+        })
+}
+
+/// Fabric's filtered block: per transaction its id, type, code and event names (no payloads).
+pub fn filtered_block(channel: &str, block: &Block) -> FilteredBlock {
+    let mut txs = Vec::new();
+    for (env, code) in transactions(block) {
+        let Some(u) = Envelope::decode(env)
             .ok()
             .and_then(|e| unpack_envelope(&e).ok())
         else {
@@ -101,7 +119,7 @@ pub fn filtered_block(channel: &str, block: &Block) -> FilteredBlock {
         txs.push(FilteredTransaction {
             txid: u.channel_header.tx_id,
             r#type: kind,
-            tx_validation_code: filter.get(i).copied().map(i32::from).unwrap_or(255),
+            tx_validation_code: code,
             data,
         });
     }

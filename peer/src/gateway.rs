@@ -31,7 +31,7 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::channel::Channel;
 use crate::comm::{ClientTls, dial};
-use crate::deliver::chaincode_events;
+use crate::deliver::{chaincode_events, transactions};
 use crate::endorser::Endorser;
 
 /// Another organisation's peer the gateway may ask for endorsements.
@@ -500,22 +500,9 @@ impl Gateway for GatewayService {
                 let Ok(Some(block)) = ledger.block(n) else {
                     return;
                 };
-                let filter = block
-                    .metadata
-                    .as_ref()
-                    .and_then(|m| m.metadata.get(2))
-                    .cloned()
-                    .unwrap_or_default();
                 let mut events = Vec::new();
-                for (i, env) in block
-                    .data
-                    .as_ref()
-                    .map(|d| d.data.clone())
-                    .unwrap_or_default()
-                    .iter()
-                    .enumerate()
-                {
-                    if filter.get(i).copied() != Some(TxValidationCode::Valid as u8) {
+                for (env, code) in transactions(&block) {
+                    if code != TxValidationCode::Valid as i32 {
                         continue;
                     }
                     for e in chaincode_events(env) {
