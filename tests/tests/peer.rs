@@ -241,8 +241,8 @@ async fn bad_proposals_and_failing_chaincode_get_clear_errors() -> anyhow::Resul
     let e = gw.endorse(&["Fail", "nope"]).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::Aborted);
 
-    // Oversized proposal.
-    let big = "x".repeat(11 * 1024 * 1024);
+    // Oversized proposal: within gRPC's frame limit, over the endorser's 10 MiB proposal limit.
+    let big = "x".repeat(10 * 1024 * 1024 + 512 * 1024);
     let (sp, tx) = build_signed_proposal(&inv(&["Put", "big", &big], CHANNEL, "kv"), &client)?;
     let e = gw
         .client
@@ -254,7 +254,11 @@ async fn bad_proposals_and_failing_chaincode_get_clear_errors() -> anyhow::Resul
         })
         .await
         .unwrap_err();
-    assert!(!e.message().is_empty());
+    assert_eq!(e.code(), tonic::Code::Aborted);
+    assert!(
+        String::from_utf8_lossy(e.details()).contains("larger than the 10485760 byte limit"),
+        "{e:?}"
+    );
 
     // A replayed, committed proposal is refused as a duplicate.
     let (sp, tx) = build_signed_proposal(&inv(&["Put", "once", "1"], CHANNEL, "kv"), &client)?;
