@@ -35,6 +35,56 @@ pub fn resolve(base: &Path, p: &mut std::path::PathBuf) {
     }
 }
 
+/// A node's TLS material (PEM files), as `core.yaml` / `orderer.yaml` give it.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsFiles {
+    pub cert_file: std::path::PathBuf,
+    pub key_file: std::path::PathBuf,
+    /// CAs whose client certificates the server accepts (every organisation's TLS CA).
+    #[serde(default)]
+    pub client_root_cas: Vec<std::path::PathBuf>,
+    /// Refuse clients without a certificate (otherwise a certificate is optional, as Fabric's
+    /// clients often connect with server-side TLS only).
+    #[serde(default)]
+    pub client_auth_required: bool,
+}
+
+/// The contents of [`TlsFiles`].
+#[derive(Debug, Clone)]
+pub struct TlsMaterial {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    /// All client CAs in one PEM bundle (tonic keeps a single client-CA set); empty if none.
+    pub client_ca_bundle: Vec<u8>,
+}
+
+impl TlsFiles {
+    /// Makes the paths relative to `base` (the configuration file's folder).
+    pub fn resolve_paths(&mut self, base: &Path) {
+        resolve(base, &mut self.cert_file);
+        resolve(base, &mut self.key_file);
+        for p in &mut self.client_root_cas {
+            resolve(base, p);
+        }
+    }
+
+    /// Reads the files.
+    pub fn read(&self) -> Result<TlsMaterial, String> {
+        let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        let mut client_ca_bundle = Vec::new();
+        for ca in &self.client_root_cas {
+            client_ca_bundle.extend(read(ca)?);
+            client_ca_bundle.push(b'\n');
+        }
+        Ok(TlsMaterial {
+            cert_pem: read(&self.cert_file)?,
+            key_pem: read(&self.key_file)?,
+            client_ca_bundle,
+        })
+    }
+}
+
 /// Logs to stderr with `tracing`, levels per module from `MEDLEDGER_LOG` (default `info`),
 /// e.g. `MEDLEDGER_LOG=info,medledger_orderer::consensus=debug`.
 pub fn init_logging() {

@@ -51,16 +51,7 @@ fn read(path: &Path) -> Result<Vec<u8>, NodeError> {
     })
 }
 
-/// TLS files of the orderer.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TlsFiles {
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
-    /// CAs of clients and other consenters (mutual TLS; clients may connect without a certificate).
-    #[serde(default)]
-    pub client_root_cas: Vec<PathBuf>,
-}
+pub use medledger_common::config::TlsFiles;
 
 fn default_tick() -> u64 {
     20
@@ -98,12 +89,7 @@ impl OrdererConfig {
             resolve(base, p);
         }
         if let Some(t) = &mut cfg.tls {
-            for p in [&mut t.cert_file, &mut t.key_file]
-                .into_iter()
-                .chain(t.client_root_cas.iter_mut())
-            {
-                resolve(base, p);
-            }
+            t.resolve_paths(base);
         }
         Ok(cfg)
     }
@@ -464,12 +450,12 @@ pub async fn start(cfg: OrdererConfig) -> Result<RunningOrderer, NodeError> {
     let tls = cfg.tls.clone().ok_or_else(|| {
         NodeError::Config("orderers need TLS (mutual TLS between consenters)".into())
     })?;
-    let (cert, key) = (read(&tls.cert_file)?, read(&tls.key_file)?);
-    let mut roots = Vec::new();
-    for ca in &tls.client_root_cas {
-        roots.extend(read(ca)?);
-        roots.push(b'\n');
-    }
+    let material = tls.read().map_err(NodeError::Config)?;
+    let (cert, key, roots) = (
+        material.cert_pem,
+        material.key_pem,
+        material.client_ca_bundle,
+    );
     let ccfg = consensus_config(&cfg, &channel);
     let max_bytes = ccfg.batch.absolute_max_bytes;
     let mut replica = Replica::new(ccfg, crypto, store.restore()?);
@@ -519,7 +505,7 @@ pub async fn start(cfg: OrdererConfig) -> Result<RunningOrderer, NodeError> {
     if !roots.is_empty() {
         server_tls = server_tls
             .client_ca_root(tonic::transport::Certificate::from_pem(&roots))
-            .client_auth_optional(true);
+            .client_auth_optional(!tls.client_auth_required);
     }
     let mut rx = shutdown_rx.clone();
     let server = tonic::transport::Server::builder()

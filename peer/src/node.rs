@@ -56,19 +56,7 @@ fn read(path: &Path) -> Result<Vec<u8>, NodeError> {
     })
 }
 
-/// TLS files of the peer's gRPC server (and its client identity towards other nodes).
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TlsFiles {
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
-    /// CAs whose client certificates the server accepts.
-    #[serde(default)]
-    pub client_root_cas: Vec<PathBuf>,
-    /// Refuse clients without a certificate.
-    #[serde(default)]
-    pub client_auth_required: bool,
-}
+pub use medledger_common::config::TlsFiles;
 
 /// Another organisation's peer for gateway endorsement.
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
@@ -156,9 +144,7 @@ impl PeerConfig {
         resolve(base, &mut self.msp_dir);
         resolve(base, &mut self.data_dir);
         if let Some(t) = &mut self.tls {
-            resolve(base, &mut t.cert_file);
-            resolve(base, &mut t.key_file);
-            t.client_root_cas.iter_mut().for_each(|p| resolve(base, p));
+            t.resolve_paths(base);
         }
         for p in &mut self.gateway_peers {
             if let Some(f) = &mut p.tls_root_cert_file {
@@ -371,13 +357,16 @@ pub async fn start(cfg: PeerConfig, plugins: PluginRegistry) -> Result<RunningPe
         joined.insert(ch.id().to_owned(), Arc::new(ch));
     }
     let channels: Channels = Arc::new(RwLock::new(joined));
-    let client_tls = match &cfg.tls {
-        Some(t) => Some(ClientTls {
-            cert_pem: read(&t.cert_file)?,
-            key_pem: read(&t.key_file)?,
-        }),
-        None => None,
-    };
+    let tls = cfg
+        .tls
+        .as_ref()
+        .map(TlsFiles::read)
+        .transpose()
+        .map_err(NodeError::Config)?;
+    let client_tls = tls.as_ref().map(|t| ClientTls {
+        cert_pem: t.cert_pem.clone(),
+        key_pem: t.key_pem.clone(),
+    });
     let endorser = Arc::new(Endorser {
         channels: channels.clone(),
         chaincodes: Arc::new(ChaincodeSupport::new(Duration::from_millis(
@@ -411,23 +400,17 @@ pub async fn start(cfg: PeerConfig, plugins: PluginRegistry) -> Result<RunningPe
         address.to_string(),
     );
     let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
-    if let (Some(t), Some(id)) = (&cfg.tls, &client_tls) {
-        let mut tls = tonic::transport::ServerTlsConfig::new().identity(
-            tonic::transport::Identity::from_pem(&id.cert_pem, &id.key_pem),
+    if let (Some(files), Some(t)) = (&cfg.tls, &tls) {
+        let mut server_tls = tonic::transport::ServerTlsConfig::new().identity(
+            tonic::transport::Identity::from_pem(&t.cert_pem, &t.key_pem),
         );
-        if !t.client_root_cas.is_empty() {
-            // tonic keeps one client CA set, so every organisation's TLS CA goes in one bundle.
-            let mut bundle = Vec::new();
-            for ca in &t.client_root_cas {
-                bundle.extend(read(ca)?);
-                bundle.push(b'\n');
-            }
-            tls = tls
-                .client_ca_root(tonic::transport::Certificate::from_pem(bundle))
-                .client_auth_optional(!t.client_auth_required);
+        if !t.client_ca_bundle.is_empty() {
+            server_tls = server_tls
+                .client_ca_root(tonic::transport::Certificate::from_pem(&t.client_ca_bundle))
+                .client_auth_optional(!files.client_auth_required);
         }
         builder = builder
-            .tls_config(tls)
+            .tls_config(server_tls)
             .map_err(|e| NodeError::Config(format!("TLS: {e}")))?;
     }
     let (shutdown, shutdown_rx) = watch::channel(false);

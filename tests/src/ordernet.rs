@@ -54,6 +54,7 @@ impl OrdererSet {
                     cert_file: home.join("tls/server.crt"),
                     key_file: home.join("tls/server.key"),
                     client_root_cas: vec![home.join("tls/client-cas.pem")],
+                    client_auth_required: false,
                 }),
                 tick_ms: 20,
                 operations_address: Some("127.0.0.1:0".into()),
