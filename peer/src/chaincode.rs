@@ -342,26 +342,45 @@ impl ChaincodeSupport {
                 Ok(())
             } else {
                 Err(format!(
-                    "private data collection {collection:?}: private data is not enabled on this peer"
+                    "collection {collection:?}: state metadata of private data is not supported"
                 ))
             }
         };
         let result: Result<Vec<u8>, String> = match Msg::try_from(msg.r#type) {
             Ok(Msg::GetState) => dec::<GetState>(&msg.payload).and_then(|r| {
-                no_private(&r.collection)?;
-                sim.get_state(ns, &r.key)
+                if r.collection.is_empty() {
+                    sim.get_state(ns, &r.key)
+                } else {
+                    sim.get_private_data(ns, &r.collection, &r.key)
+                }
+                .map(Option::unwrap_or_default)
+                .map_err(sim_err)
+            }),
+            Ok(Msg::GetPrivateDataHash) => dec::<GetState>(&msg.payload).and_then(|r| {
+                sim.get_private_data_hash(ns, &r.collection, &r.key)
                     .map(Option::unwrap_or_default)
                     .map_err(sim_err)
             }),
             Ok(Msg::PutState) => dec::<PutState>(&msg.payload).and_then(|r| {
-                no_private(&r.collection)?;
-                sim.put_state(ns, &r.key, r.value)
-                    .map(|()| Vec::new())
-                    .map_err(sim_err)
+                if r.collection.is_empty() {
+                    sim.put_state(ns, &r.key, r.value)
+                } else {
+                    sim.put_private_data(ns, &r.collection, &r.key, r.value)
+                }
+                .map(|()| Vec::new())
+                .map_err(sim_err)
             }),
             Ok(Msg::DelState) => dec::<DelState>(&msg.payload).and_then(|r| {
-                no_private(&r.collection)?;
-                sim.del_state(ns, &r.key)
+                if r.collection.is_empty() {
+                    sim.del_state(ns, &r.key)
+                } else {
+                    sim.del_private_data(ns, &r.collection, &r.key)
+                }
+                .map(|()| Vec::new())
+                .map_err(sim_err)
+            }),
+            Ok(Msg::PurgePrivateData) => dec::<DelState>(&msg.payload).and_then(|r| {
+                sim.purge_private_data(ns, &r.collection, &r.key)
                     .map(|()| Vec::new())
                     .map_err(sim_err)
             }),
@@ -387,7 +406,31 @@ impl ChaincodeSupport {
                     .map_err(sim_err)
             }),
             Ok(Msg::GetStateByRange) => dec::<GetStateByRange>(&msg.payload).and_then(|r| {
-                no_private(&r.collection)?;
+                if !r.collection.is_empty() {
+                    if !r.metadata.is_empty() {
+                        return Err("pagination is not supported for private data queries".into());
+                    }
+                    let rows = sim
+                        .private_range(ns, &r.collection, &r.start_key, &r.end_key)
+                        .map_err(sim_err)?;
+                    let mut encoded: VecDeque<Vec<u8>> = rows
+                        .into_iter()
+                        .map(|(key, value)| {
+                            Kv {
+                                namespace: ns.to_owned(),
+                                key,
+                                value,
+                            }
+                            .encode_to_vec()
+                        })
+                        .collect();
+                    let id = format!("it{}", self.next_iterator.fetch_add(1, Ordering::Relaxed));
+                    let resp = self.batch(id.clone(), &mut encoded);
+                    if resp.has_more {
+                        iterators.insert(id, encoded);
+                    }
+                    return Ok(resp.encode_to_vec());
+                }
                 let paging = if r.metadata.is_empty() {
                     None
                 } else {
@@ -484,9 +527,6 @@ impl ChaincodeSupport {
             Ok(Msg::GetQueryResult) => Err(
                 "rich queries need a CouchDB state database, which this peer does not use".into(),
             ),
-            Ok(Msg::GetPrivateDataHash) | Ok(Msg::PurgePrivateData) => {
-                Err("private data is not enabled on this peer".into())
-            }
             Ok(Msg::InvokeChaincode) => {
                 Err("chaincode-to-chaincode invocation is not supported".into())
             }

@@ -8,6 +8,7 @@ use medledger_common::channelconfig::ChannelConfig;
 use medledger_common::policy::Policy;
 
 use crate::chaincode::ChaincodeEndpoint;
+use crate::collection::Collections;
 use crate::ledger::Ledger;
 
 /// A chaincode's definition on a channel.
@@ -19,6 +20,8 @@ pub struct ChaincodeDefinition {
     pub endorsement_plugin: String,
     /// Registered validation plugin name (`vscc` by default).
     pub validation_plugin: String,
+    /// Its private data collections (explicit and implicit).
+    pub collections: Collections,
 }
 
 /// One joined channel.
@@ -26,6 +29,8 @@ pub struct Channel {
     pub config: ChannelConfig,
     pub ledger: Arc<Ledger>,
     pub chaincodes: BTreeMap<String, ChaincodeDefinition>,
+    /// The MSP id of the peer holding this channel (decides collection membership).
+    pub local_msp: String,
 }
 
 impl Channel {

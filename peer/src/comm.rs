@@ -46,3 +46,31 @@ pub async fn dial(
         .await
         .map_err(|e| format!("cannot connect to {address}: {e}"))
 }
+
+/// Open connections to other nodes by address, dialled once and reused.
+pub struct ConnectionPool {
+    client_tls: Option<ClientTls>,
+    conns: tokio::sync::Mutex<std::collections::HashMap<String, Channel>>,
+}
+
+impl ConnectionPool {
+    pub fn new(client_tls: Option<ClientTls>) -> Self {
+        Self {
+            client_tls,
+            conns: tokio::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// A connection to `address`, verified against `tls_roots`.
+    pub async fn get(&self, address: &str, tls_roots: &[Vec<u8>]) -> Result<Channel, String> {
+        if let Some(c) = self.conns.lock().await.get(address) {
+            return Ok(c.clone());
+        }
+        let ch = dial(address, tls_roots, self.client_tls.as_ref()).await?;
+        self.conns
+            .lock()
+            .await
+            .insert(address.to_owned(), ch.clone());
+        Ok(ch)
+    }
+}

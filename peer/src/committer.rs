@@ -1,7 +1,10 @@
 //! The committer: verifies a block's orderer signatures, validates each transaction (envelope,
 //! creator signature, txid, duplicates, endorsement policy through the validation plugin, MVCC
 //! reads and range-query phantoms), writes the validation codes into TRANSACTIONS_FILTER and
-//! commits block, state, history and transaction index in one write.
+//! commits block, state, history and transaction index in one write. For private data it checks
+//! the collections' rules and hashed reads, applies the hashed writes, and commits the private
+//! write sets this peer is a member for after checking them against the block's hashes (what it
+//! lacks is recorded as missing for reconciliation).
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -9,7 +12,9 @@ use medledger_common::crypto::sha256_concat;
 use medledger_common::msp::Expiry;
 use medledger_common::protoutil::{compute_txid, unpack_envelope};
 use medledger_proto::common::{Block, BlockMetadataIndex, Envelope, HeaderType};
-use medledger_proto::kvrwset::{KvRead, KvrwSet, Version, range_query_info::ReadsInfo};
+use medledger_proto::kvrwset::{
+    HashedRwSet, KvRead, KvrwSet, Version, range_query_info::ReadsInfo,
+};
 use medledger_proto::medledger::ledger::{HistoryEntry, TxLocation, VersionedValue};
 use medledger_proto::protos::{
     ChaincodeAction, ChaincodeActionPayload, ProposalResponsePayload, Transaction,
@@ -19,8 +24,11 @@ use medledger_proto::rwset::TxReadWriteSet;
 use prost::Message;
 
 use crate::channel::Channel;
-use crate::ledger::{BlockCommit, LedgerError, StateUpdate};
+use crate::ledger::{
+    BlockCommit, HashedUpdate, LedgerError, PvtCommit, PvtPurge, PvtSlot, StateUpdate,
+};
 use crate::plugins::{PluginRegistry, ValidationInput};
+use crate::privdata::{PvtCandidates, PvtNeed, expiry, verify_write_set};
 
 /// The state-metadata entry holding a key-level endorsement policy.
 pub const VALIDATION_PARAMETER: &str = "VALIDATION_PARAMETER";
@@ -35,15 +43,36 @@ pub enum CommitError {
 }
 
 type NsKey = (String, String);
+type HashedKey = (String, String, Vec<u8>);
 
 /// State as seen by transaction `i` of a block: the ledger plus the writes of earlier valid
 /// transactions of the same block.
 struct Overlay<'a> {
     channel: &'a Channel,
     updates: BTreeMap<NsKey, Option<VersionedValue>>,
+    hashed: BTreeMap<HashedKey, Option<VersionedValue>>,
 }
 
 impl Overlay<'_> {
+    fn hashed_version(
+        &self,
+        ns: &str,
+        coll: &str,
+        key_hash: &[u8],
+    ) -> Result<Option<Version>, LedgerError> {
+        let v = match self
+            .hashed
+            .get(&(ns.to_owned(), coll.to_owned(), key_hash.to_vec()))
+        {
+            Some(v) => v.clone(),
+            None => self.channel.ledger.hashed_state(ns, coll, key_hash)?,
+        };
+        Ok(v.map(|v| Version {
+            block_num: v.block_num,
+            tx_num: v.tx_num,
+        }))
+    }
+
     fn get(&self, ns: &str, key: &str) -> Result<Option<VersionedValue>, LedgerError> {
         match self.updates.get(&(ns.to_owned(), key.to_owned())) {
             Some(v) => Ok(v.clone()),
@@ -109,10 +138,18 @@ impl Overlay<'_> {
     }
 }
 
+/// One collection's part of a transaction.
+struct CollectionEffects {
+    name: String,
+    hashed: HashedRwSet,
+    pvt_rwset_hash: Vec<u8>,
+}
+
 /// What a valid transaction changes.
 struct Effects {
     ns: String,
     set: KvrwSet,
+    collections: Vec<CollectionEffects>,
     tx_id: String,
     timestamp: Option<prost_types::Timestamp>,
     creator_msp: String,
@@ -234,6 +271,7 @@ fn validate(
     let rwset = TxReadWriteSet::decode(cc_action.results.as_slice())
         .map_err(|_| fail(Code::BadRwset, "bad read-write set"))?;
     let mut set = KvrwSet::default();
+    let mut collections = Vec::new();
     for ns in &rwset.ns_rwset {
         if ns.namespace != name {
             return Err((
@@ -241,14 +279,39 @@ fn validate(
                 format!("read-write set touches namespace {:?}", ns.namespace),
             ));
         }
-        if !ns.collection_hashed_rwset.is_empty() {
-            return Err(fail(
-                Code::InvalidWriteset,
-                "private data is not enabled on this peer",
-            ));
-        }
         set = KvrwSet::decode(ns.rwset.as_slice())
             .map_err(|_| fail(Code::BadRwset, "bad KV read-write set"))?;
+        for ch in &ns.collection_hashed_rwset {
+            let c = def.collections.get(&ch.collection_name).ok_or_else(|| {
+                (
+                    Code::InvalidWriteset,
+                    format!("collection {:?} is not defined", ch.collection_name),
+                )
+            })?;
+            let hashed = HashedRwSet::decode(ch.hashed_rwset.as_slice())
+                .map_err(|_| fail(Code::BadRwset, "bad hashed read-write set"))?;
+            if !hashed.hashed_writes.is_empty() && c.member_only_write && !c.admits(&creator) {
+                return Err((
+                    Code::InvalidWriteset,
+                    format!(
+                        "the creator may not write to collection {} (memberOnlyWrite)",
+                        c.name
+                    ),
+                ));
+            }
+            if hashed
+                .hashed_writes
+                .iter()
+                .any(|w| w.key_hash.len() != 32 || (!w.is_delete && w.value_hash.len() != 32))
+            {
+                return Err(fail(Code::InvalidWriteset, "malformed hashed write"));
+            }
+            collections.push(CollectionEffects {
+                name: ch.collection_name.clone(),
+                hashed,
+                pvt_rwset_hash: ch.pvt_rwset_hash.clone(),
+            });
+        }
     }
 
     // Endorsement policy, with key-level policies of the keys written.
@@ -282,15 +345,35 @@ fn validate(
             ),
         )
     })?;
-    plugin
-        .validate(&ValidationInput {
-            payload: &endorsed.proposal_response_payload,
-            endorsements: &endorsed.endorsements,
-            chaincode_policy: &def.endorsement_policy,
-            key_policies,
-            msps: &channel.config.msps,
-        })
-        .map_err(|c| (c, "endorsement policy not satisfied".to_owned()))?;
+    let (chaincode_policy_needed, policies) = def.collections.endorsement_policies(
+        !written_public_is_empty(&set),
+        collections
+            .iter()
+            .filter(|c| !c.hashed.hashed_writes.is_empty())
+            .map(|c| c.name.as_str()),
+    );
+    if chaincode_policy_needed {
+        plugin
+            .validate(&ValidationInput {
+                payload: &endorsed.proposal_response_payload,
+                endorsements: &endorsed.endorsements,
+                chaincode_policy: &def.endorsement_policy,
+                key_policies,
+                msps: &channel.config.msps,
+            })
+            .map_err(|c| (c, "endorsement policy not satisfied".to_owned()))?;
+    }
+    for policy in policies {
+        plugin
+            .validate(&ValidationInput {
+                payload: &endorsed.proposal_response_payload,
+                endorsements: &endorsed.endorsements,
+                chaincode_policy: policy,
+                key_policies: Vec::new(),
+                msps: &channel.config.msps,
+            })
+            .map_err(|c| (c, "collection endorsement policy not satisfied".to_owned()))?;
+    }
 
     // MVCC: every read must still be at the version read; every range must return the same keys.
     for r in &set.reads {
@@ -321,10 +404,27 @@ fn validate(
             ));
         }
     }
+    for ce in &collections {
+        for r in &ce.hashed.hashed_reads {
+            let now = overlay
+                .hashed_version(&name, &ce.name, &r.key_hash)
+                .map_err(|e| (Code::InvalidOtherReason, e.to_string()))?;
+            if now != r.version {
+                return Err((
+                    Code::MvccReadConflict,
+                    format!(
+                        "a private key of collection {} changed since it was read",
+                        ce.name
+                    ),
+                ));
+            }
+        }
+    }
     let _ = tx_num;
     Ok(Effects {
         ns: name,
         set,
+        collections,
         tx_id: ch.tx_id.clone(),
         timestamp: ch.timestamp,
         creator_msp: creator.mspid.clone(),
@@ -369,6 +469,38 @@ fn apply(
             .updates
             .insert((fx.ns.clone(), w.key.clone()), value);
     }
+    for ce in &fx.collections {
+        for w in &ce.hashed.hashed_writes {
+            let value = (!w.is_delete).then(|| VersionedValue {
+                block_num,
+                tx_num,
+                value: w.value_hash.clone(),
+                metadata: Vec::new(),
+            });
+            overlay.hashed.insert(
+                (fx.ns.clone(), ce.name.clone(), w.key_hash.clone()),
+                value.clone(),
+            );
+            commit.hashed_updates.push(HashedUpdate {
+                namespace: fx.ns.clone(),
+                collection: ce.name.clone(),
+                key_hash: w.key_hash.clone(),
+                value,
+                expires_at: overlay
+                    .channel
+                    .chaincode(&fx.ns)
+                    .and_then(|d| d.collections.get(&ce.name))
+                    .and_then(|c| expiry(c, block_num)),
+            });
+            if w.is_purge {
+                commit.pvt_purges.push(PvtPurge {
+                    namespace: fx.ns.clone(),
+                    collection: ce.name.clone(),
+                    key_hash: w.key_hash.clone(),
+                });
+            }
+        }
+    }
     for m in &fx.set.metadata_writes {
         if let Some(mut v) = overlay.get(&fx.ns, &m.key)? {
             v.metadata = m.entries.clone();
@@ -382,12 +514,73 @@ fn apply(
     Ok(())
 }
 
-/// Validates and commits one block (the genesis block is committed as given).
-/// Returns the validation code of each transaction.
+fn written_public_is_empty(set: &KvrwSet) -> bool {
+    set.writes.is_empty() && set.metadata_writes.is_empty()
+}
+
+/// The private write sets of a valid transaction this peer is a member for: the first
+/// candidate that matches the block's hashes, or a missing entry.
+fn private_commits(
+    channel: &Channel,
+    block_num: u64,
+    tx_num: u64,
+    fx: &Effects,
+    pvt: &PvtCandidates,
+    commit: &mut BlockCommit,
+) {
+    let Some(def) = channel.chaincode(&fx.ns) else {
+        return;
+    };
+    for ce in &fx.collections {
+        let Some(c) = def.collections.get(&ce.name) else {
+            continue;
+        };
+        if !c.is_member_org(&channel.local_msp) || ce.hashed.hashed_writes.is_empty() {
+            continue;
+        }
+        let need = PvtNeed {
+            slot: PvtSlot {
+                block_num,
+                tx_num,
+                namespace: fx.ns.clone(),
+                collection: ce.name.clone(),
+            },
+            tx_id: fx.tx_id.clone(),
+            hashed: ce.hashed.clone(),
+            pvt_rwset_hash: ce.pvt_rwset_hash.clone(),
+        };
+        let verified = pvt
+            .get(&need.slot)
+            .into_iter()
+            .flatten()
+            .find_map(|bytes| match verify_write_set(&need, bytes) {
+                Ok(set) => Some(set),
+                Err(e) => {
+                    tracing::warn!(block = block_num, tx = tx_num, collection = %ce.name, error = %e, "private write set refused");
+                    None
+                }
+            });
+        match verified {
+            Some(set) => commit.pvt_writes.push(PvtCommit {
+                slot: need.slot,
+                set,
+                expires_at: expiry(c, block_num),
+            }),
+            None => {
+                tracing::warn!(block = block_num, tx = tx_num, collection = %ce.name, "private data missing at commit; reconciliation will fetch it");
+                commit.pvt_missing.push(need.slot)
+            }
+        }
+    }
+}
+
+/// Validates and commits one block (the genesis block is committed as given) with the private
+/// write sets gathered for it. Returns the validation code of each transaction.
 pub fn commit_block(
     channel: &Channel,
     plugins: &PluginRegistry,
     mut block: Block,
+    pvt: &PvtCandidates,
 ) -> Result<Vec<Code>, CommitError> {
     let number = block
         .header
@@ -408,6 +601,7 @@ pub fn commit_block(
     let mut overlay = Overlay {
         channel,
         updates: BTreeMap::new(),
+        hashed: BTreeMap::new(),
     };
     let mut commit = BlockCommit::default();
     let mut seen = HashSet::new();
@@ -420,6 +614,7 @@ pub fn commit_block(
             match validate(env, i, &overlay, &seen, plugins) {
                 Ok(fx) => {
                     apply(number, i, &fx, &mut overlay, &mut commit)?;
+                    private_commits(channel, number, i, &fx, pvt, &mut commit);
                     (Code::Valid, fx.tx_id)
                 }
                 Err((code, why)) => {
@@ -434,6 +629,7 @@ pub fn commit_block(
             }
         };
         if !txid.is_empty() {
+            commit.transient_done.push(txid.clone());
             seen.insert(txid.clone());
             commit.tx_locations.push((
                 txid,

@@ -22,7 +22,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::channel::Channel;
 use crate::endorser::{Channels, TIME_WINDOW};
+use crate::privdata::{add_collection, block_needs};
+use medledger_common::msp::{Expiry, Identity};
+use medledger_proto::rwset::{CollectionPvtReadWriteSet, TxPvtReadWriteSet};
 
 /// What a Deliver stream sends for each block.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -32,33 +36,43 @@ pub enum BlockForm {
     WithPrivateData,
 }
 
-/// The chaincode events of an endorser transaction envelope, in action order.
-pub fn chaincode_events(envelope: &[u8]) -> Vec<ChaincodeEvent> {
+/// The transaction id and chaincode actions of an endorser transaction envelope (none for any
+/// other envelope or one that does not decode).
+pub fn chaincode_actions(envelope: &[u8]) -> (String, Vec<ChaincodeAction>) {
+    let none = || (String::new(), Vec::new());
     let Ok(env) = Envelope::decode(envelope) else {
-        return vec![];
+        return none();
     };
     let Ok(u) = unpack_envelope(&env) else {
-        return vec![];
+        return none();
     };
     if u.channel_header.r#type != HeaderType::EndorserTransaction as i32 {
-        return vec![];
+        return none();
     }
     let Ok(tx) = Transaction::decode(u.payload.data.as_slice()) else {
-        return vec![];
+        return none();
     };
-    tx.actions
+    let actions = tx
+        .actions
         .iter()
         .filter_map(|a| {
             let cap = ChaincodeActionPayload::decode(a.payload.as_slice()).ok()?;
             let prp =
                 ProposalResponsePayload::decode(cap.action?.proposal_response_payload.as_slice())
                     .ok()?;
-            let action = ChaincodeAction::decode(prp.extension.as_slice()).ok()?;
-            if action.events.is_empty() {
-                return None;
-            }
-            ChaincodeEvent::decode(action.events.as_slice()).ok()
+            ChaincodeAction::decode(prp.extension.as_slice()).ok()
         })
+        .collect();
+    (u.channel_header.tx_id, actions)
+}
+
+/// The chaincode events of an endorser transaction envelope, in action order.
+pub fn chaincode_events(envelope: &[u8]) -> Vec<ChaincodeEvent> {
+    chaincode_actions(envelope)
+        .1
+        .into_iter()
+        .filter(|a| !a.events.is_empty())
+        .filter_map(|a| ChaincodeEvent::decode(a.events.as_slice()).ok())
         .collect()
 }
 
@@ -164,6 +178,14 @@ async fn seek(
         Err(s) => return s,
     };
     let (start, stop, fail_if_not_ready) = (range.start, range.stop, range.fail_if_not_ready);
+    // Private data goes only to a requester the collection's membership policy admits.
+    let requester = unpack_envelope(&env).ok().and_then(|u| {
+        channel
+            .config
+            .msps
+            .deserialize(&u.signature_header.creator, Expiry::now())
+            .ok()
+    });
     let mut heights = ledger.subscribe();
     let mut n = start;
     while n <= stop {
@@ -184,10 +206,16 @@ async fn seek(
         let resp = match form {
             BlockForm::Full => Resp::Block(block),
             BlockForm::Filtered => Resp::FilteredBlock(filtered_block(channel.id(), &block)),
-            BlockForm::WithPrivateData => Resp::BlockAndPrivateData(BlockAndPrivateData {
-                block: Some(block),
-                private_data_map: Default::default(),
-            }),
+            BlockForm::WithPrivateData => {
+                let private_data_map = match &requester {
+                    Some(who) => private_data_of(&channel, &block, who),
+                    None => Default::default(),
+                };
+                Resp::BlockAndPrivateData(BlockAndPrivateData {
+                    block: Some(block),
+                    private_data_map,
+                })
+            }
         };
         if out
             .send(Ok(DeliverResponse { r#type: Some(resp) }))
@@ -199,6 +227,37 @@ async fn seek(
         n += 1;
     }
     BlockStatus::Success
+}
+
+/// The committed private write sets of `block` this peer holds and `requester` may see, by
+/// transaction number.
+fn private_data_of(
+    channel: &Channel,
+    block: &Block,
+    requester: &Identity,
+) -> std::collections::HashMap<u64, TxPvtReadWriteSet> {
+    let mut out: std::collections::HashMap<u64, TxPvtReadWriteSet> = Default::default();
+    for need in block_needs(channel, block) {
+        let admitted = channel
+            .chaincode(&need.slot.namespace)
+            .and_then(|d| d.collections.get(&need.slot.collection))
+            .is_some_and(|c| c.admits(requester));
+        if !admitted {
+            continue;
+        }
+        let Ok(Some(set)) = channel.ledger.pvt_write_set(&need.slot) else {
+            continue;
+        };
+        add_collection(
+            out.entry(need.slot.tx_num).or_default(),
+            &need.slot.namespace,
+            CollectionPvtReadWriteSet {
+                collection_name: need.slot.collection.clone(),
+                rwset: set.encode_to_vec(),
+            },
+        );
+    }
+    out
 }
 
 type DeliverStream = Pin<Box<dyn Stream<Item = Result<DeliverResponse, Status>> + Send>>;

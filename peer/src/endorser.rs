@@ -18,7 +18,8 @@ use tokio::sync::RwLock;
 use crate::chaincode::ChaincodeSupport;
 use crate::channel::Channel;
 use crate::plugins::PluginRegistry;
-use crate::simulator::TxSimulator;
+use crate::privdata::PrivateDataClient;
+use crate::simulator::{PrivateAccess, TxSimulator};
 
 /// Fabric's `peer.authentication.timewindow`.
 pub const TIME_WINDOW: Duration = Duration::from_secs(15 * 60);
@@ -63,6 +64,8 @@ pub struct Endorser {
     pub chaincodes: Arc<ChaincodeSupport>,
     pub signer: SigningIdentity,
     pub plugins: PluginRegistry,
+    /// Sends private write sets to the collections' other members.
+    pub private_data: Arc<PrivateDataClient>,
 }
 
 fn error_response(status: i32, message: String) -> ProposalResponse {
@@ -150,7 +153,11 @@ impl Endorser {
                 ),
             );
         };
-        let mut sim = TxSimulator::new(c.channel.ledger.clone());
+        let mut sim = TxSimulator::new(c.channel.ledger.clone()).with_private(PrivateAccess {
+            collections: def.collections.clone(),
+            creator: c.creator.clone(),
+            peer_msp: c.channel.local_msp.clone(),
+        });
         let (response, event) = match self
             .chaincodes
             .execute(
@@ -172,8 +179,43 @@ impl Endorser {
                 ..Default::default()
             };
         }
+        let results = sim.build();
+        if let Some(pvt) = &results.private {
+            // The private write sets wait in this peer's transient store (if it is a member)
+            // and reach requiredPeerCount other members before the endorsement is returned.
+            for ns in &pvt.ns_pvt_rwset {
+                for coll in &ns.collection_pvt_rwset {
+                    let member = def
+                        .collections
+                        .get(&coll.collection_name)
+                        .is_some_and(|col| col.is_member_org(&c.channel.local_msp));
+                    if !member {
+                        continue;
+                    }
+                    if let Err(e) = c.channel.ledger.transient_put(
+                        p.tx_id(),
+                        &ns.namespace,
+                        &coll.collection_name,
+                        c.channel.ledger.height(),
+                        &coll.rwset,
+                    ) {
+                        return error_response(500, format!("transient store: {e}"));
+                    }
+                }
+            }
+            if let Err(e) = self
+                .private_data
+                .disseminate(&c.channel, p.tx_id(), pvt)
+                .await
+            {
+                return error_response(
+                    500,
+                    format!("failed to distribute private collection: {e}"),
+                );
+            }
+        }
         let action = ChaincodeAction {
-            results: sim.build().encode_to_vec(),
+            results: results.public.encode_to_vec(),
             events: event.map(|e| e.encode_to_vec()).unwrap_or_default(),
             response: Some(response.clone()),
             chaincode_id: Some(ChaincodeId {

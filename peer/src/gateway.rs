@@ -3,7 +3,6 @@
 //! quorum), CommitStatus (waits for the commit) and ChaincodeEvents, with Fabric's gRPC codes and
 //! `gateway.ErrorDetail` details.
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,13 +23,13 @@ use medledger_proto::orderer::seek_position::Type as Seek;
 use medledger_proto::protos::endorser_client::EndorserClient;
 use medledger_proto::protos::{Endorsement, ProposalResponse, TxValidationCode};
 use prost::Message;
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel as GrpcChannel;
 use tonic::{Code, Request, Response, Status};
 
 use crate::channel::Channel;
-use crate::comm::{ClientTls, dial};
+use crate::comm::{ClientTls, ConnectionPool};
 use crate::deliver::{chaincode_events, transactions};
 use crate::endorser::Endorser;
 
@@ -52,10 +51,9 @@ const BROADCAST_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct GatewayService {
     pub endorser: Arc<Endorser>,
     pub remote_peers: Vec<RemotePeer>,
-    pub client_tls: Option<ClientTls>,
     /// This peer's own address, for error details.
     pub address: String,
-    conns: Mutex<HashMap<String, GrpcChannel>>,
+    conns: ConnectionPool,
 }
 
 fn detail(address: &str, msp_id: &str, message: impl Into<String>) -> ErrorDetail {
@@ -98,6 +96,31 @@ fn status_text(s: &Status) -> String {
     text
 }
 
+/// Whether a proposal response writes public state, and which collections it writes.
+fn writes_of(payload: &[u8]) -> (bool, Vec<String>) {
+    use medledger_proto::kvrwset::{HashedRwSet, KvrwSet};
+    use medledger_proto::protos::{ChaincodeAction, ProposalResponsePayload};
+    use medledger_proto::rwset::TxReadWriteSet;
+    let rwset = ProposalResponsePayload::decode(payload)
+        .ok()
+        .and_then(|p| ChaincodeAction::decode(p.extension.as_slice()).ok())
+        .and_then(|a| TxReadWriteSet::decode(a.results.as_slice()).ok())
+        .unwrap_or_default();
+    let mut public = false;
+    let mut collections = Vec::new();
+    for ns in rwset.ns_rwset {
+        let set = KvrwSet::decode(ns.rwset.as_slice()).unwrap_or_default();
+        public |= !set.writes.is_empty() || !set.metadata_writes.is_empty();
+        for c in ns.collection_hashed_rwset {
+            let h = HashedRwSet::decode(c.hashed_rwset.as_slice()).unwrap_or_default();
+            if !h.hashed_writes.is_empty() {
+                collections.push(c.collection_name);
+            }
+        }
+    }
+    (public, collections)
+}
+
 fn chaincode_error(resp: &ProposalResponse) -> String {
     let r = resp.response.clone().unwrap_or_default();
     format!("chaincode response {}, {}", r.status, r.message)
@@ -113,22 +136,13 @@ impl GatewayService {
         Self {
             endorser,
             remote_peers,
-            client_tls,
             address,
-            conns: Mutex::new(HashMap::new()),
+            conns: ConnectionPool::new(client_tls),
         }
     }
 
     async fn connect(&self, address: &str, tls_roots: &[Vec<u8>]) -> Result<GrpcChannel, String> {
-        if let Some(c) = self.conns.lock().await.get(address) {
-            return Ok(c.clone());
-        }
-        let ch = dial(address, tls_roots, self.client_tls.as_ref()).await?;
-        self.conns
-            .lock()
-            .await
-            .insert(address.to_owned(), ch.clone());
-        Ok(ch)
+        self.conns.get(address, tls_roots).await
     }
 
     async fn remote_endorse(
@@ -337,9 +351,14 @@ impl Gateway for GatewayService {
         let mut endorsed_orgs = vec![own.clone()];
         let mut details = Vec::new();
         let wanted = &req.endorsing_organizations;
+        let (writes_public, written) = writes_of(&local.payload);
+        let (chaincode_policy, collection_policies) = def
+            .collections
+            .endorsement_policies(writes_public, written.iter().map(String::as_str));
         let satisfied = |e: &[Endorsement]| {
-            def.endorsement_policy
-                .satisfied_by(&Self::signers(&channel, &local.payload, e))
+            let signers = Self::signers(&channel, &local.payload, e);
+            (!chaincode_policy || def.endorsement_policy.satisfied_by(&signers))
+                && collection_policies.iter().all(|p| p.satisfied_by(&signers))
         };
         for peer in &self.remote_peers {
             // Without named organisations, stop as soon as the policy holds.

@@ -5,6 +5,7 @@
 pub mod chaincode;
 pub mod channel;
 pub mod cli;
+pub mod collection;
 pub mod comm;
 pub mod committer;
 pub mod deliver;
@@ -13,4 +14,6 @@ pub mod gateway;
 pub mod ledger;
 pub mod node;
 pub mod plugins;
+pub mod privdata;
+pub mod sealing;
 pub mod simulator;

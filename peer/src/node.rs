@@ -28,6 +28,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::chaincode::{ChaincodeEndpoint, ChaincodeSupport, ConnectionInfo};
 use crate::channel::{ChaincodeDefinition, Channel};
+use crate::collection::Collections;
 use crate::comm::{ClientTls, dial};
 use crate::committer::commit_block;
 use crate::deliver::DeliverService;
@@ -35,6 +36,11 @@ use crate::endorser::{Channels, Endorser, MAX_PROPOSAL_BYTES};
 use crate::gateway::{GatewayService, RemotePeer};
 use crate::ledger::Ledger;
 use crate::plugins::PluginRegistry;
+use crate::privdata::{
+    MAX_PRIVATE_MESSAGE_BYTES, PrivateDataClient, PrivateDataService, PvtCandidates, reconcile_loop,
+};
+use crate::sealing::CollectionKeys;
+use medledger_proto::medledger::privdata::private_data_server::PrivateDataServer;
 
 /// Errors starting a peer.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +89,48 @@ pub struct ChaincodeConfig {
     pub endorsement_plugin: String,
     #[serde(default = "default_vscc")]
     pub validation_plugin: String,
+    /// Fabric's `collections_config.json` for the chaincode's private data collections.
+    #[serde(default)]
+    pub collections_config: Option<PathBuf>,
+}
+
+/// Private data settings (Fabric's `peer.gossip.pvtData` and transient store retention).
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PrivateDataConfig {
+    /// How long a commit waits for missing private data from other members.
+    #[serde(default = "default_pull_timeout")]
+    pub pull_timeout_ms: u64,
+    /// How often missing private data is looked for again.
+    #[serde(default = "default_reconcile_interval")]
+    pub reconcile_interval_ms: u64,
+    /// Blocks a never-committed transaction's private data stays in the transient store.
+    #[serde(default = "default_transient_retention")]
+    pub transient_retention_blocks: u64,
+    /// Where the per-collection AES-256-GCM keys are kept (default `<dataDir>/keys`).
+    #[serde(default)]
+    pub keys_dir: Option<PathBuf>,
+}
+
+impl Default for PrivateDataConfig {
+    fn default() -> Self {
+        Self {
+            pull_timeout_ms: default_pull_timeout(),
+            reconcile_interval_ms: default_reconcile_interval(),
+            transient_retention_blocks: default_transient_retention(),
+            keys_dir: None,
+        }
+    }
+}
+
+fn default_pull_timeout() -> u64 {
+    3_000
+}
+fn default_reconcile_interval() -> u64 {
+    10_000
+}
+fn default_transient_retention() -> u64 {
+    1_000
 }
 
 fn default_version() -> String {
@@ -127,6 +175,8 @@ pub struct PeerConfig {
     /// Where `/healthz` and `/metrics` are served (none when unset).
     #[serde(default)]
     pub operations_address: Option<String>,
+    #[serde(default)]
+    pub private_data: PrivateDataConfig,
 }
 
 impl PeerConfig {
@@ -153,6 +203,14 @@ impl PeerConfig {
         }
         for c in &mut self.channels {
             resolve(base, &mut c.genesis_block);
+            for cc in &mut c.chaincodes {
+                if let Some(f) = &mut cc.collections_config {
+                    resolve(base, f);
+                }
+            }
+        }
+        if let Some(k) = &mut self.private_data.keys_dir {
+            resolve(base, k);
         }
     }
 }
@@ -197,7 +255,12 @@ impl RunningPeer {
     }
 }
 
-fn open_channel(cfg: &ChannelJoinConfig, data_dir: &Path) -> Result<Channel, NodeError> {
+fn open_channel(
+    cfg: &ChannelJoinConfig,
+    data_dir: &Path,
+    local_msp: &str,
+    keys: Arc<CollectionKeys>,
+) -> Result<Channel, NodeError> {
     let genesis = Block::decode(read(&cfg.genesis_block)?.as_slice())
         .map_err(|e| NodeError::Config(format!("genesis block: {e}")))?;
     let config = ChannelConfig::from_block(&genesis)
@@ -206,17 +269,27 @@ fn open_channel(cfg: &ChannelJoinConfig, data_dir: &Path) -> Result<Channel, Nod
         channel: config.channel_id.clone(),
         reason,
     };
-    let ledger = Ledger::open(&data_dir.join("ledgers").join(&config.channel_id))
-        .map_err(|e| err(e.to_string()))?;
+    let ledger = Ledger::open_private(
+        &data_dir.join("ledgers").join(&config.channel_id),
+        &config.channel_id,
+        keys,
+    )
+    .map_err(|e| err(e.to_string()))?;
     if ledger.height() == 0 {
         let channel = Channel {
             config: config.clone(),
             ledger: Arc::new(ledger),
             chaincodes: BTreeMap::new(),
+            local_msp: local_msp.to_owned(),
         };
-        commit_block(&channel, &PluginRegistry::default(), genesis)
-            .map_err(|e| err(e.to_string()))?;
-        return open_channel_with(cfg, config, channel.ledger);
+        commit_block(
+            &channel,
+            &PluginRegistry::default(),
+            genesis,
+            &PvtCandidates::new(),
+        )
+        .map_err(|e| err(e.to_string()))?;
+        return open_channel_with(cfg, config, channel.ledger, local_msp);
     }
     let stored = ledger
         .block(0)
@@ -227,19 +300,29 @@ fn open_channel(cfg: &ChannelJoinConfig, data_dir: &Path) -> Result<Channel, Nod
             "the ledger on disk belongs to another genesis block".into()
         ));
     }
-    open_channel_with(cfg, config, Arc::new(ledger))
+    open_channel_with(cfg, config, Arc::new(ledger), local_msp)
 }
 
 fn open_channel_with(
     cfg: &ChannelJoinConfig,
     config: ChannelConfig,
     ledger: Arc<Ledger>,
+    local_msp: &str,
 ) -> Result<Channel, NodeError> {
     let mut chaincodes = BTreeMap::new();
     for cc in &cfg.chaincodes {
         let policy = parse_signature_policy(&cc.endorsement_policy).map_err(|e| {
             NodeError::Config(format!("chaincode {} endorsement policy: {e}", cc.name))
         })?;
+        let json = match &cc.collections_config {
+            Some(path) => String::from_utf8(read(path)?).map_err(|_| NodeError::File {
+                path: path.clone(),
+                reason: "not UTF-8".into(),
+            })?,
+            None => String::new(),
+        };
+        let collections = Collections::load(&json, &config)
+            .map_err(|e| NodeError::Config(format!("chaincode {}: {e}", cc.name)))?;
         chaincodes.insert(
             cc.name.clone(),
             ChaincodeDefinition {
@@ -252,6 +335,7 @@ fn open_channel_with(
                 endorsement_policy: Policy::Signature(policy),
                 endorsement_plugin: cc.endorsement_plugin.clone(),
                 validation_plugin: cc.validation_plugin.clone(),
+                collections,
             },
         );
     }
@@ -259,6 +343,7 @@ fn open_channel_with(
         config,
         ledger,
         chaincodes,
+        local_msp: local_msp.to_owned(),
     })
 }
 
@@ -268,6 +353,8 @@ async fn pull_blocks(
     plugins: PluginRegistry,
     signer: SigningIdentity,
     client_tls: Option<ClientTls>,
+    private_data: Arc<PrivateDataClient>,
+    transient_retention: u64,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let consenters = channel.config.consenters.clone();
@@ -317,11 +404,20 @@ async fn pull_blocks(
                         if number < channel.ledger.height() {
                             continue;
                         }
+                        let pvt = private_data.gather(&channel, &block).await;
                         let (ch, pl) = (channel.clone(), plugins.clone());
-                        tokio::task::spawn_blocking(move || commit_block(&ch, &pl, block))
+                        tokio::task::spawn_blocking(move || commit_block(&ch, &pl, block, &pvt))
                             .await
                             .map_err(|e| e.to_string())?
                             .map_err(|e| format!("block {number}: {e}"))?;
+                        if number % 100 == 0
+                            && number > transient_retention
+                            && let Err(e) = channel
+                                .ledger
+                                .transient_purge_below(number - transient_retention)
+                        {
+                            tracing::warn!(error = %e, "transient store purge failed");
+                        }
                     }
                     Some(deliver_response::Type::Status(s)) => {
                         return Err::<(), String>(format!(
@@ -351,9 +447,15 @@ pub async fn start(cfg: PeerConfig, plugins: PluginRegistry) -> Result<RunningPe
         path: cfg.msp_dir.clone(),
         reason: e.to_string(),
     })?;
+    let keys = Arc::new(CollectionKeys::new(
+        &cfg.private_data
+            .keys_dir
+            .clone()
+            .unwrap_or_else(|| cfg.data_dir.join("keys")),
+    ));
     let mut joined = BTreeMap::new();
     for c in &cfg.channels {
-        let ch = open_channel(c, &cfg.data_dir)?;
+        let ch = open_channel(c, &cfg.data_dir, &cfg.msp_id, keys.clone())?;
         joined.insert(ch.id().to_owned(), Arc::new(ch));
     }
     let channels: Channels = Arc::new(RwLock::new(joined));
@@ -367,14 +469,6 @@ pub async fn start(cfg: PeerConfig, plugins: PluginRegistry) -> Result<RunningPe
         cert_pem: t.cert_pem.clone(),
         key_pem: t.key_pem.clone(),
     });
-    let endorser = Arc::new(Endorser {
-        channels: channels.clone(),
-        chaincodes: Arc::new(ChaincodeSupport::new(Duration::from_millis(
-            cfg.chaincode_execute_timeout_ms,
-        ))),
-        signer: signer.clone(),
-        plugins: plugins.clone(),
-    });
     let mut remote_peers = Vec::new();
     for p in &cfg.gateway_peers {
         remote_peers.push(RemotePeer {
@@ -383,6 +477,21 @@ pub async fn start(cfg: PeerConfig, plugins: PluginRegistry) -> Result<RunningPe
             tls_root_pem: p.tls_root_cert_file.as_deref().map(read).transpose()?,
         });
     }
+    let private_data = Arc::new(PrivateDataClient::new(
+        remote_peers.clone(),
+        client_tls.clone(),
+        signer.clone(),
+        Duration::from_millis(cfg.private_data.pull_timeout_ms),
+    ));
+    let endorser = Arc::new(Endorser {
+        channels: channels.clone(),
+        chaincodes: Arc::new(ChaincodeSupport::new(Duration::from_millis(
+            cfg.chaincode_execute_timeout_ms,
+        ))),
+        signer: signer.clone(),
+        plugins: plugins.clone(),
+        private_data: private_data.clone(),
+    });
     let listener = tokio::net::TcpListener::bind(&cfg.listen_address)
         .await
         .map_err(|e| NodeError::Listen {
@@ -427,6 +536,13 @@ pub async fn start(cfg: PeerConfig, plugins: PluginRegistry) -> Result<RunningPe
             })
             .max_decoding_message_size(max),
         )
+        .add_service(
+            PrivateDataServer::new(PrivateDataService {
+                channels: channels.clone(),
+            })
+            .max_decoding_message_size(MAX_PRIVATE_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_PRIVATE_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             let _ = rx.changed().await;
         });
@@ -441,6 +557,14 @@ pub async fn start(cfg: PeerConfig, plugins: PluginRegistry) -> Result<RunningPe
             plugins.clone(),
             signer.clone(),
             client_tls.clone(),
+            private_data.clone(),
+            cfg.private_data.transient_retention_blocks,
+            shutdown_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(reconcile_loop(
+            ch.clone(),
+            private_data.clone(),
+            Duration::from_millis(cfg.private_data.reconcile_interval_ms.max(100)),
             shutdown_rx.clone(),
         )));
     }

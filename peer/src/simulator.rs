@@ -2,6 +2,11 @@
 //! (with versions), wrote, and which ranges it scanned, as Fabric's read-write set. As in Fabric a
 //! transaction does not read its own writes, and writing an empty value deletes.
 //!
+//! Private data: reads and writes of collections are kept apart; the public read-write set gets
+//! only their hashes (`collection_hashed_rwset`), the private write set is returned separately
+//! for the transient store and dissemination. Collection rules (memberOnlyRead/Write, whether
+//! this peer holds the values) are checked here, at endorsement.
+//!
 //! Isolation: simulation reads the latest committed state without holding a lock; every read is
 //! recorded with its version and re-checked at commit (MVCC and range phantoms), so a commit that
 //! lands mid-simulation invalidates the transaction instead of corrupting state.
@@ -9,20 +14,44 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use medledger_common::msp::Identity;
 use medledger_proto::kvrwset::{
-    KvMetadataEntry, KvMetadataWrite, KvRead, KvWrite, KvrwSet, QueryReads, RangeQueryInfo,
-    Version, range_query_info::ReadsInfo,
+    HashedRwSet, KvMetadataEntry, KvMetadataWrite, KvRead, KvReadHash, KvWrite, KvWriteHash,
+    KvrwSet, QueryReads, RangeQueryInfo, Version, range_query_info::ReadsInfo,
 };
 use medledger_proto::medledger::ledger::VersionedValue;
-use medledger_proto::rwset::{NsReadWriteSet, TxReadWriteSet};
+use medledger_proto::rwset::{
+    CollectionHashedReadWriteSet, CollectionPvtReadWriteSet, NsReadWriteSet, TxPvtReadWriteSet,
+    TxReadWriteSet,
+};
 use prost::Message;
 
-use crate::ledger::{Ledger, LedgerError};
+use crate::collection::{Collection, Collections};
+use crate::ledger::{Ledger, LedgerError, pvt_hash};
+use crate::privdata::add_collection;
 
 /// Most results one range query may return (Fabric's `totalQueryLimit`).
 pub const TOTAL_QUERY_LIMIT: usize = 100_000;
 
 type NsKey = (String, String);
+type CollKey = (String, String, String);
+
+/// A private write: a value, a delete, or a purge (erasure, with its history).
+#[derive(Debug, Clone)]
+enum PvtWrite {
+    Put(Vec<u8>),
+    Delete,
+    Purge,
+}
+
+/// What private data access needs to know: the chaincode's collections, who is asking, and
+/// which organisation this peer belongs to.
+#[derive(Clone)]
+pub struct PrivateAccess {
+    pub collections: Collections,
+    pub creator: Identity,
+    pub peer_msp: String,
+}
 
 /// A page of `(key, value)` rows and the key the next page starts at, if any.
 pub type RangePage = (Vec<(String, Vec<u8>)>, Option<String>);
@@ -36,6 +65,16 @@ pub struct TxSimulator {
     range_queries: Vec<(String, RangeQueryInfo)>,
     /// A paginated query was run: Fabric then forbids writes in the same transaction.
     paginated: bool,
+    private: Option<PrivateAccess>,
+    pvt_reads: BTreeMap<CollKey, Option<Version>>,
+    pvt_writes: BTreeMap<CollKey, PvtWrite>,
+}
+
+/// A simulation's results: the public read-write set (with collection hashes) and the private
+/// write sets, if any collection was written.
+pub struct SimulationResults {
+    pub public: TxReadWriteSet,
+    pub private: Option<TxPvtReadWriteSet>,
 }
 
 /// Errors simulating.
@@ -63,7 +102,178 @@ impl TxSimulator {
             metadata_writes: BTreeMap::new(),
             range_queries: Vec::new(),
             paginated: false,
+            private: None,
+            pvt_reads: BTreeMap::new(),
+            pvt_writes: BTreeMap::new(),
         }
+    }
+
+    /// Enables private data calls with these collections and caller.
+    pub fn with_private(mut self, access: PrivateAccess) -> Self {
+        self.private = Some(access);
+        self
+    }
+
+    fn collection(
+        &self,
+        ns: &str,
+        coll: &str,
+    ) -> Result<(&Collection, &PrivateAccess), SimulationError> {
+        let access = self.private.as_ref().ok_or_else(|| {
+            SimulationError::Rejected("private data is not available in this context".into())
+        })?;
+        let c = access.collections.get(coll).ok_or_else(|| {
+            SimulationError::Rejected(format!("collection {coll} not defined for chaincode {ns}"))
+        })?;
+        Ok((c, access))
+    }
+
+    /// The checks before reading private values: the caller may read, and this peer holds them.
+    fn check_private_read(&self, ns: &str, coll: &str) -> Result<(), SimulationError> {
+        let (c, access) = self.collection(ns, coll)?;
+        if c.member_only_read && !c.admits(&access.creator) {
+            return Err(SimulationError::Rejected(format!(
+                "tx creator does not have read access permission on privatedata in chaincodeName:{ns} collectionName: {coll}"
+            )));
+        }
+        if !c.is_member_org(&access.peer_msp) {
+            return Err(SimulationError::Rejected(format!(
+                "this peer ({}) is not a member of collection {coll}: it holds only the hashes of its data",
+                access.peer_msp
+            )));
+        }
+        Ok(())
+    }
+
+    fn record_pvt_read(
+        &mut self,
+        ns: &str,
+        coll: &str,
+        key: &str,
+    ) -> Result<Option<VersionedValue>, SimulationError> {
+        let hashed = self
+            .ledger
+            .hashed_state(ns, coll, &pvt_hash(key.as_bytes()))?;
+        self.pvt_reads
+            .entry((ns.to_owned(), coll.to_owned(), key.to_owned()))
+            .or_insert_with(|| hashed.as_ref().map(version));
+        Ok(hashed)
+    }
+
+    /// A private value (`None` if absent); fails for callers the collection does not admit
+    /// under memberOnlyRead and on peers outside the collection.
+    pub fn get_private_data(
+        &mut self,
+        ns: &str,
+        coll: &str,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, SimulationError> {
+        self.check_private_read(ns, coll)?;
+        let Some(hashed) = self.record_pvt_read(ns, coll, key)? else {
+            return Ok(None);
+        };
+        match self.ledger.pvt_state(ns, coll, key)? {
+            Some(v) if version(&v) == version(&hashed) => Ok(Some(v.value)),
+            other => Err(SimulationError::Rejected(format!(
+                "private data matching public hash version is not available. Public hash version = {:?}, Private data version = {:?}",
+                (hashed.block_num, hashed.tx_num),
+                other.map(|v| (v.block_num, v.tx_num))
+            ))),
+        }
+    }
+
+    /// The SHA-256 of a private value, available on every peer of the channel.
+    pub fn get_private_data_hash(
+        &mut self,
+        ns: &str,
+        coll: &str,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, SimulationError> {
+        self.collection(ns, coll)?;
+        Ok(self.record_pvt_read(ns, coll, key)?.map(|v| v.value))
+    }
+
+    fn private_write(
+        &mut self,
+        ns: &str,
+        coll: &str,
+        key: &str,
+        w: PvtWrite,
+    ) -> Result<(), SimulationError> {
+        self.check_writable()?;
+        if key.is_empty() {
+            return Err(SimulationError::Rejected("key must not be empty".into()));
+        }
+        let (c, access) = self.collection(ns, coll)?;
+        if c.member_only_write && !c.admits(&access.creator) {
+            return Err(SimulationError::Rejected(format!(
+                "tx creator does not have write access permission on privatedata in chaincodeName:{ns} collectionName: {coll}"
+            )));
+        }
+        self.pvt_writes
+            .insert((ns.to_owned(), coll.to_owned(), key.to_owned()), w);
+        Ok(())
+    }
+
+    /// Writes a private value (only its hashes reach the transaction).
+    pub fn put_private_data(
+        &mut self,
+        ns: &str,
+        coll: &str,
+        key: &str,
+        value: Vec<u8>,
+    ) -> Result<(), SimulationError> {
+        if value.is_empty() {
+            return Err(SimulationError::Rejected(
+                "private data value must not be empty (use DelPrivateData to delete)".into(),
+            ));
+        }
+        self.private_write(ns, coll, key, PvtWrite::Put(value))
+    }
+
+    /// Deletes a private key.
+    pub fn del_private_data(
+        &mut self,
+        ns: &str,
+        coll: &str,
+        key: &str,
+    ) -> Result<(), SimulationError> {
+        self.private_write(ns, coll, key, PvtWrite::Delete)
+    }
+
+    /// Erases a private key and its history on every member (the hashes on the ledger stay).
+    pub fn purge_private_data(
+        &mut self,
+        ns: &str,
+        coll: &str,
+        key: &str,
+    ) -> Result<(), SimulationError> {
+        self.private_write(ns, coll, key, PvtWrite::Purge)
+    }
+
+    /// Private keys in `[start, end)` (empty end: unbounded), each recorded as a read.
+    pub fn private_range(
+        &mut self,
+        ns: &str,
+        coll: &str,
+        start: &str,
+        end: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, SimulationError> {
+        self.check_private_read(ns, coll)?;
+        let rows = self
+            .ledger
+            .pvt_range(ns, coll, start, end, TOTAL_QUERY_LIMIT)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (key, v) in rows {
+            // Values the hashed state has moved past (missing newer data) are not returned.
+            if self
+                .record_pvt_read(ns, coll, &key)?
+                .is_some_and(|h| version(&h) == version(&v))
+            {
+                out.push((key, v.value));
+            }
+        }
+        Ok(out)
     }
 
     /// The ledger simulated against.
@@ -201,32 +411,121 @@ impl TxSimulator {
         ))
     }
 
-    /// The read-write set, namespaces and keys sorted as Fabric sorts them.
-    pub fn build(self) -> TxReadWriteSet {
-        let mut by_ns: BTreeMap<String, KvrwSet> = BTreeMap::new();
-        for ((ns, key), v) in self.reads {
-            by_ns
-                .entry(ns)
-                .or_default()
-                .reads
-                .push(KvRead { key, version: v });
-        }
-        for (ns, info) in self.range_queries {
-            by_ns.entry(ns).or_default().range_queries_info.push(info);
-        }
-        for ((ns, key), v) in self.writes {
-            by_ns.entry(ns).or_default().writes.push(KvWrite {
-                key,
-                is_delete: v.is_none(),
-                value: v.unwrap_or_default(),
+    /// The read-write sets, namespaces and keys sorted as Fabric sorts them.
+    pub fn build(self) -> SimulationResults {
+        // Per namespace and collection: the private set and its hashed form.
+        let mut colls: BTreeMap<(String, String), (KvrwSet, HashedRwSet)> = BTreeMap::new();
+        for ((ns, coll, key), v) in &self.pvt_reads {
+            let e = colls.entry((ns.clone(), coll.clone())).or_default();
+            e.0.reads.push(KvRead {
+                key: key.clone(),
+                version: *v,
+            });
+            e.1.hashed_reads.push(KvReadHash {
+                key_hash: pvt_hash(key.as_bytes()),
+                version: *v,
             });
         }
-        for ((ns, key), entries) in self.metadata_writes {
+        for ((ns, coll, key), w) in &self.pvt_writes {
+            let e = colls.entry((ns.clone(), coll.clone())).or_default();
+            let (value, is_delete, is_purge) = match w {
+                PvtWrite::Put(v) => (v.clone(), false, false),
+                PvtWrite::Delete => (Vec::new(), true, false),
+                PvtWrite::Purge => (Vec::new(), true, true),
+            };
+            e.1.hashed_writes.push(KvWriteHash {
+                key_hash: pvt_hash(key.as_bytes()),
+                is_delete,
+                value_hash: if is_delete {
+                    Vec::new()
+                } else {
+                    pvt_hash(&value)
+                },
+                is_purge,
+            });
+            e.0.writes.push(KvWrite {
+                key: key.clone(),
+                is_delete,
+                value,
+            });
+        }
+        let any_private_write = !self.pvt_writes.is_empty();
+        let mut public = self.build_public();
+        let mut private = TxPvtReadWriteSet::default();
+        for ((ns, coll), (set, hashed)) in colls {
+            let bytes = set.encode_to_vec();
+            let hashed_set = CollectionHashedReadWriteSet {
+                collection_name: coll.clone(),
+                hashed_rwset: hashed.encode_to_vec(),
+                pvt_rwset_hash: pvt_hash(&bytes),
+            };
+            let i = match public.ns_rwset.iter().position(|n| n.namespace == ns) {
+                Some(i) => i,
+                None => {
+                    public.ns_rwset.push(NsReadWriteSet {
+                        namespace: ns.clone(),
+                        rwset: KvrwSet::default().encode_to_vec(),
+                        collection_hashed_rwset: Vec::new(),
+                    });
+                    public
+                        .ns_rwset
+                        .sort_by(|a, b| a.namespace.cmp(&b.namespace));
+                    public
+                        .ns_rwset
+                        .iter()
+                        .position(|n| n.namespace == ns)
+                        .unwrap_or_default()
+                }
+            };
+            public.ns_rwset[i].collection_hashed_rwset.push(hashed_set);
+            if !set.writes.is_empty() {
+                add_collection(
+                    &mut private,
+                    &ns,
+                    CollectionPvtReadWriteSet {
+                        collection_name: coll,
+                        rwset: bytes,
+                    },
+                );
+            }
+        }
+        SimulationResults {
+            public,
+            private: any_private_write.then_some(private),
+        }
+    }
+
+    fn build_public(&self) -> TxReadWriteSet {
+        let mut by_ns: BTreeMap<String, KvrwSet> = BTreeMap::new();
+        for ((ns, key), v) in &self.reads {
+            by_ns.entry(ns.clone()).or_default().reads.push(KvRead {
+                key: key.clone(),
+                version: *v,
+            });
+        }
+        for (ns, info) in &self.range_queries {
             by_ns
-                .entry(ns)
+                .entry(ns.clone())
+                .or_default()
+                .range_queries_info
+                .push(info.clone());
+        }
+        for ((ns, key), v) in &self.writes {
+            by_ns.entry(ns.clone()).or_default().writes.push(KvWrite {
+                key: key.clone(),
+                is_delete: v.is_none(),
+                value: v.clone().unwrap_or_default(),
+            });
+        }
+        for ((ns, key), entries) in &self.metadata_writes {
+            by_ns
+                .entry(ns.clone())
                 .or_default()
                 .metadata_writes
-                .push(KvMetadataWrite { key, entries });
+                .push(KvMetadataWrite {
+                    key: key.clone(),
+                    entries: entries.clone(),
+                });
         }
         TxReadWriteSet {
             data_model: 0,

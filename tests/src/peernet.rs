@@ -12,8 +12,8 @@ use medledger_common::channelconfig::{ChannelProfile, OrgProfile, genesis_block}
 use medledger_common::protoutil::{Invocation, build_signed_proposal, unpack_envelope};
 use medledger_peer::chaincode::ConnectionInfo;
 use medledger_peer::node::{
-    ChaincodeConfig, ChannelJoinConfig, PeerConfig, PeerEndpointConfig, RunningPeer, TlsFiles,
-    start,
+    ChaincodeConfig, ChannelJoinConfig, PeerConfig, PeerEndpointConfig, PrivateDataConfig,
+    RunningPeer, TlsFiles, start,
 };
 use medledger_peer::plugins::PluginRegistry;
 use medledger_proto::common::Envelope;
@@ -48,6 +48,37 @@ pub struct PeerNet {
     chaincode_stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
+/// How to build a [`PeerNet`].
+#[derive(Clone)]
+pub struct NetOptions {
+    /// Number of hospitals (Hospital1MSP, Hospital2MSP, ...), one peer each.
+    pub orgs: usize,
+    /// The chaincode's endorsement policy.
+    pub policy: String,
+    pub execute_timeout_ms: u64,
+    /// `Some((address, package id))`: use that chaincode server instead of the Rust example.
+    pub external: Option<(String, String)>,
+    /// Hospital2's peer is not started: the caller runs it from `configs[1]`.
+    pub separate_peer2: bool,
+    /// Fabric `collections_config.json` for the chaincode.
+    pub collections: Option<String>,
+    pub private_data: PrivateDataConfig,
+}
+
+impl NetOptions {
+    pub fn new(policy: &str) -> Self {
+        Self {
+            orgs: 2,
+            policy: policy.into(),
+            execute_timeout_ms: 5_000,
+            external: None,
+            separate_peer2: false,
+            collections: None,
+            private_data: PrivateDataConfig::default(),
+        }
+    }
+}
+
 impl PeerNet {
     /// Starts everything with the Rust example chaincode; `policy` is its endorsement policy.
     pub async fn start(policy: &str, execute_timeout_ms: u64) -> anyhow::Result<Self> {
@@ -57,7 +88,11 @@ impl PeerNet {
     /// Like [`PeerNet::start`], but Hospital2's peer is not started: the caller runs it (as a
     /// process) from `configs[1]`, whose port is already chosen.
     pub async fn start_without_peer2(policy: &str) -> anyhow::Result<Self> {
-        Self::build(policy, 5_000, None, true).await
+        Self::build(NetOptions {
+            separate_peer2: true,
+            ..NetOptions::new(policy)
+        })
+        .await
     }
 
     /// Starts everything; with `external = Some((address, package id))` the peers use that
@@ -67,17 +102,38 @@ impl PeerNet {
         execute_timeout_ms: u64,
         external: Option<(String, String)>,
     ) -> anyhow::Result<Self> {
-        Self::build(policy, execute_timeout_ms, external, false).await
+        Self::build(NetOptions {
+            execute_timeout_ms,
+            external,
+            ..NetOptions::new(policy)
+        })
+        .await
     }
 
-    async fn build(
-        policy: &str,
-        execute_timeout_ms: u64,
-        external: Option<(String, String)>,
-        separate_peer2: bool,
-    ) -> anyhow::Result<Self> {
+    /// Starts a network as `opts` describe.
+    pub async fn build(opts: NetOptions) -> anyhow::Result<Self> {
+        let NetOptions {
+            orgs: org_count,
+            policy,
+            execute_timeout_ms,
+            external,
+            separate_peer2,
+            collections,
+            private_data,
+        } = opts;
+        let policy = policy.as_str();
         let dir = tempfile::tempdir()?;
-        let orgs = vec![TestOrg::new("Hospital1MSP")?, TestOrg::new("Hospital2MSP")?];
+        let orgs = (1..=org_count)
+            .map(|i| TestOrg::new(&format!("Hospital{i}MSP")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let collections_path = match collections {
+            Some(json) => {
+                let p = dir.path().join("collections_config.json");
+                std::fs::write(&p, json)?;
+                Some(p)
+            }
+            None => None,
+        };
 
         let (cc_stop, cc_stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (cc_address, package_id) = match external {
@@ -107,11 +163,12 @@ impl PeerNet {
             1,
             3600,
         )?;
-        let orderers = OrdererSet::prepare(
-            dir.path(),
-            4,
-            &[orgs[0].tls_ca.cert_pem(), orgs[1].tls_ca.cert_pem()],
-        )?;
+        let tls_roots: Vec<String> = orgs
+            .iter()
+            .map(|o| o.tls_ca.cert_pem().to_owned())
+            .collect();
+        let tls_roots: Vec<&str> = tls_roots.iter().map(String::as_str).collect();
+        let orderers = OrdererSet::prepare(dir.path(), 4, &tls_roots)?;
         let profile = ChannelProfile {
             channel_id: CHANNEL.into(),
             application_orgs: orgs
@@ -190,39 +247,52 @@ impl PeerNet {
                         endorsement_policy: policy.into(),
                         endorsement_plugin: "escc".into(),
                         validation_plugin: "vscc".into(),
+                        collections_config: collections_path.clone(),
                     }],
                 }],
+                private_data: private_data.clone(),
             });
+        }
+        // Every peer knows every other (gateway endorsement, private data): ports are fixed first.
+        for c in &mut configs {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            c.listen_address = format!("127.0.0.1:{port}");
+        }
+        for i in 0..configs.len() {
+            let mut others = Vec::new();
+            for (j, o) in orgs.iter().enumerate() {
+                if j == i {
+                    continue;
+                }
+                let port: std::net::SocketAddr = configs[j].listen_address.parse()?;
+                others.push(PeerEndpointConfig {
+                    msp_id: o.mspid.clone(),
+                    address: format!("localhost:{}", port.port()),
+                    tls_root_cert_file: Some(
+                        configs[i].tls.as_ref().context("tls")?.client_root_cas[j].clone(),
+                    ),
+                });
+            }
+            configs[i].gateway_peers = others;
         }
         let mut net = Self {
             dir,
             orgs,
             orderers,
             running_orderers,
-            peers: vec![None, None],
+            peers: (0..org_count).map(|_| None).collect(),
             configs,
             revoked_client,
             chaincode_stop: Some(cc_stop),
         };
-        // Hospital2's peer first, so Hospital1's gateway can be told where it is. As a separate
-        // process it gets a fixed free port and is left to the caller to start.
-        if separate_peer2 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")?
-                .local_addr()?
-                .port();
-            net.configs[1].listen_address = format!("127.0.0.1:{port}");
-        } else {
-            net.start_peer(1).await?;
+        for i in (0..org_count).rev() {
+            if i == 1 && separate_peer2 {
+                continue;
+            }
+            net.start_peer(i).await?;
         }
-        let p2: std::net::SocketAddr = net.configs[1].listen_address.parse()?;
-        net.configs[0].gateway_peers = vec![PeerEndpointConfig {
-            msp_id: "Hospital2MSP".into(),
-            address: format!("localhost:{}", p2.port()),
-            tls_root_cert_file: Some(
-                net.configs[0].tls.as_ref().context("tls")?.client_root_cas[1].clone(),
-            ),
-        }];
-        net.start_peer(0).await?;
         Ok(net)
     }
 
@@ -278,9 +348,12 @@ impl PeerNet {
         })
     }
 
-    /// Waits until both peers reach `height`.
+    /// Waits until every running peer reaches `height`.
     pub async fn wait_height(&self, height: u64) -> anyhow::Result<()> {
         for i in 0..self.peers.len() {
+            if self.peers[i].is_none() {
+                continue;
+            }
             let ch = self.channel(i).await?;
             let mut h = ch.ledger.subscribe();
             tokio::time::timeout(Duration::from_secs(20), async {
@@ -339,9 +412,17 @@ impl Gateway {
     }
 
     pub async fn evaluate(&mut self, args: &[&str]) -> Result<Vec<u8>, tonic::Status> {
-        let (sp, tx_id) =
-            build_signed_proposal(&self.invocation(args, HashMap::new()), &self.signer)
-                .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        self.evaluate_with(args, HashMap::new()).await
+    }
+
+    /// Evaluates with a transient map.
+    pub async fn evaluate_with(
+        &mut self,
+        args: &[&str],
+        transient: HashMap<String, Vec<u8>>,
+    ) -> Result<Vec<u8>, tonic::Status> {
+        let (sp, tx_id) = build_signed_proposal(&self.invocation(args, transient), &self.signer)
+            .map_err(|e| tonic::Status::internal(e.to_string()))?;
         let r = self
             .client
             .evaluate(EvaluateRequest {
@@ -356,9 +437,17 @@ impl Gateway {
 
     /// Endorse only: the transaction id and the unsigned prepared envelope.
     pub async fn endorse(&mut self, args: &[&str]) -> Result<(String, Envelope), tonic::Status> {
-        let (sp, tx_id) =
-            build_signed_proposal(&self.invocation(args, HashMap::new()), &self.signer)
-                .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        self.endorse_with(args, HashMap::new()).await
+    }
+
+    /// Endorse with a transient map (private inputs).
+    pub async fn endorse_with(
+        &mut self,
+        args: &[&str],
+        transient: HashMap<String, Vec<u8>>,
+    ) -> Result<(String, Envelope), tonic::Status> {
+        let (sp, tx_id) = build_signed_proposal(&self.invocation(args, transient), &self.signer)
+            .map_err(|e| tonic::Status::internal(e.to_string()))?;
         let r = self
             .client
             .endorse(EndorseRequest {
@@ -419,7 +508,16 @@ impl Gateway {
 
     /// Endorse, submit, wait: returns (txid, code, block, result).
     pub async fn submit(&mut self, args: &[&str]) -> anyhow::Result<(String, i32, u64, Vec<u8>)> {
-        let (tx_id, env) = self.endorse(args).await?;
+        self.submit_with(args, HashMap::new()).await
+    }
+
+    /// [`Gateway::submit`] with a transient map.
+    pub async fn submit_with(
+        &mut self,
+        args: &[&str],
+        transient: HashMap<String, Vec<u8>>,
+    ) -> anyhow::Result<(String, i32, u64, Vec<u8>)> {
+        let (tx_id, env) = self.endorse_with(args, transient).await?;
         let result = result_of(&env)?;
         self.submit_prepared(&tx_id, env).await?;
         let (code, block) = self.commit_status(&tx_id).await?;

@@ -243,12 +243,7 @@ mod tests {
     use crate::ctx::{Caller, MemoryCtx, MemoryLedger};
 
     fn caller(msp: &str, name: &str, role: Option<&str>, node_type: &str) -> Caller {
-        Caller {
-            mspid: msp.into(),
-            subject: format!("CN={name}, OU={node_type}"),
-            role: role.map(str::to_owned),
-            node_type: Some(node_type.into()),
-        }
+        Caller::test(msp, name, role, node_type, None)
     }
 
     fn doctor() -> Caller {

@@ -1,12 +1,18 @@
-//! MedLedger's medical chaincode. Today: medical certificates (see `certificates`). Records and
-//! consent need private data collections (issues #6, #7) and follow.
+//! MedLedger's medical chaincode: electronic medical records with provenance (`records`),
+//! sharing under patient consent (`sharing`) and medical certificates (`certificates`).
 //!
 //! Functions (`args[0]`), JSON documented in `chaincode/README.md`:
+//! `CreateRecord(json)`, `AmendRecord(id, reason)`, `GetRecord(id)`, `ReadRecord(id, purpose[,
+//! version])`, `ListRecordsByPatient(patientId, pageSize, bookmark)`, `GetRecordProvenance(id)`;
+//! `GrantConsent(json)`, `RevokeConsent(id)`, `ListConsents([patientId])`,
+//! `ShareRecord(recordId, consentId)`, `ReadSharedRecord(recordId, purpose)`;
 //! `IssueCertificate(json)`, `VerifyCertificate(id, sha256)`, `RevokeCertificate(id, reason)`,
 //! `CertificateHistory(id)`.
 
 pub mod certificates;
 pub mod ctx;
+pub mod records;
+pub mod sharing;
 
 use ctx::Ctx;
 
@@ -55,12 +61,50 @@ pub async fn invoke<C: Ctx>(
     function: &str,
     args: &[String],
 ) -> Result<Vec<u8>, ContractError> {
+    if function.is_empty() {
+        return Err(ContractError::Invalid("no function named".into()));
+    }
     if args.iter().map(String::len).sum::<usize>() > 256 * 1024 {
         return Err(ContractError::Invalid(
             "arguments larger than 256 KiB".into(),
         ));
     }
+    let opt = |i: usize| args.get(i).map(String::as_str);
     match function {
+        "CreateRecord" => json(&records::create(ctx, arg(args, 0, "record JSON")?).await?),
+        "AmendRecord" => {
+            json(&records::amend(ctx, arg(args, 0, "record id")?, arg(args, 1, "reason")?).await?)
+        }
+        "GetRecord" => json(&records::get(ctx, arg(args, 0, "record id")?).await?),
+        "ReadRecord" => json(
+            &records::read(
+                ctx,
+                arg(args, 0, "record id")?,
+                arg(args, 1, "purpose")?,
+                opt(2),
+            )
+            .await?,
+        ),
+        "ListRecordsByPatient" => json(
+            &records::list_by_patient(
+                ctx,
+                arg(args, 0, "patient id")?,
+                opt(1).unwrap_or("20"),
+                opt(2).unwrap_or(""),
+            )
+            .await?,
+        ),
+        "GetRecordProvenance" => json(&records::provenance(ctx, arg(args, 0, "record id")?).await?),
+        "GrantConsent" => json(&sharing::grant(ctx, arg(args, 0, "consent JSON")?).await?),
+        "RevokeConsent" => json(&sharing::revoke(ctx, arg(args, 0, "consent id")?).await?),
+        "ListConsents" => json(&sharing::list(ctx, opt(0)).await?),
+        "ShareRecord" => json(
+            &sharing::share(ctx, arg(args, 0, "record id")?, arg(args, 1, "consent id")?).await?,
+        ),
+        "ReadSharedRecord" => json(
+            &sharing::read_shared(ctx, arg(args, 0, "record id")?, arg(args, 1, "purpose")?)
+                .await?,
+        ),
         "IssueCertificate" => {
             json(&certificates::issue(ctx, arg(args, 0, "certificate JSON")?).await?)
         }

@@ -9,7 +9,11 @@ use crate::{Chaincode, Response, ResponseExt, Stub};
 
 /// Functions (`args[0]`): `Put k v`, `Get k`, `Del k`, `Increment k`, `Range start end`,
 /// `History k`, `SetPolicy k policy`, `Whoami`, `Transient name`, `Fail msg`, `Panic`, `Sleep ms`,
-/// `Page start end size bookmark`, `PutIndexed type attr1 attr2 value`, `ByPartial type attr1`.
+/// `Page start end size bookmark`, `PutIndexed type attr1 attr2 value`, `ByPartial type attr1`;
+/// private data: `PutPrivate coll k` (value from transient `value`), `GetPrivate coll k`,
+/// `PrivateHash coll k` (hex), `DelPrivate coll k`, `PurgePrivate coll k`,
+/// `RangePrivate coll start end`, `PutPrivateIndexed coll type attr value-from-transient`,
+/// `ByPartialPrivate coll type attr`.
 pub struct KvStore;
 
 fn param(p: &[String], i: usize, name: &str) -> Result<String, Response> {
@@ -145,6 +149,84 @@ impl KvStore {
                 let name = param(&p, 0, "name")?;
                 Ok(Response::success(
                     stub.transient(&name).unwrap_or_default().to_vec(),
+                ))
+            }
+            "PutPrivate" => {
+                let (c, k) = (param(&p, 0, "collection")?, param(&p, 1, "key")?);
+                let v = stub
+                    .transient("value")
+                    .ok_or_else(|| Response::error("transient field \"value\" is missing"))?
+                    .to_vec();
+                stub.put_private_data(&c, &k, v).await.map_err(err)?;
+                Ok(Response::success(Vec::new()))
+            }
+            "GetPrivate" => {
+                let (c, k) = (param(&p, 0, "collection")?, param(&p, 1, "key")?);
+                match stub.get_private_data(&c, &k).await.map_err(err)? {
+                    Some(v) => Ok(Response::success(v)),
+                    None => Err(Response::error(format!("private key {k} not found"))),
+                }
+            }
+            "PrivateHash" => {
+                let (c, k) = (param(&p, 0, "collection")?, param(&p, 1, "key")?);
+                let h = stub.get_private_data_hash(&c, &k).await.map_err(err)?;
+                Ok(Response::success(h.map(hex::encode).unwrap_or_default()))
+            }
+            "DelPrivate" => {
+                let (c, k) = (param(&p, 0, "collection")?, param(&p, 1, "key")?);
+                stub.del_private_data(&c, &k).await.map_err(err)?;
+                Ok(Response::success(Vec::new()))
+            }
+            "PurgePrivate" => {
+                let (c, k) = (param(&p, 0, "collection")?, param(&p, 1, "key")?);
+                stub.purge_private_data(&c, &k).await.map_err(err)?;
+                Ok(Response::success(Vec::new()))
+            }
+            "RangePrivate" => {
+                let (c, s, e) = (
+                    param(&p, 0, "collection")?,
+                    param(&p, 1, "start")?,
+                    param(&p, 2, "end")?,
+                );
+                let rows = stub
+                    .get_private_data_by_range(&c, &s, &e)
+                    .await
+                    .map_err(err)?;
+                let keys: Vec<&str> = rows.iter().map(|(k, _)| k.as_str()).collect();
+                Ok(Response::success(
+                    serde_json::to_vec(&keys).unwrap_or_default(),
+                ))
+            }
+            "PutPrivateIndexed" => {
+                let (c, t, a) = (
+                    param(&p, 0, "collection")?,
+                    param(&p, 1, "type")?,
+                    param(&p, 2, "attr")?,
+                );
+                let v = stub
+                    .transient("value")
+                    .ok_or_else(|| Response::error("transient field \"value\" is missing"))?
+                    .to_vec();
+                let key = Stub::create_composite_key(&t, &[&a]).map_err(err)?;
+                stub.put_private_data(&c, &key, v).await.map_err(err)?;
+                Ok(Response::success(Vec::new()))
+            }
+            "ByPartialPrivate" => {
+                let (c, t, a) = (
+                    param(&p, 0, "collection")?,
+                    param(&p, 1, "type")?,
+                    param(&p, 2, "attr")?,
+                );
+                let rows = stub
+                    .get_private_data_by_partial_composite_key(&c, &t, &[&a])
+                    .await
+                    .map_err(err)?;
+                let values: Vec<String> = rows
+                    .iter()
+                    .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                    .collect();
+                Ok(Response::success(
+                    serde_json::to_vec(&values).unwrap_or_default(),
                 ))
             }
             "Fail" => Err(Response::error(param(&p, 0, "message")?)),

@@ -186,15 +186,20 @@ impl Stub {
         Ok(())
     }
 
-    /// A key's committed value (`None` if absent).
-    pub async fn get_state(&mut self, key: &str) -> Result<Option<Vec<u8>>, ShimError> {
+    /// A key's value in the world state (`collection` empty) or a private collection.
+    async fn get(
+        &mut self,
+        kind: Msg,
+        collection: &str,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, ShimError> {
         Self::check_key(key)?;
         let v = self
             .call(
-                Msg::GetState,
+                kind,
                 GetState {
                     key: key.into(),
-                    collection: String::new(),
+                    collection: collection.into(),
                 }
                 .encode_to_vec(),
             )
@@ -202,15 +207,14 @@ impl Stub {
         Ok(if v.is_empty() { None } else { Some(v) })
     }
 
-    /// Writes a value (visible to later transactions once committed).
-    pub async fn put_state(&mut self, key: &str, value: Vec<u8>) -> Result<(), ShimError> {
+    async fn put(&mut self, collection: &str, key: &str, value: Vec<u8>) -> Result<(), ShimError> {
         Self::check_key(key)?;
         self.call(
             Msg::PutState,
             PutState {
                 key: key.into(),
                 value,
-                collection: String::new(),
+                collection: collection.into(),
             }
             .encode_to_vec(),
         )
@@ -218,19 +222,88 @@ impl Stub {
         .map(drop)
     }
 
-    /// Deletes a key.
-    pub async fn del_state(&mut self, key: &str) -> Result<(), ShimError> {
+    async fn del(&mut self, kind: Msg, collection: &str, key: &str) -> Result<(), ShimError> {
         Self::check_key(key)?;
         self.call(
-            Msg::DelState,
+            kind,
             DelState {
                 key: key.into(),
-                collection: String::new(),
+                collection: collection.into(),
             }
             .encode_to_vec(),
         )
         .await
         .map(drop)
+    }
+
+    /// A key's committed value (`None` if absent).
+    pub async fn get_state(&mut self, key: &str) -> Result<Option<Vec<u8>>, ShimError> {
+        self.get(Msg::GetState, "", key).await
+    }
+
+    /// Writes a value (visible to later transactions once committed).
+    pub async fn put_state(&mut self, key: &str, value: Vec<u8>) -> Result<(), ShimError> {
+        self.put("", key, value).await
+    }
+
+    /// Deletes a key.
+    pub async fn del_state(&mut self, key: &str) -> Result<(), ShimError> {
+        self.del(Msg::DelState, "", key).await
+    }
+
+    /// A private value of a collection (`None` if absent). Fails on peers outside the
+    /// collection and, under memberOnlyRead, for callers outside it.
+    pub async fn get_private_data(
+        &mut self,
+        collection: &str,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, ShimError> {
+        Self::check_collection(collection)?;
+        self.get(Msg::GetState, collection, key).await
+    }
+
+    /// The SHA-256 of a private value, answered by every peer of the channel.
+    pub async fn get_private_data_hash(
+        &mut self,
+        collection: &str,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, ShimError> {
+        Self::check_collection(collection)?;
+        self.get(Msg::GetPrivateDataHash, collection, key).await
+    }
+
+    /// Writes a private value: only its hashes go into the transaction.
+    pub async fn put_private_data(
+        &mut self,
+        collection: &str,
+        key: &str,
+        value: Vec<u8>,
+    ) -> Result<(), ShimError> {
+        Self::check_collection(collection)?;
+        self.put(collection, key, value).await
+    }
+
+    /// Deletes a private key.
+    pub async fn del_private_data(&mut self, collection: &str, key: &str) -> Result<(), ShimError> {
+        Self::check_collection(collection)?;
+        self.del(Msg::DelState, collection, key).await
+    }
+
+    /// Erases a private key and its history on every member peer; the hashes stay on the ledger.
+    pub async fn purge_private_data(
+        &mut self,
+        collection: &str,
+        key: &str,
+    ) -> Result<(), ShimError> {
+        Self::check_collection(collection)?;
+        self.del(Msg::PurgePrivateData, collection, key).await
+    }
+
+    fn check_collection(collection: &str) -> Result<(), ShimError> {
+        if collection.is_empty() {
+            return Err(ShimError::InvalidKey("collection must not be empty".into()));
+        }
+        Ok(())
     }
 
     /// A key's metadata entries.
@@ -328,6 +401,40 @@ impl Stub {
         start: &str,
         end: &str,
     ) -> Result<Vec<(String, Vec<u8>)>, ShimError> {
+        self.range("", start, end).await
+    }
+
+    /// Private keys in `[start, end)` of a collection.
+    pub async fn get_private_data_by_range(
+        &mut self,
+        collection: &str,
+        start: &str,
+        end: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, ShimError> {
+        Self::check_collection(collection)?;
+        self.range(collection, start, end).await
+    }
+
+    /// All private keys of a collection whose composite key starts with `object_type` and
+    /// `attributes`.
+    pub async fn get_private_data_by_partial_composite_key(
+        &mut self,
+        collection: &str,
+        object_type: &str,
+        attributes: &[&str],
+    ) -> Result<Vec<(String, Vec<u8>)>, ShimError> {
+        Self::check_collection(collection)?;
+        let start = Self::create_composite_key(object_type, attributes)?;
+        let end = format!("{start}{MAX_UNICODE}");
+        self.range(collection, &start, &end).await
+    }
+
+    async fn range(
+        &mut self,
+        collection: &str,
+        start: &str,
+        end: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, ShimError> {
         let start = if start.is_empty() { "\u{1}" } else { start };
         let r = self
             .call(
@@ -335,7 +442,7 @@ impl Stub {
                 GetStateByRange {
                     start_key: start.into(),
                     end_key: end.into(),
-                    collection: String::new(),
+                    collection: collection.into(),
                     metadata: vec![],
                 }
                 .encode_to_vec(),

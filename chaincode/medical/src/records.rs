@@ -1,0 +1,873 @@
+//! Electronic medical records: a record's public entry (pseudonymous patient id, FHIR resource
+//! type, custodian organisation, SHA-256 of the content, version, author) on the ledger; the FHIR
+//! content itself in the custodian's implicit private collection, given through the transient map
+//! (`content`). Every version stays in the key's history, every read of the content is logged
+//! on the ledger with who, when and why, and the custodian's peer must endorse every change of
+//! the entry (key-level endorsement).
+
+use serde::{Deserialize, Serialize};
+
+use crate::ContractError;
+use crate::certificates::check_id;
+use crate::ctx::{Caller, Ctx};
+
+/// FHIR resource types a record may hold.
+pub const RESOURCE_TYPES: [&str; 14] = [
+    "AllergyIntolerance",
+    "CarePlan",
+    "Condition",
+    "DiagnosticReport",
+    "DocumentReference",
+    "Encounter",
+    "FamilyMemberHistory",
+    "Immunization",
+    "MedicationRequest",
+    "MedicationStatement",
+    "Observation",
+    "Procedure",
+    "ServiceRequest",
+    "Specimen",
+];
+
+/// Largest record content (bytes of FHIR JSON).
+pub const MAX_CONTENT: usize = 1024 * 1024;
+
+/// Most records per page of `ListRecordsByPatient`.
+pub const MAX_PAGE: i32 = 100;
+
+/// The body of `CreateRecord`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateRequest {
+    pub id: String,
+    pub patient_id: String,
+    pub resource_type: String,
+}
+
+/// A record's public entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordEntry {
+    pub id: String,
+    pub patient_id: String,
+    pub resource_type: String,
+    /// MSP id of the organisation that holds the content.
+    pub custodian: String,
+    /// Lowercase hex SHA-256 of the current version's content.
+    pub content_hash: String,
+    pub version: u32,
+    pub author_msp: String,
+    pub author_subject: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub tx_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amend_reason: Option<String>,
+}
+
+/// One logged read of record content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessEntry {
+    pub record_id: String,
+    pub version: u32,
+    pub reader_msp: String,
+    pub reader_subject: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reader_role: Option<String>,
+    pub at: i64,
+    pub purpose: String,
+    pub tx_id: String,
+    /// `custodian` (read at the custodian) or `share` (read from a shared copy).
+    pub via: String,
+}
+
+/// What `ReadRecord` returns.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordContent {
+    pub record: RecordEntry,
+    pub version: u32,
+    pub content: serde_json::Value,
+}
+
+/// A page of `ListRecordsByPatient`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordPage {
+    pub records: Vec<RecordEntry>,
+    /// Where the next page starts; empty on the last page.
+    pub bookmark: String,
+}
+
+/// One version in a record's provenance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionEntry {
+    pub version: u32,
+    pub tx_id: String,
+    pub timestamp: i64,
+    pub author_msp: String,
+    pub author_subject: String,
+    pub content_hash: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amend_reason: Option<String>,
+}
+
+/// What `GetRecordProvenance` returns: every version, oldest first, and every read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Provenance {
+    pub record_id: String,
+    pub versions: Vec<VersionEntry>,
+    pub reads: Vec<AccessEntry>,
+}
+
+pub(crate) fn record_key(id: &str) -> String {
+    format!("record/{id}")
+}
+
+fn patient_prefix(patient: &str) -> String {
+    format!("\u{0}patient~record\u{0}{patient}\u{0}")
+}
+
+pub(crate) fn content_key(id: &str, version: u32) -> String {
+    format!("record/{id}/v{version}")
+}
+
+fn access_prefix(id: &str) -> String {
+    format!("\u{0}access\u{0}{id}\u{0}")
+}
+
+/// The custodian's implicit private collection.
+pub fn custodian_collection(msp: &str) -> String {
+    format!("_implicit_org_{msp}")
+}
+
+pub(crate) fn is_staff(c: &Caller) -> bool {
+    matches!(c.role.as_deref(), Some("doctor" | "nurse"))
+}
+
+fn is_doctor(c: &Caller) -> bool {
+    c.role.as_deref() == Some("doctor")
+}
+
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(medledger_common::crypto::sha256(bytes))
+}
+
+pub(crate) fn check_text(what: &str, text: &str, max: usize) -> Result<(), ContractError> {
+    if text.trim().is_empty() || text.len() > max {
+        return Err(ContractError::Invalid(format!(
+            "{what} must be 1-{max} characters"
+        )));
+    }
+    Ok(())
+}
+
+fn parse<T: serde::de::DeserializeOwned>(what: &str, json: &str) -> Result<T, ContractError> {
+    serde_json::from_str(json).map_err(|e| ContractError::Invalid(format!("{what}: {e}")))
+}
+
+pub(crate) fn ledger(e: String) -> ContractError {
+    ContractError::Ledger(e)
+}
+
+/// The FHIR content from the transient map: a JSON object whose `resourceType` is `expected`.
+fn content_from_transient<C: Ctx>(ctx: &C, expected: &str) -> Result<Vec<u8>, ContractError> {
+    let bytes = ctx.transient("content").ok_or_else(|| {
+        ContractError::Invalid(
+            "the record's FHIR content goes in the transient map under \"content\"".into(),
+        )
+    })?;
+    if bytes.is_empty() || bytes.len() > MAX_CONTENT {
+        return Err(ContractError::Invalid(format!(
+            "content must be 1-{MAX_CONTENT} bytes"
+        )));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ContractError::Invalid(format!("content is not valid JSON: {e}")))?;
+    let found = v
+        .as_object()
+        .ok_or_else(|| {
+            ContractError::Invalid("content must be a FHIR resource (a JSON object)".into())
+        })?
+        .get("resourceType")
+        .and_then(serde_json::Value::as_str);
+    if found != Some(expected) {
+        return Err(ContractError::Invalid(format!(
+            "content resourceType {found:?} does not match the record's {expected:?}"
+        )));
+    }
+    Ok(bytes)
+}
+
+/// A record's public entry.
+pub async fn load<C: Ctx>(ctx: &mut C, id: &str) -> Result<RecordEntry, ContractError> {
+    check_id("record id", id)?;
+    let bytes = ctx
+        .get(&record_key(id))
+        .await
+        .map_err(ledger)?
+        .ok_or_else(|| ContractError::NotFound(format!("record {id}")))?;
+    serde_json::from_slice(&bytes).map_err(|e| ledger(format!("stored record {id}: {e}")))
+}
+
+async fn store<C: Ctx>(ctx: &mut C, r: &RecordEntry) -> Result<(), ContractError> {
+    let bytes = serde_json::to_vec(r).map_err(|e| ledger(e.to_string()))?;
+    ctx.put(&record_key(&r.id), bytes).await.map_err(ledger)
+}
+
+/// `CreateRecord(json)` + transient `content`: a doctor creates a record; their organisation
+/// becomes its custodian.
+pub async fn create<C: Ctx>(ctx: &mut C, json: &str) -> Result<RecordEntry, ContractError> {
+    let caller = ctx.caller();
+    if !is_doctor(&caller) {
+        return Err(ContractError::Forbidden(
+            "only a doctor (role=doctor) may create records".into(),
+        ));
+    }
+    let req: CreateRequest = parse("record", json)?;
+    check_id("record id", &req.id)?;
+    check_id("patient id", &req.patient_id)?;
+    if !RESOURCE_TYPES.contains(&req.resource_type.as_str()) {
+        return Err(ContractError::Invalid(format!(
+            "resourceType {:?} is not one of {}",
+            req.resource_type,
+            RESOURCE_TYPES.join(", ")
+        )));
+    }
+    if ctx
+        .get(&record_key(&req.id))
+        .await
+        .map_err(ledger)?
+        .is_some()
+    {
+        return Err(ContractError::Conflict(format!(
+            "record {} already exists",
+            req.id
+        )));
+    }
+    let content = content_from_transient(ctx, &req.resource_type)?;
+    let now = ctx.now();
+    let entry = RecordEntry {
+        id: req.id.clone(),
+        patient_id: req.patient_id.clone(),
+        resource_type: req.resource_type,
+        custodian: caller.mspid.clone(),
+        content_hash: sha256_hex(&content),
+        version: 1,
+        author_msp: caller.mspid.clone(),
+        author_subject: caller.subject.clone(),
+        created_at: now,
+        updated_at: now,
+        tx_id: ctx.tx_id(),
+        amend_reason: None,
+    };
+    store(ctx, &entry).await?;
+    ctx.put(
+        &format!("{}{}\u{0}", patient_prefix(&req.patient_id), req.id),
+        req.id.clone().into_bytes(),
+    )
+    .await
+    .map_err(ledger)?;
+    ctx.put_private(
+        &custodian_collection(&caller.mspid),
+        &content_key(&req.id, 1),
+        content,
+    )
+    .await
+    .map_err(ledger)?;
+    // From now on the custodian's peer must endorse every change of the entry.
+    ctx.set_key_policy(
+        &record_key(&req.id),
+        &format!("OR('{}.peer')", caller.mspid),
+    )
+    .await
+    .map_err(ledger)?;
+    ctx.event("RecordCreated", req.id.into_bytes());
+    Ok(entry)
+}
+
+/// `AmendRecord(id, reason)` + transient `content`: a doctor of the custodian adds a version.
+pub async fn amend<C: Ctx>(
+    ctx: &mut C,
+    id: &str,
+    reason: &str,
+) -> Result<RecordEntry, ContractError> {
+    let caller = ctx.caller();
+    let mut entry = load(ctx, id).await?;
+    if !is_doctor(&caller) || caller.mspid != entry.custodian {
+        return Err(ContractError::Forbidden(format!(
+            "only a doctor of the custodian {} may amend record {id}",
+            entry.custodian
+        )));
+    }
+    check_text("reason", reason, 512)?;
+    let content = content_from_transient(ctx, &entry.resource_type)?;
+    entry.version += 1;
+    entry.content_hash = sha256_hex(&content);
+    entry.author_msp = caller.mspid.clone();
+    entry.author_subject = caller.subject.clone();
+    entry.updated_at = ctx.now();
+    entry.tx_id = ctx.tx_id();
+    entry.amend_reason = Some(reason.to_owned());
+    store(ctx, &entry).await?;
+    ctx.put_private(
+        &custodian_collection(&entry.custodian),
+        &content_key(id, entry.version),
+        content,
+    )
+    .await
+    .map_err(ledger)?;
+    ctx.event("RecordAmended", id.as_bytes().to_vec());
+    Ok(entry)
+}
+
+fn may_see(caller: &Caller, patient_id: &str) -> bool {
+    is_staff(caller) || caller.patient_id.as_deref() == Some(patient_id)
+}
+
+/// `GetRecord(id)`: the public entry, for staff (doctor, nurse) and the patient.
+pub async fn get<C: Ctx>(ctx: &mut C, id: &str) -> Result<RecordEntry, ContractError> {
+    let entry = load(ctx, id).await?;
+    if !may_see(&ctx.caller(), &entry.patient_id) {
+        return Err(ContractError::Forbidden(
+            "only doctors, nurses and the patient may see a record".into(),
+        ));
+    }
+    Ok(entry)
+}
+
+/// Writes the access-log entry and event of one read of record content.
+pub(crate) async fn log_access<C: Ctx>(
+    ctx: &mut C,
+    record: &RecordEntry,
+    version: u32,
+    purpose: &str,
+    via: &str,
+) -> Result<(), ContractError> {
+    let caller = ctx.caller();
+    let tx_id = ctx.tx_id();
+    let entry = AccessEntry {
+        record_id: record.id.clone(),
+        version,
+        reader_msp: caller.mspid,
+        reader_subject: caller.subject,
+        reader_role: caller.role,
+        at: ctx.now(),
+        purpose: purpose.to_owned(),
+        tx_id: tx_id.clone(),
+        via: via.to_owned(),
+    };
+    let bytes = serde_json::to_vec(&entry).map_err(|e| ledger(e.to_string()))?;
+    ctx.put(
+        &format!("{}{tx_id}\u{0}", access_prefix(&record.id)),
+        bytes.clone(),
+    )
+    .await
+    .map_err(ledger)?;
+    ctx.event("RecordRead", bytes);
+    Ok(())
+}
+
+/// `ReadRecord(id, purpose[, version])`: the content, for staff of the custodian and the patient
+/// (when enrolled at the custodian); logged. Submit it: an evaluated read leaves no log entry.
+pub async fn read<C: Ctx>(
+    ctx: &mut C,
+    id: &str,
+    purpose: &str,
+    version: Option<&str>,
+) -> Result<RecordContent, ContractError> {
+    let caller = ctx.caller();
+    let record = load(ctx, id).await?;
+    let allowed = caller.mspid == record.custodian && may_see(&caller, &record.patient_id);
+    if !allowed {
+        return Err(ContractError::Forbidden(format!(
+            "only doctors and nurses of the custodian {} and the patient may read record {id}; other organisations read shared copies (ReadSharedRecord)",
+            record.custodian
+        )));
+    }
+    check_text("purpose", purpose, 256)?;
+    let version = match version {
+        None | Some("") => record.version,
+        Some(v) => v
+            .parse::<u32>()
+            .ok()
+            .filter(|v| (1..=record.version).contains(v))
+            .ok_or_else(|| {
+                ContractError::Invalid(format!(
+                    "version must be 1-{} for record {id}",
+                    record.version
+                ))
+            })?,
+    };
+    let bytes = ctx
+        .get_private(
+            &custodian_collection(&record.custodian),
+            &content_key(id, version),
+        )
+        .await
+        .map_err(ledger)?
+        .ok_or_else(|| {
+            ContractError::NotFound(format!("content of record {id} version {version}"))
+        })?;
+    if version == record.version && sha256_hex(&bytes) != record.content_hash {
+        return Err(ledger(format!(
+            "content of record {id} does not match its hash on the ledger"
+        )));
+    }
+    log_access(ctx, &record, version, purpose, "custodian").await?;
+    Ok(RecordContent {
+        content: serde_json::from_slice(&bytes)
+            .map_err(|e| ledger(format!("stored content: {e}")))?,
+        record,
+        version,
+    })
+}
+
+/// `ListRecordsByPatient(patientId, pageSize, bookmark)`: the patient's record entries.
+pub async fn list_by_patient<C: Ctx>(
+    ctx: &mut C,
+    patient_id: &str,
+    page_size: &str,
+    bookmark: &str,
+) -> Result<RecordPage, ContractError> {
+    check_id("patient id", patient_id)?;
+    if !may_see(&ctx.caller(), patient_id) {
+        return Err(ContractError::Forbidden(
+            "only doctors, nurses and the patient may list a patient's records".into(),
+        ));
+    }
+    let size: i32 = page_size
+        .parse()
+        .ok()
+        .filter(|n| (1..=MAX_PAGE).contains(n))
+        .ok_or_else(|| ContractError::Invalid(format!("pageSize must be 1-{MAX_PAGE}")))?;
+    let prefix = patient_prefix(patient_id);
+    if !bookmark.is_empty() && !bookmark.starts_with(&prefix) {
+        return Err(ContractError::Invalid(
+            "bookmark is not from this listing".into(),
+        ));
+    }
+    let (rows, next) = ctx.page(&prefix, size, bookmark).await.map_err(ledger)?;
+    let mut records = Vec::with_capacity(rows.len());
+    for (_, id) in rows {
+        let id = String::from_utf8(id).map_err(|_| ledger("index entry is not UTF-8".into()))?;
+        records.push(load(ctx, &id).await?);
+    }
+    Ok(RecordPage {
+        records,
+        bookmark: next,
+    })
+}
+
+/// `GetRecordProvenance(id)`: every version (transaction, time, author) and every logged read.
+pub async fn provenance<C: Ctx>(ctx: &mut C, id: &str) -> Result<Provenance, ContractError> {
+    let record = get(ctx, id).await?;
+    let mut versions = Vec::new();
+    for change in ctx.history(&record_key(id)).await.map_err(ledger)? {
+        if change.is_delete {
+            continue;
+        }
+        let v: RecordEntry = serde_json::from_slice(&change.value)
+            .map_err(|e| ledger(format!("history of record {id}: {e}")))?;
+        versions.push(VersionEntry {
+            version: v.version,
+            tx_id: change.tx_id,
+            timestamp: change.timestamp,
+            author_msp: v.author_msp,
+            author_subject: v.author_subject,
+            content_hash: v.content_hash,
+            amend_reason: v.amend_reason,
+        });
+    }
+    versions.sort_by_key(|v| v.version);
+    let mut reads = Vec::new();
+    for (_, bytes) in ctx.scan(&access_prefix(id)).await.map_err(ledger)? {
+        reads.push(
+            serde_json::from_slice::<AccessEntry>(&bytes)
+                .map_err(|e| ledger(format!("access log of record {id}: {e}")))?,
+        );
+    }
+    reads.sort_by(|a, b| a.at.cmp(&b.at).then(a.tx_id.cmp(&b.tx_id)));
+    Ok(Provenance {
+        record_id: record.id,
+        versions,
+        reads,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::ctx::{Caller, MemoryCtx, MemoryLedger};
+    use crate::invoke;
+
+    pub const NOW: i64 = 1_800_000_000;
+
+    pub fn doctor(msp: &str) -> Caller {
+        Caller::test(msp, "doctor1", Some("doctor"), "client", None)
+    }
+    pub fn nurse(msp: &str) -> Caller {
+        Caller::test(msp, "nurse1", Some("nurse"), "client", None)
+    }
+    pub fn patient(msp: &str, id: &str) -> Caller {
+        Caller::test(msp, "patient1", Some("patient"), "client", Some(id))
+    }
+
+    pub fn ledger() -> MemoryLedger {
+        MemoryLedger {
+            member_of: vec![
+                "_implicit_org_Hospital1MSP".into(),
+                "shared_Hospital1MSP_Hospital2MSP".into(),
+            ],
+            ..Default::default()
+        }
+    }
+
+    pub const OBSERVATION: &str = r#"{"resourceType":"Observation","status":"final","code":{"text":"blood pressure"},"valueString":"150/95"}"#;
+
+    /// Runs one call as `caller` with an optional transient `content`; commits when it succeeds.
+    pub async fn call(
+        l: &mut MemoryLedger,
+        caller: Caller,
+        tx: &str,
+        f: &str,
+        args: &[&str],
+        content: Option<&str>,
+    ) -> Result<serde_json::Value, ContractError> {
+        let mut ctx = MemoryCtx::new(l, caller, tx, NOW);
+        if let Some(c) = content {
+            ctx = ctx.with_transient("content", c.as_bytes());
+        }
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let out = invoke(&mut ctx, f, &args).await?;
+        ctx.commit();
+        Ok(serde_json::from_slice(&out).unwrap_or(serde_json::Value::Null))
+    }
+
+    pub async fn create(
+        l: &mut MemoryLedger,
+        id: &str,
+    ) -> Result<serde_json::Value, ContractError> {
+        let body = format!(r#"{{"id":"{id}","patientId":"P-0042","resourceType":"Observation"}}"#);
+        call(
+            l,
+            doctor("Hospital1MSP"),
+            &format!("tx-{id}"),
+            "CreateRecord",
+            &[&body],
+            Some(OBSERVATION),
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_doctor_creates_amends_and_the_history_keeps_every_version() {
+        let mut l = ledger();
+        let r = create(&mut l, "R-1").await.unwrap();
+        assert_eq!(r["custodian"], "Hospital1MSP");
+        assert_eq!(r["version"], 1);
+        assert_eq!(r["contentHash"], sha256_hex(OBSERVATION.as_bytes()));
+        // Content is private, the entry public, the custodian's peer must endorse changes.
+        assert!(
+            !l.state
+                .values()
+                .any(|v| String::from_utf8_lossy(v).contains("150/95"))
+        );
+        assert_eq!(
+            l.private[&(
+                "_implicit_org_Hospital1MSP".to_owned(),
+                "record/R-1/v1".to_owned()
+            )],
+            OBSERVATION.as_bytes()
+        );
+        assert_eq!(l.key_policies["record/R-1"], "OR('Hospital1MSP.peer')");
+
+        let v2 = r#"{"resourceType":"Observation","status":"amended","valueString":"140/90"}"#;
+        let a = call(
+            &mut l,
+            doctor("Hospital1MSP"),
+            "tx-a",
+            "AmendRecord",
+            &["R-1", "re-measured"],
+            Some(v2),
+        )
+        .await
+        .unwrap();
+        assert_eq!(a["version"], 2);
+        let read = call(
+            &mut l,
+            nurse("Hospital1MSP"),
+            "tx-r1",
+            "ReadRecord",
+            &["R-1", "treatment"],
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(read["content"]["valueString"], "140/90");
+        let old = call(
+            &mut l,
+            nurse("Hospital1MSP"),
+            "tx-r2",
+            "ReadRecord",
+            &["R-1", "audit", "1"],
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(old["content"]["valueString"], "150/95");
+        let p = call(
+            &mut l,
+            patient("Hospital1MSP", "P-0042"),
+            "tx-p",
+            "GetRecordProvenance",
+            &["R-1"],
+            None,
+        )
+        .await
+        .unwrap();
+        let versions = p["versions"].as_array().unwrap();
+        assert_eq!(versions.len(), 2);
+        assert_eq!(versions[0]["txId"], "tx-R-1");
+        assert_eq!(versions[1]["amendReason"], "re-measured");
+        assert!(
+            versions[1]["authorSubject"]
+                .as_str()
+                .unwrap()
+                .contains("doctor1")
+        );
+        let reads = p["reads"].as_array().unwrap();
+        assert_eq!(reads.len(), 2);
+        assert_eq!(reads[0]["purpose"], "treatment");
+        assert_eq!(reads[0]["readerRole"], "nurse");
+    }
+
+    #[tokio::test]
+    async fn access_rules_by_role_and_organisation() {
+        let mut l = ledger();
+        let body = r#"{"id":"R-1","patientId":"P-0042","resourceType":"Observation"}"#;
+        for who in [nurse("Hospital1MSP"), patient("Hospital1MSP", "P-0042")] {
+            let e = call(&mut l, who, "t", "CreateRecord", &[body], Some(OBSERVATION))
+                .await
+                .unwrap_err();
+            assert!(matches!(e, ContractError::Forbidden(_)), "{e}");
+        }
+        create(&mut l, "R-1").await.unwrap();
+        // Another hospital's doctor may not amend, nor read the content directly.
+        let e = call(
+            &mut l,
+            doctor("Hospital2MSP"),
+            "t",
+            "AmendRecord",
+            &["R-1", "x"],
+            Some(OBSERVATION),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(e, ContractError::Forbidden(_)), "{e}");
+        let e = call(
+            &mut l,
+            doctor("Hospital2MSP"),
+            "t",
+            "ReadRecord",
+            &["R-1", "curious"],
+            None,
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("ReadSharedRecord"), "{e}");
+        // Another patient sees nothing; the patient reads their own record.
+        let e = call(
+            &mut l,
+            patient("Hospital1MSP", "P-9999"),
+            "t",
+            "GetRecord",
+            &["R-1"],
+            None,
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(e, ContractError::Forbidden(_)), "{e}");
+        let mine = call(
+            &mut l,
+            patient("Hospital1MSP", "P-0042"),
+            "t2",
+            "ReadRecord",
+            &["R-1", "my copy"],
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(mine["record"]["id"], "R-1");
+        // A peer outside the custodian's collection cannot serve the content.
+        l.member_of.clear();
+        let e = call(
+            &mut l,
+            doctor("Hospital1MSP"),
+            "t3",
+            "ReadRecord",
+            &["R-1", "x"],
+            None,
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("not a member"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn records_are_listed_by_patient_in_pages() {
+        let mut l = ledger();
+        for i in 0..5 {
+            create(&mut l, &format!("R-{i}")).await.unwrap();
+        }
+        let other = r#"{"id":"X-1","patientId":"P-0001","resourceType":"Observation"}"#;
+        call(
+            &mut l,
+            doctor("Hospital1MSP"),
+            "tx",
+            "CreateRecord",
+            &[other],
+            Some(OBSERVATION),
+        )
+        .await
+        .unwrap();
+        let mut ids = Vec::new();
+        let mut bookmark = String::new();
+        loop {
+            let page = call(
+                &mut l,
+                doctor("Hospital2MSP"),
+                "t",
+                "ListRecordsByPatient",
+                &["P-0042", "2", &bookmark],
+                None,
+            )
+            .await
+            .unwrap();
+            let recs = page["records"].as_array().unwrap();
+            assert!(recs.len() <= 2);
+            ids.extend(recs.iter().map(|r| r["id"].as_str().unwrap().to_owned()));
+            bookmark = page["bookmark"].as_str().unwrap().to_owned();
+            if bookmark.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(ids, vec!["R-0", "R-1", "R-2", "R-3", "R-4"]);
+        for size in ["0", "101", "x"] {
+            let e = call(
+                &mut l,
+                doctor("Hospital1MSP"),
+                "t",
+                "ListRecordsByPatient",
+                &["P-0042", size, ""],
+                None,
+            )
+            .await
+            .unwrap_err();
+            assert!(matches!(e, ContractError::Invalid(_)), "{size}: {e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_records_are_refused_with_the_reason() {
+        let mut l = ledger();
+        let cases: [(&str, Option<&str>, &str); 8] = [
+            ("not json", Some(OBSERVATION), "invalid argument: record"),
+            (
+                r#"{"id":"R 1","patientId":"P","resourceType":"Observation"}"#,
+                Some(OBSERVATION),
+                "record id",
+            ),
+            (
+                r#"{"id":"R-1","patientId":"P","resourceType":"Pizza"}"#,
+                Some(OBSERVATION),
+                "not one of",
+            ),
+            (
+                r#"{"id":"R-1","patientId":"P","resourceType":"Observation","x":1}"#,
+                Some(OBSERVATION),
+                "unknown field",
+            ),
+            (
+                r#"{"id":"R-1","patientId":"P","resourceType":"Observation"}"#,
+                None,
+                "transient map",
+            ),
+            (
+                r#"{"id":"R-1","patientId":"P","resourceType":"Observation"}"#,
+                Some("{not json"),
+                "not valid JSON",
+            ),
+            (
+                r#"{"id":"R-1","patientId":"P","resourceType":"Observation"}"#,
+                Some("[1,2]"),
+                "JSON object",
+            ),
+            (
+                r#"{"id":"R-1","patientId":"P","resourceType":"Observation"}"#,
+                Some(r#"{"resourceType":"Condition"}"#),
+                "does not match",
+            ),
+        ];
+        for (body, content, want) in cases {
+            let e = call(
+                &mut l,
+                doctor("Hospital1MSP"),
+                "t",
+                "CreateRecord",
+                &[body],
+                content,
+            )
+            .await
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(want), "{body}: {e}");
+        }
+        assert!(l.state.is_empty() && l.private.is_empty(), "nothing stored");
+        create(&mut l, "R-1").await.unwrap();
+        let e = create(&mut l, "R-1").await.unwrap_err();
+        assert!(matches!(e, ContractError::Conflict(_)));
+        let big = format!(
+            r#"{{"resourceType":"Observation","x":"{}"}}"#,
+            "a".repeat(MAX_CONTENT)
+        );
+        let body = r#"{"id":"R-2","patientId":"P","resourceType":"Observation"}"#;
+        let e = call(
+            &mut l,
+            doctor("Hospital1MSP"),
+            "t",
+            "CreateRecord",
+            &[body],
+            Some(&big),
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("bytes"), "{e}");
+        for (f, args) in [
+            ("ReadRecord", vec!["R-1", ""]),
+            ("ReadRecord", vec!["R-1", "x", "7"]),
+            ("GetRecord", vec!["../etc"]),
+            ("GetRecord", vec![]),
+            ("NoSuchFunction", vec![]),
+        ] {
+            let e = call(&mut l, doctor("Hospital1MSP"), "t", f, &args, None)
+                .await
+                .unwrap_err();
+            assert!(matches!(e, ContractError::Invalid(_)), "{f} {args:?}: {e}");
+        }
+        let e = call(
+            &mut l,
+            doctor("Hospital1MSP"),
+            "t",
+            "GetRecord",
+            &["R-404"],
+            None,
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(e, ContractError::NotFound(_)), "{e}");
+    }
+}
