@@ -554,3 +554,87 @@ async fn private_data_service_refuses_outsiders_and_mismatched_data() -> anyhow:
     );
     Ok(())
 }
+
+/// The private write sets a DeliverWithPrivateData stream gives `who` for block `block` of peer
+/// `peer`, as `(tx number, collection, keys)`.
+async fn delivered_private_data(
+    net: &PeerNet,
+    peer: usize,
+    who: &SigningIdentity,
+    block: u64,
+) -> anyhow::Result<Vec<(u64, String, Vec<String>)>> {
+    use medledger_common::protoutil::signed_envelope;
+    use medledger_proto::common::HeaderType;
+    use medledger_proto::orderer::seek_info::SeekBehavior;
+    use medledger_proto::orderer::{SeekInfo, SeekPosition, SeekSpecified, seek_position::Type};
+    use medledger_proto::protos::deliver_client::DeliverClient;
+    use medledger_proto::protos::deliver_response::Type as Resp;
+    let root = net.orgs[peer].tls_ca.cert_pem().as_bytes().to_vec();
+    let ch = dial(&net.address(peer), &[root], None)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let at = || SeekPosition {
+        r#type: Some(Type::Specified(SeekSpecified { number: block })),
+    };
+    let seek = SeekInfo {
+        start: Some(at()),
+        stop: Some(at()),
+        behavior: SeekBehavior::FailIfNotReady as i32,
+        ..Default::default()
+    };
+    let env = signed_envelope(
+        HeaderType::DeliverSeekInfo,
+        CHANNEL,
+        seek.encode_to_vec(),
+        who,
+    )?;
+    let mut stream = DeliverClient::new(ch)
+        .deliver_with_private_data(tokio_stream::once(env))
+        .await?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(m) = stream.message().await? {
+        match m.r#type {
+            Some(Resp::BlockAndPrivateData(b)) => {
+                for (tx, set) in b.private_data_map {
+                    for ns in set.ns_pvt_rwset {
+                        for c in ns.collection_pvt_rwset {
+                            let keys = KvrwSet::decode(c.rwset.as_slice())?
+                                .writes
+                                .into_iter()
+                                .map(|w| w.key)
+                                .collect();
+                            out.push((tx, c.collection_name, keys));
+                        }
+                    }
+                }
+            }
+            _ => break,
+        }
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deliver_with_private_data_serves_members_only() -> anyhow::Result<()> {
+    let net = three_hospitals().await?;
+    let doctor1 = net.orgs[0].identity("doctor1", "client", &[])?;
+    let mut h1 = net.gateway(0, doctor1.clone()).await?;
+    let (_, _, block, _) = h1
+        .submit_with(&["PutPrivate", "records", "D-1"], value("delivered"))
+        .await?;
+    net.wait_height(block + 1).await?;
+    assert_eq!(
+        delivered_private_data(&net, 0, &doctor1, block).await?,
+        vec![(0, "records".to_owned(), vec!["D-1".to_owned()])]
+    );
+    // A client of the organisation outside the collection gets the block without private data,
+    // even from a member's peer.
+    let outsider = net.orgs[2].identity("clerk3", "client", &[])?;
+    assert!(
+        delivered_private_data(&net, 0, &outsider, block)
+            .await?
+            .is_empty()
+    );
+    Ok(())
+}

@@ -2,10 +2,10 @@
 //! sharing under patient consent (`sharing`) and medical certificates (`certificates`).
 //!
 //! Functions (`args[0]`), JSON documented in `chaincode/README.md`:
-//! `CreateRecord(json)`, `AmendRecord(id, reason)`, `GetRecord(id)`, `ReadRecord(id, purpose[,
-//! version])`, `ListRecordsByPatient(patientId, pageSize, bookmark)`, `GetRecordProvenance(id)`;
+//! `CreateRecord(json)`, `AmendRecord(id, reason)`, `GetRecord(id)`, `RequestAccess(id,
+//! purpose)`, `ReadRecord(id, ticket[, version])`, `ListRecordsByPatient(patientId, pageSize, bookmark)`, `GetRecordProvenance(id)`;
 //! `GrantConsent(json)`, `RevokeConsent(id)`, `ListConsents([patientId])`,
-//! `ShareRecord(recordId, consentId)`, `ReadSharedRecord(recordId, purpose)`;
+//! `ShareRecord(recordId, consentId)`, `ReadSharedRecord(recordId, ticket)`;
 //! `IssueCertificate(json)`, `VerifyCertificate(id, sha256)`, `RevokeCertificate(id, reason)`,
 //! `CertificateHistory(id)`.
 
@@ -76,11 +76,15 @@ pub async fn invoke<C: Ctx>(
             json(&records::amend(ctx, arg(args, 0, "record id")?, arg(args, 1, "reason")?).await?)
         }
         "GetRecord" => json(&records::get(ctx, arg(args, 0, "record id")?).await?),
+        "RequestAccess" => json(
+            &records::request_access(ctx, arg(args, 0, "record id")?, arg(args, 1, "purpose")?)
+                .await?,
+        ),
         "ReadRecord" => json(
             &records::read(
                 ctx,
                 arg(args, 0, "record id")?,
-                arg(args, 1, "purpose")?,
+                arg(args, 1, "ticket")?,
                 opt(2),
             )
             .await?,
@@ -102,8 +106,7 @@ pub async fn invoke<C: Ctx>(
             &sharing::share(ctx, arg(args, 0, "record id")?, arg(args, 1, "consent id")?).await?,
         ),
         "ReadSharedRecord" => json(
-            &sharing::read_shared(ctx, arg(args, 0, "record id")?, arg(args, 1, "purpose")?)
-                .await?,
+            &sharing::read_shared(ctx, arg(args, 0, "record id")?, arg(args, 1, "ticket")?).await?,
         ),
         "IssueCertificate" => {
             json(&certificates::issue(ctx, arg(args, 0, "certificate JSON")?).await?)

@@ -339,14 +339,17 @@ pub async fn get<C: Ctx>(ctx: &mut C, id: &str) -> Result<RecordEntry, ContractE
     Ok(entry)
 }
 
-/// Writes the access-log entry and event of one read of record content.
-pub(crate) async fn log_access<C: Ctx>(
+/// How long (seconds) a committed `RequestAccess` lets its reader read the content.
+pub const TICKET_TTL: i64 = 300;
+
+/// Writes the access-log entry and event of one granted access to record content.
+async fn log_access<C: Ctx>(
     ctx: &mut C,
     record: &RecordEntry,
     version: u32,
     purpose: &str,
     via: &str,
-) -> Result<(), ContractError> {
+) -> Result<AccessEntry, ContractError> {
     let caller = ctx.caller();
     let tx_id = ctx.tx_id();
     let entry = AccessEntry {
@@ -361,34 +364,101 @@ pub(crate) async fn log_access<C: Ctx>(
         via: via.to_owned(),
     };
     let bytes = serde_json::to_vec(&entry).map_err(|e| ledger(e.to_string()))?;
-    ctx.put(
-        &format!("{}{tx_id}\u{0}", access_prefix(&record.id)),
-        bytes.clone(),
-    )
-    .await
-    .map_err(ledger)?;
-    ctx.event("RecordRead", bytes);
-    Ok(())
+    ctx.put(&access_key(&record.id, &tx_id), bytes.clone())
+        .await
+        .map_err(ledger)?;
+    ctx.event("RecordAccess", bytes);
+    Ok(entry)
 }
 
-/// `ReadRecord(id, purpose[, version])`: the content, for staff of the custodian and the patient
-/// (when enrolled at the custodian); logged. Submit it: an evaluated read leaves no log entry.
-pub async fn read<C: Ctx>(
+fn access_key(id: &str, tx_id: &str) -> String {
+    format!("{}{tx_id}\u{0}", access_prefix(id))
+}
+
+/// Staff of the custodian, and the patient when enrolled at the custodian, read directly.
+fn check_custodian_reader(caller: &Caller, record: &RecordEntry) -> Result<(), ContractError> {
+    if caller.mspid == record.custodian && may_see(caller, &record.patient_id) {
+        return Ok(());
+    }
+    Err(ContractError::Forbidden(format!(
+        "only doctors and nurses of the custodian {} and the patient may read record {}; other organisations read shared copies (ReadSharedRecord)",
+        record.custodian, record.id
+    )))
+}
+
+/// `RequestAccess(id, purpose)`, submitted: checks the caller may read the record's content
+/// (directly at the custodian, or a shared copy under a valid consent), logs the access on the
+/// ledger and emits `RecordAccess`. Its transaction id is the ticket `ReadRecord` and
+/// `ReadSharedRecord` take, so content is read only after its access is on the ledger, and the
+/// content itself is never returned by a submitted transaction (it would be in the block).
+pub async fn request_access<C: Ctx>(
     ctx: &mut C,
     id: &str,
     purpose: &str,
+) -> Result<AccessEntry, ContractError> {
+    let caller = ctx.caller();
+    let record = load(ctx, id).await?;
+    check_text("purpose", purpose, 256)?;
+    if caller.mspid == record.custodian {
+        check_custodian_reader(&caller, &record)?;
+        log_access(ctx, &record, record.version, purpose, "custodian").await
+    } else {
+        let share = crate::sharing::check_share_reader(ctx, &record, &caller).await?;
+        log_access(ctx, &record, share.version, purpose, "share").await
+    }
+}
+
+/// The caller's committed, unexpired access ticket for `record`.
+pub(crate) async fn check_ticket<C: Ctx>(
+    ctx: &mut C,
+    record: &RecordEntry,
+    ticket: &str,
+    via: &str,
+) -> Result<AccessEntry, ContractError> {
+    check_id("ticket", ticket)?;
+    let caller = ctx.caller();
+    let bytes = ctx
+        .get(&access_key(&record.id, ticket))
+        .await
+        .map_err(ledger)?
+        .ok_or_else(|| {
+            ContractError::Forbidden(format!(
+                "no access ticket {ticket} for record {}: submit RequestAccess first",
+                record.id
+            ))
+        })?;
+    let entry: AccessEntry =
+        serde_json::from_slice(&bytes).map_err(|e| ledger(format!("stored access: {e}")))?;
+    if entry.reader_msp != caller.mspid || entry.reader_subject != caller.subject {
+        return Err(ContractError::Forbidden(
+            "the access ticket belongs to another reader".into(),
+        ));
+    }
+    if entry.via != via {
+        return Err(ContractError::Forbidden(format!(
+            "the access ticket was granted for a {} read",
+            entry.via
+        )));
+    }
+    if ctx.now() - entry.at > TICKET_TTL {
+        return Err(ContractError::Forbidden(
+            "the access ticket has expired: request access again".into(),
+        ));
+    }
+    Ok(entry)
+}
+
+/// `ReadRecord(id, ticket[, version])`, evaluated: the content for a reader at the custodian
+/// holding a ticket from `RequestAccess`.
+pub async fn read<C: Ctx>(
+    ctx: &mut C,
+    id: &str,
+    ticket: &str,
     version: Option<&str>,
 ) -> Result<RecordContent, ContractError> {
     let caller = ctx.caller();
     let record = load(ctx, id).await?;
-    let allowed = caller.mspid == record.custodian && may_see(&caller, &record.patient_id);
-    if !allowed {
-        return Err(ContractError::Forbidden(format!(
-            "only doctors and nurses of the custodian {} and the patient may read record {id}; other organisations read shared copies (ReadSharedRecord)",
-            record.custodian
-        )));
-    }
-    check_text("purpose", purpose, 256)?;
+    check_custodian_reader(&caller, &record)?;
     let version = match version {
         None | Some("") => record.version,
         Some(v) => v
@@ -402,6 +472,7 @@ pub async fn read<C: Ctx>(
                 ))
             })?,
     };
+    check_ticket(ctx, &record, ticket, "custodian").await?;
     let bytes = ctx
         .get_private(
             &custodian_collection(&record.custodian),
@@ -417,7 +488,6 @@ pub async fn read<C: Ctx>(
             "content of record {id} does not match its hash on the ledger"
         )));
     }
-    log_access(ctx, &record, version, purpose, "custodian").await?;
     Ok(RecordContent {
         content: serde_json::from_slice(&bytes)
             .map_err(|e| ledger(format!("stored content: {e}")))?,
@@ -547,6 +617,20 @@ pub(crate) mod tests {
         Ok(serde_json::from_slice(&out).unwrap_or(serde_json::Value::Null))
     }
 
+    /// RequestAccess (committed), then the evaluated read `f` with its ticket.
+    pub async fn read_as(
+        l: &mut MemoryLedger,
+        caller: Caller,
+        tx: &str,
+        f: &str,
+        args: &[&str],
+    ) -> Result<serde_json::Value, ContractError> {
+        call(l, caller.clone(), tx, "RequestAccess", &args[..2], None).await?;
+        let mut read_args = vec![args[0], tx];
+        read_args.extend_from_slice(&args[2..]);
+        call(l, caller, "eval", f, &read_args, None).await
+    }
+
     pub async fn create(
         l: &mut MemoryLedger,
         id: &str,
@@ -597,27 +681,52 @@ pub(crate) mod tests {
         .await
         .unwrap();
         assert_eq!(a["version"], 2);
-        let read = call(
+        let current = read_as(
             &mut l,
             nurse("Hospital1MSP"),
             "tx-r1",
             "ReadRecord",
             &["R-1", "treatment"],
-            None,
         )
         .await
         .unwrap();
-        assert_eq!(read["content"]["valueString"], "140/90");
-        let old = call(
+        assert_eq!(current["content"]["valueString"], "140/90");
+        let old = read_as(
             &mut l,
             nurse("Hospital1MSP"),
             "tx-r2",
             "ReadRecord",
             &["R-1", "audit", "1"],
-            None,
         )
         .await
         .unwrap();
+        // The ticket is personal, must be on the ledger, and expires.
+        let e = call(
+            &mut l,
+            doctor("Hospital1MSP"),
+            "e",
+            "ReadRecord",
+            &["R-1", "tx-r2"],
+            None,
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("another reader"), "{e}");
+        let e = call(
+            &mut l,
+            nurse("Hospital1MSP"),
+            "e",
+            "ReadRecord",
+            &["R-1", "tx-none"],
+            None,
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("submit RequestAccess first"), "{e}");
+        let mut later = MemoryCtx::new(&mut l, nurse("Hospital1MSP"), "e", NOW + TICKET_TTL + 1);
+        let e = read(&mut later, "R-1", "tx-r2", None).await.unwrap_err();
+        assert!(e.to_string().contains("expired"), "{e}");
+        drop(later);
         assert_eq!(old["content"]["valueString"], "150/95");
         let p = call(
             &mut l,
@@ -673,12 +782,23 @@ pub(crate) mod tests {
             doctor("Hospital2MSP"),
             "t",
             "ReadRecord",
-            &["R-1", "curious"],
+            &["R-1", "t"],
             None,
         )
         .await
         .unwrap_err();
         assert!(e.to_string().contains("ReadSharedRecord"), "{e}");
+        let e = call(
+            &mut l,
+            doctor("Hospital2MSP"),
+            "t",
+            "RequestAccess",
+            &["R-1", "curious"],
+            None,
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("has not been shared"), "{e}");
         // Another patient sees nothing; the patient reads their own record.
         let e = call(
             &mut l,
@@ -691,26 +811,24 @@ pub(crate) mod tests {
         .await
         .unwrap_err();
         assert!(matches!(e, ContractError::Forbidden(_)), "{e}");
-        let mine = call(
+        let mine = read_as(
             &mut l,
             patient("Hospital1MSP", "P-0042"),
             "t2",
             "ReadRecord",
             &["R-1", "my copy"],
-            None,
         )
         .await
         .unwrap();
         assert_eq!(mine["record"]["id"], "R-1");
         // A peer outside the custodian's collection cannot serve the content.
         l.member_of.clear();
-        let e = call(
+        let e = read_as(
             &mut l,
             doctor("Hospital1MSP"),
             "t3",
             "ReadRecord",
             &["R-1", "x"],
-            None,
         )
         .await
         .unwrap_err();
@@ -847,8 +965,9 @@ pub(crate) mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("bytes"), "{e}");
         for (f, args) in [
-            ("ReadRecord", vec!["R-1", ""]),
+            ("RequestAccess", vec!["R-1", ""]),
             ("ReadRecord", vec!["R-1", "x", "7"]),
+            ("ReadRecord", vec!["R-1", "bad ticket!"]),
             ("GetRecord", vec!["../etc"]),
             ("GetRecord", vec![]),
             ("NoSuchFunction", vec![]),

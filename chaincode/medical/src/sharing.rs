@@ -374,26 +374,23 @@ pub async fn share<C: Ctx>(
     Ok(share)
 }
 
-/// `ReadSharedRecord(recordId, purpose)`: the grantee reads its shared copy while the consent
-/// holds (checked again at every read); logged.
-pub async fn read_shared<C: Ctx>(
+/// The share that lets `caller` read `record` now: shared with its organisation, under a
+/// consent that is still valid and admits its role.
+pub(crate) async fn check_share_reader<C: Ctx>(
     ctx: &mut C,
-    record_id: &str,
-    purpose: &str,
-) -> Result<RecordContent, ContractError> {
-    let caller = ctx.caller();
-    check_text("purpose", purpose, 256)?;
-    let record = records::load(ctx, record_id).await?;
-    let share: Share = get_json(ctx, &share_key(record_id, &caller.mspid), "share")
+    record: &RecordEntry,
+    caller: &Caller,
+) -> Result<Share, ContractError> {
+    let share: Share = get_json(ctx, &share_key(&record.id, &caller.mspid), "share")
         .await?
         .ok_or_else(|| {
             ContractError::Forbidden(format!(
-                "record {record_id} has not been shared with {}",
-                caller.mspid
+                "record {} has not been shared with {}",
+                record.id, caller.mspid
             ))
         })?;
     let consent = load_consent(ctx, &share.patient_id, &share.consent_id).await?;
-    check_consent(&consent, &record, &caller, ctx.now())?;
+    check_consent(&consent, record, caller, ctx.now())?;
     if let Some(role) = &consent.grantee_role
         && caller.role.as_deref() != Some(role.as_str())
     {
@@ -402,6 +399,20 @@ pub async fn read_shared<C: Ctx>(
             consent.id
         )));
     }
+    Ok(share)
+}
+
+/// `ReadSharedRecord(recordId, ticket)`, evaluated: the grantee's shared copy, for a holder of
+/// a `RequestAccess` ticket, while the consent holds (checked again here).
+pub async fn read_shared<C: Ctx>(
+    ctx: &mut C,
+    record_id: &str,
+    ticket: &str,
+) -> Result<RecordContent, ContractError> {
+    let caller = ctx.caller();
+    let record = records::load(ctx, record_id).await?;
+    let share = check_share_reader(ctx, &record, &caller).await?;
+    records::check_ticket(ctx, &record, ticket, "share").await?;
     let bytes = ctx
         .get_private(
             &shared_collection(&share.shared_by_msp, &share.grantee_msp),
@@ -415,7 +426,6 @@ pub async fn read_shared<C: Ctx>(
             "shared copy of record {record_id} does not match its hash on the ledger"
         )));
     }
-    records::log_access(ctx, &record, share.version, purpose, "share").await?;
     Ok(RecordContent {
         content: serde_json::from_slice(&bytes)
             .map_err(|e| ledger(format!("stored content: {e}")))?,
@@ -427,7 +437,7 @@ pub async fn read_shared<C: Ctx>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::records::tests::{NOW, call, create, doctor, ledger, nurse, patient};
+    use crate::records::tests::{NOW, call, create, doctor, ledger, nurse, patient, read_as};
 
     fn consent(id: &str, expires: i64, scope: &str) -> String {
         format!(
@@ -473,13 +483,12 @@ mod tests {
         );
         assert!(l.private.contains_key(&shared));
 
-        let r = call(
+        let r = read_as(
             &mut l,
             doctor("Hospital2MSP"),
             "tx-rs",
             "ReadSharedRecord",
             &["R-1", "second opinion"],
-            None,
         )
         .await
         .unwrap();
@@ -537,6 +546,20 @@ mod tests {
             doctor("Hospital2MSP"),
             "t",
             "ReadSharedRecord",
+            &["R-1", "tx-rs"],
+            None,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("revoked"),
+            "a ticket does not outlive its consent: {e}"
+        );
+        let e = call(
+            &mut l,
+            doctor("Hospital2MSP"),
+            "t",
+            "RequestAccess",
             &["R-1", "again"],
             None,
         )
@@ -631,22 +654,30 @@ mod tests {
         .await
         .unwrap();
         // Not shared with Hospital3; Hospital2 reads until the consent expires.
-        let e = call(
+        let e = read_as(
             &mut l,
             doctor("Hospital3MSP"),
             "t",
             "ReadSharedRecord",
             &["R-1", "x"],
-            None,
         )
         .await
         .unwrap_err();
         assert!(e.to_string().contains("has not been shared"), "{e}");
-        let mut later = crate::ctx::MemoryCtx::new(&mut l, doctor("Hospital2MSP"), "t4", NOW + 101);
-        let e = read_shared(&mut later, "R-1", "too late")
-            .await
-            .unwrap_err();
+        read_as(
+            &mut l,
+            doctor("Hospital2MSP"),
+            "t4",
+            "ReadSharedRecord",
+            &["R-1", "in time"],
+        )
+        .await
+        .unwrap();
+        let mut later =
+            crate::ctx::MemoryCtx::new(&mut l, doctor("Hospital2MSP"), "t4b", NOW + 101);
+        let e = read_shared(&mut later, "R-1", "t4").await.unwrap_err();
         assert!(e.to_string().contains("expired"), "{e}");
+        drop(later);
         // A role-restricted consent admits only that role.
         call(&mut l, p.clone(), "t5", "GrantConsent", &[
             r#"{"id":"C-4","granteeMsp":"Hospital2MSP","granteeRole":"doctor","scope":{"recordIds":["R-1"]},"purpose":"surgery","expiresAt":1900000000}"#,
@@ -663,24 +694,22 @@ mod tests {
         )
         .await
         .unwrap();
-        let e = call(
+        let e = read_as(
             &mut l,
             nurse("Hospital2MSP"),
             "t",
             "ReadSharedRecord",
             &["R-1", "x"],
-            None,
         )
         .await
         .unwrap_err();
         assert!(e.to_string().contains("role doctor"), "{e}");
-        call(
+        read_as(
             &mut l,
             doctor("Hospital2MSP"),
             "t7",
             "ReadSharedRecord",
             &["R-1", "surgery"],
-            None,
         )
         .await
         .unwrap();
