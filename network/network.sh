@@ -4,11 +4,13 @@
 # orderers and one peer per hospital, all over TLS, channel `medchannel`.
 #
 #   ./network/network.sh up         build if needed, start CAs, enroll everyone, genesis, nodes
-#   ./network/network.sh deployCC   start the chaincode server, then a smoke invoke and query
+#   ./network/network.sh deployCC   start the chaincode servers (medical, kv), then a smoke invoke
+#                                   (a medical record, its content private) and query
 #   ./network/network.sh down       stop everything started (by PID) and remove generated files
 #
 # Ports (override with the environment): CAs 7054/8054/9054, TLS CAs 7154/8154/9154,
-# orderers 7050/8050/9050/10050, peers 7051/9051, chaincode 9999, operations 9443-9448.
+# orderers 7050/8050/9050/10050, peers 7051/9051, chaincode servers 9999 (kv) and 9998
+# (medical), operations 9443-9448.
 # Logs: network/logs/<node>.log. Binaries: $MEDLEDGER_BIN or $CARGO_TARGET_DIR/release.
 set -euo pipefail
 
@@ -22,12 +24,14 @@ ART="$NET/channel-artifacts"
 CHANNEL="${CHANNEL:-medchannel}"
 CC_NAME="${CC_NAME:-kv}"
 CC_LABEL="kvstore_1.0"
+MED_LABEL="medical_1.0"
 
 CA_PORTS=(${CA_PORTS:-7054 8054 9054})
 TLSCA_PORTS=(${TLSCA_PORTS:-7154 8154 9154})
 ORDERER_PORTS=(${ORDERER_PORTS:-7050 8050 9050 10050})
 PEER_PORTS=(${PEER_PORTS:-7051 9051})
 CC_PORT="${CC_PORT:-9999}"
+MED_CC_PORT="${MED_CC_PORT:-9998}"
 OPS_BASE="${OPS_BASE:-9443}"
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/medledger-target}"
@@ -63,7 +67,7 @@ start() { # name command...
 
 build() {
   local need=0
-  for b in medledger-ca medledger-orderer medledger-peer kvstore-chaincode; do
+  for b in medledger-ca medledger-orderer medledger-peer kvstore-chaincode medical-chaincode; do
     [ -x "$BIN/$b" ] || need=1
   done
   if [ "$need" = 1 ] && [ -z "${MEDLEDGER_BIN:-}" ]; then
@@ -73,9 +77,9 @@ build() {
       SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
       $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libclang-dev >/dev/null
     fi
-    (cd "$ROOT" && cargo build --release -p medledger-ca -p medledger-orderer -p medledger-peer -p medledger-shim --bins)
+    (cd "$ROOT" && cargo build --release -p medledger-ca -p medledger-orderer -p medledger-peer -p medledger-shim -p medledger-medical-chaincode --bins)
   fi
-  for b in medledger-ca medledger-orderer medledger-peer kvstore-chaincode; do
+  for b in medledger-ca medledger-orderer medledger-peer kvstore-chaincode medical-chaincode; do
     [ -x "$BIN/$b" ] || die "missing binary $BIN/$b"
   done
 }
@@ -135,7 +139,7 @@ down_quiet() {
 
 up() {
   is_up && die "the network is already up (run ./network/network.sh down first)"
-  for p in "${CA_PORTS[@]}" "${TLSCA_PORTS[@]}" "${ORDERER_PORTS[@]}" "${PEER_PORTS[@]}"; do
+  for p in "${CA_PORTS[@]}" "${TLSCA_PORTS[@]}" "${ORDERER_PORTS[@]}" "${PEER_PORTS[@]}" "$CC_PORT" "$MED_CC_PORT"; do
     port_free "$p" || die "port $p is in use (set CA_PORTS, TLSCA_PORTS, ORDERER_PORTS or PEER_PORTS)"
   done
   build
@@ -197,9 +201,11 @@ up() {
   done
 
   say "making the genesis block of channel $CHANNEL"
-  local pkg_id
+  local pkg_id med_pkg_id
   pkg_id="$CC_LABEL:$(printf '%s' "$CC_LABEL" | sha256sum | cut -c1-64)"
+  med_pkg_id="$MED_LABEL:$(printf '%s' "$MED_LABEL" | sha256sum | cut -c1-64)"
   echo "$pkg_id" >"$ART/package-id"
+  echo "$med_pkg_id" >"$ART/medical-package-id"
   {
     echo "channel: $CHANNEL"
     echo "organizations:"
@@ -273,6 +279,14 @@ channels:
         packageId: $pkg_id
         connection: {address: "127.0.0.1:$CC_PORT", tls_required: false}
         endorsementPolicy: "AND('Hospital1MSP.peer', 'Hospital2MSP.peer')"
+      - name: medical
+        version: "1.0"
+        packageId: $med_pkg_id
+        connection: {address: "127.0.0.1:$MED_CC_PORT", tls_required: false}
+        # Either hospital may endorse; key-level policies make a record's custodian (and a
+        # consent's patient organisation) endorse every change of it.
+        endorsementPolicy: "OR('Hospital1MSP.peer', 'Hospital2MSP.peer')"
+        collectionsConfig: $NET/collections_config.json
 EOF
     start "peer0.$org" "$BIN/medledger-peer" node start --config "$d/core.yaml"
   done
@@ -285,22 +299,40 @@ EOF
 
 deploy_cc() {
   is_up || die "the network is not up (run ./network/network.sh up first)"
-  [ -f "$PIDS/chaincode-$CC_NAME.pid" ] && die "chaincode $CC_NAME is already deployed"
+  [ -f "$PIDS/chaincode-medical.pid" ] && die "the chaincodes are already deployed"
   port_free "$CC_PORT" || die "port $CC_PORT is in use (set CC_PORT before up)"
-  local pkg_id
+  port_free "$MED_CC_PORT" || die "port $MED_CC_PORT is in use (set MED_CC_PORT before up)"
+  local pkg_id med_pkg_id
   pkg_id="$(cat "$ART/package-id")"
+  med_pkg_id="$(cat "$ART/medical-package-id")"
+  say "starting chaincode medical ($med_pkg_id) on 127.0.0.1:$MED_CC_PORT"
+  start "chaincode-medical" "$BIN/medical-chaincode" --address "127.0.0.1:$MED_CC_PORT" --package-id "$med_pkg_id"
+  wait_port "chaincode-medical" "$MED_CC_PORT"
   say "starting chaincode $CC_NAME ($pkg_id) on 127.0.0.1:$CC_PORT"
   start "chaincode-$CC_NAME" "$BIN/kvstore-chaincode" --address "127.0.0.1:$CC_PORT" --package-id "$pkg_id"
   wait_port "chaincode-$CC_NAME" "$CC_PORT"
-  say "smoke invoke as doctor1@Hospital1MSP (endorsed by both hospitals, ordered by BFT)"
-  export CORE_PEER_LOCALMSPID=Hospital1MSP CORE_PEER_MSPCONFIGPATH="$ORGS/hospital1/users/doctor1/msp"
+
+  say "smoke invoke: doctor1@Hospital1MSP creates medical record R-0001 (content in the transient map)"
+  local content
+  content=$(printf '%s' '{"resourceType":"Observation","status":"final","code":{"text":"blood pressure"},"valueString":"128/82"}' | base64 | tr -d '\n')
+  CORE_PEER_LOCALMSPID=Hospital1MSP CORE_PEER_MSPCONFIGPATH="$ORGS/hospital1/users/doctor1/msp" \
+  "$BIN/medledger-peer" chaincode invoke -C "$CHANNEL" -n medical \
+    -c '{"function":"CreateRecord","Args":["{\"id\":\"R-0001\",\"patientId\":\"P-0042\",\"resourceType\":\"Observation\"}"]}' \
+    --transient "{\"content\":\"$content\"}" \
+    --peerAddresses "localhost:${PEER_PORTS[0]}" --tlsRootCertFiles "$ORGS/hospital1/tlsca/tlsca-cert.pem"
+  say "smoke query on Hospital2's peer as doctor1@Hospital2MSP: the record's public entry"
+  CORE_PEER_LOCALMSPID=Hospital2MSP CORE_PEER_MSPCONFIGPATH="$ORGS/hospital2/users/doctor1/msp" \
+  "$BIN/medledger-peer" chaincode query -C "$CHANNEL" -n medical -c '{"Args":["GetRecord","R-0001"]}' \
+    --peerAddresses "localhost:${PEER_PORTS[1]}" --tlsRootCertFiles "$ORGS/hospital2/tlsca/tlsca-cert.pem"
+  say "smoke invoke of $CC_NAME (endorsed by both hospitals, ordered by BFT)"
+  CORE_PEER_LOCALMSPID=Hospital1MSP CORE_PEER_MSPCONFIGPATH="$ORGS/hospital1/users/doctor1/msp" \
   "$BIN/medledger-peer" chaincode invoke -C "$CHANNEL" -n "$CC_NAME" \
     -c '{"function":"Put","Args":["record-1","{\"resourceType\":\"Observation\",\"status\":\"final\"}"]}' \
     --peerAddresses "localhost:${PEER_PORTS[0]}" --tlsRootCertFiles "$ORGS/hospital1/tlsca/tlsca-cert.pem"
-  say "smoke query on Hospital2's peer as doctor1@Hospital2MSP"
   CORE_PEER_LOCALMSPID=Hospital2MSP CORE_PEER_MSPCONFIGPATH="$ORGS/hospital2/users/doctor1/msp" \
   "$BIN/medledger-peer" chaincode query -C "$CHANNEL" -n "$CC_NAME" -c '{"Args":["Get","record-1"]}' \
     --peerAddresses "localhost:${PEER_PORTS[1]}" --tlsRootCertFiles "$ORGS/hospital2/tlsca/tlsca-cert.pem"
+  say "chaincodes deployed: medical (records, consent, certificates) and $CC_NAME"
 }
 
 case "${1:-}" in

@@ -75,7 +75,8 @@ struct CallArgs {
     /// The TLS CA certificate of the peer; without it the connection is plain TCP.
     #[arg(long = "tlsRootCertFiles")]
     tls_root: Option<PathBuf>,
-    /// Private inputs as JSON `{"name":"base64 or text"}` (values are sent as UTF-8 bytes).
+    /// Private inputs as JSON `{"name":"<base64>"}`, base64-encoded values as Fabric's peer CLI
+    /// takes them; they reach the chaincode's transient map, never the ledger.
     #[arg(long)]
     transient: Option<String>,
     /// MSP folder of the signing identity.
@@ -145,11 +146,23 @@ async fn call(a: CallArgs, invoke: bool) -> Result<(), NodeError> {
         None => vec![],
     };
     let transient: HashMap<String, Vec<u8>> = match &a.transient {
-        Some(t) => serde_json::from_str::<HashMap<String, String>>(t)
-            .map_err(|e| NodeError::Config(format!("--transient: {e}")))?
-            .into_iter()
-            .map(|(k, v)| (k, v.into_bytes()))
-            .collect(),
+        Some(t) => {
+            use base64::Engine;
+            serde_json::from_str::<HashMap<String, String>>(t)
+                .map_err(|e| NodeError::Config(format!("--transient: {e}")))?
+                .into_iter()
+                .map(|(k, v)| {
+                    base64::engine::general_purpose::STANDARD
+                        .decode(v.trim())
+                        .map(|b| (k.clone(), b))
+                        .map_err(|_| {
+                            NodeError::Config(format!(
+                                "--transient: the value of {k:?} is not base64 (encode it, e.g. with `base64 -w0`)"
+                            ))
+                        })
+                })
+                .collect::<Result<_, _>>()?
+        }
         None => HashMap::new(),
     };
     let inv = Invocation {
@@ -165,14 +178,7 @@ async fn call(a: CallArgs, invoke: bool) -> Result<(), NodeError> {
         .await
         .map_err(NodeError::Config)?;
     let mut gw = GatewayClient::new(channel);
-    let fail = |s: tonic::Status| {
-        let details = String::from_utf8_lossy(s.details()).into_owned();
-        NodeError::Config(format!(
-            "{} ({})",
-            s.message(),
-            details.trim_matches(|c: char| !c.is_ascii_graphic() && c != ' ')
-        ))
-    };
+    let fail = |s: tonic::Status| NodeError::Config(status_text(&s));
     if !invoke {
         let r = gw
             .evaluate(EvaluateRequest {
@@ -241,6 +247,25 @@ async fn call(a: CallArgs, invoke: bool) -> Result<(), NodeError> {
         status.block_number
     );
     Ok(())
+}
+
+/// A gateway error with the per-peer details Fabric's gateway attaches (`gateway.ErrorDetail`).
+fn status_text(s: &tonic::Status) -> String {
+    use medledger_proto::gateway::ErrorDetail;
+    let details: Vec<String> = medledger_proto::google::rpc::Status::decode(s.details())
+        .map(|rich| {
+            rich.details
+                .iter()
+                .filter_map(|any| ErrorDetail::decode(any.value.as_slice()).ok())
+                .map(|d| format!("{} ({}): {}", d.address, d.msp_id, d.message))
+                .collect()
+        })
+        .unwrap_or_default();
+    if details.is_empty() {
+        s.message().to_owned()
+    } else {
+        format!("{} [{}]", s.message(), details.join("; "))
+    }
 }
 
 /// Runs one CLI invocation.

@@ -28,8 +28,9 @@ fn run(bin_dir: &std::path::Path, arg: &str) -> (bool, String) {
     )
 }
 
-/// Runs the README's "Using the network" block as written, with `BIN` pointing at these binaries.
-fn readme_usage(bin_dir: &std::path::Path) -> (bool, String) {
+/// Runs the first bash block of the README's section `title` as written, with `BIN` pointing at
+/// these binaries.
+fn readme_block(bin_dir: &std::path::Path, title: &str) -> (bool, String) {
     let root = script()
         .parent()
         .and_then(std::path::Path::parent)
@@ -37,9 +38,9 @@ fn readme_usage(bin_dir: &std::path::Path) -> (bool, String) {
         .to_path_buf();
     let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
     let section = readme
-        .split("## Using the network")
+        .split(&format!("## {title}"))
         .nth(1)
-        .expect("README has 'Using the network'");
+        .unwrap_or_else(|| panic!("README has a section '{title}'"));
     let block = section
         .split("```bash")
         .nth(1)
@@ -79,6 +80,7 @@ fn network_up_deploy_invoke_and_down() {
         ("medledger-orderer", "medledger-orderer"),
         ("medledger-peer", "medledger-peer"),
         ("medledger-shim", "kvstore-chaincode"),
+        ("medledger-medical-chaincode", "medical-chaincode"),
     ] {
         let path = workspace_binary(pkg, bin).expect("binary builds");
         bin_dir = path.parent().expect("bin dir").to_path_buf();
@@ -98,9 +100,40 @@ fn network_up_deploy_invoke_and_down() {
     assert!(!ok && out2.contains("already up"), "{out2}");
 
     let (ok, out) = run(&bin_dir, "deployCC");
-    let readme = readme_usage(&bin_dir);
+    let readme = readme_block(&bin_dir, "Using the network");
+    let walkthrough = readme_block(&bin_dir, "Walkthrough");
     let (down_ok, down_out) = run(&bin_dir, "down");
     let (readme_ok, readme_out) = readme;
+    let (walk_ok, walk_out) = walkthrough;
+    assert!(walk_ok, "the README walkthrough failed:\n{walk_out}");
+    for (what, needle) in [
+        (
+            "the record, the consent, the share, the access and the certificate commit",
+            "Chaincode invoke successful",
+        ),
+        ("Hospital2 reads the shared record", "7.9 %"),
+        (
+            "the read after revocation is refused",
+            "refused, as it should be",
+        ),
+        ("the provenance names the author", "doctor7"),
+        (
+            "the provenance names the reader",
+            "\"readerMsp\":\"Hospital2MSP\"",
+        ),
+        ("the certificate verifies", "\"status\":\"valid\""),
+    ] {
+        assert!(walk_out.contains(needle), "{what}:\n{walk_out}");
+    }
+    assert_eq!(
+        walk_out.matches("Chaincode invoke successful").count(),
+        5,
+        "record, consent, share, revocation, certificate (the access request's output is the ticket):\n{walk_out}"
+    );
+    assert!(
+        walk_out.contains("has been revoked"),
+        "the refusal says why:\n{walk_out}"
+    );
     assert!(
         readme_ok,
         "the README's 'Using the network' commands failed:\n{readme_out}"
@@ -125,6 +158,14 @@ fn network_up_deploy_invoke_and_down() {
     assert!(
         out.contains(r#"{"resourceType":"Observation","status":"final"}"#),
         "the query on Hospital2's peer reads the committed value:\n{out}"
+    );
+    assert!(
+        out.contains(r#""id":"R-0001""#) && out.contains(r#""custodian":"Hospital1MSP""#),
+        "Hospital2's peer reads the medical record's public entry:\n{out}"
+    );
+    assert!(
+        !out.contains("128/82"),
+        "the record's content is not in the public entry:\n{out}"
     );
 
     assert!(down_ok, "{down_out}");
