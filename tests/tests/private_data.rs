@@ -37,7 +37,11 @@ const COLLECTIONS: &str = r#"[
    "memberOnlyRead": true, "memberOnlyWrite": false},
   {"name": "undisseminated", "policy": "OR('Hospital1MSP.member', 'Hospital2MSP.member')",
    "requiredPeerCount": 0, "maxPeerCount": 0, "blockToLive": 0,
-   "memberOnlyRead": true, "memberOnlyWrite": false}
+   "memberOnlyRead": true, "memberOnlyWrite": false},
+  {"name": "cosigned", "policy": "OR('Hospital1MSP.member', 'Hospital2MSP.member')",
+   "requiredPeerCount": 0, "maxPeerCount": 2, "blockToLive": 0,
+   "memberOnlyRead": true, "memberOnlyWrite": false,
+   "endorsementPolicy": {"signaturePolicy": "AND('Hospital1MSP.peer', 'Hospital2MSP.peer')"}}
 ]"#;
 
 async fn three_hospitals() -> anyhow::Result<PeerNet> {
@@ -636,5 +640,66 @@ async fn deliver_with_private_data_serves_members_only() -> anyhow::Result<()> {
             .await?
             .is_empty()
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn collection_endorsement_policy_governs_its_writes() -> anyhow::Result<()> {
+    use medledger_common::protoutil::{
+        Invocation, assemble_transaction, build_signed_proposal, unpack_proposal,
+    };
+    use medledger_proto::protos::endorser_client::EndorserClient;
+    let net = three_hospitals().await?;
+    let doctor1 = net.orgs[0].identity("doctor1", "client", &[])?;
+    // The chaincode policy is OR; the collection's own policy needs both hospitals, and the
+    // gateway collects both.
+    let mut h1 = net.gateway(0, doctor1.clone()).await?;
+    let (tx, env) = h1
+        .endorse_with(&["PutPrivate", "cosigned", "K-1"], value("both signed"))
+        .await?;
+    h1.submit_prepared(&tx, env).await?;
+    assert_eq!(h1.commit_status(&tx).await?.0, 0);
+
+    // A transaction endorsed by Hospital1 alone satisfies the chaincode policy but not the
+    // collection's: the committers mark it invalid and store nothing.
+    let inv = Invocation {
+        channel: CHANNEL.into(),
+        chaincode: CHAINCODE.into(),
+        args: vec![
+            b"PutPrivate".to_vec(),
+            b"cosigned".to_vec(),
+            b"K-2".to_vec(),
+        ],
+        transient: value("one signature"),
+        is_init: false,
+    };
+    let (sp, tx) = build_signed_proposal(&inv, &doctor1)?;
+    let root = net.orgs[0].tls_ca.cert_pem().as_bytes().to_vec();
+    let ch = dial(&net.address(0), &[root], None)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let resp = EndorserClient::new(ch)
+        .process_proposal(sp.clone())
+        .await?
+        .into_inner();
+    let endorsement = resp.endorsement.context("endorsed")?;
+    let mut env = assemble_transaction(&unpack_proposal(&sp)?, &resp.payload, &[endorsement]);
+    env.signature = doctor1.sign(&env.payload)?;
+    h1.submit_prepared(&tx, env.clone()).await?;
+    let (code, block) = h1.commit_status(&tx).await?;
+    assert_eq!(
+        code,
+        medledger_proto::protos::TxValidationCode::EndorsementPolicyFailure as i32
+    );
+    net.wait_height(block + 1).await?;
+    for peer in 0..2 {
+        let ch = net.channel(peer).await?;
+        assert!(ch.ledger.pvt_state(CHAINCODE, "cosigned", "K-2")?.is_none());
+        assert!(
+            ch.ledger
+                .hashed_state(CHAINCODE, "cosigned", &sha256(b"K-2"))?
+                .is_none()
+        );
+    }
     Ok(())
 }
