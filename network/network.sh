@@ -4,8 +4,10 @@
 # orderers and one peer per hospital, all over TLS, channel `medchannel`.
 #
 #   ./network/network.sh up         build if needed, start CAs, enroll everyone, genesis, nodes
-#   ./network/network.sh deployCC   start the chaincode servers (medical, kv), then a smoke invoke
-#                                   (a medical record, its content private) and query
+#   ./network/network.sh deployCC   the medical chaincode through the Fabric 2 lifecycle (package,
+#                                   install on both peers, approve per organisation, commit with
+#                                   its collections), the kv example, then a smoke invoke (a medical
+#                                   record, its content private) and query
 #   ./network/network.sh down       stop everything started (by PID) and remove generated files
 #
 # Ports (override with the environment): CAs 7054/8054/9054, TLS CAs 7154/8154/9154,
@@ -201,11 +203,9 @@ up() {
   done
 
   say "making the genesis block of channel $CHANNEL"
-  local pkg_id med_pkg_id
+  local pkg_id
   pkg_id="$CC_LABEL:$(printf '%s' "$CC_LABEL" | sha256sum | cut -c1-64)"
-  med_pkg_id="$MED_LABEL:$(printf '%s' "$MED_LABEL" | sha256sum | cut -c1-64)"
   echo "$pkg_id" >"$ART/package-id"
-  echo "$med_pkg_id" >"$ART/medical-package-id"
   {
     echo "channel: $CHANNEL"
     echo "organizations:"
@@ -279,14 +279,6 @@ channels:
         packageId: $pkg_id
         connection: {address: "127.0.0.1:$CC_PORT", tls_required: false}
         endorsementPolicy: "AND('Hospital1MSP.peer', 'Hospital2MSP.peer')"
-      - name: medical
-        version: "1.0"
-        packageId: $med_pkg_id
-        connection: {address: "127.0.0.1:$MED_CC_PORT", tls_required: false}
-        # Either hospital may endorse; key-level policies make a record's custodian (and a
-        # consent's patient organisation) endorse every change of it.
-        endorsementPolicy: "OR('Hospital1MSP.peer', 'Hospital2MSP.peer')"
-        collectionsConfig: $NET/collections_config.json
 EOF
     start "peer0.$org" "$BIN/medledger-peer" node start --config "$d/core.yaml"
   done
@@ -297,18 +289,42 @@ EOF
   say "network is up: channel $CHANNEL, 4 orderers, 2 peers, logs in $LOGS"
 }
 
+peer_cli() { # org-index identity command... : medledger-peer as an identity of hospital <org-index>
+  local i=$1 who=$2; shift 2
+  CORE_PEER_LOCALMSPID=${ORG_MSPS[$i]} CORE_PEER_MSPCONFIGPATH="$ORGS/${ORG_NAMES[$i]}/users/$who/msp" \
+    "$BIN/medledger-peer" "$@" --peerAddresses "localhost:${PEER_PORTS[$i]}" \
+    --tlsRootCertFiles "$ORGS/${ORG_NAMES[$i]}/tlsca/tlsca-cert.pem"
+}
+
 deploy_cc() {
   is_up || die "the network is not up (run ./network/network.sh up first)"
   [ -f "$PIDS/chaincode-medical.pid" ] && die "the chaincodes are already deployed"
   port_free "$CC_PORT" || die "port $CC_PORT is in use (set CC_PORT before up)"
   port_free "$MED_CC_PORT" || die "port $MED_CC_PORT is in use (set MED_CC_PORT before up)"
-  local pkg_id med_pkg_id
+  local pkg_id med_pkg_id out
   pkg_id="$(cat "$ART/package-id")"
-  med_pkg_id="$(cat "$ART/medical-package-id")"
-  say "starting chaincode medical ($med_pkg_id) on 127.0.0.1:$MED_CC_PORT"
+
+  say "packaging the medical chaincode (chaincode as a service on 127.0.0.1:$MED_CC_PORT)"
+  out=$("$BIN/medledger-peer" lifecycle chaincode package "$ART/medical.tar.gz" --label "$MED_LABEL" \
+    --address "127.0.0.1:$MED_CC_PORT")
+  med_pkg_id=${out##*package ID: }
+  echo "    $med_pkg_id"
   start "chaincode-medical" "$BIN/medical-chaincode" --address "127.0.0.1:$MED_CC_PORT" --package-id "$med_pkg_id"
   wait_port "chaincode-medical" "$MED_CC_PORT"
-  say "starting chaincode $CC_NAME ($pkg_id) on 127.0.0.1:$CC_PORT"
+  local policy="OR('Hospital1MSP.peer', 'Hospital2MSP.peer')"
+  local def=(-C "$CHANNEL" -n medical -v 1.0 --sequence 1 --signature-policy "$policy"
+    --collections-config "$NET/collections_config.json")
+  for i in 0 1; do
+    say "installing and approving the medical chaincode for ${ORG_MSPS[$i]} (as its admin)"
+    peer_cli "$i" admin lifecycle chaincode install "$ART/medical.tar.gz"
+    peer_cli "$i" admin lifecycle chaincode approveformyorg "${def[@]}" --package-id "$med_pkg_id"
+  done
+  peer_cli 0 admin lifecycle chaincode checkcommitreadiness "${def[@]}"
+  say "committing the medical chaincode definition (LifecycleEndorsement: a majority of organisations)"
+  peer_cli 0 admin lifecycle chaincode commit "${def[@]}"
+  peer_cli 1 admin lifecycle chaincode querycommitted -C "$CHANNEL" -n medical
+
+  say "starting chaincode $CC_NAME ($pkg_id) on 127.0.0.1:$CC_PORT (defined in the peers' core.yaml)"
   start "chaincode-$CC_NAME" "$BIN/kvstore-chaincode" --address "127.0.0.1:$CC_PORT" --package-id "$pkg_id"
   wait_port "chaincode-$CC_NAME" "$CC_PORT"
 

@@ -2,19 +2,25 @@
 //! chaincodes defined on it with their endorsement policies and plugins.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use medledger_common::channelconfig::ChannelConfig;
 use medledger_common::policy::Policy;
 
 use crate::chaincode::ChaincodeEndpoint;
-use crate::collection::Collections;
+use crate::collection::{Collection, Collections};
 use crate::ledger::Ledger;
 
 /// A chaincode's definition on a channel.
 #[derive(Debug, Clone)]
 pub struct ChaincodeDefinition {
-    pub endpoint: ChaincodeEndpoint,
+    pub name: String,
+    pub version: String,
+    /// The lifecycle sequence (0 for definitions from the peer's configuration).
+    pub sequence: i64,
+    /// Where this peer runs it; `None` when the definition is committed but this peer's
+    /// organisation has not approved an installed package (it still validates transactions).
+    pub endpoint: Option<ChaincodeEndpoint>,
     pub endorsement_policy: Policy,
     /// Registered endorsement plugin name (`escc` by default).
     pub endorsement_plugin: String,
@@ -28,7 +34,8 @@ pub struct ChaincodeDefinition {
 pub struct Channel {
     pub config: ChannelConfig,
     pub ledger: Arc<Ledger>,
-    pub chaincodes: BTreeMap<String, ChaincodeDefinition>,
+    /// Definitions by name: from the peer's configuration, then from `_lifecycle`.
+    pub chaincodes: RwLock<BTreeMap<String, Arc<ChaincodeDefinition>>>,
     /// The MSP id of the peer holding this channel (decides collection membership).
     pub local_msp: String,
 }
@@ -53,7 +60,25 @@ impl Channel {
     }
 
     /// A chaincode defined on this channel.
-    pub fn chaincode(&self, name: &str) -> Option<&ChaincodeDefinition> {
-        self.chaincodes.get(name)
+    pub fn chaincode(&self, name: &str) -> Option<Arc<ChaincodeDefinition>> {
+        self.chaincodes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// A collection of a chaincode defined on this channel.
+    pub fn collection(&self, chaincode: &str, collection: &str) -> Option<Collection> {
+        self.chaincode(chaincode)
+            .and_then(|d| d.collections.get(collection).cloned())
+    }
+
+    /// Adds or replaces definitions (lifecycle commits).
+    pub fn define(&self, defs: impl IntoIterator<Item = ChaincodeDefinition>) {
+        let mut map = self.chaincodes.write().unwrap_or_else(|e| e.into_inner());
+        for d in defs {
+            map.insert(d.name.clone(), Arc::new(d));
+        }
     }
 }

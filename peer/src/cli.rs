@@ -1,7 +1,8 @@
-//! The `medledger-peer` command line: `node start`, and `chaincode invoke|query` through the
-//! Fabric Gateway with the flags a Fabric user knows (`-C`, `-n`, `-c`, `--peerAddresses`,
-//! `--tlsRootCertFiles`, `--transient`; identity from `CORE_PEER_MSPCONFIGPATH` and
-//! `CORE_PEER_LOCALMSPID`).
+//! The `medledger-peer` command line: `node start`, `chaincode invoke|query` through the Fabric
+//! Gateway, and `lifecycle chaincode package|install|approveformyorg|checkcommitreadiness|commit|
+//! querycommitted`, with the flags a Fabric user knows (`-C`, `-n`, `-c`, `--peerAddresses`,
+//! `--tlsRootCertFiles`, `--transient`, `--sequence`, `--package-id`, `--signature-policy`,
+//! `--collections-config`; identity from `CORE_PEER_MSPCONFIGPATH` and `CORE_PEER_LOCALMSPID`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -18,6 +19,19 @@ use medledger_proto::protos::{
 };
 use prost::Message;
 
+use medledger_common::policy::parse_signature_policy;
+use medledger_proto::lifecycle::{
+    ApproveChaincodeDefinitionForMyOrgArgs, ChaincodeSource, CheckCommitReadinessArgs,
+    CheckCommitReadinessResult, CommitChaincodeDefinitionArgs, InstallChaincodeArgs,
+    InstallChaincodeResult, QueryChaincodeDefinitionArgs, QueryChaincodeDefinitionResult,
+    chaincode_source,
+};
+use medledger_proto::protos::endorser_client::EndorserClient;
+use medledger_proto::protos::{ApplicationPolicy, application_policy};
+
+use crate::chaincode::ConnectionInfo;
+use crate::collection::package_from_json;
+use crate::lifecycle::{build_package, package_id};
 use crate::node::{NodeError, PeerConfig, start};
 use crate::plugins::PluginRegistry;
 
@@ -39,6 +53,143 @@ enum Command {
     /// Invoke or query a chaincode through the Gateway.
     #[command(subcommand)]
     Chaincode(ChaincodeCommand),
+    /// Fabric 2 chaincode lifecycle.
+    #[command(subcommand)]
+    Lifecycle(LifecycleCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum LifecycleCommand {
+    /// Chaincode packages and definitions.
+    #[command(subcommand)]
+    Chaincode(LifecycleChaincode),
+}
+
+/// Where the peer is and who signs.
+#[derive(Args, Debug, Clone)]
+struct PeerTarget {
+    /// The peer (host:port).
+    #[arg(long = "peerAddresses")]
+    peer_address: String,
+    /// The TLS CA certificate of the peer; without it the connection is plain TCP.
+    #[arg(long = "tlsRootCertFiles")]
+    tls_root: Option<PathBuf>,
+    /// MSP folder of the signing identity.
+    #[arg(long, env = "CORE_PEER_MSPCONFIGPATH")]
+    mspdir: PathBuf,
+    /// MSP id of the signing identity.
+    #[arg(long, env = "CORE_PEER_LOCALMSPID")]
+    mspid: String,
+}
+
+/// A chaincode definition's parameters, as Fabric's CLI takes them.
+#[derive(Args, Debug, Clone)]
+struct DefinitionArgs {
+    /// Channel.
+    #[arg(short = 'C', long = "channelID")]
+    channel: String,
+    /// Chaincode name.
+    #[arg(short = 'n', long = "name")]
+    name: String,
+    /// Chaincode version.
+    #[arg(short = 'v', long = "version")]
+    version: String,
+    /// The definition's sequence: 1 for the first definition, +1 for each change.
+    #[arg(long)]
+    sequence: i64,
+    /// Endorsement policy in Fabric's policy language (default: the channel's
+    /// /Channel/Application/Endorsement, a majority of organisations).
+    #[arg(long = "signature-policy")]
+    signature_policy: Option<String>,
+    /// Endorsement policy as a channel policy path instead.
+    #[arg(long = "channel-config-policy")]
+    channel_config_policy: Option<String>,
+    /// Fabric `collections_config.json` of the chaincode's private data collections.
+    #[arg(long = "collections-config")]
+    collections_config: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum LifecycleChaincode {
+    /// Write a chaincode-as-a-service package (metadata.json + code.tar.gz with connection.json).
+    #[command(
+        after_help = "Example:\n  medledger-peer lifecycle chaincode package medical.tar.gz --label medical_1.0 --address 127.0.0.1:9998"
+    )]
+    Package {
+        /// Output file.
+        output: PathBuf,
+        #[arg(long)]
+        label: String,
+        /// Where the chaincode server listens (host:port).
+        #[arg(long)]
+        address: String,
+        /// PEM of the CA of the chaincode server's TLS certificate (TLS is off without it).
+        #[arg(long = "tls-root-cert")]
+        tls_root_cert: Option<PathBuf>,
+    },
+    /// Install a package on a peer (as an admin of the peer's organisation); prints its package id.
+    #[command(
+        after_help = "Example:\n  CORE_PEER_LOCALMSPID=Hospital1MSP CORE_PEER_MSPCONFIGPATH=organizations/hospital1/users/admin/msp \\\n  \
+        medledger-peer lifecycle chaincode install medical.tar.gz --peerAddresses localhost:7051 \\\n    \
+        --tlsRootCertFiles organizations/hospital1/tlsca/tlsca-cert.pem"
+    )]
+    Install {
+        package: PathBuf,
+        #[command(flatten)]
+        target: PeerTarget,
+    },
+    /// Approve a definition for your organisation (as its admin), naming the installed package.
+    #[command(
+        after_help = "Example:\n  medledger-peer lifecycle chaincode approveformyorg -C medchannel -n medical -v 1.0 --sequence 1 \\\n    \
+        --package-id medical_1.0:3f2a... --signature-policy \"OR('Hospital1MSP.peer','Hospital2MSP.peer')\" \\\n    \
+        --collections-config collections_config.json --peerAddresses localhost:7051 --tlsRootCertFiles tlsca.pem"
+    )]
+    Approveformyorg {
+        #[command(flatten)]
+        def: DefinitionArgs,
+        /// The installed package this organisation's peers run.
+        #[arg(long = "package-id")]
+        package_id: String,
+        #[command(flatten)]
+        target: PeerTarget,
+    },
+    /// Which organisations have approved exactly this definition.
+    #[command(
+        after_help = "Example:\n  medledger-peer lifecycle chaincode checkcommitreadiness -C medchannel -n medical -v 1.0 --sequence 1 \\\n    \
+        --signature-policy \"OR('Hospital1MSP.peer','Hospital2MSP.peer')\" --collections-config collections_config.json \\\n    \
+        --peerAddresses localhost:7051 --tlsRootCertFiles tlsca.pem"
+    )]
+    Checkcommitreadiness {
+        #[command(flatten)]
+        def: DefinitionArgs,
+        #[command(flatten)]
+        target: PeerTarget,
+    },
+    /// Commit a definition approved by enough organisations (the LifecycleEndorsement policy).
+    #[command(
+        after_help = "Example:\n  medledger-peer lifecycle chaincode commit -C medchannel -n medical -v 1.0 --sequence 1 \\\n    \
+        --signature-policy \"OR('Hospital1MSP.peer','Hospital2MSP.peer')\" --collections-config collections_config.json \\\n    \
+        --peerAddresses localhost:7051 --tlsRootCertFiles tlsca.pem"
+    )]
+    Commit {
+        #[command(flatten)]
+        def: DefinitionArgs,
+        #[command(flatten)]
+        target: PeerTarget,
+    },
+    /// Show a committed definition and who approved it.
+    #[command(
+        after_help = "Example:\n  medledger-peer lifecycle chaincode querycommitted -C medchannel -n medical \\\n    \
+        --peerAddresses localhost:7051 --tlsRootCertFiles tlsca.pem"
+    )]
+    Querycommitted {
+        #[arg(short = 'C', long = "channelID")]
+        channel: String,
+        #[arg(short = 'n', long = "name")]
+        name: String,
+        #[command(flatten)]
+        target: PeerTarget,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -69,22 +220,12 @@ struct CallArgs {
     /// `{"function":"F","Args":["a","b"]}` or `{"Args":["F","a","b"]}`.
     #[arg(short = 'c', long = "ctor")]
     ctor: String,
-    /// The gateway peer (host:port).
-    #[arg(long = "peerAddresses")]
-    peer_address: String,
-    /// The TLS CA certificate of the peer; without it the connection is plain TCP.
-    #[arg(long = "tlsRootCertFiles")]
-    tls_root: Option<PathBuf>,
     /// Private inputs as JSON `{"name":"<base64>"}`, base64-encoded values as Fabric's peer CLI
     /// takes them; they reach the chaincode's transient map, never the ledger.
     #[arg(long)]
     transient: Option<String>,
-    /// MSP folder of the signing identity.
-    #[arg(long, env = "CORE_PEER_MSPCONFIGPATH")]
-    mspdir: PathBuf,
-    /// MSP id of the signing identity.
-    #[arg(long, env = "CORE_PEER_LOCALMSPID")]
-    mspid: String,
+    #[command(flatten)]
+    target: PeerTarget,
 }
 
 #[derive(Subcommand, Debug)]
@@ -133,18 +274,121 @@ fn result_of(env: &medledger_proto::common::Envelope) -> Option<Vec<u8>> {
     )
 }
 
-async fn call(a: CallArgs, invoke: bool) -> Result<(), NodeError> {
-    let signer = SigningIdentity::load(&a.mspdir, &a.mspid).map_err(|e| NodeError::File {
-        path: a.mspdir.clone(),
-        reason: e.to_string(),
-    })?;
-    let roots = match &a.tls_root {
-        Some(p) => vec![std::fs::read(p).map_err(|e| NodeError::File {
-            path: p.clone(),
+/// A Gateway connection signing as the CLI's identity.
+struct Session {
+    gw: GatewayClient<tonic::transport::Channel>,
+    channel: tonic::transport::Channel,
+    signer: SigningIdentity,
+}
+
+fn fail(s: tonic::Status) -> NodeError {
+    NodeError::Config(status_text(&s))
+}
+
+impl Session {
+    async fn open(t: &PeerTarget) -> Result<Self, NodeError> {
+        let signer = SigningIdentity::load(&t.mspdir, &t.mspid).map_err(|e| NodeError::File {
+            path: t.mspdir.clone(),
             reason: e.to_string(),
-        })?],
-        None => vec![],
-    };
+        })?;
+        let roots = match &t.tls_root {
+            Some(p) => vec![std::fs::read(p).map_err(|e| NodeError::File {
+                path: p.clone(),
+                reason: e.to_string(),
+            })?],
+            None => vec![],
+        };
+        let channel = crate::comm::dial(&t.peer_address, &roots, None)
+            .await
+            .map_err(NodeError::Config)?;
+        Ok(Self {
+            gw: GatewayClient::new(channel.clone()),
+            channel,
+            signer,
+        })
+    }
+
+    async fn evaluate(&mut self, inv: &Invocation) -> Result<Vec<u8>, NodeError> {
+        let (sp, tx_id) = build_signed_proposal(inv, &self.signer)
+            .map_err(|e| NodeError::Config(e.to_string()))?;
+        let r = self
+            .gw
+            .evaluate(EvaluateRequest {
+                transaction_id: tx_id,
+                channel_id: inv.channel.clone(),
+                proposed_transaction: Some(sp),
+                target_organizations: vec![],
+            })
+            .await
+            .map_err(fail)?
+            .into_inner();
+        Ok(r.result.unwrap_or_default().payload)
+    }
+
+    /// Endorse (by `endorsing_orgs`, or as the policy needs), sign, submit, wait for the commit:
+    /// the transaction id, its result and block.
+    async fn submit(
+        &mut self,
+        inv: &Invocation,
+        endorsing_orgs: Vec<String>,
+    ) -> Result<(String, Vec<u8>, u64), NodeError> {
+        let (sp, tx_id) = build_signed_proposal(inv, &self.signer)
+            .map_err(|e| NodeError::Config(e.to_string()))?;
+        let mut env = self
+            .gw
+            .endorse(EndorseRequest {
+                transaction_id: tx_id.clone(),
+                channel_id: inv.channel.clone(),
+                proposed_transaction: Some(sp),
+                endorsing_organizations: endorsing_orgs,
+            })
+            .await
+            .map_err(fail)?
+            .into_inner()
+            .prepared_transaction
+            .ok_or_else(|| NodeError::Config("the gateway returned no transaction".into()))?;
+        let result = result_of(&env).unwrap_or_default();
+        env.signature = self
+            .signer
+            .sign(&env.payload)
+            .map_err(|e| NodeError::Config(e.to_string()))?;
+        self.gw
+            .submit(SubmitRequest {
+                transaction_id: tx_id.clone(),
+                channel_id: inv.channel.clone(),
+                prepared_transaction: Some(env),
+            })
+            .await
+            .map_err(fail)?;
+        let request = CommitStatusRequest {
+            transaction_id: tx_id.clone(),
+            channel_id: inv.channel.clone(),
+            identity: self.signer.serialized().to_vec(),
+        }
+        .encode_to_vec();
+        let signature = self
+            .signer
+            .sign(&request)
+            .map_err(|e| NodeError::Config(e.to_string()))?;
+        let status = self
+            .gw
+            .commit_status(SignedCommitStatusRequest { request, signature })
+            .await
+            .map_err(fail)?
+            .into_inner();
+        if status.result != TxValidationCode::Valid as i32 {
+            let code = TxValidationCode::try_from(status.result)
+                .map(|c| c.as_str_name())
+                .unwrap_or("UNKNOWN");
+            return Err(NodeError::Config(format!(
+                "transaction {tx_id} committed as invalid: {code}"
+            )));
+        }
+        Ok((tx_id, result, status.block_number))
+    }
+}
+
+async fn call(a: CallArgs, invoke: bool) -> Result<(), NodeError> {
     let transient: HashMap<String, Vec<u8>> = match &a.transient {
         Some(t) => {
             use base64::Engine;
@@ -172,81 +416,264 @@ async fn call(a: CallArgs, invoke: bool) -> Result<(), NodeError> {
         transient,
         is_init: false,
     };
-    let (sp, tx_id) =
-        build_signed_proposal(&inv, &signer).map_err(|e| NodeError::Config(e.to_string()))?;
-    let channel = crate::comm::dial(&a.peer_address, &roots, None)
-        .await
-        .map_err(NodeError::Config)?;
-    let mut gw = GatewayClient::new(channel);
-    let fail = |s: tonic::Status| NodeError::Config(status_text(&s));
+    let mut session = Session::open(&a.target).await?;
     if !invoke {
-        let r = gw
-            .evaluate(EvaluateRequest {
-                transaction_id: tx_id,
-                channel_id: a.channel,
-                proposed_transaction: Some(sp),
-                target_organizations: vec![],
-            })
-            .await
-            .map_err(fail)?
-            .into_inner();
         println!(
             "{}",
-            String::from_utf8_lossy(&r.result.unwrap_or_default().payload)
+            String::from_utf8_lossy(&session.evaluate(&inv).await?)
         );
         return Ok(());
     }
-    let mut env = gw
-        .endorse(EndorseRequest {
-            transaction_id: tx_id.clone(),
-            channel_id: a.channel.clone(),
-            proposed_transaction: Some(sp),
-            endorsing_organizations: vec![],
-        })
-        .await
-        .map_err(fail)?
-        .into_inner()
-        .prepared_transaction
-        .ok_or_else(|| NodeError::Config("the gateway returned no transaction".into()))?;
-    let result = result_of(&env).unwrap_or_default();
-    env.signature = signer
-        .sign(&env.payload)
-        .map_err(|e| NodeError::Config(e.to_string()))?;
-    gw.submit(SubmitRequest {
-        transaction_id: tx_id.clone(),
-        channel_id: a.channel.clone(),
-        prepared_transaction: Some(env),
-    })
-    .await
-    .map_err(fail)?;
-    let request = CommitStatusRequest {
-        transaction_id: tx_id.clone(),
-        channel_id: a.channel,
-        identity: signer.serialized().to_vec(),
-    }
-    .encode_to_vec();
-    let signature = signer
-        .sign(&request)
-        .map_err(|e| NodeError::Config(e.to_string()))?;
-    let status = gw
-        .commit_status(SignedCommitStatusRequest { request, signature })
-        .await
-        .map_err(fail)?
-        .into_inner();
-    let code = TxValidationCode::try_from(status.result)
-        .map(|c| c.as_str_name())
-        .unwrap_or("UNKNOWN");
-    if status.result != TxValidationCode::Valid as i32 {
-        return Err(NodeError::Config(format!(
-            "transaction {tx_id} committed as invalid: {code}"
-        )));
-    }
+    let (tx_id, result, block) = session.submit(&inv, vec![]).await?;
     println!(
-        "Chaincode invoke successful. result: status:200 payload:\"{}\" txid:{tx_id} block:{} ({code})",
+        "Chaincode invoke successful. result: status:200 payload:\"{}\" txid:{tx_id} block:{block} (VALID)",
         String::from_utf8_lossy(&result),
-        status.block_number
     );
     Ok(())
+}
+
+fn lifecycle_invocation(channel: &str, function: &str, args: Vec<u8>) -> Invocation {
+    Invocation {
+        channel: channel.to_owned(),
+        chaincode: crate::lifecycle::LIFECYCLE.into(),
+        args: vec![function.as_bytes().to_vec(), args],
+        transient: HashMap::new(),
+        is_init: false,
+    }
+}
+
+/// The definition the flags describe, as `_lifecycle` takes it.
+fn definition(d: &DefinitionArgs) -> Result<CommitChaincodeDefinitionArgs, NodeError> {
+    let validation_parameter = match (&d.signature_policy, &d.channel_config_policy) {
+        (Some(_), Some(_)) => {
+            return Err(NodeError::Config(
+                "give --signature-policy or --channel-config-policy, not both".into(),
+            ));
+        }
+        (Some(p), None) => ApplicationPolicy {
+            r#type: Some(application_policy::Type::SignaturePolicy(
+                parse_signature_policy(p)
+                    .map_err(|e| NodeError::Config(format!("--signature-policy: {e}")))?,
+            )),
+        }
+        .encode_to_vec(),
+        (None, Some(p)) => ApplicationPolicy {
+            r#type: Some(application_policy::Type::ChannelConfigPolicyReference(
+                p.clone(),
+            )),
+        }
+        .encode_to_vec(),
+        (None, None) => Vec::new(),
+    };
+    let collections = match &d.collections_config {
+        Some(path) => {
+            let json = std::fs::read_to_string(path).map_err(|e| NodeError::File {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            Some(package_from_json(&json).map_err(|e| NodeError::Config(e.to_string()))?)
+        }
+        None => None,
+    };
+    Ok(CommitChaincodeDefinitionArgs {
+        sequence: d.sequence,
+        name: d.name.clone(),
+        version: d.version.clone(),
+        endorsement_plugin: String::new(),
+        validation_plugin: String::new(),
+        validation_parameter,
+        collections,
+        init_required: false,
+    })
+}
+
+async fn lifecycle(cmd: LifecycleChaincode) -> Result<(), NodeError> {
+    match cmd {
+        LifecycleChaincode::Package {
+            output,
+            label,
+            address,
+            tls_root_cert,
+        } => {
+            let root_cert = match &tls_root_cert {
+                Some(p) => std::fs::read_to_string(p).map_err(|e| NodeError::File {
+                    path: p.clone(),
+                    reason: e.to_string(),
+                })?,
+                None => String::new(),
+            };
+            let connection = ConnectionInfo {
+                address,
+                tls_required: tls_root_cert.is_some(),
+                root_cert,
+                domain: String::new(),
+            };
+            let package =
+                build_package(&label, &connection).map_err(|e| NodeError::Config(e.to_string()))?;
+            std::fs::write(&output, &package).map_err(|e| NodeError::File {
+                path: output.clone(),
+                reason: e.to_string(),
+            })?;
+            println!(
+                "Package written to {}; package ID: {}",
+                output.display(),
+                package_id(&label, &package)
+            );
+            Ok(())
+        }
+        LifecycleChaincode::Install { package, target } => {
+            let bytes = std::fs::read(&package).map_err(|e| NodeError::File {
+                path: package.clone(),
+                reason: e.to_string(),
+            })?;
+            let session = Session::open(&target).await?;
+            let inv = lifecycle_invocation(
+                "",
+                "InstallChaincode",
+                InstallChaincodeArgs {
+                    chaincode_install_package: bytes,
+                }
+                .encode_to_vec(),
+            );
+            let (sp, _) = build_signed_proposal(&inv, &session.signer)
+                .map_err(|e| NodeError::Config(e.to_string()))?;
+            let resp = EndorserClient::new(session.channel.clone())
+                .max_encoding_message_size(crate::endorser::MAX_PROPOSAL_BYTES)
+                .process_proposal(sp)
+                .await
+                .map_err(fail)?
+                .into_inner()
+                .response
+                .unwrap_or_default();
+            if resp.status != 200 {
+                return Err(NodeError::Config(format!(
+                    "chaincode install failed with status: {} - {}",
+                    resp.status, resp.message
+                )));
+            }
+            let r = InstallChaincodeResult::decode(resp.payload.as_slice())
+                .map_err(|e| NodeError::Config(format!("install result: {e}")))?;
+            println!(
+                "Chaincode code package identifier: {} (label {})",
+                r.package_id, r.label
+            );
+            Ok(())
+        }
+        LifecycleChaincode::Approveformyorg {
+            def,
+            package_id,
+            target,
+        } => {
+            let d = definition(&def)?;
+            let args = ApproveChaincodeDefinitionForMyOrgArgs {
+                sequence: d.sequence,
+                name: d.name,
+                version: d.version,
+                endorsement_plugin: d.endorsement_plugin,
+                validation_plugin: d.validation_plugin,
+                validation_parameter: d.validation_parameter,
+                collections: d.collections,
+                init_required: false,
+                source: Some(ChaincodeSource {
+                    r#type: Some(chaincode_source::Type::LocalPackage(
+                        chaincode_source::Local { package_id },
+                    )),
+                }),
+            };
+            let mut session = Session::open(&target).await?;
+            let own = session.signer.mspid().to_owned();
+            let inv = lifecycle_invocation(
+                &def.channel,
+                "ApproveChaincodeDefinitionForMyOrg",
+                args.encode_to_vec(),
+            );
+            let (tx_id, _, block) = session.submit(&inv, vec![own.clone()]).await?;
+            println!(
+                "Chaincode definition approved for {own}: txid {tx_id}, block {block} (VALID)"
+            );
+            Ok(())
+        }
+        LifecycleChaincode::Checkcommitreadiness { def, target } => {
+            let d = definition(&def)?;
+            let args = CheckCommitReadinessArgs {
+                sequence: d.sequence,
+                name: d.name,
+                version: d.version,
+                endorsement_plugin: d.endorsement_plugin,
+                validation_plugin: d.validation_plugin,
+                validation_parameter: d.validation_parameter,
+                collections: d.collections,
+                init_required: false,
+            };
+            let mut session = Session::open(&target).await?;
+            let out = session
+                .evaluate(&lifecycle_invocation(
+                    &def.channel,
+                    "CheckCommitReadiness",
+                    args.encode_to_vec(),
+                ))
+                .await?;
+            let r = CheckCommitReadinessResult::decode(out.as_slice())
+                .map_err(|e| NodeError::Config(format!("readiness result: {e}")))?;
+            println!(
+                "Chaincode definition for chaincode '{}', version '{}', sequence '{}' on channel '{}' approval status by org:",
+                def.name, def.version, def.sequence, def.channel
+            );
+            let mut approvals: Vec<_> = r.approvals.into_iter().collect();
+            approvals.sort();
+            for (org, ok) in approvals {
+                println!("{org}: {ok}");
+            }
+            Ok(())
+        }
+        LifecycleChaincode::Commit { def, target } => {
+            let d = definition(&def)?;
+            let mut session = Session::open(&target).await?;
+            let inv =
+                lifecycle_invocation(&def.channel, "CommitChaincodeDefinition", d.encode_to_vec());
+            let (tx_id, _, block) = session.submit(&inv, vec![]).await?;
+            println!(
+                "Chaincode definition '{}' sequence {} committed on channel '{}': txid {tx_id}, block {block} (VALID)",
+                def.name, def.sequence, def.channel
+            );
+            Ok(())
+        }
+        LifecycleChaincode::Querycommitted {
+            channel,
+            name,
+            target,
+        } => {
+            let mut session = Session::open(&target).await?;
+            let out = session
+                .evaluate(&lifecycle_invocation(
+                    &channel,
+                    "QueryChaincodeDefinition",
+                    QueryChaincodeDefinitionArgs { name: name.clone() }.encode_to_vec(),
+                ))
+                .await?;
+            let r = QueryChaincodeDefinitionResult::decode(out.as_slice())
+                .map_err(|e| NodeError::Config(format!("query result: {e}")))?;
+            let mut approvals: Vec<_> = r.approvals.into_iter().collect();
+            approvals.sort();
+            let approvals: Vec<String> = approvals
+                .into_iter()
+                .map(|(o, ok)| format!("{o}: {ok}"))
+                .collect();
+            println!(
+                "Committed chaincode definition for chaincode '{name}' on channel '{channel}':"
+            );
+            println!(
+                "Version: {}, Sequence: {}, Endorsement Plugin: {}, Validation Plugin: {}, Collections: {}, Approvals: [{}]",
+                r.version,
+                r.sequence,
+                r.endorsement_plugin,
+                r.validation_plugin,
+                r.collections.map(|c| c.config.len()).unwrap_or(0),
+                approvals.join(", ")
+            );
+            Ok(())
+        }
+    }
 }
 
 /// A gateway error with the per-peer details Fabric's gateway attaches (`gateway.ErrorDetail`).
@@ -281,5 +708,6 @@ pub async fn run(cli: Cli) -> Result<(), NodeError> {
         }
         Command::Chaincode(ChaincodeCommand::Invoke(a)) => call(a, true).await,
         Command::Chaincode(ChaincodeCommand::Query(a)) => call(a, false).await,
+        Command::Lifecycle(LifecycleCommand::Chaincode(c)) => lifecycle(c).await,
     }
 }

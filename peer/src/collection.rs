@@ -9,6 +9,10 @@ use medledger_common::msp::Identity;
 use medledger_common::policy::{Policy, parse_signature_policy};
 use medledger_proto::common::msp_principal::Classification;
 use medledger_proto::common::{MspPrincipal, MspRole, OrganizationUnit};
+use medledger_proto::protos::{
+    ApplicationPolicy, CollectionConfig, CollectionConfigPackage, CollectionPolicyConfig,
+    StaticCollectionConfig, application_policy, collection_config, collection_policy_config,
+};
 use prost::Message;
 use serde::Deserialize;
 
@@ -114,6 +118,79 @@ pub struct Collections {
     by_name: BTreeMap<String, Collection>,
 }
 
+/// A channel policy by path (`Channel/Application/Endorsement` or with a leading `/`).
+pub fn channel_policy(channel: &ChannelConfig, path: &str) -> Result<Policy, String> {
+    let path = if path.starts_with('/') {
+        path.to_owned()
+    } else {
+        format!("/{path}")
+    };
+    channel
+        .policy(&path)
+        .cloned()
+        .ok_or_else(|| format!("channel policy {path} does not exist"))
+}
+
+/// Fabric's `collections_config.json` as the `CollectionConfigPackage` a chaincode definition
+/// carries (empty text: no collections).
+pub fn package_from_json(json: &str) -> Result<CollectionConfigPackage, CollectionError> {
+    if json.trim().is_empty() {
+        return Ok(CollectionConfigPackage::default());
+    }
+    let entries: Vec<CollectionJson> =
+        serde_json::from_str(json).map_err(|e| CollectionError::Json(e.to_string()))?;
+    let mut config = Vec::new();
+    for e in entries {
+        let invalid = |reason: String| CollectionError::Invalid {
+            name: e.name.clone(),
+            reason,
+        };
+        let policy = parse_signature_policy(&e.policy).map_err(|err| invalid(err.to_string()))?;
+        let endorsement_policy = match &e.endorsement_policy {
+            None => None,
+            Some(EndorsementPolicyJson {
+                signature_policy: Some(p),
+                channel_config_policy: None,
+            }) => Some(application_policy::Type::SignaturePolicy(
+                parse_signature_policy(p).map_err(|err| invalid(err.to_string()))?,
+            )),
+            Some(EndorsementPolicyJson {
+                signature_policy: None,
+                channel_config_policy: Some(path),
+            }) => Some(application_policy::Type::ChannelConfigPolicyReference(
+                path.clone(),
+            )),
+            Some(_) => {
+                return Err(invalid(
+                    "endorsementPolicy needs exactly one of signaturePolicy and channelConfigPolicy"
+                        .into(),
+                ));
+            }
+        };
+        let count = |n: i64, what: &str| {
+            i32::try_from(n).map_err(|_| invalid(format!("{what} {n} is out of range")))
+        };
+        config.push(CollectionConfig {
+            payload: Some(collection_config::Payload::StaticCollectionConfig(
+                StaticCollectionConfig {
+                    name: e.name.clone(),
+                    member_orgs_policy: Some(CollectionPolicyConfig {
+                        payload: Some(collection_policy_config::Payload::SignaturePolicy(policy)),
+                    }),
+                    required_peer_count: count(e.required_peer_count, "requiredPeerCount")?,
+                    maximum_peer_count: count(e.max_peer_count, "maxPeerCount")?,
+                    block_to_live: e.block_to_live,
+                    member_only_read: e.member_only_read,
+                    member_only_write: e.member_only_write,
+                    endorsement_policy: endorsement_policy
+                        .map(|t| ApplicationPolicy { r#type: Some(t) }),
+                },
+            )),
+        });
+    }
+    Ok(CollectionConfigPackage { config })
+}
+
 /// Names Fabric accepts for collections (and we accept for key files and store keys).
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -147,17 +224,27 @@ impl Collections {
     /// The implicit collections of the channel's application organisations, plus the explicit
     /// ones of `collections_config.json` (empty text: none).
     pub fn load(json: &str, channel: &ChannelConfig) -> Result<Self, CollectionError> {
+        Self::from_package(&package_from_json(json)?, channel)
+    }
+
+    /// The implicit collections plus those of a chaincode definition's `CollectionConfigPackage`.
+    pub fn from_package(
+        pkg: &CollectionConfigPackage,
+        channel: &ChannelConfig,
+    ) -> Result<Self, CollectionError> {
         let mut by_name = BTreeMap::new();
         for org in &channel.application_orgs {
             let c = Collection::implicit(org);
             by_name.insert(c.name.clone(), c);
         }
-        if json.trim().is_empty() {
-            return Ok(Self { by_name });
-        }
-        let entries: Vec<CollectionJson> =
-            serde_json::from_str(json).map_err(|e| CollectionError::Json(e.to_string()))?;
-        for e in entries {
+        for config in &pkg.config {
+            let Some(collection_config::Payload::StaticCollectionConfig(e)) = &config.payload
+            else {
+                return Err(CollectionError::Invalid {
+                    name: String::new(),
+                    reason: "only static collections are supported".into(),
+                });
+            };
             let invalid = |reason: String| CollectionError::Invalid {
                 name: e.name.clone(),
                 reason,
@@ -171,15 +258,20 @@ impl Collections {
             if by_name.contains_key(&e.name) {
                 return Err(invalid("defined twice".into()));
             }
-            if e.required_peer_count < 0 || e.max_peer_count < e.required_peer_count {
+            if e.required_peer_count < 0 || e.maximum_peer_count < e.required_peer_count {
                 return Err(invalid(format!(
                     "requiredPeerCount {} must be between 0 and maxPeerCount {}",
-                    e.required_peer_count, e.max_peer_count
+                    e.required_peer_count, e.maximum_peer_count
                 )));
             }
-            let policy =
-                parse_signature_policy(&e.policy).map_err(|err| invalid(err.to_string()))?;
-            let members = member_orgs(&policy);
+            let Some(collection_policy_config::Payload::SignaturePolicy(policy)) = e
+                .member_orgs_policy
+                .as_ref()
+                .and_then(|p| p.payload.as_ref())
+            else {
+                return Err(invalid("the collection has no member policy".into()));
+            };
+            let members = member_orgs(policy);
             if members.is_empty() {
                 return Err(invalid("the policy names no organisation".into()));
             }
@@ -192,34 +284,17 @@ impl Collections {
                     channel.channel_id
                 )));
             }
-            let endorsement_policy = match &e.endorsement_policy {
+            let endorsement_policy = match e
+                .endorsement_policy
+                .as_ref()
+                .and_then(|p| p.r#type.as_ref())
+            {
                 None => None,
-                Some(EndorsementPolicyJson {
-                    signature_policy: Some(p),
-                    channel_config_policy: None,
-                }) => Some(Policy::Signature(
-                    parse_signature_policy(p).map_err(|err| invalid(err.to_string()))?,
-                )),
-                Some(EndorsementPolicyJson {
-                    signature_policy: None,
-                    channel_config_policy: Some(path),
-                }) => {
-                    let path = if path.starts_with('/') {
-                        path.clone()
-                    } else {
-                        format!("/{path}")
-                    };
-                    Some(
-                        channel.policy(&path).cloned().ok_or_else(|| {
-                            invalid(format!("channel policy {path} does not exist"))
-                        })?,
-                    )
+                Some(application_policy::Type::SignaturePolicy(p)) => {
+                    Some(Policy::Signature(p.clone()))
                 }
-                Some(_) => {
-                    return Err(invalid(
-                        "endorsementPolicy needs exactly one of signaturePolicy and channelConfigPolicy"
-                            .into(),
-                    ));
+                Some(application_policy::Type::ChannelConfigPolicyReference(path)) => {
+                    Some(channel_policy(channel, path).map_err(invalid)?)
                 }
             };
             by_name.insert(
@@ -227,9 +302,9 @@ impl Collections {
                 Collection {
                     name: e.name.clone(),
                     member_orgs: members,
-                    access_policy: Policy::Signature(policy),
+                    access_policy: Policy::Signature(policy.clone()),
                     required_peer_count: e.required_peer_count as usize,
-                    max_peer_count: e.max_peer_count as usize,
+                    max_peer_count: e.maximum_peer_count as usize,
                     block_to_live: e.block_to_live,
                     member_only_read: e.member_only_read,
                     member_only_write: e.member_only_write,
@@ -238,6 +313,11 @@ impl Collections {
             );
         }
         Ok(Self { by_name })
+    }
+
+    /// Adds (or replaces) a collection.
+    pub fn insert(&mut self, c: Collection) {
+        self.by_name.insert(c.name.clone(), c);
     }
 
     /// A collection by name.

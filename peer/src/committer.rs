@@ -488,9 +488,8 @@ fn apply(
                 value,
                 expires_at: overlay
                     .channel
-                    .chaincode(&fx.ns)
-                    .and_then(|d| d.collections.get(&ce.name))
-                    .and_then(|c| expiry(c, block_num)),
+                    .collection(&fx.ns, &ce.name)
+                    .and_then(|c| expiry(&c, block_num)),
             });
             if w.is_purge {
                 commit.pvt_purges.push(PvtPurge {

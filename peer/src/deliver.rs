@@ -239,8 +239,7 @@ fn private_data_of(
     let mut out: std::collections::HashMap<u64, TxPvtReadWriteSet> = Default::default();
     for need in block_needs(channel, block) {
         let admitted = channel
-            .chaincode(&need.slot.namespace)
-            .and_then(|d| d.collections.get(&need.slot.collection))
+            .collection(&need.slot.namespace, &need.slot.collection)
             .is_some_and(|c| c.admits(requester));
         if !admitted {
             continue;

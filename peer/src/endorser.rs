@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use medledger_common::SigningIdentity;
-use medledger_common::msp::{Expiry, Identity};
+use medledger_common::msp::{Expiry, Identity, MspManager};
 use medledger_common::protoutil::{UnpackedProposal, unpack_proposal};
 use medledger_proto::protos::{
     ChaincodeAction, ChaincodeId, ProposalResponse, ProposalResponsePayload, Response,
@@ -17,6 +17,7 @@ use tokio::sync::RwLock;
 
 use crate::chaincode::ChaincodeSupport;
 use crate::channel::Channel;
+use crate::lifecycle::{self, LIFECYCLE, PackageStore};
 use crate::plugins::PluginRegistry;
 use crate::privdata::PrivateDataClient;
 use crate::simulator::{PrivateAccess, TxSimulator};
@@ -66,6 +67,10 @@ pub struct Endorser {
     pub plugins: PluginRegistry,
     /// Sends private write sets to the collections' other members.
     pub private_data: Arc<PrivateDataClient>,
+    /// Chaincode packages installed on this peer.
+    pub packages: Arc<PackageStore>,
+    /// This peer's own organisation (who may install chaincode).
+    pub local_msp: MspManager,
 }
 
 fn error_response(status: i32, message: String) -> ProposalResponse {
@@ -130,10 +135,49 @@ impl Endorser {
     }
 
     /// Fabric's `ProcessProposal`: a refused proposal is an error; a chaincode failure is a
-    /// response with status 500 and no endorsement.
+    /// response with status 500 and no endorsement. A proposal without a channel is addressed to
+    /// the peer itself (`_lifecycle` InstallChaincode by an admin of the peer's organisation).
     pub async fn process(&self, sp: &SignedProposal) -> Result<ProposalResponse, ProposalError> {
+        let size = sp.proposal_bytes.len() + sp.signature.len();
+        if size > MAX_PROPOSAL_BYTES {
+            return Err(ProposalError::TooLarge(size));
+        }
+        let proposal = unpack_proposal(sp).map_err(|e| ProposalError::Malformed(e.to_string()))?;
+        if proposal.channel_id().is_empty() {
+            return self.process_for_peer(sp, &proposal);
+        }
         let checked = self.check(sp).await?;
         Ok(self.simulate_and_endorse(sp, &checked).await)
+    }
+
+    fn process_for_peer(
+        &self,
+        sp: &SignedProposal,
+        proposal: &UnpackedProposal,
+    ) -> Result<ProposalResponse, ProposalError> {
+        let ts = proposal.channel_header.timestamp.unwrap_or_default();
+        if (ts.seconds - medledger_common::msp::unix_now()).unsigned_abs() > TIME_WINDOW.as_secs() {
+            return Err(ProposalError::Timestamp);
+        }
+        let creator = self
+            .local_msp
+            .deserialize(proposal.creator(), Expiry::now())
+            .map_err(|e| ProposalError::Creator {
+                channel: String::new(),
+                reason: format!("not a member of this peer's organisation: {e}"),
+            })?;
+        creator
+            .verify(&sp.proposal_bytes, &sp.signature)
+            .map_err(|_| ProposalError::Signature)?;
+        if proposal.chaincode_name != LIFECYCLE {
+            return Err(ProposalError::UnknownChannel(String::new()));
+        }
+        let response = lifecycle::install(&self.packages, &creator, &proposal.input.args);
+        Ok(ProposalResponse {
+            version: 1,
+            response: Some(response),
+            ..Default::default()
+        })
     }
 
     /// Simulates a checked proposal and endorses the result.
@@ -158,20 +202,40 @@ impl Endorser {
             creator: c.creator.clone(),
             peer_msp: c.channel.local_msp.clone(),
         });
-        let (response, event) = match self
-            .chaincodes
-            .execute(
-                &def.endpoint,
-                c.channel.id(),
-                p.tx_id(),
-                sp,
-                p.input.clone(),
+        let (response, event) = if def.name == LIFECYCLE {
+            let r = lifecycle::execute(
                 &mut sim,
-            )
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => return error_response(500, e.to_string()),
+                &c.channel.config,
+                &c.channel.local_msp,
+                &c.creator,
+                &p.input.args,
+            );
+            (r, None)
+        } else {
+            let Some(endpoint) = &def.endpoint else {
+                return error_response(
+                    500,
+                    format!(
+                        "chaincode {} is not installed on this peer: its organisation has not approved an installed package for sequence {}",
+                        def.name, def.sequence
+                    ),
+                );
+            };
+            match self
+                .chaincodes
+                .execute(
+                    endpoint,
+                    c.channel.id(),
+                    p.tx_id(),
+                    sp,
+                    p.input.clone(),
+                    &mut sim,
+                )
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => return error_response(500, e.to_string()),
+            }
         };
         if response.status >= 400 {
             return ProposalResponse {
@@ -221,7 +285,7 @@ impl Endorser {
             chaincode_id: Some(ChaincodeId {
                 path: String::new(),
                 name: p.chaincode_name.clone(),
-                version: def.endpoint.version.clone(),
+                version: def.version.clone(),
             }),
         };
         let payload = ProposalResponsePayload {

@@ -332,7 +332,7 @@ impl Gateway for GatewayService {
             )
         })?;
         let channel = checked.channel.clone();
-        let Some(def) = channel.chaincode(&checked.proposal.chaincode_name).cloned() else {
+        let Some(def) = channel.chaincode(&checked.proposal.chaincode_name) else {
             return Err(Status::failed_precondition(format!(
                 "chaincode {} is not defined on channel {}",
                 checked.proposal.chaincode_name,

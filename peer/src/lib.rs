@@ -12,6 +12,7 @@ pub mod deliver;
 pub mod endorser;
 pub mod gateway;
 pub mod ledger;
+pub mod lifecycle;
 pub mod node;
 pub mod plugins;
 pub mod privdata;

@@ -35,11 +35,13 @@ use crate::deliver::DeliverService;
 use crate::endorser::{Channels, Endorser, MAX_PROPOSAL_BYTES};
 use crate::gateway::{GatewayService, RemotePeer};
 use crate::ledger::Ledger;
+use crate::lifecycle::{LIFECYCLE, PackageStore, committed_definitions, lifecycle_definition};
 use crate::plugins::PluginRegistry;
 use crate::privdata::{
     MAX_PRIVATE_MESSAGE_BYTES, PrivateDataClient, PrivateDataService, PvtCandidates, reconcile_loop,
 };
 use crate::sealing::CollectionKeys;
+use medledger_common::msp::{Msp, MspManager, load_msp_folder};
 use medledger_proto::medledger::privdata::private_data_server::PrivateDataServer;
 
 /// Errors starting a peer.
@@ -260,6 +262,7 @@ fn open_channel(
     data_dir: &Path,
     local_msp: &str,
     keys: Arc<CollectionKeys>,
+    packages: &PackageStore,
 ) -> Result<Channel, NodeError> {
     let genesis = Block::decode(read(&cfg.genesis_block)?.as_slice())
         .map_err(|e| NodeError::Config(format!("genesis block: {e}")))?;
@@ -279,7 +282,7 @@ fn open_channel(
         let channel = Channel {
             config: config.clone(),
             ledger: Arc::new(ledger),
-            chaincodes: BTreeMap::new(),
+            chaincodes: Default::default(),
             local_msp: local_msp.to_owned(),
         };
         commit_block(
@@ -289,7 +292,7 @@ fn open_channel(
             &PvtCandidates::new(),
         )
         .map_err(|e| err(e.to_string()))?;
-        return open_channel_with(cfg, config, channel.ledger, local_msp);
+        return open_channel_with(cfg, config, channel.ledger, local_msp, packages);
     }
     let stored = ledger
         .block(0)
@@ -300,7 +303,7 @@ fn open_channel(
             "the ledger on disk belongs to another genesis block".into()
         ));
     }
-    open_channel_with(cfg, config, Arc::new(ledger), local_msp)
+    open_channel_with(cfg, config, Arc::new(ledger), local_msp, packages)
 }
 
 fn open_channel_with(
@@ -308,8 +311,9 @@ fn open_channel_with(
     config: ChannelConfig,
     ledger: Arc<Ledger>,
     local_msp: &str,
+    packages: &PackageStore,
 ) -> Result<Channel, NodeError> {
-    let mut chaincodes = BTreeMap::new();
+    let mut chaincodes = vec![lifecycle_definition(&config)];
     for cc in &cfg.chaincodes {
         let policy = parse_signature_policy(&cc.endorsement_policy).map_err(|e| {
             NodeError::Config(format!("chaincode {} endorsement policy: {e}", cc.name))
@@ -323,40 +327,90 @@ fn open_channel_with(
         };
         let collections = Collections::load(&json, &config)
             .map_err(|e| NodeError::Config(format!("chaincode {}: {e}", cc.name)))?;
-        chaincodes.insert(
-            cc.name.clone(),
-            ChaincodeDefinition {
-                endpoint: ChaincodeEndpoint {
-                    name: cc.name.clone(),
-                    version: cc.version.clone(),
-                    package_id: cc.package_id.clone(),
-                    connection: cc.connection.clone(),
-                },
-                endorsement_policy: Policy::Signature(policy),
-                endorsement_plugin: cc.endorsement_plugin.clone(),
-                validation_plugin: cc.validation_plugin.clone(),
-                collections,
-            },
-        );
+        chaincodes.push(ChaincodeDefinition {
+            name: cc.name.clone(),
+            version: cc.version.clone(),
+            sequence: 0,
+            endpoint: Some(ChaincodeEndpoint {
+                name: cc.name.clone(),
+                version: cc.version.clone(),
+                package_id: cc.package_id.clone(),
+                connection: cc.connection.clone(),
+            }),
+            endorsement_policy: Policy::Signature(policy),
+            endorsement_plugin: cc.endorsement_plugin.clone(),
+            validation_plugin: cc.validation_plugin.clone(),
+            collections,
+        });
     }
-    Ok(Channel {
+    let channel = Channel {
         config,
         ledger,
-        chaincodes,
+        chaincodes: Default::default(),
         local_msp: local_msp.to_owned(),
-    })
+    };
+    channel.define(chaincodes);
+    reload_definitions(&channel, packages)?;
+    Ok(channel)
 }
 
-/// Takes blocks from the channel's orderers (rotating on failure) and commits them.
-async fn pull_blocks(
+/// Applies the definitions committed through `_lifecycle` to the channel.
+fn reload_definitions(channel: &Channel, packages: &PackageStore) -> Result<(), NodeError> {
+    let defs = committed_definitions(
+        &channel.ledger,
+        &channel.config,
+        &channel.local_msp,
+        packages,
+    )
+    .map_err(|reason| NodeError::Channel {
+        channel: channel.id().to_owned(),
+        reason,
+    })?;
+    for d in &defs {
+        tracing::info!(channel = %channel.id(), chaincode = %d.name, sequence = d.sequence, installed = d.endpoint.is_some(), "chaincode definition in force");
+    }
+    channel.define(defs);
+    Ok(())
+}
+
+/// Whether a block carries a transaction of the `_lifecycle` chaincode.
+fn touches_lifecycle(block: &Block) -> bool {
+    block
+        .data
+        .as_ref()
+        .map(|d| d.data.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .any(|env| {
+            crate::deliver::chaincode_actions(env)
+                .1
+                .iter()
+                .any(|a| a.chaincode_id.as_ref().is_some_and(|c| c.name == LIFECYCLE))
+        })
+}
+
+/// What the block puller of one channel works with.
+struct BlockPuller {
     channel: Arc<Channel>,
     plugins: PluginRegistry,
     signer: SigningIdentity,
     client_tls: Option<ClientTls>,
     private_data: Arc<PrivateDataClient>,
+    packages: Arc<PackageStore>,
     transient_retention: u64,
-    mut shutdown: watch::Receiver<bool>,
-) {
+}
+
+/// Takes blocks from the channel's orderers (rotating on failure) and commits them.
+async fn pull_blocks(puller: BlockPuller, mut shutdown: watch::Receiver<bool>) {
+    let BlockPuller {
+        channel,
+        plugins,
+        signer,
+        client_tls,
+        private_data,
+        packages,
+        transient_retention,
+    } = puller;
     let consenters = channel.config.consenters.clone();
     if consenters.is_empty() {
         tracing::error!(channel = %channel.id(), "the channel configuration names no consenters: no blocks can be pulled");
@@ -405,11 +459,15 @@ async fn pull_blocks(
                             continue;
                         }
                         let pvt = private_data.gather(&channel, &block).await;
+                        let lifecycle_changed = touches_lifecycle(&block);
                         let (ch, pl) = (channel.clone(), plugins.clone());
                         tokio::task::spawn_blocking(move || commit_block(&ch, &pl, block, &pvt))
                             .await
                             .map_err(|e| e.to_string())?
                             .map_err(|e| format!("block {number}: {e}"))?;
+                        if lifecycle_changed {
+                            reload_definitions(&channel, &packages).map_err(|e| e.to_string())?;
+                        }
                         if number % 100 == 0
                             && number > transient_retention
                             && let Err(e) = channel
@@ -453,9 +511,16 @@ pub async fn start(cfg: PeerConfig, plugins: PluginRegistry) -> Result<RunningPe
             .clone()
             .unwrap_or_else(|| cfg.data_dir.join("keys")),
     ));
+    let packages = Arc::new(PackageStore::new(&cfg.data_dir.join("chaincodes")));
+    let local_msp = load_msp_folder(&cfg.msp_dir, &cfg.msp_id)
+        .and_then(|c| Msp::new(&c))
+        .map_err(|e| NodeError::File {
+            path: cfg.msp_dir.clone(),
+            reason: e.to_string(),
+        })?;
     let mut joined = BTreeMap::new();
     for c in &cfg.channels {
-        let ch = open_channel(c, &cfg.data_dir, &cfg.msp_id, keys.clone())?;
+        let ch = open_channel(c, &cfg.data_dir, &cfg.msp_id, keys.clone(), &packages)?;
         joined.insert(ch.id().to_owned(), Arc::new(ch));
     }
     let channels: Channels = Arc::new(RwLock::new(joined));
@@ -491,6 +556,8 @@ pub async fn start(cfg: PeerConfig, plugins: PluginRegistry) -> Result<RunningPe
         signer: signer.clone(),
         plugins: plugins.clone(),
         private_data: private_data.clone(),
+        packages: packages.clone(),
+        local_msp: MspManager::new([local_msp]),
     });
     let listener = tokio::net::TcpListener::bind(&cfg.listen_address)
         .await
@@ -553,12 +620,15 @@ pub async fn start(cfg: PeerConfig, plugins: PluginRegistry) -> Result<RunningPe
     })];
     for ch in channels.read().await.values() {
         tasks.push(tokio::spawn(pull_blocks(
-            ch.clone(),
-            plugins.clone(),
-            signer.clone(),
-            client_tls.clone(),
-            private_data.clone(),
-            cfg.private_data.transient_retention_blocks,
+            BlockPuller {
+                channel: ch.clone(),
+                plugins: plugins.clone(),
+                signer: signer.clone(),
+                client_tls: client_tls.clone(),
+                private_data: private_data.clone(),
+                packages: packages.clone(),
+                transient_retention: cfg.private_data.transient_retention_blocks,
+            },
             shutdown_rx.clone(),
         )));
         tasks.push(tokio::spawn(reconcile_loop(

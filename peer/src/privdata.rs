@@ -308,8 +308,7 @@ impl PrivateDataClient {
                 .filter(|n| !found.contains_key(&n.slot))
                 .filter(|n| {
                     channel
-                        .chaincode(&n.slot.namespace)
-                        .and_then(|d| d.collections.get(&n.slot.collection))
+                        .collection(&n.slot.namespace, &n.slot.collection)
                         .is_some_and(|c| c.is_member_org(&peer.msp_id))
                 })
                 .map(|n| PvtDataDigest {
@@ -413,10 +412,7 @@ impl PrivateDataClient {
         let found = self.pull(channel, &needs, Duration::ZERO).await;
         let mut done = 0;
         for n in &needs {
-            let Some(c) = channel
-                .chaincode(&n.slot.namespace)
-                .and_then(|d| d.collections.get(&n.slot.collection))
-            else {
+            let Some(c) = channel.collection(&n.slot.namespace, &n.slot.collection) else {
                 continue;
             };
             let Some(set) = found
@@ -432,7 +428,7 @@ impl PrivateDataClient {
                 .reconcile(&PvtCommit {
                     slot: n.slot.clone(),
                     set,
-                    expires_at: expiry(c, n.slot.block_num),
+                    expires_at: expiry(&c, n.slot.block_num),
                 })
                 .map_err(|e| e.to_string())?;
             done += 1;
@@ -522,15 +518,14 @@ impl PrivateDataService {
     }
 
     /// The collection, when both this peer's and the sender's organisations are members.
-    fn shared_collection<'a>(
-        channel: &'a Channel,
+    fn shared_collection(
+        channel: &Channel,
         sender: &Identity,
         ns: &str,
         coll: &str,
-    ) -> Result<&'a Collection, Status> {
+    ) -> Result<Collection, Status> {
         let c = channel
-            .chaincode(ns)
-            .and_then(|d| d.collections.get(coll))
+            .collection(ns, coll)
             .ok_or_else(|| denied(format!("collection {ns}/{coll} is not defined")))?;
         if !c.is_member_org(&sender.mspid) {
             return Err(denied(format!(

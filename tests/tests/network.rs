@@ -167,6 +167,20 @@ fn network_up_deploy_invoke_and_down() {
         !out.contains("128/82"),
         "the record's content is not in the public entry:\n{out}"
     );
+    for step in [
+        "Chaincode code package identifier: medical_1.0:",
+        "Chaincode definition approved for Hospital1MSP",
+        "Chaincode definition approved for Hospital2MSP",
+        "Hospital1MSP: true",
+        "Hospital2MSP: true",
+        "committed on channel 'medchannel'",
+        "Version: 1.0, Sequence: 1",
+    ] {
+        assert!(
+            out.contains(step),
+            "deployCC runs the lifecycle ({step}):\n{out}"
+        );
+    }
 
     assert!(down_ok, "{down_out}");
     let (ok, _) = run(&bin_dir, "down");
