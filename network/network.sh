@@ -3,11 +3,12 @@
 # test-network. One CA and one TLS CA per organisation (Hospital1, Hospital2, Orderer), 4 BFT
 # orderers and one peer per hospital, all over TLS, channel `medchannel`.
 #
-#   ./network/network.sh up         build if needed, start CAs, enroll everyone, genesis, nodes
-#   ./network/network.sh deployCC   the medical chaincode through the Fabric 2 lifecycle (package,
-#                                   install on both peers, approve per organisation, commit with
-#                                   its collections), the kv example, then a smoke invoke (a medical
-#                                   record, its content private) and query
+#   ./network/network.sh up         build if needed, start CAs, enroll everyone, genesis, nodes,
+#                                   join the peers to the channel (peer channel join)
+#   ./network/network.sh deployCC   the medical chaincode and the kv example through the Fabric 2
+#                                   lifecycle (package, install on both peers, approve per
+#                                   organisation, commit with policy and collections), then a smoke
+#                                   invoke (a medical record, its content private) and query
 #   ./network/network.sh down       stop everything started (by PID) and remove generated files
 #
 # Ports (override with the environment): CAs 7054/8054/9054, TLS CAs 7154/8154/9154,
@@ -117,6 +118,13 @@ NodeOUs:
 EOF
 }
 
+peer_cli() { # org-index identity command... : medledger-peer as an identity of hospital <org-index>
+  local i=$1 who=$2; shift 2
+  CORE_PEER_LOCALMSPID=${ORG_MSPS[$i]} CORE_PEER_MSPCONFIGPATH="$ORGS/${ORG_NAMES[$i]}/users/$who/msp" \
+    "$BIN/medledger-peer" "$@" --peerAddresses "localhost:${PEER_PORTS[$i]}" \
+    --tlsRootCertFiles "$ORGS/${ORG_NAMES[$i]}/tlsca/tlsca-cert.pem"
+}
+
 tls_files() { # tls msp dir -> writes server.crt/server.key/ca.crt beside it
   local d=$1
   cp "$d/signcerts/cert.pem" "$d/server.crt"
@@ -203,9 +211,6 @@ up() {
   done
 
   say "making the genesis block of channel $CHANNEL"
-  local pkg_id
-  pkg_id="$CC_LABEL:$(printf '%s' "$CC_LABEL" | sha256sum | cut -c1-64)"
-  echo "$pkg_id" >"$ART/package-id"
   {
     echo "channel: $CHANNEL"
     echo "organizations:"
@@ -271,14 +276,6 @@ gatewayPeers:
   - mspId: ${ORG_MSPS[$other]}
     address: localhost:${PEER_PORTS[$other]}
     tlsRootCertFile: $ORGS/${ORG_NAMES[$other]}/tlsca/tlsca-cert.pem
-channels:
-  - genesisBlock: $ART/$CHANNEL.block
-    chaincodes:
-      - name: $CC_NAME
-        version: "1.0"
-        packageId: $pkg_id
-        connection: {address: "127.0.0.1:$CC_PORT", tls_required: false}
-        endorsementPolicy: "AND('Hospital1MSP.peer', 'Hospital2MSP.peer')"
 EOF
     start "peer0.$org" "$BIN/medledger-peer" node start --config "$d/core.yaml"
   done
@@ -286,14 +283,33 @@ EOF
     wait_port "peer0.${ORG_NAMES[$i]}" "${PEER_PORTS[$i]}"
     echo "    peer0.${ORG_NAMES[$i]} on localhost:${PEER_PORTS[$i]} (operations :$((OPS_BASE + 4 + i)))"
   done
+  for i in 0 1; do
+    say "joining peer0.${ORG_NAMES[$i]} to channel $CHANNEL (as the ${ORG_MSPS[$i]} admin)"
+    peer_cli "$i" admin channel join -b "$ART/$CHANNEL.block" || { down_quiet; die "peer0.${ORG_NAMES[$i]} could not join $CHANNEL"; }
+  done
   say "network is up: channel $CHANNEL, 4 orderers, 2 peers, logs in $LOGS"
 }
 
-peer_cli() { # org-index identity command... : medledger-peer as an identity of hospital <org-index>
-  local i=$1 who=$2; shift 2
-  CORE_PEER_LOCALMSPID=${ORG_MSPS[$i]} CORE_PEER_MSPCONFIGPATH="$ORGS/${ORG_NAMES[$i]}/users/$who/msp" \
-    "$BIN/medledger-peer" "$@" --peerAddresses "localhost:${PEER_PORTS[$i]}" \
-    --tlsRootCertFiles "$ORGS/${ORG_NAMES[$i]}/tlsca/tlsca-cert.pem"
+deploy_chaincode() { # name label port binary policy [collections-config]
+  local name=$1 label=$2 port=$3 binary=$4 policy=$5 collections=${6:-} out pkg_id
+  say "packaging chaincode $name (chaincode as a service on 127.0.0.1:$port)"
+  out=$("$BIN/medledger-peer" lifecycle chaincode package "$ART/$name.tar.gz" --label "$label" \
+    --address "127.0.0.1:$port")
+  pkg_id=${out##*package ID: }
+  echo "    $pkg_id"
+  start "chaincode-$name" "$BIN/$binary" --address "127.0.0.1:$port" --package-id "$pkg_id"
+  wait_port "chaincode-$name" "$port"
+  local def=(-C "$CHANNEL" -n "$name" -v 1.0 --sequence 1 --signature-policy "$policy")
+  [ -n "$collections" ] && def+=(--collections-config "$collections")
+  for i in 0 1; do
+    say "installing and approving $name for ${ORG_MSPS[$i]} (as its admin)"
+    peer_cli "$i" admin lifecycle chaincode install "$ART/$name.tar.gz"
+    peer_cli "$i" admin lifecycle chaincode approveformyorg "${def[@]}" --package-id "$pkg_id"
+  done
+  peer_cli 0 admin lifecycle chaincode checkcommitreadiness "${def[@]}"
+  say "committing the $name definition (LifecycleEndorsement: a majority of organisations)"
+  peer_cli 0 admin lifecycle chaincode commit "${def[@]}"
+  peer_cli 1 admin lifecycle chaincode querycommitted -C "$CHANNEL" -n "$name"
 }
 
 deploy_cc() {
@@ -301,32 +317,12 @@ deploy_cc() {
   [ -f "$PIDS/chaincode-medical.pid" ] && die "the chaincodes are already deployed"
   port_free "$CC_PORT" || die "port $CC_PORT is in use (set CC_PORT before up)"
   port_free "$MED_CC_PORT" || die "port $MED_CC_PORT is in use (set MED_CC_PORT before up)"
-  local pkg_id med_pkg_id out
-  pkg_id="$(cat "$ART/package-id")"
-
-  say "packaging the medical chaincode (chaincode as a service on 127.0.0.1:$MED_CC_PORT)"
-  out=$("$BIN/medledger-peer" lifecycle chaincode package "$ART/medical.tar.gz" --label "$MED_LABEL" \
-    --address "127.0.0.1:$MED_CC_PORT")
-  med_pkg_id=${out##*package ID: }
-  echo "    $med_pkg_id"
-  start "chaincode-medical" "$BIN/medical-chaincode" --address "127.0.0.1:$MED_CC_PORT" --package-id "$med_pkg_id"
-  wait_port "chaincode-medical" "$MED_CC_PORT"
-  local policy="OR('Hospital1MSP.peer', 'Hospital2MSP.peer')"
-  local def=(-C "$CHANNEL" -n medical -v 1.0 --sequence 1 --signature-policy "$policy"
-    --collections-config "$NET/collections_config.json")
-  for i in 0 1; do
-    say "installing and approving the medical chaincode for ${ORG_MSPS[$i]} (as its admin)"
-    peer_cli "$i" admin lifecycle chaincode install "$ART/medical.tar.gz"
-    peer_cli "$i" admin lifecycle chaincode approveformyorg "${def[@]}" --package-id "$med_pkg_id"
-  done
-  peer_cli 0 admin lifecycle chaincode checkcommitreadiness "${def[@]}"
-  say "committing the medical chaincode definition (LifecycleEndorsement: a majority of organisations)"
-  peer_cli 0 admin lifecycle chaincode commit "${def[@]}"
-  peer_cli 1 admin lifecycle chaincode querycommitted -C "$CHANNEL" -n medical
-
-  say "starting chaincode $CC_NAME ($pkg_id) on 127.0.0.1:$CC_PORT (defined in the peers' core.yaml)"
-  start "chaincode-$CC_NAME" "$BIN/kvstore-chaincode" --address "127.0.0.1:$CC_PORT" --package-id "$pkg_id"
-  wait_port "chaincode-$CC_NAME" "$CC_PORT"
+  # Either hospital may endorse medical transactions; key-level policies make a record's
+  # custodian (and a consent's patient organisation) endorse every change of it.
+  deploy_chaincode medical "$MED_LABEL" "$MED_CC_PORT" medical-chaincode \
+    "OR('Hospital1MSP.peer', 'Hospital2MSP.peer')" "$NET/collections_config.json"
+  deploy_chaincode "$CC_NAME" "$CC_LABEL" "$CC_PORT" kvstore-chaincode \
+    "AND('Hospital1MSP.peer', 'Hospital2MSP.peer')"
 
   say "smoke invoke: doctor1@Hospital1MSP creates medical record R-0001 (content in the transient map)"
   local content

@@ -27,7 +27,7 @@ use medledger_proto::lifecycle::{
     chaincode_source,
 };
 use medledger_proto::protos::endorser_client::EndorserClient;
-use medledger_proto::protos::{ApplicationPolicy, application_policy};
+use medledger_proto::protos::{ApplicationPolicy, ChannelQueryResponse, application_policy};
 
 use crate::chaincode::ConnectionInfo;
 use crate::collection::package_from_json;
@@ -56,6 +56,35 @@ enum Command {
     /// Fabric 2 chaincode lifecycle.
     #[command(subcommand)]
     Lifecycle(LifecycleCommand),
+    /// Join the peer to channels and list them.
+    #[command(subcommand)]
+    Channel(ChannelCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ChannelCommand {
+    /// Join the peer to a channel with its genesis block (as an admin of the peer's organisation).
+    #[command(
+        after_help = "Example:\n  CORE_PEER_LOCALMSPID=Hospital1MSP CORE_PEER_MSPCONFIGPATH=organizations/hospital1/users/admin/msp \\\n  \
+        medledger-peer channel join -b channel-artifacts/medchannel.block \\\n    \
+        --peerAddresses localhost:7051 --tlsRootCertFiles organizations/hospital1/tlsca/tlsca-cert.pem"
+    )]
+    Join {
+        /// The channel's genesis block.
+        #[arg(short = 'b', long = "blockpath")]
+        block: PathBuf,
+        #[command(flatten)]
+        target: PeerTarget,
+    },
+    /// List the channels the peer has joined.
+    #[command(
+        after_help = "Example:\n  medledger-peer channel list --peerAddresses localhost:7051 \\\n    \
+        --tlsRootCertFiles organizations/hospital1/tlsca/tlsca-cert.pem"
+    )]
+    List {
+        #[command(flatten)]
+        target: PeerTarget,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -432,6 +461,70 @@ async fn call(a: CallArgs, invoke: bool) -> Result<(), NodeError> {
     Ok(())
 }
 
+impl Session {
+    /// Sends a proposal addressed to the peer itself (no channel) and returns its response.
+    async fn ask_peer(
+        &self,
+        chaincode: &str,
+        args: Vec<Vec<u8>>,
+    ) -> Result<medledger_proto::protos::Response, NodeError> {
+        let inv = Invocation {
+            channel: String::new(),
+            chaincode: chaincode.into(),
+            args,
+            transient: HashMap::new(),
+            is_init: false,
+        };
+        let (sp, _) = build_signed_proposal(&inv, &self.signer)
+            .map_err(|e| NodeError::Config(e.to_string()))?;
+        let resp = EndorserClient::new(self.channel.clone())
+            .max_encoding_message_size(crate::endorser::MAX_PROPOSAL_BYTES)
+            .process_proposal(sp)
+            .await
+            .map_err(fail)?
+            .into_inner()
+            .response
+            .unwrap_or_default();
+        if resp.status != 200 {
+            return Err(NodeError::Config(format!(
+                "proposal failed with status: {} - {}",
+                resp.status, resp.message
+            )));
+        }
+        Ok(resp)
+    }
+}
+
+async fn channel(cmd: ChannelCommand) -> Result<(), NodeError> {
+    match cmd {
+        ChannelCommand::Join { block, target } => {
+            let bytes = std::fs::read(&block).map_err(|e| NodeError::File {
+                path: block.clone(),
+                reason: e.to_string(),
+            })?;
+            Session::open(&target)
+                .await?
+                .ask_peer("cscc", vec![b"JoinChain".to_vec(), bytes])
+                .await?;
+            println!("Successfully submitted proposal to join channel");
+            Ok(())
+        }
+        ChannelCommand::List { target } => {
+            let resp = Session::open(&target)
+                .await?
+                .ask_peer("cscc", vec![b"GetChannels".to_vec()])
+                .await?;
+            let list = ChannelQueryResponse::decode(resp.payload.as_slice())
+                .map_err(|e| NodeError::Config(format!("channel list: {e}")))?;
+            println!("Channels peers has joined:");
+            for c in list.channels {
+                println!("{}", c.channel_id);
+            }
+            Ok(())
+        }
+    }
+}
+
 fn lifecycle_invocation(channel: &str, function: &str, args: Vec<u8>) -> Invocation {
     Invocation {
         channel: channel.to_owned(),
@@ -526,31 +619,20 @@ async fn lifecycle(cmd: LifecycleChaincode) -> Result<(), NodeError> {
                 path: package.clone(),
                 reason: e.to_string(),
             })?;
-            let session = Session::open(&target).await?;
-            let inv = lifecycle_invocation(
-                "",
-                "InstallChaincode",
-                InstallChaincodeArgs {
-                    chaincode_install_package: bytes,
-                }
-                .encode_to_vec(),
-            );
-            let (sp, _) = build_signed_proposal(&inv, &session.signer)
-                .map_err(|e| NodeError::Config(e.to_string()))?;
-            let resp = EndorserClient::new(session.channel.clone())
-                .max_encoding_message_size(crate::endorser::MAX_PROPOSAL_BYTES)
-                .process_proposal(sp)
+            let resp = Session::open(&target)
+                .await?
+                .ask_peer(
+                    crate::lifecycle::LIFECYCLE,
+                    vec![
+                        b"InstallChaincode".to_vec(),
+                        InstallChaincodeArgs {
+                            chaincode_install_package: bytes,
+                        }
+                        .encode_to_vec(),
+                    ],
+                )
                 .await
-                .map_err(fail)?
-                .into_inner()
-                .response
-                .unwrap_or_default();
-            if resp.status != 200 {
-                return Err(NodeError::Config(format!(
-                    "chaincode install failed with status: {} - {}",
-                    resp.status, resp.message
-                )));
-            }
+                .map_err(|e| NodeError::Config(format!("chaincode install failed: {e}")))?;
             let r = InstallChaincodeResult::decode(resp.payload.as_slice())
                 .map_err(|e| NodeError::Config(format!("install result: {e}")))?;
             println!(
@@ -709,5 +791,6 @@ pub async fn run(cli: Cli) -> Result<(), NodeError> {
         Command::Chaincode(ChaincodeCommand::Invoke(a)) => call(a, true).await,
         Command::Chaincode(ChaincodeCommand::Query(a)) => call(a, false).await,
         Command::Lifecycle(LifecycleCommand::Chaincode(c)) => lifecycle(c).await,
+        Command::Channel(c) => channel(c).await,
     }
 }

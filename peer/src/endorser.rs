@@ -9,8 +9,8 @@ use medledger_common::SigningIdentity;
 use medledger_common::msp::{Expiry, Identity, MspManager};
 use medledger_common::protoutil::{UnpackedProposal, unpack_proposal};
 use medledger_proto::protos::{
-    ChaincodeAction, ChaincodeId, ProposalResponse, ProposalResponsePayload, Response,
-    SignedProposal,
+    ChaincodeAction, ChaincodeId, ChannelInfo, ChannelQueryResponse, ProposalResponse,
+    ProposalResponsePayload, Response, SignedProposal,
 };
 use prost::Message;
 use tokio::sync::RwLock;
@@ -52,6 +52,14 @@ pub enum ProposalError {
 /// The channels a peer serves, by id.
 pub type Channels = Arc<RwLock<BTreeMap<String, Arc<Channel>>>>;
 
+/// Joins the peer to a channel at run time (Fabric's `cscc` JoinChain), given its genesis block.
+pub trait ChannelJoiner: Send + Sync {
+    fn join<'a>(
+        &'a self,
+        genesis: &'a [u8],
+    ) -> futures::future::BoxFuture<'a, Result<String, String>>;
+}
+
 /// A checked proposal: its layers, creator and channel.
 pub struct CheckedProposal {
     pub proposal: UnpackedProposal,
@@ -69,8 +77,9 @@ pub struct Endorser {
     pub private_data: Arc<PrivateDataClient>,
     /// Chaincode packages installed on this peer.
     pub packages: Arc<PackageStore>,
-    /// This peer's own organisation (who may install chaincode).
+    /// This peer's own organisation (who may install chaincode and join channels).
     pub local_msp: MspManager,
+    pub joiner: Arc<dyn ChannelJoiner>,
 }
 
 fn error_response(status: i32, message: String) -> ProposalResponse {
@@ -144,13 +153,15 @@ impl Endorser {
         }
         let proposal = unpack_proposal(sp).map_err(|e| ProposalError::Malformed(e.to_string()))?;
         if proposal.channel_id().is_empty() {
-            return self.process_for_peer(sp, &proposal);
+            return self.process_for_peer(sp, &proposal).await;
         }
         let checked = self.check(sp).await?;
         Ok(self.simulate_and_endorse(sp, &checked).await)
     }
 
-    fn process_for_peer(
+    /// Requests addressed to the peer itself: `_lifecycle` InstallChaincode, `cscc` JoinChain
+    /// (admins of the peer's organisation) and GetChannels (its members).
+    async fn process_for_peer(
         &self,
         sp: &SignedProposal,
         proposal: &UnpackedProposal,
@@ -169,10 +180,59 @@ impl Endorser {
         creator
             .verify(&sp.proposal_bytes, &sp.signature)
             .map_err(|_| ProposalError::Signature)?;
-        if proposal.chaincode_name != LIFECYCLE {
-            return Err(ProposalError::UnknownChannel(String::new()));
-        }
-        let response = lifecycle::install(&self.packages, &creator, &proposal.input.args);
+        let args = &proposal.input.args;
+        let function = args.first().map(Vec::as_slice).unwrap_or_default();
+        let response = match (proposal.chaincode_name.as_str(), function) {
+            (LIFECYCLE, _) => lifecycle::install(&self.packages, &creator, args),
+            ("cscc", b"JoinChain") => {
+                if creator.role != medledger_common::msp::NodeRole::Admin {
+                    error_response(
+                        500,
+                        "only an admin of the peer's organisation may join channels".into(),
+                    )
+                    .response
+                    .unwrap_or_default()
+                } else {
+                    let genesis = args.get(1).map(Vec::as_slice).unwrap_or_default();
+                    match self.joiner.join(genesis).await {
+                        Ok(_) => Response {
+                            status: 200,
+                            message: String::new(),
+                            payload: Vec::new(),
+                        },
+                        Err(e) => Response {
+                            status: 500,
+                            message: e,
+                            payload: Vec::new(),
+                        },
+                    }
+                }
+            }
+            ("cscc", b"GetChannels") => Response {
+                status: 200,
+                message: String::new(),
+                payload: ChannelQueryResponse {
+                    channels: self
+                        .channels
+                        .read()
+                        .await
+                        .keys()
+                        .map(|id| ChannelInfo {
+                            channel_id: id.clone(),
+                        })
+                        .collect(),
+                }
+                .encode_to_vec(),
+            },
+            (name, _) => Response {
+                status: 500,
+                message: format!(
+                    "{name} {:?} is not addressed to a peer without a channel",
+                    String::from_utf8_lossy(function)
+                ),
+                payload: Vec::new(),
+            },
+        };
         Ok(ProposalResponse {
             version: 1,
             response: Some(response),

@@ -233,20 +233,24 @@ impl EndorserRpc for EndorserService {
     }
 }
 
+type Tasks = Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>;
+
 /// A started peer.
 pub struct RunningPeer {
     pub address: SocketAddr,
     pub operations_address: Option<SocketAddr>,
     pub channels: Channels,
     shutdown: watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: Tasks,
 }
 
 impl RunningPeer {
     /// Stops serving and pulling blocks, and waits for the tasks to end.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
-        for t in self.tasks {
+        let tasks: Vec<_> =
+            std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in tasks {
             let _ = t.await;
         }
     }
@@ -389,6 +393,132 @@ fn touches_lifecycle(block: &Block) -> bool {
         })
 }
 
+/// Opens channels and runs each one's block puller and private data reconciler: at start for
+/// the configured and previously joined channels, and at run time for `channel join`.
+struct ChannelRunner {
+    data_dir: PathBuf,
+    msp_id: String,
+    keys: Arc<CollectionKeys>,
+    packages: Arc<PackageStore>,
+    channels: Channels,
+    plugins: PluginRegistry,
+    signer: SigningIdentity,
+    client_tls: Option<ClientTls>,
+    private_data: Arc<PrivateDataClient>,
+    transient_retention: u64,
+    reconcile_interval: Duration,
+    shutdown: watch::Receiver<bool>,
+    tasks: Tasks,
+}
+
+impl ChannelRunner {
+    fn joined_dir(&self) -> PathBuf {
+        self.data_dir.join("joined")
+    }
+
+    /// Opens a channel (creating its ledger from the genesis block if new) and starts its tasks.
+    async fn run(&self, cfg: &ChannelJoinConfig) -> Result<String, NodeError> {
+        let ch = Arc::new(open_channel(
+            cfg,
+            &self.data_dir,
+            &self.msp_id,
+            self.keys.clone(),
+            &self.packages,
+        )?);
+        let id = ch.id().to_owned();
+        {
+            let mut channels = self.channels.write().await;
+            if channels.contains_key(&id) {
+                return Err(NodeError::Channel {
+                    channel: id,
+                    reason: "the peer has already joined this channel".into(),
+                });
+            }
+            channels.insert(id.clone(), ch.clone());
+        }
+        let puller = tokio::spawn(pull_blocks(
+            BlockPuller {
+                channel: ch.clone(),
+                plugins: self.plugins.clone(),
+                signer: self.signer.clone(),
+                client_tls: self.client_tls.clone(),
+                private_data: self.private_data.clone(),
+                packages: self.packages.clone(),
+                transient_retention: self.transient_retention,
+            },
+            self.shutdown.clone(),
+        ));
+        let reconciler = tokio::spawn(reconcile_loop(
+            ch,
+            self.private_data.clone(),
+            self.reconcile_interval,
+            self.shutdown.clone(),
+        ));
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        tasks.push(puller);
+        tasks.push(reconciler);
+        Ok(id)
+    }
+
+    /// The channels joined at run time, from their saved genesis blocks.
+    fn joined(&self) -> Vec<ChannelJoinConfig> {
+        let mut out: Vec<ChannelJoinConfig> = std::fs::read_dir(self.joined_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "block"))
+            .map(|genesis_block| ChannelJoinConfig {
+                genesis_block,
+                chaincodes: vec![],
+            })
+            .collect();
+        out.sort_by(|a, b| a.genesis_block.cmp(&b.genesis_block));
+        out
+    }
+}
+
+impl crate::endorser::ChannelJoiner for ChannelRunner {
+    fn join<'a>(
+        &'a self,
+        genesis: &'a [u8],
+    ) -> futures::future::BoxFuture<'a, Result<String, String>> {
+        Box::pin(async move {
+            let block = Block::decode(genesis).map_err(|e| format!("genesis block: {e}"))?;
+            if block.header.as_ref().map(|h| h.number) != Some(0) {
+                return Err("a channel is joined with its genesis block (block 0)".into());
+            }
+            let config =
+                ChannelConfig::from_block(&block).map_err(|e| format!("genesis block: {e}"))?;
+            if !config.application_orgs.contains(&self.msp_id) {
+                return Err(format!(
+                    "{} is not an application organisation of channel {}",
+                    self.msp_id, config.channel_id
+                ));
+            }
+            if self.channels.read().await.contains_key(&config.channel_id) {
+                return Err(format!(
+                    "the peer has already joined channel {}",
+                    config.channel_id
+                ));
+            }
+            let dir = self.joined_dir();
+            let path = dir.join(format!("{}.block", config.channel_id));
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            std::fs::write(&path, genesis).map_err(|e| e.to_string())?;
+            let id = self
+                .run(&ChannelJoinConfig {
+                    genesis_block: path,
+                    chaincodes: vec![],
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::info!(channel = %id, "joined channel");
+            Ok(id)
+        })
+    }
+}
+
 /// What the block puller of one channel works with.
 struct BlockPuller {
     channel: Arc<Channel>,
@@ -518,12 +648,7 @@ pub async fn start(cfg: PeerConfig, plugins: PluginRegistry) -> Result<RunningPe
             path: cfg.msp_dir.clone(),
             reason: e.to_string(),
         })?;
-    let mut joined = BTreeMap::new();
-    for c in &cfg.channels {
-        let ch = open_channel(c, &cfg.data_dir, &cfg.msp_id, keys.clone(), &packages)?;
-        joined.insert(ch.id().to_owned(), Arc::new(ch));
-    }
-    let channels: Channels = Arc::new(RwLock::new(joined));
+    let channels: Channels = Arc::new(RwLock::new(BTreeMap::new()));
     let tls = cfg
         .tls
         .as_ref()
@@ -548,7 +673,33 @@ pub async fn start(cfg: PeerConfig, plugins: PluginRegistry) -> Result<RunningPe
         signer.clone(),
         Duration::from_millis(cfg.private_data.pull_timeout_ms),
     ));
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let tasks: Tasks = Arc::default();
+    let runner = Arc::new(ChannelRunner {
+        data_dir: cfg.data_dir.clone(),
+        msp_id: cfg.msp_id.clone(),
+        keys,
+        packages: packages.clone(),
+        channels: channels.clone(),
+        plugins: plugins.clone(),
+        signer: signer.clone(),
+        client_tls: client_tls.clone(),
+        private_data: private_data.clone(),
+        transient_retention: cfg.private_data.transient_retention_blocks,
+        reconcile_interval: Duration::from_millis(cfg.private_data.reconcile_interval_ms.max(100)),
+        shutdown: shutdown_rx.clone(),
+        tasks: tasks.clone(),
+    });
+    let mut to_open = cfg.channels.clone();
+    to_open.extend(runner.joined());
+    for c in &to_open {
+        if let Err(e) = runner.run(c).await {
+            let _ = shutdown.send(true);
+            return Err(e);
+        }
+    }
     let endorser = Arc::new(Endorser {
+        joiner: runner.clone(),
         channels: channels.clone(),
         chaincodes: Arc::new(ChaincodeSupport::new(Duration::from_millis(
             cfg.chaincode_execute_timeout_ms,
@@ -589,7 +740,6 @@ pub async fn start(cfg: PeerConfig, plugins: PluginRegistry) -> Result<RunningPe
             .tls_config(server_tls)
             .map_err(|e| NodeError::Config(format!("TLS: {e}")))?;
     }
-    let (shutdown, shutdown_rx) = watch::channel(false);
     let mut rx = shutdown_rx.clone();
     let max = MAX_PROPOSAL_BYTES + 1024 * 1024;
     let server = builder
@@ -613,31 +763,15 @@ pub async fn start(cfg: PeerConfig, plugins: PluginRegistry) -> Result<RunningPe
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             let _ = rx.changed().await;
         });
-    let mut tasks = vec![tokio::spawn(async move {
+    let server_task = tokio::spawn(async move {
         if let Err(e) = server.await {
             tracing::error!(error = %e, "peer gRPC server stopped");
         }
-    })];
-    for ch in channels.read().await.values() {
-        tasks.push(tokio::spawn(pull_blocks(
-            BlockPuller {
-                channel: ch.clone(),
-                plugins: plugins.clone(),
-                signer: signer.clone(),
-                client_tls: client_tls.clone(),
-                private_data: private_data.clone(),
-                packages: packages.clone(),
-                transient_retention: cfg.private_data.transient_retention_blocks,
-            },
-            shutdown_rx.clone(),
-        )));
-        tasks.push(tokio::spawn(reconcile_loop(
-            ch.clone(),
-            private_data.clone(),
-            Duration::from_millis(cfg.private_data.reconcile_interval_ms.max(100)),
-            shutdown_rx.clone(),
-        )));
-    }
+    });
+    tasks
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(server_task);
     let operations_address = match &cfg.operations_address {
         Some(a) => {
             let (l, addr) =
@@ -647,13 +781,17 @@ pub async fn start(cfg: PeerConfig, plugins: PluginRegistry) -> Result<RunningPe
                         addr: a.clone(),
                         reason: e.to_string(),
                     })?;
-            let ledgers: Vec<(String, Arc<Ledger>)> = channels
-                .read()
-                .await
-                .values()
-                .map(|c| (c.id().to_owned(), c.ledger.clone()))
-                .collect();
+            // Channels joined later are included: the map is read at every scrape.
+            let scraped = channels.clone();
             let metrics = Arc::new(move || {
+                let ledgers: Vec<(String, Arc<Ledger>)> = scraped
+                    .try_read()
+                    .map(|m| {
+                        m.values()
+                            .map(|c| (c.id().to_owned(), c.ledger.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 ledgers
                     .iter()
                     .map(|(id, l)| medledger_common::ops::Metric {
@@ -666,12 +804,13 @@ pub async fn start(cfg: PeerConfig, plugins: PluginRegistry) -> Result<RunningPe
                     .collect()
             });
             let mut rx = shutdown_rx.clone();
-            tasks.push(tokio::spawn(async move {
+            let ops = tokio::spawn(async move {
                 let _ = medledger_common::ops::serve(l, metrics, async move {
                     let _ = rx.changed().await;
                 })
                 .await;
-            }));
+            });
+            tasks.lock().unwrap_or_else(|e| e.into_inner()).push(ops);
             Some(addr)
         }
         None => None,

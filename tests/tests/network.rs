@@ -96,6 +96,12 @@ fn network_up_deploy_invoke_and_down() {
     let (ok, out) = run(&bin_dir, "up");
     assert!(ok, "up failed:\n{out}");
     assert!(out.contains("network is up"), "{out}");
+    assert_eq!(
+        out.matches("Successfully submitted proposal to join channel")
+            .count(),
+        2,
+        "both peers join the channel through the CLI:\n{out}"
+    );
     let (ok, out2) = run(&bin_dir, "up");
     assert!(!ok && out2.contains("already up"), "{out2}");
 

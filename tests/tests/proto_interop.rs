@@ -210,6 +210,7 @@ fn field_numbers_match_fabric_protos() -> anyhow::Result<()> {
         "peer/events.proto",
         "peer/policy.proto",
         "peer/proposal.proto",
+        "peer/query.proto",
         "peer/proposal_response.proto",
         "peer/transaction.proto",
         "peer/lifecycle/lifecycle.proto",
