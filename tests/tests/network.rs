@@ -93,6 +93,25 @@ fn network_up_deploy_invoke_and_down() {
         "deployCC before up must refuse: {out}"
     );
 
+    // A missing binary and a port in use: clear messages, nothing left running.
+    let empty = tempfile::tempdir().expect("tempdir");
+    let (ok, out) = run(empty.path(), "up");
+    assert!(
+        !ok && out.contains("missing binary"),
+        "up without binaries must say so: {out}"
+    );
+    let busy = std::net::TcpListener::bind("127.0.0.1:7051").expect("port 7051 free for the test");
+    let (ok, out) = run(&bin_dir, "up");
+    assert!(
+        !ok && out.contains("port 7051 is in use"),
+        "up with a port in use must say so: {out}"
+    );
+    drop(busy);
+    assert!(
+        !script().parent().unwrap().join("pids").exists(),
+        "a refused up leaves nothing behind"
+    );
+
     let (ok, out) = run(&bin_dir, "up");
     assert!(ok, "up failed:\n{out}");
     assert!(out.contains("network is up"), "{out}");
