@@ -69,17 +69,14 @@ start() { # name command...
 }
 
 build() {
-  local need=0
-  for b in medledger-ca medledger-orderer medledger-peer kvstore-chaincode medical-chaincode; do
-    [ -x "$BIN/$b" ] || need=1
-  done
-  if [ "$need" = 1 ] && [ -z "${MEDLEDGER_BIN:-}" ]; then
-    say "building release binaries (the first build compiles RocksDB: about 10-15 minutes)"
+  if [ -z "${MEDLEDGER_BIN:-}" ]; then
+    # Always let cargo decide: a no-op when up to date, and never a stale binary after a pull.
     if ! ldconfig -p 2>/dev/null | grep -q libclang; then
       say "installing libclang-dev (RocksDB's bindings need it)"
       SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
       $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libclang-dev >/dev/null
     fi
+    [ -x "$BIN/medledger-peer" ] || say "building release binaries (the first build compiles RocksDB: about 10-15 minutes)"
     (cd "$ROOT" && cargo build --release -p medledger-ca -p medledger-orderer -p medledger-peer -p medledger-shim -p medledger-medical-chaincode --bins)
   fi
   for b in medledger-ca medledger-orderer medledger-peer kvstore-chaincode medical-chaincode; do

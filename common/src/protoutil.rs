@@ -128,6 +128,15 @@ pub fn block_data_hash(data: &BlockData) -> [u8; 32] {
     sha256_concat(&parts)
 }
 
+/// A block's envelopes (none for a block without data).
+pub fn block_envelopes(block: &Block) -> &[Vec<u8>] {
+    block
+        .data
+        .as_ref()
+        .map(|d| d.data.as_slice())
+        .unwrap_or_default()
+}
+
 /// A new block with its header hashes filled and Fabric's five empty metadata slots.
 pub fn new_block(number: u64, previous_hash: Vec<u8>, envelopes: Vec<Vec<u8>>) -> Block {
     let data = BlockData { data: envelopes };

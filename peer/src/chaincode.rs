@@ -26,6 +26,20 @@ use crate::simulator::{SimulationError, TxSimulator};
 /// Results per QueryResponse batch, as Fabric sends them.
 const QUERY_BATCH: usize = 100;
 
+/// Query results as the shim expects them: encoded `queryresult.KV` rows.
+fn kv_rows(ns: &str, rows: Vec<(String, Vec<u8>)>) -> VecDeque<Vec<u8>> {
+    rows.into_iter()
+        .map(|(key, value)| {
+            Kv {
+                namespace: ns.to_owned(),
+                key,
+                value,
+            }
+            .encode_to_vec()
+        })
+        .collect()
+}
+
 /// Where a chaincode server is, from the installed package's `connection.json`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 pub struct ConnectionInfo {
@@ -311,6 +325,20 @@ impl ChaincodeSupport {
         }
     }
 
+    /// The first batch of `rows`; the rest waits under a new iterator id for QUERY_STATE_NEXT.
+    fn first_batch(
+        &self,
+        mut rows: VecDeque<Vec<u8>>,
+        iterators: &mut HashMap<String, VecDeque<Vec<u8>>>,
+    ) -> QueryResponse {
+        let id = format!("it{}", self.next_iterator.fetch_add(1, Ordering::Relaxed));
+        let resp = self.batch(id.clone(), &mut rows);
+        if resp.has_more {
+            iterators.insert(id, rows);
+        }
+        resp
+    }
+
     fn batch(&self, id: String, rows: &mut VecDeque<Vec<u8>>) -> QueryResponse {
         let n = rows.len().min(QUERY_BATCH);
         let results: Vec<QueryResultBytes> = rows
@@ -413,23 +441,9 @@ impl ChaincodeSupport {
                     let rows = sim
                         .private_range(ns, &r.collection, &r.start_key, &r.end_key)
                         .map_err(sim_err)?;
-                    let mut encoded: VecDeque<Vec<u8>> = rows
-                        .into_iter()
-                        .map(|(key, value)| {
-                            Kv {
-                                namespace: ns.to_owned(),
-                                key,
-                                value,
-                            }
-                            .encode_to_vec()
-                        })
-                        .collect();
-                    let id = format!("it{}", self.next_iterator.fetch_add(1, Ordering::Relaxed));
-                    let resp = self.batch(id.clone(), &mut encoded);
-                    if resp.has_more {
-                        iterators.insert(id, encoded);
-                    }
-                    return Ok(resp.encode_to_vec());
+                    return Ok(self
+                        .first_batch(kv_rows(ns, rows), iterators)
+                        .encode_to_vec());
                 }
                 let paging = if r.metadata.is_empty() {
                     None
@@ -442,19 +456,9 @@ impl ChaincodeSupport {
                 };
                 let page = paging.as_ref().map(|p| p.page_size.max(1) as usize);
                 let (rows, next) = sim.range(ns, &start, &r.end_key, page).map_err(sim_err)?;
-                let mut encoded: VecDeque<Vec<u8>> = rows
-                    .into_iter()
-                    .map(|(key, value)| {
-                        Kv {
-                            namespace: ns.to_owned(),
-                            key,
-                            value,
-                        }
-                        .encode_to_vec()
-                    })
-                    .collect();
-                let id = format!("it{}", self.next_iterator.fetch_add(1, Ordering::Relaxed));
+                let mut encoded = kv_rows(ns, rows);
                 if page.is_some() {
+                    let id = format!("it{}", self.next_iterator.fetch_add(1, Ordering::Relaxed));
                     let count = encoded.len() as i32;
                     let mut resp = QueryResponse {
                         results: encoded
@@ -472,11 +476,7 @@ impl ChaincodeSupport {
                     .encode_to_vec();
                     Ok(resp.encode_to_vec())
                 } else {
-                    let resp = self.batch(id.clone(), &mut encoded);
-                    if resp.has_more {
-                        iterators.insert(id, encoded);
-                    }
-                    Ok(resp.encode_to_vec())
+                    Ok(self.first_batch(encoded, iterators).encode_to_vec())
                 }
             }),
             Ok(Msg::GetHistoryForKey) => dec::<GetHistoryForKey>(&msg.payload).and_then(|r| {
@@ -484,7 +484,7 @@ impl ChaincodeSupport {
                     .ledger()
                     .history(ns, &r.key)
                     .map_err(|e| e.to_string())?;
-                let mut encoded: VecDeque<Vec<u8>> = history
+                let encoded: VecDeque<Vec<u8>> = history
                     .into_iter()
                     .rev()
                     .map(|h| {
@@ -493,16 +493,13 @@ impl ChaincodeSupport {
                             value: h.value,
                             timestamp: Some(h.timestamp.unwrap_or_default()),
                             is_delete: h.is_delete,
+                            medledger_block_num: h.block_num,
+                            medledger_tx_num: h.tx_num,
                         }
                         .encode_to_vec()
                     })
                     .collect();
-                let id = format!("it{}", self.next_iterator.fetch_add(1, Ordering::Relaxed));
-                let resp = self.batch(id.clone(), &mut encoded);
-                if resp.has_more {
-                    iterators.insert(id, encoded);
-                }
-                Ok(resp.encode_to_vec())
+                Ok(self.first_batch(encoded, iterators).encode_to_vec())
             }),
             Ok(Msg::QueryStateNext) => dec::<QueryStateNext>(&msg.payload).and_then(|r| {
                 let rows = iterators

@@ -88,11 +88,7 @@ pub fn transactions(block: &Block) -> impl Iterator<Item = (&[u8], i32)> {
         })
         .map(Vec::as_slice)
         .unwrap_or_default();
-    block
-        .data
-        .as_ref()
-        .map(|d| d.data.as_slice())
-        .unwrap_or_default()
+    medledger_common::protoutil::block_envelopes(block)
         .iter()
         .enumerate()
         .map(move |(i, env)| {

@@ -597,13 +597,13 @@ fn readiness_args(a: CheckCommitReadinessArgs) -> CommitChaincodeDefinitionArgs 
     })
 }
 
-fn check_commit_readiness(
+/// A definition that may be committed next: it resolves and its sequence follows the committed one.
+fn check_next(
     sim: &mut TxSimulator,
     config: &ChannelConfig,
-    input: &[u8],
-) -> Result<Vec<u8>, String> {
-    let def = readiness_args(decode(input, "check commit readiness arguments")?);
-    resolve(&def, config).map_err(|e| e.to_string())?;
+    def: &CommitChaincodeDefinitionArgs,
+) -> Result<(), String> {
+    resolve(def, config).map_err(|e| e.to_string())?;
     let (current, _) = committed_sequence(sim, &def.name)?;
     if def.sequence != current + 1 {
         return Err(format!(
@@ -612,6 +612,16 @@ fn check_commit_readiness(
             current + 1
         ));
     }
+    Ok(())
+}
+
+fn check_commit_readiness(
+    sim: &mut TxSimulator,
+    config: &ChannelConfig,
+    input: &[u8],
+) -> Result<Vec<u8>, String> {
+    let def = readiness_args(decode(input, "check commit readiness arguments")?);
+    check_next(sim, config, &def)?;
     Ok(CheckCommitReadinessResult {
         approvals: approvals(sim, config, &def)?.into_iter().collect(),
     }
@@ -625,15 +635,7 @@ fn commit(
     input: &[u8],
 ) -> Result<Vec<u8>, String> {
     let def = canonical(decode(input, "commit arguments")?);
-    resolve(&def, config).map_err(|e| e.to_string())?;
-    let (current, _) = committed_sequence(sim, &def.name)?;
-    if def.sequence != current + 1 {
-        return Err(format!(
-            "requested sequence is {}, but new definition must be sequence {}",
-            def.sequence,
-            current + 1
-        ));
-    }
+    check_next(sim, config, &def)?;
     let approvals = approvals(sim, config, &def)?;
     if approvals.get(local_msp) != Some(&true) {
         return Err(format!(

@@ -379,11 +379,7 @@ fn reload_definitions(channel: &Channel, packages: &PackageStore) -> Result<(), 
 
 /// Whether a block carries a transaction of the `_lifecycle` chaincode.
 fn touches_lifecycle(block: &Block) -> bool {
-    block
-        .data
-        .as_ref()
-        .map(|d| d.data.as_slice())
-        .unwrap_or_default()
+    medledger_common::protoutil::block_envelopes(block)
         .iter()
         .any(|env| {
             crate::deliver::chaincode_actions(env)

@@ -60,11 +60,7 @@ pub struct PvtNeed {
 /// transaction's, valid or not (validity is decided later; unused ones are dropped then).
 pub fn block_needs(channel: &Channel, block: &Block) -> Vec<PvtNeed> {
     let number = block.header.as_ref().map(|h| h.number).unwrap_or_default();
-    let envelopes = block
-        .data
-        .as_ref()
-        .map(|d| d.data.as_slice())
-        .unwrap_or_default();
+    let envelopes = medledger_common::protoutil::block_envelopes(block);
     let mut out = Vec::new();
     for (tx_num, env) in envelopes.iter().enumerate() {
         let (tx_id, actions) = chaincode_actions(env);

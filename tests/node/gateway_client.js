@@ -1,5 +1,6 @@
 // Drives a MedLedger peer with the real npm @hyperledger/fabric-gateway client: evaluate, submit
-// (waiting for the commit), submitAsync + getStatus, a chaincode event, and a chaincode error.
+// (waiting for the commit), submitAsync + getStatus, a chaincode event, private data through
+// transientData, and a chaincode error.
 //
 //   node gateway_client.js <host:port> <tls root pem> <msp id> <cert pem> <key pem> <channel> <chaincode>
 'use strict';
@@ -44,6 +45,12 @@ async function main() {
             block: Number(first.value.blockNumber),
         };
         events.close();
+
+        await contract.submit('PutPrivate', {
+            arguments: [`_implicit_org_${mspId}`, 'npm-private'],
+            transientData: { value: 'npm-secret-value' },
+        });
+        out.private_result = utf8(await contract.evaluateTransaction('GetPrivate', `_implicit_org_${mspId}`, 'npm-private'));
 
         try {
             await contract.evaluateTransaction('Fail', 'no such record');

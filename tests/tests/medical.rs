@@ -77,7 +77,8 @@ async fn record_shared_under_consent_then_revoked_with_full_provenance() -> anyh
     let mut h1 = net.gateway(0, doctor1.clone()).await?;
     let record = r#"{"id":"R-1","patientId":"P-0042","resourceType":"Observation"}"#;
     let transient = HashMap::from([("content".to_owned(), CONTENT.as_bytes().to_vec())]);
-    let (create_tx, _, _, out) = h1.submit_with(&["CreateRecord", record], transient).await?;
+    let (create_tx, _, create_block, out) =
+        h1.submit_with(&["CreateRecord", record], transient).await?;
     assert_eq!(json(&out)?["custodian"], "Hospital1MSP");
 
     let mut as_patient = net.gateway(0, patient.clone()).await?;
@@ -139,6 +140,7 @@ async fn record_shared_under_consent_then_revoked_with_full_provenance() -> anyh
     let versions = prov["versions"].as_array().cloned().unwrap_or_default();
     assert_eq!(versions.len(), 1);
     assert_eq!(versions[0]["txId"], create_tx);
+    assert_eq!(versions[0]["block"], create_block, "{prov}");
     assert_eq!(versions[0]["authorMsp"], "Hospital1MSP");
     assert!(
         versions[0]["authorSubject"]

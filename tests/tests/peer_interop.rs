@@ -51,6 +51,10 @@ async fn npm_fabric_gateway_client_evaluates_submits_and_gets_events() -> anyhow
     assert_eq!(v["event"]["name"], "Put");
     assert_eq!(v["event"]["payload"], "npm-key");
     assert_eq!(v["event"]["chaincode"], CHAINCODE);
+    assert_eq!(
+        v["private_result"], "npm-secret-value",
+        "transientData reaches PutPrivateData; the value reads back from the collection"
+    );
     let err = &v["error"];
     assert_eq!(
         err["code"], 2,
@@ -72,6 +76,13 @@ async fn npm_fabric_gateway_client_evaluates_submits_and_gets_events() -> anyhow
             ch.ledger.state(CHAINCODE, "npm-key-2")?.map(|v| v.value),
             Some(b"second".to_vec())
         );
+        for n in 0..ch.ledger.height() {
+            let b = prost::Message::encode_to_vec(&ch.ledger.block(n)?.unwrap_or_default());
+            assert!(
+                !b.windows(16).any(|w| w == b"npm-secret-value"),
+                "the transient value is in no block"
+            );
+        }
     }
     Ok(())
 }

@@ -47,6 +47,8 @@ pub struct Change {
     pub timestamp: i64,
     pub value: Vec<u8>,
     pub is_delete: bool,
+    /// The block that committed it.
+    pub block: u64,
 }
 
 /// A transaction's view of the ledger.
@@ -145,6 +147,7 @@ impl Ctx for Stub {
                 timestamp: m.timestamp_seconds,
                 value: m.value,
                 is_delete: m.is_delete,
+                block: m.block_num,
             })
             .collect())
     }
@@ -216,6 +219,8 @@ pub struct MemoryLedger {
     /// Collections whose values this (simulated) peer holds; reads of others fail as on a
     /// non-member peer.
     pub member_of: Vec<String>,
+    /// Committed transactions so far (each commit is its own block).
+    pub height: u64,
 }
 
 /// One transaction against a [`MemoryLedger`].
@@ -252,6 +257,8 @@ impl<'a> MemoryCtx<'a> {
 
     /// Applies the writes, as a valid commit would.
     pub fn commit(self) {
+        let block = self.ledger.height;
+        self.ledger.height += 1;
         for (k, v) in self.private_writes {
             match v {
                 Some(v) => self.ledger.private.insert(k, v),
@@ -268,6 +275,7 @@ impl<'a> MemoryCtx<'a> {
                     timestamp: self.now,
                     value: v.clone(),
                     is_delete: false,
+                    block,
                 });
             self.ledger.state.insert(k, v);
         }

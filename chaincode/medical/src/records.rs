@@ -106,6 +106,8 @@ pub struct RecordPage {
 pub struct VersionEntry {
     pub version: u32,
     pub tx_id: String,
+    /// The block that committed this version.
+    pub block: u64,
     pub timestamp: i64,
     pub author_msp: String,
     pub author_subject: String,
@@ -545,6 +547,7 @@ pub async fn provenance<C: Ctx>(ctx: &mut C, id: &str) -> Result<Provenance, Con
         versions.push(VersionEntry {
             version: v.version,
             tx_id: change.tx_id,
+            block: change.block,
             timestamp: change.timestamp,
             author_msp: v.author_msp,
             author_subject: v.author_subject,

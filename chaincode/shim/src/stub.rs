@@ -36,6 +36,8 @@ pub struct KeyModification {
     pub value: Vec<u8>,
     pub timestamp_seconds: i64,
     pub is_delete: bool,
+    /// The block that committed the write (a MedLedger peer's extension; 0 from a Fabric peer).
+    pub block_num: u64,
 }
 
 /// The submitting client, from the proposal's creator.
@@ -572,6 +574,7 @@ impl Stub {
                         value: m.value,
                         timestamp_seconds: m.timestamp.map(|t| t.seconds).unwrap_or_default(),
                         is_delete: m.is_delete,
+                        block_num: m.medledger_block_num,
                     })
                     .map_err(|e| ShimError::Malformed(e.to_string()))
             })
