@@ -218,6 +218,10 @@ struct RevokeArgs {
 #[derive(Subcommand, Debug)]
 enum IdentityCommand {
     /// List the identities the registrar may act on.
+    #[command(
+        after_help = "Example:\n  medledger-ca identity list -u https://localhost:7054 --tls-certfiles ca-hospital1/tls-cert.pem \\\n    \
+        --mspdir admin/msp --mspid Hospital1MSP"
+    )]
     List(ClientArgs),
 }
 
