@@ -24,7 +24,7 @@ use medledger_proto::lifecycle::{
     ApproveChaincodeDefinitionForMyOrgArgs, ChaincodeSource, CheckCommitReadinessArgs,
     CheckCommitReadinessResult, CommitChaincodeDefinitionArgs, InstallChaincodeArgs,
     InstallChaincodeResult, QueryChaincodeDefinitionArgs, QueryChaincodeDefinitionResult,
-    chaincode_source,
+    QueryInstalledChaincodesResult, chaincode_source,
 };
 use medledger_proto::protos::endorser_client::EndorserClient;
 use medledger_proto::protos::{ApplicationPolicy, ChannelQueryResponse, application_policy};
@@ -164,6 +164,15 @@ enum LifecycleChaincode {
     )]
     Install {
         package: PathBuf,
+        #[command(flatten)]
+        target: PeerTarget,
+    },
+    /// List the packages installed on a peer (as an admin of the peer's organisation).
+    #[command(
+        after_help = "Example:\n  medledger-peer lifecycle chaincode queryinstalled --peerAddresses localhost:7051 \\\n    \
+        --tlsRootCertFiles organizations/hospital1/tlsca/tlsca-cert.pem"
+    )]
+    Queryinstalled {
         #[command(flatten)]
         target: PeerTarget,
     },
@@ -639,6 +648,22 @@ async fn lifecycle(cmd: LifecycleChaincode) -> Result<(), NodeError> {
                 "Chaincode code package identifier: {} (label {})",
                 r.package_id, r.label
             );
+            Ok(())
+        }
+        LifecycleChaincode::Queryinstalled { target } => {
+            let resp = Session::open(&target)
+                .await?
+                .ask_peer(
+                    crate::lifecycle::LIFECYCLE,
+                    vec![b"QueryInstalledChaincodes".to_vec(), Vec::new()],
+                )
+                .await?;
+            let r = QueryInstalledChaincodesResult::decode(resp.payload.as_slice())
+                .map_err(|e| NodeError::Config(format!("installed chaincodes: {e}")))?;
+            println!("Installed chaincodes on peer:");
+            for c in r.installed_chaincodes {
+                println!("Package ID: {}, Label: {}", c.package_id, c.label);
+            }
             Ok(())
         }
         LifecycleChaincode::Approveformyorg {

@@ -16,7 +16,8 @@ use medledger_common::policy::Policy;
 use medledger_proto::lifecycle::{
     ApproveChaincodeDefinitionForMyOrgArgs, CheckCommitReadinessArgs, CheckCommitReadinessResult,
     CommitChaincodeDefinitionArgs, InstallChaincodeResult, QueryChaincodeDefinitionArgs,
-    QueryChaincodeDefinitionResult, chaincode_source,
+    QueryChaincodeDefinitionResult, QueryInstalledChaincodesResult, chaincode_source,
+    query_installed_chaincodes_result,
 };
 use medledger_proto::protos::{ApplicationPolicy, Response, application_policy};
 use prost::Message;
@@ -205,6 +206,34 @@ impl PackageStore {
         std::fs::write(&tmp, package).map_err(err)?;
         std::fs::rename(&tmp, &path).map_err(err)?;
         Ok(p)
+    }
+
+    /// Every installed package, by package id.
+    pub fn list(&self) -> Result<Vec<InstalledPackage>, LifecycleError> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(LifecycleError::Store {
+                    path: self.dir.clone(),
+                    reason: e.to_string(),
+                });
+            }
+        };
+        let mut out = Vec::new();
+        for e in entries.flatten() {
+            let path = e.path();
+            if !path.to_string_lossy().ends_with(".tar.gz") {
+                continue;
+            }
+            let bytes = std::fs::read(&path).map_err(|err| LifecycleError::Store {
+                path: path.clone(),
+                reason: err.to_string(),
+            })?;
+            out.push(parse_package(&bytes)?);
+        }
+        out.sort_by(|a, b| a.package_id.cmp(&b.package_id));
+        Ok(out)
     }
 
     /// An installed package by id.
@@ -682,13 +711,32 @@ fn query(sim: &mut TxSimulator, config: &ChannelConfig, input: &[u8]) -> Result<
     .encode_to_vec())
 }
 
-/// Answers an `InstallChaincode` proposal addressed to this peer (no channel).
+/// Answers a `_lifecycle` proposal addressed to this peer (no channel): `InstallChaincode`
+/// and `QueryInstalledChaincodes`, for admins of the peer's organisation.
 pub fn install(packages: &PackageStore, creator: &Identity, args: &[Vec<u8>]) -> Response {
     if creator.role != NodeRole::Admin {
-        return fail("only an admin of the peer's organisation may install chaincode");
+        return fail("only an admin of the peer's organisation may install or list chaincode");
+    }
+    if args.first().map(Vec::as_slice) == Some(b"QueryInstalledChaincodes".as_slice()) {
+        return match packages.list() {
+            Ok(list) => ok(QueryInstalledChaincodesResult {
+                installed_chaincodes: list
+                    .into_iter()
+                    .map(|p| query_installed_chaincodes_result::InstalledChaincode {
+                        package_id: p.package_id,
+                        label: p.label,
+                        references: Default::default(),
+                    })
+                    .collect(),
+            }
+            .encode_to_vec()),
+            Err(e) => fail(e.to_string()),
+        };
     }
     if args.first().map(Vec::as_slice) != Some(b"InstallChaincode".as_slice()) {
-        return fail("only InstallChaincode is addressed to a peer without a channel");
+        return fail(
+            "only InstallChaincode and QueryInstalledChaincodes are addressed to a peer without a channel",
+        );
     }
     let a: medledger_proto::lifecycle::InstallChaincodeArgs = match decode(
         args.get(1).map(Vec::as_slice).unwrap_or_default(),

@@ -157,6 +157,18 @@ async fn package_install_approve_commit_then_invoke() -> anyhow::Result<()> {
         );
     }
 
+    let (ok, out) = cli.run(
+        &net,
+        1,
+        "Hospital2MSP",
+        &admins[1],
+        &["lifecycle", "chaincode", "queryinstalled"],
+    );
+    assert!(
+        ok && out.contains(&format!("Package ID: {package_id}, Label: medical_1.0")),
+        "{out}"
+    );
+
     let approve = |i: usize, seq: &str| {
         let mut args = vec!["lifecycle", "chaincode", "approveformyorg"];
         args.extend(def_args(seq, &collections));
