@@ -127,9 +127,15 @@ fn network_up_deploy_invoke_and_down() {
     let (ok, out) = run(&bin_dir, "deployCC");
     let readme = readme_block(&bin_dir, "Using the network");
     let walkthrough = readme_block(&bin_dir, "Walkthrough");
+    let ca_block = readme_block(&bin_dir, "The certificate authority");
     let (down_ok, down_out) = run(&bin_dir, "down");
     let (readme_ok, readme_out) = readme;
     let (walk_ok, walk_out) = walkthrough;
+    let (ca_ok, ca_out) = ca_block;
+    assert!(
+        ca_ok && ca_out.contains("enrolled doctor1"),
+        "the README's CA commands failed:\n{ca_out}"
+    );
     assert!(walk_ok, "the README walkthrough failed:\n{walk_out}");
     for (what, needle) in [
         (
