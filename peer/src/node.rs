@@ -790,12 +790,25 @@ pub async fn start(cfg: PeerConfig, plugins: PluginRegistry) -> Result<RunningPe
                     .unwrap_or_default();
                 ledgers
                     .iter()
-                    .map(|(id, l)| medledger_common::ops::Metric {
-                        name: "ledger_blockchain_height".into(),
-                        help: "Blocks committed on the channel".into(),
-                        kind: "gauge",
-                        labels: vec![("channel".into(), id.clone())],
-                        value: l.height() as f64,
+                    .flat_map(|(id, l)| {
+                        let labels = vec![("channel".to_owned(), id.clone())];
+                        [
+                            medledger_common::ops::Metric {
+                                name: "ledger_blockchain_height".into(),
+                                help: "Blocks committed on the channel".into(),
+                                kind: "gauge",
+                                labels: labels.clone(),
+                                value: l.height() as f64,
+                            },
+                            medledger_common::ops::Metric {
+                                name: "pvtdata_missing_writesets".into(),
+                                help: "Private write sets this member still lacks (reconciliation pending)"
+                                    .into(),
+                                kind: "gauge",
+                                labels,
+                                value: l.pvt_missing(100_000).map(|m| m.len()).unwrap_or(0) as f64,
+                            },
+                        ]
                     })
                     .collect()
             });

@@ -374,17 +374,7 @@ async fn bad_input_is_refused_and_ordering_goes_on() -> anyhow::Result<()> {
         .as_ref()
         .and_then(|r| r.operations_address)
         .expect("operations address");
-    let get = |path: &'static str| async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(ops).await?;
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await?;
-        let mut body = String::new();
-        s.read_to_string(&mut body).await?;
-        anyhow::Ok(body)
-    };
+    let get = |path: &'static str| medledger_tests::http_get(ops, path);
     assert!(get("/healthz").await?.contains("\"status\":\"OK\""));
     let metrics = get("/metrics").await?;
     assert!(

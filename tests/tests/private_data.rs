@@ -268,6 +268,15 @@ async fn member_that_was_down_gets_the_data_by_reconciliation() -> anyhow::Resul
         !ch2.ledger.pvt_missing(10)?.is_empty(),
         "missing private data is recorded"
     );
+    let ops = net.peers[1]
+        .as_ref()
+        .and_then(|p| p.operations_address)
+        .context("operations address")?;
+    let metrics = medledger_tests::http_get(ops, "/metrics").await?;
+    assert!(
+        metrics.contains("pvtdata_missing_writesets{channel=\"medchannel\"} 2"),
+        "operators see what is missing:\n{metrics}"
+    );
     // ... and reconciled in the background once Hospital1 is back.
     net.start_peer(0).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
