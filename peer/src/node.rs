@@ -358,6 +358,12 @@ fn open_channel_with(
     Ok(channel)
 }
 
+/// The channel id a genesis block file names (`None` if it does not read as one).
+fn genesis_channel_id(path: &Path) -> Option<String> {
+    let block = Block::decode(std::fs::read(path).ok()?.as_slice()).ok()?;
+    ChannelConfig::from_block(&block).ok().map(|c| c.channel_id)
+}
+
 /// Applies the definitions committed through `_lifecycle` to the channel.
 fn reload_definitions(channel: &Channel, packages: &PackageStore) -> Result<(), NodeError> {
     let defs = committed_definitions(
@@ -686,8 +692,16 @@ pub async fn start(cfg: PeerConfig, plugins: PluginRegistry) -> Result<RunningPe
         shutdown: shutdown_rx.clone(),
         tasks: tasks.clone(),
     });
+    let configured: Vec<String> = cfg
+        .channels
+        .iter()
+        .filter_map(|c| genesis_channel_id(&c.genesis_block))
+        .collect();
     let mut to_open = cfg.channels.clone();
-    to_open.extend(runner.joined());
+    // A channel joined at run time and later also configured is opened once.
+    to_open.extend(runner.joined().into_iter().filter(|c| {
+        genesis_channel_id(&c.genesis_block).is_none_or(|id| !configured.contains(&id))
+    }));
     for c in &to_open {
         if let Err(e) = runner.run(c).await {
             let _ = shutdown.send(true);

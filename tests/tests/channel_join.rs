@@ -136,11 +136,19 @@ async fn admin_joins_a_new_peer_which_catches_up_and_stays_joined() -> anyhow::R
 
     // After a restart it is still joined, from its own data directory.
     peer.stop().await;
-    let peer = start(cfg, PluginRegistry::default()).await?;
+    let peer = start(cfg.clone(), PluginRegistry::default()).await?;
     assert!(
         peer.channel(CHANNEL).await.is_some(),
         "still joined after restart"
     );
+    peer.stop().await;
+    // Joined, and now configured as well: opened once.
+    cfg.channels = vec![medledger_peer::node::ChannelJoinConfig {
+        genesis_block: net.orderers.genesis_path.clone(),
+        chaincodes: vec![],
+    }];
+    let peer = start(cfg, PluginRegistry::default()).await?;
+    assert_eq!(peer.channels.read().await.len(), 1);
     peer.stop().await;
     Ok(())
 }
