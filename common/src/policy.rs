@@ -5,8 +5,8 @@
 use medledger_proto::common::msp_principal::Classification;
 use medledger_proto::common::signature_policy::{NOutOf, Type as RuleType};
 use medledger_proto::common::{
-    ImplicitMetaPolicy, MspPrincipal, MspRole, SignaturePolicy, SignaturePolicyEnvelope,
-    implicit_meta_policy::Rule, msp_role::MspRoleType,
+    ImplicitMetaPolicy, MspPrincipal, MspRole, OrganizationUnit, SignaturePolicy,
+    SignaturePolicyEnvelope, implicit_meta_policy::Rule, msp_role::MspRoleType,
 };
 use prost::Message;
 
@@ -283,10 +283,12 @@ pub fn n_out_of_roles(n: i32, principals: &[(String, MspRoleType)]) -> Signature
 // ---------------------------------------------------------------------------------------------
 // Evaluation
 
+/// Evaluates a rule over `n` candidate signers, `satisfies(k, principal)` telling whether
+/// candidate `k` satisfies a principal; each candidate counts for at most one principal.
 fn eval_rule(
     rule: &SignaturePolicy,
     principals: &[MspPrincipal],
-    signers: &[Identity],
+    satisfies: &dyn Fn(usize, &MspPrincipal) -> bool,
     used: &mut [bool],
     depth: usize,
 ) -> bool {
@@ -298,9 +300,9 @@ fn eval_rule(
             let Some(p) = usize::try_from(*i).ok().and_then(|i| principals.get(i)) else {
                 return false;
             };
-            for (k, s) in signers.iter().enumerate() {
-                if !used[k] && s.satisfies(p) {
-                    used[k] = true;
+            for (k, u) in used.iter_mut().enumerate() {
+                if !*u && satisfies(k, p) {
+                    *u = true;
                     return true;
                 }
             }
@@ -310,7 +312,7 @@ fn eval_rule(
             let mut satisfied = 0;
             for sub in &n.rules {
                 let mut trial = used.to_vec();
-                if eval_rule(sub, principals, signers, &mut trial, depth + 1) {
+                if eval_rule(sub, principals, satisfies, &mut trial, depth + 1) {
                     used.copy_from_slice(&trial);
                     satisfied += 1;
                 }
@@ -321,12 +323,33 @@ fn eval_rule(
     }
 }
 
+fn envelope_satisfied(
+    env: &SignaturePolicyEnvelope,
+    n: usize,
+    satisfies: &dyn Fn(usize, &MspPrincipal) -> bool,
+) -> bool {
+    let Some(rule) = &env.rule else { return false };
+    let mut used = vec![false; n];
+    eval_rule(rule, &env.identities, satisfies, &mut used, 0)
+}
+
 /// Whether distinct, already-verified signers satisfy a signature policy. Each signer counts
 /// for at most one principal.
 pub fn signature_policy_satisfied(env: &SignaturePolicyEnvelope, signers: &[Identity]) -> bool {
-    let Some(rule) = &env.rule else { return false };
-    let mut used = vec![false; signers.len()];
-    eval_rule(rule, &env.identities, signers, &mut used, 0)
+    envelope_satisfied(env, signers.len(), &|k, p| signers[k].satisfies(p))
+}
+
+/// The MSP a role or organisational-unit principal names (`None` for other principals).
+pub fn principal_msp_id(p: &MspPrincipal) -> Option<String> {
+    match Classification::try_from(p.principal_classification) {
+        Ok(Classification::Role) => MspRole::decode(p.principal.as_slice())
+            .ok()
+            .map(|r| r.msp_identifier),
+        Ok(Classification::OrganizationUnit) => OrganizationUnit::decode(p.principal.as_slice())
+            .ok()
+            .map(|o| o.msp_identifier),
+        _ => None,
+    }
 }
 
 /// A policy as channel configuration and chaincode definitions hold it.
@@ -343,12 +366,24 @@ pub enum Policy {
 impl Policy {
     /// Evaluates against verified signers.
     pub fn satisfied_by(&self, signers: &[Identity]) -> bool {
+        self.satisfied(signers.len(), &|k, p| signers[k].satisfies(p))
+    }
+
+    /// Evaluates with each organisation counting as one signer of any principal naming its MSP
+    /// (how lifecycle approvals are weighed against LifecycleEndorsement).
+    pub fn satisfied_by_organisations(&self, orgs: &[&str]) -> bool {
+        self.satisfied(orgs.len(), &|k, p| {
+            principal_msp_id(p).is_some_and(|m| m == orgs[k])
+        })
+    }
+
+    fn satisfied(&self, n: usize, satisfies: &dyn Fn(usize, &MspPrincipal) -> bool) -> bool {
         match self {
-            Policy::Signature(env) => signature_policy_satisfied(env, signers),
+            Policy::Signature(env) => envelope_satisfied(env, n, satisfies),
             Policy::ImplicitMeta { rule, sub_policies } => {
                 let ok = sub_policies
                     .iter()
-                    .filter(|p| p.satisfied_by(signers))
+                    .filter(|p| p.satisfied(n, satisfies))
                     .count();
                 let threshold = match rule {
                     Rule::Any => 1,
@@ -393,6 +428,26 @@ pub fn decode_signature_policy(bytes: &[u8]) -> Result<SignaturePolicyEnvelope, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn organisations_count_once_each_against_signature_and_meta_policies() {
+        let both = Policy::Signature(parse_signature_policy("AND('A.peer', 'B.member')").unwrap());
+        assert!(both.satisfied_by_organisations(&["A", "B"]));
+        assert!(!both.satisfied_by_organisations(&["A"]));
+        assert!(!both.satisfied_by_organisations(&["A", "C"]));
+        let majority = Policy::ImplicitMeta {
+            rule: Rule::Majority,
+            sub_policies: ["A", "B", "C"]
+                .iter()
+                .map(|o| {
+                    Policy::Signature(parse_signature_policy(&format!("OR('{o}.peer')")).unwrap())
+                })
+                .collect(),
+        };
+        assert!(majority.satisfied_by_organisations(&["A", "C"]));
+        assert!(!majority.satisfied_by_organisations(&["B"]));
+        assert!(!majority.satisfied_by_organisations(&[]));
+    }
 
     fn principals(env: &SignaturePolicyEnvelope) -> Vec<(String, i32)> {
         env.identities

@@ -6,14 +6,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use medledger_common::channelconfig::ChannelConfig;
 use medledger_common::msp::Identity;
-use medledger_common::policy::{Policy, parse_signature_policy};
-use medledger_proto::common::msp_principal::Classification;
-use medledger_proto::common::{MspPrincipal, MspRole, OrganizationUnit};
+use medledger_common::policy::{Policy, parse_signature_policy, principal_msp_id};
 use medledger_proto::protos::{
     ApplicationPolicy, CollectionConfig, CollectionConfigPackage, CollectionPolicyConfig,
     StaticCollectionConfig, application_policy, collection_config, collection_policy_config,
 };
-use prost::Message;
 use serde::Deserialize;
 
 /// Prefix of the implicit collection each organisation has on every chaincode.
@@ -204,19 +201,7 @@ fn member_orgs(policy: &medledger_proto::common::SignaturePolicyEnvelope) -> BTr
     policy
         .identities
         .iter()
-        .filter_map(
-            |p: &MspPrincipal| match Classification::try_from(p.principal_classification) {
-                Ok(Classification::Role) => MspRole::decode(p.principal.as_slice())
-                    .ok()
-                    .map(|r| r.msp_identifier),
-                Ok(Classification::OrganizationUnit) => {
-                    OrganizationUnit::decode(p.principal.as_slice())
-                        .ok()
-                        .map(|o| o.msp_identifier)
-                }
-                _ => None,
-            },
-        )
+        .filter_map(principal_msp_id)
         .collect()
 }
 

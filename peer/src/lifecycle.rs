@@ -446,52 +446,6 @@ fn approvals(
     Ok(out)
 }
 
-/// Whether the approving organisations satisfy a policy, each counting as its peers' signature.
-fn orgs_satisfy(policy: &Policy, orgs: &[&str]) -> bool {
-    use medledger_proto::common::signature_policy::Type;
-    use medledger_proto::common::{MspPrincipal, MspRole, SignaturePolicy};
-    fn rule(r: &SignaturePolicy, principals: &[MspPrincipal], orgs: &[&str]) -> bool {
-        match &r.r#type {
-            Some(Type::SignedBy(i)) => principals
-                .get(*i as usize)
-                .and_then(|p| MspRole::decode(p.principal.as_slice()).ok())
-                .is_some_and(|role| orgs.contains(&role.msp_identifier.as_str())),
-            Some(Type::NOutOf(n)) => {
-                n.rules.iter().filter(|x| rule(x, principals, orgs)).count() >= n.n.max(0) as usize
-            }
-            None => false,
-        }
-    }
-    match policy {
-        Policy::Signature(env) => env
-            .rule
-            .as_ref()
-            .is_some_and(|r| rule(r, &env.identities, orgs)),
-        Policy::ImplicitMeta { .. } => {
-            // An implicit meta policy over organisations' Endorsement sub-policies.
-            let Policy::ImplicitMeta {
-                rule: meta,
-                sub_policies,
-            } = policy
-            else {
-                return false;
-            };
-            let ok = sub_policies
-                .iter()
-                .filter(|p| orgs_satisfy(p, orgs))
-                .count();
-            let need = match meta {
-                medledger_proto::common::implicit_meta_policy::Rule::Any => 1,
-                medledger_proto::common::implicit_meta_policy::Rule::All => sub_policies.len(),
-                medledger_proto::common::implicit_meta_policy::Rule::Majority => {
-                    sub_policies.len() / 2 + 1
-                }
-            };
-            ok >= need
-        }
-    }
-}
-
 fn ok(payload: Vec<u8>) -> Response {
     Response {
         status: 200,
@@ -679,7 +633,7 @@ fn commit(
     let policy = config
         .policy("/Channel/Application/LifecycleEndorsement")
         .ok_or("the channel has no LifecycleEndorsement policy")?;
-    if !orgs_satisfy(policy, &approved) {
+    if !policy.satisfied_by_organisations(&approved) {
         return Err(format!(
             "chaincode definition not agreed to by enough organisations: approvals {approvals:?} do not satisfy LifecycleEndorsement"
         ));
