@@ -52,7 +52,7 @@ const PVT_STATE: &str = "pvt_state";
 const PVT_KEYS: &str = "pvt_keys";
 /// `block tx ns \0 coll` → sealed KVRWSet: committed private write sets, served to members.
 const PVT_WRITESETS: &str = "pvt_writesets";
-/// `len key ns \0 coll \0 key` + `block tx` → (): where a key's private writes are, for erasure.
+/// `ns \0 coll \0 len(key) key` + `block tx` → (): where a key's private writes are, for erasure.
 const PVT_INDEX: &str = "pvt_index";
 /// `block tx ns \0 coll` → (): committed private write sets this member does not have yet.
 const PVT_MISSING: &str = "pvt_missing";
@@ -142,6 +142,10 @@ pub struct Ledger {
 
 /// `(namespace, collection, key hash)`.
 type HashedKeyRef = (String, String, Vec<u8>);
+
+/// Keys to remove from stored write sets, gathered over a whole commit so that several keys of
+/// one write set are all removed (each removal rewrites the set).
+type Scrubs = std::collections::BTreeMap<PvtSlot, std::collections::BTreeSet<String>>;
 
 fn be(n: u64) -> [u8; 8] {
     n.to_be_bytes()
@@ -592,11 +596,17 @@ impl Ledger {
     ) -> Result<(), LedgerError> {
         let db = &self.db;
         let (ns, coll) = (&p.slot.namespace, &p.slot.collection);
+        // Only the writes applied are kept: a superseded or erased value is not stored either.
+        let mut kept = KvrwSet {
+            reads: p.set.reads.clone(),
+            ..Default::default()
+        };
         for w in &p.set.writes {
             let kh = pvt_hash(w.key.as_bytes());
             if !current(&kh, w.is_delete)? {
                 continue;
             }
+            kept.writes.push(w.clone());
             let k = coll_key(ns, coll, w.key.as_bytes());
             if w.is_delete {
                 batch.delete_cf(cf(db, PVT_STATE)?, &k);
@@ -633,33 +643,33 @@ impl Ledger {
             }
         }
         let sk = slot_key(&p.slot);
-        batch.put_cf(
-            cf(db, PVT_WRITESETS)?,
-            &sk,
-            self.seal(ns, coll, &sk, &p.set.encode_to_vec())?,
-        );
+        if !kept.writes.is_empty() {
+            batch.put_cf(
+                cf(db, PVT_WRITESETS)?,
+                &sk,
+                self.seal(ns, coll, &sk, &kept.encode_to_vec())?,
+            );
+        }
         batch.delete_cf(cf(db, PVT_MISSING)?, &sk);
         Ok(())
     }
 
-    /// Removes `key` from the stored write set of `slot` (erasure and blockToLive).
-    fn scrub_write_set(
-        &self,
-        batch: &mut WriteBatch,
-        slot: &PvtSlot,
-        key: &str,
-    ) -> Result<(), LedgerError> {
-        let Some(mut set) = self.pvt_write_set(slot)? else {
-            return Ok(());
-        };
-        set.writes.retain(|w| w.key != key);
-        set.reads.retain(|r| r.key != key);
-        let sk = slot_key(slot);
-        if set.writes.is_empty() {
-            batch.delete_cf(cf(&self.db, PVT_WRITESETS)?, &sk);
-        } else {
-            let sealed = self.seal(&slot.namespace, &slot.collection, &sk, &set.encode_to_vec())?;
-            batch.put_cf(cf(&self.db, PVT_WRITESETS)?, &sk, sealed);
+    /// Rewrites the stored write sets without the gathered keys (erasure and blockToLive).
+    fn scrub_write_sets(&self, batch: &mut WriteBatch, scrubs: Scrubs) -> Result<(), LedgerError> {
+        for (slot, keys) in scrubs {
+            let Some(mut set) = self.pvt_write_set(&slot)? else {
+                continue;
+            };
+            set.writes.retain(|w| !keys.contains(&w.key));
+            set.reads.retain(|r| !keys.contains(&r.key));
+            let sk = slot_key(&slot);
+            if set.writes.is_empty() {
+                batch.delete_cf(cf(&self.db, PVT_WRITESETS)?, &sk);
+            } else {
+                let sealed =
+                    self.seal(&slot.namespace, &slot.collection, &sk, &set.encode_to_vec())?;
+                batch.put_cf(cf(&self.db, PVT_WRITESETS)?, &sk, sealed);
+            }
         }
         Ok(())
     }
@@ -668,6 +678,7 @@ impl Ledger {
     fn erase(
         &self,
         batch: &mut WriteBatch,
+        scrubs: &mut Scrubs,
         ns: &str,
         coll: &str,
         key: &str,
@@ -695,7 +706,7 @@ impl Ledger {
                 namespace: ns.to_owned(),
                 collection: coll.to_owned(),
             };
-            self.scrub_write_set(batch, &slot, key)?;
+            scrubs.entry(slot).or_default().insert(key.to_owned());
             batch.delete_cf(cf(db, PVT_INDEX)?, &k);
         }
         Ok(())
@@ -770,6 +781,7 @@ impl Ledger {
         for m in &c.pvt_missing {
             batch.put_cf(cf(db, PVT_MISSING)?, slot_key(m), []);
         }
+        let mut scrubs = Scrubs::new();
         for p in &c.pvt_purges {
             let key = self.db.get_cf(
                 cf(db, PVT_KEYS)?,
@@ -778,17 +790,23 @@ impl Ledger {
             if let Some(key) = key {
                 let key = String::from_utf8(key)
                     .map_err(|_| LedgerError::Corrupt("private key is not UTF-8".into()))?;
-                self.erase(batch, &p.namespace, &p.collection, &key)?;
+                self.erase(batch, &mut scrubs, &p.namespace, &p.collection, &key)?;
             }
         }
         for txid in &c.transient_done {
             self.transient_delete(batch, txid)?;
         }
-        self.expire(batch, number)
+        self.expire(batch, &mut scrubs, number)?;
+        self.scrub_write_sets(batch, scrubs)
     }
 
     /// blockToLive: purges the private values whose time ends with block `number`.
-    fn expire(&self, batch: &mut WriteBatch, number: u64) -> Result<(), LedgerError> {
+    fn expire(
+        &self,
+        batch: &mut WriteBatch,
+        scrubs: &mut Scrubs,
+        number: u64,
+    ) -> Result<(), LedgerError> {
         let db = &self.db;
         for item in db.iterator_cf(cf(db, PVT_EXPIRY)?, IteratorMode::Start) {
             let (k, _) = item?;
@@ -831,11 +849,11 @@ impl Ledger {
                 namespace: ns,
                 collection: coll,
             };
-            self.scrub_write_set(batch, &slot, &key)?;
             batch.delete_cf(
                 cf(db, PVT_INDEX)?,
                 [r, &be(block_num), &be(tx_num)].concat(),
             );
+            scrubs.entry(slot).or_default().insert(key);
         }
         Ok(())
     }
@@ -975,4 +993,120 @@ fn parse_key_ref(r: &[u8]) -> Option<(String, String, String)> {
 fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily, LedgerError> {
     db.cf_handle(name)
         .ok_or_else(|| LedgerError::Corrupt(format!("missing column family {name}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use medledger_proto::kvrwset::KvWrite;
+
+    fn ledger(dir: &Path) -> Ledger {
+        let keys = Arc::new(CollectionKeys::new(&dir.join("keys")));
+        Ledger::open_private(&dir.join("ledger"), "ch", keys).unwrap()
+    }
+
+    /// Commits the next (empty) block with `c`'s private effects.
+    fn commit(l: &Ledger, mut c: BlockCommit) {
+        c.block = protoutil::new_block(l.height(), l.last_hash().unwrap(), vec![]);
+        l.commit(c).unwrap();
+    }
+
+    fn slot(block_num: u64) -> PvtSlot {
+        PvtSlot {
+            block_num,
+            tx_num: 0,
+            namespace: "cc".into(),
+            collection: "records".into(),
+        }
+    }
+
+    /// Block `b` writes keys a and b (tx 0), expiring at `expires_at`.
+    fn write_two(l: &Ledger, expires_at: Option<u64>) -> u64 {
+        let b = l.height();
+        let mut c = BlockCommit::default();
+        for (k, v) in [("a", "alpha"), ("b", "beta")] {
+            c.hashed_updates.push(HashedUpdate {
+                namespace: "cc".into(),
+                collection: "records".into(),
+                key_hash: pvt_hash(k.as_bytes()),
+                value: Some(VersionedValue {
+                    block_num: b,
+                    tx_num: 0,
+                    value: pvt_hash(v.as_bytes()),
+                    metadata: vec![],
+                }),
+                expires_at,
+            });
+        }
+        c.pvt_writes.push(PvtCommit {
+            slot: slot(b),
+            set: KvrwSet {
+                writes: ["a", "b"]
+                    .iter()
+                    .map(|k| KvWrite {
+                        key: (*k).into(),
+                        is_delete: false,
+                        value: if *k == "a" {
+                            b"alpha".to_vec()
+                        } else {
+                            b"beta".to_vec()
+                        },
+                    })
+                    .collect(),
+                ..Default::default()
+            },
+            expires_at,
+        });
+        commit(l, c);
+        b
+    }
+
+    #[test]
+    fn purging_two_keys_of_one_write_set_erases_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = ledger(dir.path());
+        commit(&l, BlockCommit::default());
+        let b = write_two(&l, None);
+        assert_eq!(l.pvt_write_set(&slot(b)).unwrap().unwrap().writes.len(), 2);
+        let mut c = BlockCommit::default();
+        for k in ["a", "b"] {
+            c.pvt_purges.push(PvtPurge {
+                namespace: "cc".into(),
+                collection: "records".into(),
+                key_hash: pvt_hash(k.as_bytes()),
+            });
+        }
+        commit(&l, c);
+        for k in ["a", "b"] {
+            assert!(l.pvt_state("cc", "records", k).unwrap().is_none());
+        }
+        assert!(
+            l.pvt_write_set(&slot(b)).unwrap().is_none(),
+            "no stored write keeps a purged value"
+        );
+    }
+
+    #[test]
+    fn block_to_live_removes_every_key_of_a_write_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = ledger(dir.path());
+        commit(&l, BlockCommit::default());
+        let b = write_two(&l, Some(3));
+        commit(&l, BlockCommit::default());
+        assert_eq!(
+            l.pvt_state("cc", "records", "a").unwrap().unwrap().value,
+            b"alpha"
+        );
+        commit(&l, BlockCommit::default());
+        assert_eq!(l.height(), 4, "block 3 committed");
+        for k in ["a", "b"] {
+            assert!(l.pvt_state("cc", "records", k).unwrap().is_none());
+            assert!(
+                l.hashed_state("cc", "records", &pvt_hash(k.as_bytes()))
+                    .unwrap()
+                    .is_none()
+            );
+        }
+        assert!(l.pvt_write_set(&slot(b)).unwrap().is_none());
+    }
 }
