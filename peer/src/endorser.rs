@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use medledger_common::SigningIdentity;
-use medledger_common::msp::{Expiry, Identity, MspManager};
+use medledger_common::msp::{Expiry, Identity, MspManager, NodeRole};
 use medledger_common::protoutil::{UnpackedProposal, unpack_proposal};
 use medledger_proto::protos::{
     ChaincodeAction, ChaincodeId, ChannelInfo, ChannelQueryResponse, ProposalResponse,
@@ -84,23 +84,49 @@ pub struct Endorser {
 
 fn error_response(status: i32, message: String) -> ProposalResponse {
     ProposalResponse {
-        response: Some(Response {
-            status,
-            message,
-            payload: Vec::new(),
-        }),
+        response: Some(response(status, message, Vec::new())),
         ..Default::default()
     }
+}
+
+/// A chaincode-style response.
+pub(crate) fn response(status: i32, message: impl Into<String>, payload: Vec<u8>) -> Response {
+    Response {
+        status,
+        message: message.into(),
+        payload,
+    }
+}
+
+/// Size limit and structure: what every proposal passes first.
+fn unpack(sp: &SignedProposal) -> Result<UnpackedProposal, ProposalError> {
+    let size = sp.proposal_bytes.len() + sp.signature.len();
+    if size > MAX_PROPOSAL_BYTES {
+        return Err(ProposalError::TooLarge(size));
+    }
+    unpack_proposal(sp).map_err(|e| ProposalError::Malformed(e.to_string()))
+}
+
+/// Fabric's `peer.authentication.timewindow` around the proposal's timestamp.
+fn check_time(proposal: &UnpackedProposal) -> Result<(), ProposalError> {
+    let ts = proposal.channel_header.timestamp.unwrap_or_default();
+    if (ts.seconds - medledger_common::msp::unix_now()).unsigned_abs() > TIME_WINDOW.as_secs() {
+        return Err(ProposalError::Timestamp);
+    }
+    Ok(())
 }
 
 impl Endorser {
     /// Runs the checks that come before simulation.
     pub async fn check(&self, sp: &SignedProposal) -> Result<CheckedProposal, ProposalError> {
-        let size = sp.proposal_bytes.len() + sp.signature.len();
-        if size > MAX_PROPOSAL_BYTES {
-            return Err(ProposalError::TooLarge(size));
-        }
-        let proposal = unpack_proposal(sp).map_err(|e| ProposalError::Malformed(e.to_string()))?;
+        self.check_unpacked(sp, unpack(sp)?).await
+    }
+
+    async fn check_unpacked(
+        &self,
+        sp: &SignedProposal,
+        proposal: UnpackedProposal,
+    ) -> Result<CheckedProposal, ProposalError> {
         let channel = self
             .channels
             .read()
@@ -108,11 +134,7 @@ impl Endorser {
             .get(proposal.channel_id())
             .cloned()
             .ok_or_else(|| ProposalError::UnknownChannel(proposal.channel_id().to_owned()))?;
-        let ts = proposal.channel_header.timestamp.unwrap_or_default();
-        let now = medledger_common::msp::unix_now();
-        if (ts.seconds - now).unsigned_abs() > TIME_WINDOW.as_secs() {
-            return Err(ProposalError::Timestamp);
-        }
+        check_time(&proposal)?;
         let creator = channel
             .config
             .msps
@@ -147,29 +169,23 @@ impl Endorser {
     /// response with status 500 and no endorsement. A proposal without a channel is addressed to
     /// the peer itself (`_lifecycle` InstallChaincode by an admin of the peer's organisation).
     pub async fn process(&self, sp: &SignedProposal) -> Result<ProposalResponse, ProposalError> {
-        let size = sp.proposal_bytes.len() + sp.signature.len();
-        if size > MAX_PROPOSAL_BYTES {
-            return Err(ProposalError::TooLarge(size));
-        }
-        let proposal = unpack_proposal(sp).map_err(|e| ProposalError::Malformed(e.to_string()))?;
+        let proposal = unpack(sp)?;
         if proposal.channel_id().is_empty() {
             return self.process_for_peer(sp, &proposal).await;
         }
-        let checked = self.check(sp).await?;
+        let checked = self.check_unpacked(sp, proposal).await?;
         Ok(self.simulate_and_endorse(sp, &checked).await)
     }
 
-    /// Requests addressed to the peer itself: `_lifecycle` InstallChaincode, `cscc` JoinChain
-    /// (admins of the peer's organisation) and GetChannels (its members).
+    /// Requests addressed to the peer itself: `_lifecycle` InstallChaincode and
+    /// QueryInstalledChaincodes, `cscc` JoinChain (admins of the peer's organisation) and
+    /// GetChannels (its members).
     async fn process_for_peer(
         &self,
         sp: &SignedProposal,
         proposal: &UnpackedProposal,
     ) -> Result<ProposalResponse, ProposalError> {
-        let ts = proposal.channel_header.timestamp.unwrap_or_default();
-        if (ts.seconds - medledger_common::msp::unix_now()).unsigned_abs() > TIME_WINDOW.as_secs() {
-            return Err(ProposalError::Timestamp);
-        }
+        check_time(proposal)?;
         let creator = self
             .local_msp
             .deserialize(proposal.creator(), Expiry::now())
@@ -184,54 +200,38 @@ impl Endorser {
         let function = args.first().map(Vec::as_slice).unwrap_or_default();
         let response = match (proposal.chaincode_name.as_str(), function) {
             (LIFECYCLE, _) => lifecycle::install(&self.packages, &creator, args),
+            ("cscc", b"JoinChain") if creator.role != NodeRole::Admin => response(
+                500,
+                "only an admin of the peer's organisation may join channels",
+                Vec::new(),
+            ),
             ("cscc", b"JoinChain") => {
-                if creator.role != medledger_common::msp::NodeRole::Admin {
-                    error_response(
-                        500,
-                        "only an admin of the peer's organisation may join channels".into(),
-                    )
-                    .response
-                    .unwrap_or_default()
-                } else {
-                    let genesis = args.get(1).map(Vec::as_slice).unwrap_or_default();
-                    match self.joiner.join(genesis).await {
-                        Ok(_) => Response {
-                            status: 200,
-                            message: String::new(),
-                            payload: Vec::new(),
-                        },
-                        Err(e) => Response {
-                            status: 500,
-                            message: e,
-                            payload: Vec::new(),
-                        },
-                    }
+                let genesis = args.get(1).map(Vec::as_slice).unwrap_or_default();
+                match self.joiner.join(genesis).await {
+                    Ok(_) => response(200, "", Vec::new()),
+                    Err(e) => response(500, e, Vec::new()),
                 }
             }
-            ("cscc", b"GetChannels") => Response {
-                status: 200,
-                message: String::new(),
-                payload: ChannelQueryResponse {
-                    channels: self
-                        .channels
-                        .read()
-                        .await
-                        .keys()
-                        .map(|id| ChannelInfo {
-                            channel_id: id.clone(),
-                        })
-                        .collect(),
-                }
-                .encode_to_vec(),
-            },
-            (name, _) => Response {
-                status: 500,
-                message: format!(
+            ("cscc", b"GetChannels") => {
+                let channels = self
+                    .channels
+                    .read()
+                    .await
+                    .keys()
+                    .map(|id| ChannelInfo {
+                        channel_id: id.clone(),
+                    })
+                    .collect();
+                response(200, "", ChannelQueryResponse { channels }.encode_to_vec())
+            }
+            (name, _) => response(
+                500,
+                format!(
                     "{name} {:?} is not addressed to a peer without a channel",
                     String::from_utf8_lossy(function)
                 ),
-                payload: Vec::new(),
-            },
+                Vec::new(),
+            ),
         };
         Ok(ProposalResponse {
             version: 1,

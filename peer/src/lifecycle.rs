@@ -25,6 +25,7 @@ use prost::Message;
 use crate::chaincode::{ChaincodeEndpoint, ConnectionInfo};
 use crate::channel::ChaincodeDefinition;
 use crate::collection::{Collection, Collections, IMPLICIT_PREFIX, channel_policy};
+use crate::endorser::response;
 use crate::ledger::{Ledger, pvt_hash};
 use crate::simulator::TxSimulator;
 
@@ -447,19 +448,11 @@ fn approvals(
 }
 
 fn ok(payload: Vec<u8>) -> Response {
-    Response {
-        status: 200,
-        message: String::new(),
-        payload,
-    }
+    response(200, "", payload)
 }
 
 fn fail(message: impl Into<String>) -> Response {
-    Response {
-        status: 500,
-        message: message.into(),
-        payload: Vec::new(),
-    }
+    response(500, message, Vec::new())
 }
 
 /// Runs one `_lifecycle` function (`args[0]`, with the protobuf arguments in `args[1]`).
