@@ -469,7 +469,12 @@ fn apply(
             .updates
             .insert((fx.ns.clone(), w.key.clone()), value);
     }
+    let def = overlay.channel.chaincode(&fx.ns);
     for ce in &fx.collections {
+        let expires_at = def
+            .as_ref()
+            .and_then(|d| d.collections.get(&ce.name))
+            .and_then(|c| expiry(c, block_num));
         for w in &ce.hashed.hashed_writes {
             let value = (!w.is_delete).then(|| VersionedValue {
                 block_num,
@@ -486,10 +491,7 @@ fn apply(
                 collection: ce.name.clone(),
                 key_hash: w.key_hash.clone(),
                 value,
-                expires_at: overlay
-                    .channel
-                    .collection(&fx.ns, &ce.name)
-                    .and_then(|c| expiry(&c, block_num)),
+                expires_at,
             });
             if w.is_purge {
                 commit.pvt_purges.push(PvtPurge {

@@ -210,3 +210,34 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<
     s.read_to_string(&mut body).await?;
     Ok(body)
 }
+
+/// Runs `medledger-peer <args>` against the peer at `address` (TLS root `tls`) as the identity
+/// `mspid` / `msp`, as a Fabric user runs `peer`: whether it succeeded, and stdout + stderr.
+pub fn peer_cli(
+    bin: &Path,
+    address: &str,
+    tls: &Path,
+    mspid: &str,
+    msp: &Path,
+    args: &[&str],
+) -> (bool, String) {
+    match Command::new(bin)
+        .args(args)
+        .args(["--peerAddresses", address])
+        .arg("--tlsRootCertFiles")
+        .arg(tls)
+        .env("CORE_PEER_LOCALMSPID", mspid)
+        .env("CORE_PEER_MSPCONFIGPATH", msp)
+        .output()
+    {
+        Ok(out) => (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ),
+        Err(e) => (false, format!("cannot run {}: {e}", bin.display())),
+    }
+}

@@ -3,40 +3,12 @@
 //! up with the channel's blocks from the BFT orderers, and is still joined after a restart.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use medledger_peer::node::start;
 use medledger_peer::plugins::PluginRegistry;
 use medledger_tests::peernet::{CHANNEL, PeerNet};
-use medledger_tests::workspace_binary;
-
-fn cli(
-    bin: &Path,
-    address: &str,
-    tls: &Path,
-    mspid: &str,
-    msp: &Path,
-    args: &[&str],
-) -> (bool, String) {
-    let out = Command::new(bin)
-        .args(args)
-        .args(["--peerAddresses", address])
-        .arg("--tlsRootCertFiles")
-        .arg(tls)
-        .env("CORE_PEER_LOCALMSPID", mspid)
-        .env("CORE_PEER_MSPCONFIGPATH", msp)
-        .output()
-        .expect("medledger-peer runs");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
+use medledger_tests::{peer_cli, workspace_binary};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn admin_joins_a_new_peer_which_catches_up_and_stays_joined() -> anyhow::Result<()> {
@@ -72,7 +44,8 @@ async fn admin_joins_a_new_peer_which_catches_up_and_stays_joined() -> anyhow::R
     let client2 = msp("client2", 1, "client")?;
     let foreign_admin = msp("admin1", 0, "admin")?;
     let genesis = net.orderers.genesis_path.to_string_lossy().into_owned();
-    let run = |mspid: &str, who: &Path, args: &[&str]| cli(&bin, &address, &tls, mspid, who, args);
+    let run =
+        |mspid: &str, who: &Path, args: &[&str]| peer_cli(&bin, &address, &tls, mspid, who, args);
 
     let (ok, out) = run("Hospital2MSP", &admin, &["channel", "list"]);
     assert!(ok && !out.contains(CHANNEL), "{out}");

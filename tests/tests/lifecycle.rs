@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use medledger_tests::peernet::{CHANNEL, PeerNet};
-use medledger_tests::workspace_binary;
+use medledger_tests::{peer_cli, workspace_binary};
 
 struct Cli {
     bin: PathBuf,
@@ -27,23 +27,7 @@ impl Cli {
     ) -> (bool, String) {
         let tls = self.dir.join(format!("tlsca{peer}.pem"));
         let _ = std::fs::write(&tls, net.orgs[peer].tls_ca.cert_pem());
-        let out = Command::new(&self.bin)
-            .args(args)
-            .args(["--peerAddresses", &net.address(peer)])
-            .arg("--tlsRootCertFiles")
-            .arg(&tls)
-            .env("CORE_PEER_LOCALMSPID", mspid)
-            .env("CORE_PEER_MSPCONFIGPATH", msp)
-            .output()
-            .expect("medledger-peer runs");
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
+        peer_cli(&self.bin, &net.address(peer), &tls, mspid, msp, args)
     }
 }
 
