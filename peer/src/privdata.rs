@@ -575,16 +575,12 @@ impl PrivateData for PrivateDataService {
                 "push request without a transaction id",
             ));
         }
+        // Retention counts from this peer's height, not a height the sender could inflate.
+        let height = channel.ledger.height();
         for (ns, coll) in accepted {
             channel
                 .ledger
-                .transient_put(
-                    &push.tx_id,
-                    ns,
-                    &coll.collection_name,
-                    push.endorsed_at_height,
-                    &coll.rwset,
-                )
+                .transient_put(&push.tx_id, ns, &coll.collection_name, height, &coll.rwset)
                 .map_err(|e| Status::internal(e.to_string()))?;
         }
         Ok(Response::new(PushResponse {}))

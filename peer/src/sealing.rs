@@ -53,8 +53,11 @@ impl CollectionKeys {
 
     fn cipher(&self, channel: &str, ns: &str, coll: &str) -> Result<Aes256Gcm, SealError> {
         let id = (channel.to_owned(), ns.to_owned(), coll.to_owned());
-        if let Some(c) = self.cache.lock().ok().and_then(|m| m.get(&id).cloned()) {
-            return Ok(c);
+        // Held while a missing key is created: two first uses at once must not make two keys
+        // (values sealed with the one that loses the rename would be unreadable after a restart).
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = cache.get(&id) {
+            return Ok(c.clone());
         }
         let path = self
             .dir
@@ -77,9 +80,7 @@ impl CollectionKeys {
         };
         let cipher = Aes256Gcm::new_from_slice(&key)
             .map_err(|_| err(format!("a key is 32 bytes, this file has {}", key.len())))?;
-        if let Ok(mut m) = self.cache.lock() {
-            m.insert(id, cipher.clone());
-        }
+        cache.insert(id, cipher.clone());
         Ok(cipher)
     }
 
@@ -179,5 +180,28 @@ mod tests {
                 .is_err()
         );
         assert!(keys.seal("ch", "../x", "c", b"", b"v").is_err());
+    }
+
+    #[test]
+    fn concurrent_first_uses_share_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = std::sync::Arc::new(CollectionKeys::new(dir.path()));
+        let sealed: Vec<Vec<u8>> = (0..8)
+            .map(|i| {
+                let keys = keys.clone();
+                std::thread::spawn(move || keys.seal("ch", "cc", "new", b"k", &[i]).unwrap())
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        // After a restart (a fresh key cache) every value still opens.
+        let reopened = CollectionKeys::new(dir.path());
+        for (i, s) in sealed.iter().enumerate() {
+            assert_eq!(
+                reopened.open("ch", "cc", "new", b"k", s).unwrap(),
+                [i as u8]
+            );
+        }
     }
 }
