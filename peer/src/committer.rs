@@ -575,14 +575,23 @@ fn private_commits(
     }
 }
 
+/// What a block commit decided.
+#[derive(Debug, Default)]
+pub struct Committed {
+    /// The validation code of each transaction.
+    pub codes: Vec<Code>,
+    /// The chaincodes (namespaces) valid transactions of the block wrote to.
+    pub namespaces: std::collections::BTreeSet<String>,
+}
+
 /// Validates and commits one block (the genesis block is committed as given) with the private
-/// write sets gathered for it. Returns the validation code of each transaction.
+/// write sets gathered for it.
 pub fn commit_block(
     channel: &Channel,
     plugins: &PluginRegistry,
     mut block: Block,
     pvt: &PvtCandidates,
-) -> Result<Vec<Code>, CommitError> {
+) -> Result<Committed, CommitError> {
     let number = block
         .header
         .as_ref()
@@ -607,6 +616,7 @@ pub fn commit_block(
     let mut commit = BlockCommit::default();
     let mut seen = HashSet::new();
     let mut codes = Vec::with_capacity(envelopes.len());
+    let mut namespaces = std::collections::BTreeSet::new();
     for (i, env) in envelopes.iter().enumerate() {
         let i = i as u64;
         let (code, txid) = if number == 0 {
@@ -616,6 +626,7 @@ pub fn commit_block(
                 Ok(fx) => {
                     apply(number, i, &fx, &mut overlay, &mut commit)?;
                     private_commits(channel, number, i, &fx, pvt, &mut commit);
+                    namespaces.insert(fx.ns.clone());
                     (Code::Valid, fx.tx_id)
                 }
                 Err((code, why)) => {
@@ -660,5 +671,5 @@ pub fn commit_block(
         .collect();
     commit.block = block;
     channel.ledger.commit(commit)?;
-    Ok(codes)
+    Ok(Committed { codes, namespaces })
 }

@@ -383,18 +383,6 @@ fn reload_definitions(channel: &Channel, packages: &PackageStore) -> Result<(), 
     Ok(())
 }
 
-/// Whether a block carries a transaction of the `_lifecycle` chaincode.
-fn touches_lifecycle(block: &Block) -> bool {
-    medledger_common::protoutil::block_envelopes(block)
-        .iter()
-        .any(|env| {
-            crate::deliver::chaincode_actions(env)
-                .1
-                .iter()
-                .any(|a| a.chaincode_id.as_ref().is_some_and(|c| c.name == LIFECYCLE))
-        })
-}
-
 /// Opens channels and runs each one's block puller and private data reconciler: at start for
 /// the configured and previously joined channels, and at run time for `channel join`.
 struct ChannelRunner {
@@ -591,13 +579,14 @@ async fn pull_blocks(puller: BlockPuller, mut shutdown: watch::Receiver<bool>) {
                             continue;
                         }
                         let pvt = private_data.gather(&channel, &block).await;
-                        let lifecycle_changed = touches_lifecycle(&block);
                         let (ch, pl) = (channel.clone(), plugins.clone());
-                        tokio::task::spawn_blocking(move || commit_block(&ch, &pl, block, &pvt))
-                            .await
-                            .map_err(|e| e.to_string())?
-                            .map_err(|e| format!("block {number}: {e}"))?;
-                        if lifecycle_changed {
+                        let committed = tokio::task::spawn_blocking(move || {
+                            commit_block(&ch, &pl, block, &pvt)
+                        })
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .map_err(|e| format!("block {number}: {e}"))?;
+                        if committed.namespaces.contains(LIFECYCLE) {
                             reload_definitions(&channel, &packages).map_err(|e| e.to_string())?;
                         }
                         if number % 100 == 0
