@@ -475,27 +475,47 @@ pub async fn read<C: Ctx>(
             })?,
     };
     check_ticket(ctx, &record, ticket, "custodian").await?;
-    let bytes = ctx
-        .get_private(
-            &custodian_collection(&record.custodian),
-            &content_key(id, version),
-        )
-        .await
-        .map_err(ledger)?
-        .ok_or_else(|| {
-            ContractError::NotFound(format!("content of record {id} version {version}"))
-        })?;
-    if version == record.version && sha256_hex(&bytes) != record.content_hash {
-        return Err(ledger(format!(
-            "content of record {id} does not match its hash on the ledger"
-        )));
-    }
+    // Only the current version's hash is in the entry; older ones are in its history.
+    let expected = (version == record.version).then_some(record.content_hash.as_str());
+    let bytes = private_content(
+        ctx,
+        &custodian_collection(&record.custodian),
+        &content_key(id, version),
+        expected,
+        &format!("content of record {id} version {version}"),
+    )
+    .await?;
     Ok(RecordContent {
-        content: serde_json::from_slice(&bytes)
-            .map_err(|e| ledger(format!("stored content: {e}")))?,
+        content: parse_content(&bytes)?,
         record,
         version,
     })
+}
+
+/// Record content from a private collection, checked against `expected_hash` when given.
+pub(crate) async fn private_content<C: Ctx>(
+    ctx: &mut C,
+    collection: &str,
+    key: &str,
+    expected_hash: Option<&str>,
+    what: &str,
+) -> Result<Vec<u8>, ContractError> {
+    let bytes = ctx
+        .get_private(collection, key)
+        .await
+        .map_err(ledger)?
+        .ok_or_else(|| ContractError::NotFound(what.to_owned()))?;
+    if expected_hash.is_some_and(|h| sha256_hex(&bytes) != h) {
+        return Err(ledger(format!(
+            "{what} does not match its hash on the ledger"
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Stored content as JSON (it was checked to be a FHIR resource when written).
+pub(crate) fn parse_content(bytes: &[u8]) -> Result<serde_json::Value, ContractError> {
+    serde_json::from_slice(bytes).map_err(|e| ledger(format!("stored content: {e}")))
 }
 
 /// `ListRecordsByPatient(patientId, pageSize, bookmark)`: the patient's record entries.

@@ -10,9 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::ContractError;
 use crate::certificates::check_id;
 use crate::ctx::{Caller, Ctx};
-use crate::records::{
-    self, RecordContent, RecordEntry, check_text, custodian_collection, ledger, sha256_hex,
-};
+use crate::records::{self, RecordContent, RecordEntry, check_text, custodian_collection, ledger};
 
 /// Most record types or ids one consent may name.
 const MAX_SCOPE: usize = 64;
@@ -265,13 +263,8 @@ pub async fn list<C: Ctx>(
     Ok(out)
 }
 
-/// Whether `consent` lets `grantee` have `record` now.
-fn check_consent(
-    consent: &Consent,
-    record: &RecordEntry,
-    grantee: &Caller,
-    now: i64,
-) -> Result<(), ContractError> {
+/// Whether `consent` covers `record` now (unrevoked, unexpired, its patient, in scope).
+fn check_consent(consent: &Consent, record: &RecordEntry, now: i64) -> Result<(), ContractError> {
     let refuse = |why: String| Err(ContractError::Forbidden(why));
     if consent.revoked {
         return refuse(format!("consent {} has been revoked", consent.id));
@@ -283,12 +276,6 @@ fn check_consent(
         return refuse(format!(
             "consent {} is not the consent of record {}'s patient",
             consent.id, record.id
-        ));
-    }
-    if consent.grantee_msp != grantee.mspid {
-        return refuse(format!(
-            "consent {} was granted to {}, not {}",
-            consent.id, consent.grantee_msp, grantee.mspid
         ));
     }
     let covered = consent.scope.record_ids.contains(&record.id)
@@ -318,29 +305,20 @@ pub async fn share<C: Ctx>(
         )));
     }
     let consent = load_consent(ctx, &record.patient_id, consent_id).await?;
-    let grantee = Caller {
-        mspid: consent.grantee_msp.clone(),
-        ..caller.clone()
-    };
-    check_consent(&consent, &record, &grantee, ctx.now())?;
+    check_consent(&consent, &record, ctx.now())?;
     if consent.grantee_msp == record.custodian {
         return Err(ContractError::Invalid(
             "the custodian already holds the record".into(),
         ));
     }
-    let content = ctx
-        .get_private(
-            &custodian_collection(&record.custodian),
-            &records::content_key(record_id, record.version),
-        )
-        .await
-        .map_err(ledger)?
-        .ok_or_else(|| ContractError::NotFound(format!("content of record {record_id}")))?;
-    if sha256_hex(&content) != record.content_hash {
-        return Err(ledger(format!(
-            "content of record {record_id} does not match its hash on the ledger"
-        )));
-    }
+    let content = records::private_content(
+        ctx,
+        &custodian_collection(&record.custodian),
+        &records::content_key(record_id, record.version),
+        Some(&record.content_hash),
+        &format!("content of record {record_id}"),
+    )
+    .await?;
     ctx.put_private(
         &shared_collection(&record.custodian, &consent.grantee_msp),
         &shared_content_key(record_id, &consent.grantee_msp),
@@ -390,7 +368,13 @@ pub(crate) async fn check_share_reader<C: Ctx>(
             ))
         })?;
     let consent = load_consent(ctx, &share.patient_id, &share.consent_id).await?;
-    check_consent(&consent, record, caller, ctx.now())?;
+    check_consent(&consent, record, ctx.now())?;
+    if consent.grantee_msp != caller.mspid {
+        return Err(ContractError::Forbidden(format!(
+            "consent {} was granted to {}, not {}",
+            consent.id, consent.grantee_msp, caller.mspid
+        )));
+    }
     if let Some(role) = &consent.grantee_role
         && caller.role.as_deref() != Some(role.as_str())
     {
@@ -413,22 +397,16 @@ pub async fn read_shared<C: Ctx>(
     let record = records::load(ctx, record_id).await?;
     let share = check_share_reader(ctx, &record, &caller).await?;
     records::check_ticket(ctx, &record, ticket, "share").await?;
-    let bytes = ctx
-        .get_private(
-            &shared_collection(&share.shared_by_msp, &share.grantee_msp),
-            &shared_content_key(record_id, &share.grantee_msp),
-        )
-        .await
-        .map_err(ledger)?
-        .ok_or_else(|| ContractError::NotFound(format!("shared copy of record {record_id}")))?;
-    if sha256_hex(&bytes) != share.content_hash {
-        return Err(ledger(format!(
-            "shared copy of record {record_id} does not match its hash on the ledger"
-        )));
-    }
+    let bytes = records::private_content(
+        ctx,
+        &shared_collection(&share.shared_by_msp, &share.grantee_msp),
+        &shared_content_key(record_id, &share.grantee_msp),
+        Some(&share.content_hash),
+        &format!("shared copy of record {record_id}"),
+    )
+    .await?;
     Ok(RecordContent {
-        content: serde_json::from_slice(&bytes)
-            .map_err(|e| ledger(format!("stored content: {e}")))?,
+        content: records::parse_content(&bytes)?,
         version: share.version,
         record,
     })
