@@ -515,7 +515,8 @@ fn apply(
     Ok(())
 }
 
-fn written_public_is_empty(set: &KvrwSet) -> bool {
+/// Whether a read-write set writes no public key (value or metadata).
+pub(crate) fn written_public_is_empty(set: &KvrwSet) -> bool {
     set.writes.is_empty() && set.metadata_writes.is_empty()
 }
 

@@ -110,7 +110,7 @@ fn writes_of(payload: &[u8]) -> (bool, Vec<String>) {
     let mut collections = Vec::new();
     for ns in rwset.ns_rwset {
         let set = KvrwSet::decode(ns.rwset.as_slice()).unwrap_or_default();
-        public |= !set.writes.is_empty() || !set.metadata_writes.is_empty();
+        public |= !crate::committer::written_public_is_empty(&set);
         for c in ns.collection_hashed_rwset {
             let h = HashedRwSet::decode(c.hashed_rwset.as_slice()).unwrap_or_default();
             if !h.hashed_writes.is_empty() {
