@@ -39,6 +39,8 @@ OPS_BASE="${OPS_BASE:-9443}"
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/medledger-target}"
 BIN="${MEDLEDGER_BIN:-$CARGO_TARGET_DIR/release}"
+# shellcheck source=../scripts/lib/deps.sh
+source "$ROOT/scripts/lib/deps.sh"
 
 ORG_NAMES=(hospital1 hospital2 orderer)
 ORG_MSPS=(Hospital1MSP Hospital2MSP OrdererMSP)
@@ -71,11 +73,7 @@ start() { # name command...
 build() {
   if [ -z "${MEDLEDGER_BIN:-}" ]; then
     # Always let cargo decide: a no-op when up to date, and never a stale binary after a pull.
-    if ! ldconfig -p 2>/dev/null | grep -q libclang; then
-      say "installing libclang-dev (RocksDB's bindings need it)"
-      SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-      $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libclang-dev >/dev/null
-    fi
+    ensure_libclang || die "cannot install libclang, which the RocksDB build needs"
     [ -x "$BIN/medledger-peer" ] || say "building release binaries (the first build compiles RocksDB: about 10-15 minutes)"
     (cd "$ROOT" && cargo build --release -p medledger-ca -p medledger-orderer -p medledger-peer -p medledger-shim -p medledger-medical-chaincode --bins)
   fi
