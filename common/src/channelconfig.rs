@@ -600,7 +600,9 @@ pub fn check_seek(
         return Err(Status::NotFound);
     }
     let ts = u.channel_header.timestamp.unwrap_or_default();
-    if ts.seconds == 0 || (ts.seconds - crate::msp::unix_now()).unsigned_abs() > window_secs {
+    if ts.seconds == 0
+        || !protoutil::within_time_window(ts.seconds, crate::msp::unix_now(), window_secs)
+    {
         return Err(Status::BadRequest);
     }
     let info = SeekInfo::decode(u.payload.data.as_slice()).map_err(|_| Status::BadRequest)?;

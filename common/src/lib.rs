@@ -12,6 +12,7 @@ pub mod msp;
 pub mod ops;
 pub mod policy;
 pub mod protoutil;
+pub mod refusal;
 
 pub use cert::Certificate;
 pub use crypto::{PrivateKey, PublicKey};

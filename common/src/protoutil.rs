@@ -91,6 +91,13 @@ fn der_length(len: usize, out: &mut Vec<u8>) {
     }
 }
 
+/// Whether a header timestamp (seconds since the epoch, as a client sent it) lies within
+/// `window_secs` of `now`. Any `i64` is accepted without overflow: a timestamp at either end of
+/// the range is simply outside the window.
+pub fn within_time_window(seconds: i64, now: i64, window_secs: u64) -> bool {
+    seconds.abs_diff(now) <= window_secs
+}
+
 /// The ASN.1 DER `SEQUENCE { INTEGER number, OCTET STRING previous_hash, OCTET STRING data_hash }`
 /// that Fabric hashes as a block's header.
 pub fn block_header_bytes(header: &BlockHeader) -> Vec<u8> {
@@ -461,6 +468,16 @@ pub fn assemble_transaction(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn time_window_takes_extreme_timestamps_without_overflow() {
+        let now = 1_800_000_000;
+        assert!(within_time_window(now + 900, now, 900));
+        assert!(!within_time_window(now - 901, now, 900));
+        // Both used to overflow `seconds - now` (a panic in debug, a wrap in release).
+        assert!(!within_time_window(i64::MIN, now, 900));
+        assert!(!within_time_window(i64::MAX, -now, 900));
+    }
 
     #[test]
     fn txid_vector_from_spec() {

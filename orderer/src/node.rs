@@ -15,6 +15,7 @@ use medledger_common::SigningIdentity;
 use medledger_common::channelconfig::{ChannelConfig, check_seek};
 use medledger_common::msp::Expiry;
 use medledger_common::protoutil::unpack_envelope;
+use medledger_common::refusal::next_message;
 use medledger_proto::common::{Block, Envelope, Status as BlockStatus};
 use medledger_proto::medledger::consensus::consensus_client::ConsensusClient;
 use medledger_proto::medledger::consensus::consensus_server::{Consensus, ConsensusServer};
@@ -215,11 +216,23 @@ impl AtomicBroadcast for Svc {
         &self,
         r: Request<Streaming<Envelope>>,
     ) -> Result<Response<Self::BroadcastStream>, Status> {
+        let remote = r.remote_addr();
         let mut inbound = r.into_inner();
         let svc = self.0.clone();
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
-            while let Ok(Some(env)) = inbound.message().await {
+            loop {
+                let env =
+                    match next_message(&mut inbound, "orderer.AtomicBroadcast/Broadcast", remote)
+                        .await
+                    {
+                        Ok(Some(env)) => env,
+                        Ok(None) => break,
+                        Err(refused) => {
+                            let _ = tx.send(Err(refused)).await;
+                            break;
+                        }
+                    };
                 let (status, info) = match check_broadcast(&svc.channel, &env, svc.max_bytes) {
                     Err((s, info)) => (s, info),
                     Ok(()) => {
@@ -269,6 +282,7 @@ impl AtomicBroadcast for Svc {
         &self,
         r: Request<Streaming<Envelope>>,
     ) -> Result<Response<Self::DeliverStream>, Status> {
+        let remote = r.remote_addr();
         let mut inbound = r.into_inner();
         let svc = self.0.clone();
         let (tx, rx) = mpsc::channel(16);
@@ -276,7 +290,18 @@ impl AtomicBroadcast for Svc {
             let status = |s: BlockStatus| DeliverResponse {
                 r#type: Some(deliver_response::Type::Status(s as i32)),
             };
-            while let Ok(Some(env)) = inbound.message().await {
+            loop {
+                let env =
+                    match next_message(&mut inbound, "orderer.AtomicBroadcast/Deliver", remote)
+                        .await
+                    {
+                        Ok(Some(env)) => env,
+                        Ok(None) => break,
+                        Err(refused) => {
+                            let _ = tx.send(Err(refused)).await;
+                            break;
+                        }
+                    };
                 let range = match check_seek(
                     &svc.channel,
                     &env,
@@ -344,8 +369,11 @@ impl Consensus for Svc {
             tracing::warn!("consensus stream from a client that is not a consenter: refused");
             return Err(Status::permission_denied("not a consenter of this channel"));
         };
+        let remote = r.remote_addr();
         let mut inbound = r.into_inner();
-        while let Ok(Some(msg)) = inbound.message().await {
+        while let Some(msg) =
+            next_message(&mut inbound, "medledger.consensus.Consensus/Step", remote).await?
+        {
             if self
                 .0
                 .events

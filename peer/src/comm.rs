@@ -74,3 +74,14 @@ impl ConnectionPool {
         Ok(ch)
     }
 }
+
+/// Another organisation's peer: the gateway asks it for endorsements, private data goes to and
+/// from it.
+#[derive(Debug, Clone)]
+pub struct RemotePeer {
+    pub msp_id: String,
+    /// host:port
+    pub address: String,
+    /// PEM of the CA that signed its TLS certificate; `None` for plain TCP.
+    pub tls_root_pem: Option<Vec<u8>>,
+}

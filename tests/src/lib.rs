@@ -11,6 +11,7 @@ use anyhow::{Context, bail};
 
 pub mod ordernet;
 pub mod peernet;
+pub mod raw_grpc;
 use medledger_common::issue::{CaSigner, IssueRequest, Usage, random_serial};
 use medledger_common::msp::{MspFolderContents, unix_now, write_msp_folder};
 use medledger_common::{PrivateKey, SigningIdentity};

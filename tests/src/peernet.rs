@@ -10,12 +10,12 @@ use anyhow::{Context, bail};
 use medledger_common::SigningIdentity;
 use medledger_common::channelconfig::{ChannelProfile, OrgProfile, genesis_block};
 use medledger_common::protoutil::{Invocation, build_signed_proposal, unpack_envelope};
-use medledger_peer::chaincode::ConnectionInfo;
+use medledger_peer::channel::definition::ConnectionInfo;
+use medledger_peer::execution::plugins::PluginRegistry;
 use medledger_peer::node::{
     ChaincodeConfig, ChannelJoinConfig, PeerConfig, PeerEndpointConfig, PrivateDataConfig,
     RunningPeer, TlsFiles, start,
 };
-use medledger_peer::plugins::PluginRegistry;
 use medledger_proto::common::Envelope;
 use medledger_proto::gateway::gateway_client::GatewayClient;
 use medledger_proto::gateway::{

@@ -5,8 +5,8 @@
 use std::path::Path;
 use std::time::Duration;
 
+use medledger_peer::execution::plugins::PluginRegistry;
 use medledger_peer::node::start;
-use medledger_peer::plugins::PluginRegistry;
 use medledger_tests::peernet::{CHANNEL, PeerNet};
 use medledger_tests::{peer_cli, workspace_binary};
 

@@ -464,7 +464,7 @@ async fn chaincode_server_over_tls() -> anyhow::Result<()> {
         net.stop_peer(i).await;
         let cc = &mut net.configs[i].channels[0].chaincodes[0];
         cc.package_id = "kvtls_1.0:77".into();
-        cc.connection = medledger_peer::chaincode::ConnectionInfo {
+        cc.connection = medledger_peer::channel::definition::ConnectionInfo {
             address: format!("localhost:{port}"),
             tls_required: true,
             root_cert: net.orgs[0].tls_ca.cert_pem().to_owned(),

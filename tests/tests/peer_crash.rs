@@ -5,7 +5,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use medledger_peer::ledger::Ledger;
+use medledger_peer::storage::ledger::Ledger;
 use medledger_tests::peernet::PeerNet;
 use medledger_tests::workspace_binary;
 

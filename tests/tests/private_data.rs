@@ -11,8 +11,8 @@ use std::time::Duration;
 use anyhow::Context;
 use medledger_common::SigningIdentity;
 use medledger_common::crypto::sha256;
+use medledger_peer::channel::blocks::chaincode_actions;
 use medledger_peer::comm::{ClientTls, dial};
-use medledger_peer::deliver::chaincode_actions;
 use medledger_peer::node::PrivateDataConfig;
 use medledger_proto::kvrwset::{HashedRwSet, KvrwSet};
 use medledger_proto::medledger::privdata::private_data_client::PrivateDataClient;
@@ -357,7 +357,7 @@ async fn block_to_live_and_purge_erase_values_but_hashes_still_check() -> anyhow
         .await?;
     net.wait_height(b2 + 1).await?;
     let ch1 = net.channel(0).await?;
-    let slot = |block| medledger_peer::ledger::PvtSlot {
+    let slot = |block| medledger_peer::storage::ledger::PvtSlot {
         block_num: block,
         tx_num: 0,
         namespace: CHAINCODE.into(),

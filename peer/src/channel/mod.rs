@@ -5,30 +5,18 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use medledger_common::channelconfig::ChannelConfig;
-use medledger_common::policy::Policy;
 
-use crate::chaincode::ChaincodeEndpoint;
-use crate::collection::{Collection, Collections};
-use crate::ledger::Ledger;
+pub mod blocks;
+pub mod collection;
+pub mod definition;
+pub mod pvtdata;
 
-/// A chaincode's definition on a channel.
-#[derive(Debug, Clone)]
-pub struct ChaincodeDefinition {
-    pub name: String,
-    pub version: String,
-    /// The lifecycle sequence (0 for definitions from the peer's configuration).
-    pub sequence: i64,
-    /// Where this peer runs it; `None` when the definition is committed but this peer's
-    /// organisation has not approved an installed package (it still validates transactions).
-    pub endpoint: Option<ChaincodeEndpoint>,
-    pub endorsement_policy: Policy,
-    /// Registered endorsement plugin name (`escc` by default).
-    pub endorsement_plugin: String,
-    /// Registered validation plugin name (`vscc` by default).
-    pub validation_plugin: String,
-    /// Its private data collections (explicit and implicit).
-    pub collections: Collections,
-}
+use crate::channel::collection::Collection;
+use crate::channel::definition::ChaincodeDefinition;
+use crate::storage::ledger::Ledger;
+
+/// The channels a peer serves, by id.
+pub type Channels = Arc<tokio::sync::RwLock<BTreeMap<String, Arc<Channel>>>>;
 
 /// One joined channel.
 pub struct Channel {

@@ -1,7 +1,6 @@
 //! The endorser: checks a signed proposal (header rules, time window, creator valid in a channel
 //! MSP, signature, not a replay, channel Writers), simulates the chaincode, and signs the result.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,17 +9,16 @@ use medledger_common::msp::{Expiry, Identity, MspManager, NodeRole};
 use medledger_common::protoutil::{UnpackedProposal, unpack_proposal};
 use medledger_proto::protos::{
     ChaincodeAction, ChaincodeId, ChannelInfo, ChannelQueryResponse, ProposalResponse,
-    ProposalResponsePayload, Response, SignedProposal,
+    ProposalResponsePayload, SignedProposal,
 };
 use prost::Message;
-use tokio::sync::RwLock;
 
-use crate::chaincode::ChaincodeSupport;
-use crate::channel::Channel;
-use crate::lifecycle::{self, LIFECYCLE, PackageStore};
-use crate::plugins::PluginRegistry;
-use crate::privdata::PrivateDataClient;
-use crate::simulator::{PrivateAccess, TxSimulator};
+use crate::channel::{Channel, Channels};
+use crate::execution::chaincode::ChaincodeSupport;
+use crate::execution::lifecycle::{self, LIFECYCLE, PackageStore};
+use crate::execution::plugins::PluginRegistry;
+use crate::execution::response;
+use crate::execution::simulator::{PrivateAccess, TxSimulator};
 
 /// Fabric's `peer.authentication.timewindow`.
 pub const TIME_WINDOW: Duration = Duration::from_secs(15 * 60);
@@ -49,8 +47,18 @@ pub enum ProposalError {
     TooLarge(usize),
 }
 
-/// The channels a peer serves, by id.
-pub type Channels = Arc<RwLock<BTreeMap<String, Arc<Channel>>>>;
+/// Sends a transaction's private write sets to peers of the collections' member organisations
+/// before its endorsement returns (Fabric's PrivateDataDistributor); implemented by the private
+/// data service, which sits above this layer.
+pub trait Disseminator: Send + Sync {
+    /// Fails unless every collection reached its requiredPeerCount peers.
+    fn disseminate<'a>(
+        &'a self,
+        channel: &'a Channel,
+        tx_id: &'a str,
+        pvt: &'a medledger_proto::rwset::TxPvtReadWriteSet,
+    ) -> futures::future::BoxFuture<'a, Result<(), String>>;
+}
 
 /// Joins the peer to a channel at run time (Fabric's `cscc` JoinChain), given its genesis block.
 pub trait ChannelJoiner: Send + Sync {
@@ -74,7 +82,7 @@ pub struct Endorser {
     pub signer: SigningIdentity,
     pub plugins: PluginRegistry,
     /// Sends private write sets to the collections' other members.
-    pub private_data: Arc<PrivateDataClient>,
+    pub private_data: Arc<dyn Disseminator>,
     /// Chaincode packages installed on this peer.
     pub packages: Arc<PackageStore>,
     /// This peer's own organisation (who may install chaincode and join channels).
@@ -86,15 +94,6 @@ fn error_response(status: i32, message: String) -> ProposalResponse {
     ProposalResponse {
         response: Some(response(status, message, Vec::new())),
         ..Default::default()
-    }
-}
-
-/// A chaincode-style response.
-pub(crate) fn response(status: i32, message: impl Into<String>, payload: Vec<u8>) -> Response {
-    Response {
-        status,
-        message: message.into(),
-        payload,
     }
 }
 
@@ -110,7 +109,8 @@ fn unpack(sp: &SignedProposal) -> Result<UnpackedProposal, ProposalError> {
 /// Fabric's `peer.authentication.timewindow` around the proposal's timestamp.
 fn check_time(proposal: &UnpackedProposal) -> Result<(), ProposalError> {
     let ts = proposal.channel_header.timestamp.unwrap_or_default();
-    if (ts.seconds - medledger_common::msp::unix_now()).unsigned_abs() > TIME_WINDOW.as_secs() {
+    let now = medledger_common::msp::unix_now();
+    if !medledger_common::protoutil::within_time_window(ts.seconds, now, TIME_WINDOW.as_secs()) {
         return Err(ProposalError::Timestamp);
     }
     Ok(())

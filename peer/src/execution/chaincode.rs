@@ -21,7 +21,8 @@ use prost::Message;
 use tokio::sync::{Mutex, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::simulator::{SimulationError, TxSimulator};
+use crate::channel::definition::ChaincodeEndpoint;
+use crate::execution::simulator::{SimulationError, TxSimulator};
 
 /// Results per QueryResponse batch, as Fabric sends them.
 const QUERY_BATCH: usize = 100;
@@ -38,29 +39,6 @@ fn kv_rows(ns: &str, rows: Vec<(String, Vec<u8>)>) -> VecDeque<Vec<u8>> {
             .encode_to_vec()
         })
         .collect()
-}
-
-/// Where a chaincode server is, from the installed package's `connection.json`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-pub struct ConnectionInfo {
-    pub address: String,
-    #[serde(default)]
-    pub tls_required: bool,
-    /// PEM of the CA that signed the chaincode server's TLS certificate.
-    #[serde(default)]
-    pub root_cert: String,
-    #[serde(default)]
-    pub domain: String,
-}
-
-/// A chaincode the peer can run: its name on the channel, the package id it registers with,
-/// and where to reach it.
-#[derive(Debug, Clone)]
-pub struct ChaincodeEndpoint {
-    pub name: String,
-    pub version: String,
-    pub package_id: String,
-    pub connection: ConnectionInfo,
 }
 
 /// Why a chaincode execution failed (the proposal then gets status 500, no endorsement).

@@ -22,12 +22,11 @@ use medledger_proto::lifecycle::{
 use medledger_proto::protos::{ApplicationPolicy, Response, application_policy};
 use prost::Message;
 
-use crate::chaincode::{ChaincodeEndpoint, ConnectionInfo};
-use crate::channel::ChaincodeDefinition;
-use crate::collection::{Collection, Collections, IMPLICIT_PREFIX, channel_policy};
-use crate::endorser::response;
-use crate::ledger::{Ledger, pvt_hash};
-use crate::simulator::TxSimulator;
+use crate::channel::collection::{Collection, Collections, IMPLICIT_PREFIX, channel_policy};
+use crate::channel::definition::{ChaincodeDefinition, ChaincodeEndpoint, ConnectionInfo};
+use crate::execution::response;
+use crate::execution::simulator::TxSimulator;
+use crate::storage::ledger::{Ledger, pvt_hash};
 
 /// The lifecycle system chaincode's name (and state namespace).
 pub const LIFECYCLE: &str = "_lifecycle";

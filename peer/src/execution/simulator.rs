@@ -26,9 +26,9 @@ use medledger_proto::rwset::{
 };
 use prost::Message;
 
-use crate::collection::{Collection, Collections};
-use crate::ledger::{Ledger, LedgerError, pvt_hash};
-use crate::privdata::add_collection;
+use crate::channel::collection::{Collection, Collections};
+use crate::channel::pvtdata::add_collection;
+use crate::storage::ledger::{Ledger, LedgerError, pvt_hash};
 
 /// Most results one range query may return (Fabric's `totalQueryLimit`).
 pub const TOTAL_QUERY_LIMIT: usize = 100_000;

@@ -29,11 +29,11 @@ use medledger_proto::lifecycle::{
 use medledger_proto::protos::endorser_client::EndorserClient;
 use medledger_proto::protos::{ApplicationPolicy, ChannelQueryResponse, application_policy};
 
-use crate::chaincode::ConnectionInfo;
-use crate::collection::package_from_json;
-use crate::lifecycle::{build_package, package_id};
+use crate::channel::collection::package_from_json;
+use crate::channel::definition::ConnectionInfo;
+use crate::execution::lifecycle::{build_package, package_id};
+use crate::execution::plugins::PluginRegistry;
 use crate::node::{NodeError, PeerConfig, start};
-use crate::plugins::PluginRegistry;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -487,7 +487,7 @@ impl Session {
         let (sp, _) = build_signed_proposal(&inv, &self.signer)
             .map_err(|e| NodeError::Config(e.to_string()))?;
         let resp = EndorserClient::new(self.channel.clone())
-            .max_encoding_message_size(crate::endorser::MAX_PROPOSAL_BYTES)
+            .max_encoding_message_size(crate::endorsement::MAX_PROPOSAL_BYTES)
             .process_proposal(sp)
             .await
             .map_err(fail)?
@@ -537,7 +537,7 @@ async fn channel(cmd: ChannelCommand) -> Result<(), NodeError> {
 fn lifecycle_invocation(channel: &str, function: &str, args: Vec<u8>) -> Invocation {
     Invocation {
         channel: channel.to_owned(),
-        chaincode: crate::lifecycle::LIFECYCLE.into(),
+        chaincode: crate::execution::lifecycle::LIFECYCLE.into(),
         args: vec![function.as_bytes().to_vec(), args],
         transient: HashMap::new(),
         is_init: false,
@@ -631,7 +631,7 @@ async fn lifecycle(cmd: LifecycleChaincode) -> Result<(), NodeError> {
             let resp = Session::open(&target)
                 .await?
                 .ask_peer(
-                    crate::lifecycle::LIFECYCLE,
+                    crate::execution::lifecycle::LIFECYCLE,
                     vec![
                         b"InstallChaincode".to_vec(),
                         InstallChaincodeArgs {
@@ -654,7 +654,7 @@ async fn lifecycle(cmd: LifecycleChaincode) -> Result<(), NodeError> {
             let resp = Session::open(&target)
                 .await?
                 .ask_peer(
-                    crate::lifecycle::LIFECYCLE,
+                    crate::execution::lifecycle::LIFECYCLE,
                     vec![b"QueryInstalledChaincodes".to_vec(), Vec::new()],
                 )
                 .await?;

@@ -7,14 +7,12 @@ use std::pin::Pin;
 use futures::Stream;
 use medledger_common::channelconfig::check_seek;
 use medledger_common::protoutil::unpack_envelope;
-use medledger_proto::common::{
-    Block, BlockMetadataIndex, Envelope, HeaderType, Status as BlockStatus,
-};
+use medledger_common::refusal::next_message;
+use medledger_proto::common::{Block, Envelope, HeaderType, Status as BlockStatus};
 use medledger_proto::protos::deliver_server::Deliver;
 use medledger_proto::protos::{
-    BlockAndPrivateData, ChaincodeAction, ChaincodeActionPayload, ChaincodeEvent, DeliverResponse,
-    FilteredBlock, FilteredChaincodeAction, FilteredTransaction, FilteredTransactionActions,
-    ProposalResponsePayload, Transaction, TxValidationCode, deliver_response::Type as Resp,
+    BlockAndPrivateData, ChaincodeEvent, DeliverResponse, FilteredBlock, FilteredChaincodeAction,
+    FilteredTransaction, FilteredTransactionActions, deliver_response::Type as Resp,
     filtered_transaction::Data,
 };
 use prost::Message;
@@ -22,9 +20,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::channel::Channel;
-use crate::endorser::{Channels, TIME_WINDOW};
-use crate::privdata::{add_collection, block_needs};
+use crate::channel::blocks::{chaincode_events, transactions};
+use crate::channel::pvtdata::{add_collection, block_needs};
+use crate::channel::{Channel, Channels};
+use crate::endorsement::TIME_WINDOW;
 use medledger_common::msp::{Expiry, Identity};
 use medledger_proto::rwset::{CollectionPvtReadWriteSet, TxPvtReadWriteSet};
 
@@ -34,71 +33,6 @@ pub enum BlockForm {
     Full,
     Filtered,
     WithPrivateData,
-}
-
-/// The transaction id and chaincode actions of an endorser transaction envelope (none for any
-/// other envelope or one that does not decode).
-pub fn chaincode_actions(envelope: &[u8]) -> (String, Vec<ChaincodeAction>) {
-    let none = || (String::new(), Vec::new());
-    let Ok(env) = Envelope::decode(envelope) else {
-        return none();
-    };
-    let Ok(u) = unpack_envelope(&env) else {
-        return none();
-    };
-    if u.channel_header.r#type != HeaderType::EndorserTransaction as i32 {
-        return none();
-    }
-    let Ok(tx) = Transaction::decode(u.payload.data.as_slice()) else {
-        return none();
-    };
-    let actions = tx
-        .actions
-        .iter()
-        .filter_map(|a| {
-            let cap = ChaincodeActionPayload::decode(a.payload.as_slice()).ok()?;
-            let prp =
-                ProposalResponsePayload::decode(cap.action?.proposal_response_payload.as_slice())
-                    .ok()?;
-            ChaincodeAction::decode(prp.extension.as_slice()).ok()
-        })
-        .collect();
-    (u.channel_header.tx_id, actions)
-}
-
-/// The chaincode events of an endorser transaction envelope, in action order.
-pub fn chaincode_events(envelope: &[u8]) -> Vec<ChaincodeEvent> {
-    chaincode_actions(envelope)
-        .1
-        .into_iter()
-        .filter(|a| !a.events.is_empty())
-        .filter_map(|a| ChaincodeEvent::decode(a.events.as_slice()).ok())
-        .collect()
-}
-
-/// A committed block's envelopes, each with its TxValidationCode from TRANSACTIONS_FILTER
-/// (INVALID_OTHER_REASON when the filter is missing or short, as Fabric's gateway reads it).
-pub fn transactions(block: &Block) -> impl Iterator<Item = (&[u8], i32)> {
-    let filter: &[u8] = block
-        .metadata
-        .as_ref()
-        .and_then(|m| {
-            m.metadata
-                .get(BlockMetadataIndex::TransactionsFilter as usize)
-        })
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    medledger_common::protoutil::block_envelopes(block)
-        .iter()
-        .enumerate()
-        .map(move |(i, env)| {
-            let code = filter
-                .get(i)
-                .map_or(TxValidationCode::InvalidOtherReason as i32, |c| {
-                    i32::from(*c)
-                });
-            (env.as_slice(), code)
-        })
 }
 
 /// Fabric's filtered block: per transaction its id, type, code and event names (no payloads).
@@ -263,11 +197,21 @@ pub struct DeliverService {
 }
 
 impl DeliverService {
-    fn serve(&self, mut inbound: Streaming<Envelope>, form: BlockForm) -> DeliverStream {
+    fn serve(&self, r: Request<Streaming<Envelope>>, form: BlockForm) -> DeliverStream {
         let (tx, rx) = mpsc::channel(16);
         let channels = self.channels.clone();
+        let remote = r.remote_addr();
+        let mut inbound = r.into_inner();
         tokio::spawn(async move {
-            while let Ok(Some(env)) = inbound.message().await {
+            loop {
+                let env = match next_message(&mut inbound, "protos.Deliver", remote).await {
+                    Ok(Some(env)) => env,
+                    Ok(None) => break,
+                    Err(refused) => {
+                        let _ = tx.send(Err(refused)).await;
+                        break;
+                    }
+                };
                 let s = seek(&channels, env, form, &tx).await;
                 if tx.send(Ok(status(s))).await.is_err() || s != BlockStatus::Success {
                     break;
@@ -288,22 +232,18 @@ impl Deliver for DeliverService {
         &self,
         r: Request<Streaming<Envelope>>,
     ) -> Result<Response<DeliverStream>, Status> {
-        Ok(Response::new(self.serve(r.into_inner(), BlockForm::Full)))
+        Ok(Response::new(self.serve(r, BlockForm::Full)))
     }
     async fn deliver_filtered(
         &self,
         r: Request<Streaming<Envelope>>,
     ) -> Result<Response<DeliverStream>, Status> {
-        Ok(Response::new(
-            self.serve(r.into_inner(), BlockForm::Filtered),
-        ))
+        Ok(Response::new(self.serve(r, BlockForm::Filtered)))
     }
     async fn deliver_with_private_data(
         &self,
         r: Request<Streaming<Envelope>>,
     ) -> Result<Response<DeliverStream>, Status> {
-        Ok(Response::new(
-            self.serve(r.into_inner(), BlockForm::WithPrivateData),
-        ))
+        Ok(Response::new(self.serve(r, BlockForm::WithPrivateData)))
     }
 }

@@ -29,19 +29,9 @@ use tonic::transport::Channel as GrpcChannel;
 use tonic::{Code, Request, Response, Status};
 
 use crate::channel::Channel;
-use crate::comm::{ClientTls, ConnectionPool};
-use crate::deliver::{chaincode_events, transactions};
-use crate::endorser::Endorser;
-
-/// Another organisation's peer the gateway may ask for endorsements.
-#[derive(Debug, Clone)]
-pub struct RemotePeer {
-    pub msp_id: String,
-    /// host:port
-    pub address: String,
-    /// PEM of the CA that signed its TLS certificate; `None` for plain TCP.
-    pub tls_root_pem: Option<Vec<u8>>,
-}
+use crate::channel::blocks::{chaincode_events, transactions};
+use crate::comm::{ClientTls, ConnectionPool, RemotePeer};
+use crate::endorsement::Endorser;
 
 /// Per-call deadlines (Fabric's `peer.gateway.*Timeout`).
 const ENDORSE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -110,7 +100,7 @@ fn writes_of(payload: &[u8]) -> (bool, Vec<String>) {
     let mut collections = Vec::new();
     for ns in rwset.ns_rwset {
         let set = KvrwSet::decode(ns.rwset.as_slice()).unwrap_or_default();
-        public |= !crate::committer::written_public_is_empty(&set);
+        public |= !crate::validation::written_public_is_empty(&set);
         for c in ns.collection_hashed_rwset {
             let h = HashedRwSet::decode(c.hashed_rwset.as_slice()).unwrap_or_default();
             if !h.hashed_writes.is_empty() {

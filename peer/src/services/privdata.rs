@@ -14,26 +14,25 @@ use medledger_common::SigningIdentity;
 use medledger_common::cert::Certificate;
 use medledger_common::msp::{Expiry, Identity, NodeRole};
 use medledger_proto::common::Block;
-use medledger_proto::kvrwset::{HashedRwSet, KvrwSet};
+use medledger_proto::kvrwset::KvrwSet;
 use medledger_proto::medledger::privdata::private_data_client::PrivateDataClient as RpcClient;
 use medledger_proto::medledger::privdata::private_data_server::PrivateData;
 use medledger_proto::medledger::privdata::{
     PullRequest, PullResponse, PushRequest, PushResponse, PvtDataDigest, PvtDataElement,
     SignedPrivateDataRequest,
 };
-use medledger_proto::rwset::{
-    CollectionPvtReadWriteSet, NsPvtReadWriteSet, TxPvtReadWriteSet, TxReadWriteSet,
-};
+use medledger_proto::rwset::TxPvtReadWriteSet;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use crate::channel::Channel;
-use crate::collection::Collection;
-use crate::comm::{ClientTls, ConnectionPool};
-use crate::deliver::chaincode_actions;
-use crate::endorser::Channels;
-use crate::gateway::RemotePeer;
-use crate::ledger::{PvtCommit, PvtSlot, pvt_hash};
+use crate::channel::collection::Collection;
+use crate::channel::pvtdata::{
+    PvtCandidates, PvtNeed, add_collection, block_needs, expiry, verify_write_set,
+};
+use crate::channel::{Channel, Channels};
+use crate::comm::{ClientTls, ConnectionPool, RemotePeer};
+use crate::endorsement::Disseminator;
+use crate::storage::ledger::{PvtCommit, PvtSlot, pvt_hash};
 
 /// How long one push or pull to one peer may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -43,109 +42,6 @@ const PULL_RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// Largest Push or Pull message accepted.
 pub const MAX_PRIVATE_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
-
-/// Candidate private write sets for a block, by slot (several if endorsers disagreed).
-pub type PvtCandidates = HashMap<PvtSlot, Vec<Vec<u8>>>;
-
-/// A collection write set a member must commit with a block.
-#[derive(Debug, Clone)]
-pub struct PvtNeed {
-    pub slot: PvtSlot,
-    pub tx_id: String,
-    pub hashed: HashedRwSet,
-    pub pvt_rwset_hash: Vec<u8>,
-}
-
-/// The collection write sets of `block` that this peer, as a member, should hold: every
-/// transaction's, valid or not (validity is decided later; unused ones are dropped then).
-pub fn block_needs(channel: &Channel, block: &Block) -> Vec<PvtNeed> {
-    let number = block.header.as_ref().map(|h| h.number).unwrap_or_default();
-    let envelopes = medledger_common::protoutil::block_envelopes(block);
-    let mut out = Vec::new();
-    for (tx_num, env) in envelopes.iter().enumerate() {
-        let (tx_id, actions) = chaincode_actions(env);
-        for action in actions {
-            let Ok(rwset) = TxReadWriteSet::decode(action.results.as_slice()) else {
-                continue;
-            };
-            for ns in rwset.ns_rwset {
-                let Some(def) = channel.chaincode(&ns.namespace) else {
-                    continue;
-                };
-                for ch in ns.collection_hashed_rwset {
-                    let member = def
-                        .collections
-                        .get(&ch.collection_name)
-                        .is_some_and(|c| c.is_member_org(&channel.local_msp));
-                    let Ok(hashed) = HashedRwSet::decode(ch.hashed_rwset.as_slice()) else {
-                        continue;
-                    };
-                    if member && !hashed.hashed_writes.is_empty() {
-                        out.push(PvtNeed {
-                            slot: PvtSlot {
-                                block_num: number,
-                                tx_num: tx_num as u64,
-                                namespace: ns.namespace.clone(),
-                                collection: ch.collection_name,
-                            },
-                            tx_id: tx_id.clone(),
-                            hashed,
-                            pvt_rwset_hash: ch.pvt_rwset_hash,
-                        });
-                    }
-                }
-            }
-        }
-    }
-    out
-}
-
-/// Adds one collection's write set to a transaction's private write sets.
-pub fn add_collection(tx: &mut TxPvtReadWriteSet, ns: &str, coll: CollectionPvtReadWriteSet) {
-    match tx.ns_pvt_rwset.iter_mut().find(|n| n.namespace == ns) {
-        Some(n) => n.collection_pvt_rwset.push(coll),
-        None => tx.ns_pvt_rwset.push(NsPvtReadWriteSet {
-            namespace: ns.to_owned(),
-            collection_pvt_rwset: vec![coll],
-        }),
-    }
-}
-
-/// Why a private write set does not match a block's hashes.
-#[derive(Debug, thiserror::Error)]
-pub enum MismatchError {
-    #[error("private write set does not decode: {0}")]
-    Malformed(String),
-    #[error("private write of a key the transaction's hashed write set does not have")]
-    UnknownKey,
-    #[error("private value's hash does not match the hash on the ledger")]
-    ValueHash,
-}
-
-/// Checks a private write set against a transaction's hashed write set: every write must match
-/// a hashed write (key hash, delete flag, value hash). A set whose whole hash differs is a
-/// subset the sender had to thin out (erasure or blockToLive there); its matching writes stand.
-pub fn verify_write_set(need: &PvtNeed, bytes: &[u8]) -> Result<KvrwSet, MismatchError> {
-    let set = KvrwSet::decode(bytes).map_err(|e| MismatchError::Malformed(e.to_string()))?;
-    for w in &set.writes {
-        let kh = pvt_hash(w.key.as_bytes());
-        let h = need
-            .hashed
-            .hashed_writes
-            .iter()
-            .find(|h| h.key_hash == kh)
-            .ok_or(MismatchError::UnknownKey)?;
-        if h.is_delete != w.is_delete || (!w.is_delete && h.value_hash != pvt_hash(&w.value)) {
-            return Err(MismatchError::ValueHash);
-        }
-    }
-    Ok(set)
-}
-
-/// The block at whose commit blockToLive purges a collection's values written in `block_num`.
-pub fn expiry(c: &Collection, block_num: u64) -> Option<u64> {
-    (c.block_to_live > 0).then(|| block_num + c.block_to_live + 1)
-}
 
 fn sign(signer: &SigningIdentity, request: Vec<u8>) -> Result<SignedPrivateDataRequest, String> {
     let signature = signer.sign(&request).map_err(|e| e.to_string())?;
@@ -430,6 +326,17 @@ impl PrivateDataClient {
             done += 1;
         }
         Ok(done)
+    }
+}
+
+impl Disseminator for PrivateDataClient {
+    fn disseminate<'a>(
+        &'a self,
+        channel: &'a Channel,
+        tx_id: &'a str,
+        pvt: &'a TxPvtReadWriteSet,
+    ) -> futures::future::BoxFuture<'a, Result<(), String>> {
+        Box::pin(PrivateDataClient::disseminate(self, channel, tx_id, pvt))
     }
 }
 

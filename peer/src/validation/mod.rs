@@ -24,11 +24,11 @@ use medledger_proto::rwset::TxReadWriteSet;
 use prost::Message;
 
 use crate::channel::Channel;
-use crate::ledger::{
+use crate::channel::pvtdata::{PvtCandidates, PvtNeed, expiry, verify_write_set};
+use crate::execution::plugins::{PluginRegistry, ValidationInput};
+use crate::storage::ledger::{
     BlockCommit, HashedUpdate, LedgerError, PvtCommit, PvtPurge, PvtSlot, StateUpdate,
 };
-use crate::plugins::{PluginRegistry, ValidationInput};
-use crate::privdata::{PvtCandidates, PvtNeed, expiry, verify_write_set};
 
 /// The state-metadata entry holding a key-level endorsement policy.
 pub const VALIDATION_PARAMETER: &str = "VALIDATION_PARAMETER";
@@ -103,7 +103,12 @@ impl Overlay<'_> {
         let mut merged: BTreeMap<String, Option<Version>> = self
             .channel
             .ledger
-            .range(ns, start, &upper, crate::simulator::TOTAL_QUERY_LIMIT)?
+            .range(
+                ns,
+                start,
+                &upper,
+                crate::execution::simulator::TOTAL_QUERY_LIMIT,
+            )?
             .into_iter()
             .map(|(k, v)| {
                 (

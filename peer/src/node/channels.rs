@@ -1,0 +1,256 @@
+//! Opening channels (configured, previously joined, joined at run time through `cscc`) and
+//! running each one's block puller and private data reconciler.
+
+use super::puller::{BlockPuller, pull_blocks};
+use super::*;
+
+pub(super) fn open_channel(
+    cfg: &ChannelJoinConfig,
+    data_dir: &Path,
+    local_msp: &str,
+    keys: Arc<CollectionKeys>,
+    packages: &PackageStore,
+) -> Result<Channel, NodeError> {
+    let genesis = Block::decode(read(&cfg.genesis_block)?.as_slice())
+        .map_err(|e| NodeError::Config(format!("genesis block: {e}")))?;
+    let config = ChannelConfig::from_block(&genesis)
+        .map_err(|e| NodeError::Config(format!("genesis block: {e}")))?;
+    let err = |reason: String| NodeError::Channel {
+        channel: config.channel_id.clone(),
+        reason,
+    };
+    let ledger = Ledger::open_private(
+        &data_dir.join("ledgers").join(&config.channel_id),
+        &config.channel_id,
+        keys,
+    )
+    .map_err(|e| err(e.to_string()))?;
+    if ledger.height() == 0 {
+        let channel = Channel {
+            config: config.clone(),
+            ledger: Arc::new(ledger),
+            chaincodes: Default::default(),
+            local_msp: local_msp.to_owned(),
+        };
+        commit_block(
+            &channel,
+            &PluginRegistry::default(),
+            genesis,
+            &PvtCandidates::new(),
+        )
+        .map_err(|e| err(e.to_string()))?;
+        return open_channel_with(cfg, config, channel.ledger, local_msp, packages);
+    }
+    let stored = ledger
+        .block(0)
+        .map_err(|e| err(e.to_string()))?
+        .and_then(|b| b.header);
+    if stored != genesis.header {
+        return Err(err(
+            "the ledger on disk belongs to another genesis block".into()
+        ));
+    }
+    open_channel_with(cfg, config, Arc::new(ledger), local_msp, packages)
+}
+
+pub(super) fn open_channel_with(
+    cfg: &ChannelJoinConfig,
+    config: ChannelConfig,
+    ledger: Arc<Ledger>,
+    local_msp: &str,
+    packages: &PackageStore,
+) -> Result<Channel, NodeError> {
+    let mut chaincodes = vec![lifecycle_definition(&config)];
+    for cc in &cfg.chaincodes {
+        let policy = parse_signature_policy(&cc.endorsement_policy).map_err(|e| {
+            NodeError::Config(format!("chaincode {} endorsement policy: {e}", cc.name))
+        })?;
+        let json = match &cc.collections_config {
+            Some(path) => String::from_utf8(read(path)?).map_err(|_| NodeError::File {
+                path: path.clone(),
+                reason: "not UTF-8".into(),
+            })?,
+            None => String::new(),
+        };
+        let collections = Collections::load(&json, &config)
+            .map_err(|e| NodeError::Config(format!("chaincode {}: {e}", cc.name)))?;
+        chaincodes.push(ChaincodeDefinition {
+            name: cc.name.clone(),
+            version: cc.version.clone(),
+            sequence: 0,
+            endpoint: Some(ChaincodeEndpoint {
+                name: cc.name.clone(),
+                version: cc.version.clone(),
+                package_id: cc.package_id.clone(),
+                connection: cc.connection.clone(),
+            }),
+            endorsement_policy: Policy::Signature(policy),
+            endorsement_plugin: cc.endorsement_plugin.clone(),
+            validation_plugin: cc.validation_plugin.clone(),
+            collections,
+        });
+    }
+    let channel = Channel {
+        config,
+        ledger,
+        chaincodes: Default::default(),
+        local_msp: local_msp.to_owned(),
+    };
+    channel.define(chaincodes);
+    reload_definitions(&channel, packages)?;
+    Ok(channel)
+}
+
+/// The channel id a genesis block file names (`None` if it does not read as one).
+pub(super) fn genesis_channel_id(path: &Path) -> Option<String> {
+    let block = Block::decode(std::fs::read(path).ok()?.as_slice()).ok()?;
+    ChannelConfig::from_block(&block).ok().map(|c| c.channel_id)
+}
+
+/// Applies the definitions committed through `_lifecycle` to the channel.
+pub(super) fn reload_definitions(
+    channel: &Channel,
+    packages: &PackageStore,
+) -> Result<(), NodeError> {
+    let defs = committed_definitions(
+        &channel.ledger,
+        &channel.config,
+        &channel.local_msp,
+        packages,
+    )
+    .map_err(|reason| NodeError::Channel {
+        channel: channel.id().to_owned(),
+        reason,
+    })?;
+    for d in &defs {
+        tracing::info!(channel = %channel.id(), chaincode = %d.name, sequence = d.sequence, installed = d.endpoint.is_some(), "chaincode definition in force");
+    }
+    channel.define(defs);
+    Ok(())
+}
+
+/// Opens channels and runs each one's block puller and private data reconciler: at start for
+/// the configured and previously joined channels, and at run time for `channel join`.
+pub(super) struct ChannelRunner {
+    pub(super) data_dir: PathBuf,
+    pub(super) msp_id: String,
+    pub(super) keys: Arc<CollectionKeys>,
+    pub(super) packages: Arc<PackageStore>,
+    pub(super) channels: Channels,
+    pub(super) plugins: PluginRegistry,
+    pub(super) signer: SigningIdentity,
+    pub(super) client_tls: Option<ClientTls>,
+    pub(super) private_data: Arc<PrivateDataClient>,
+    pub(super) transient_retention: u64,
+    pub(super) reconcile_interval: Duration,
+    pub(super) shutdown: watch::Receiver<bool>,
+    pub(super) tasks: Tasks,
+}
+
+impl ChannelRunner {
+    pub(super) fn joined_dir(&self) -> PathBuf {
+        self.data_dir.join("joined")
+    }
+
+    /// Opens a channel (creating its ledger from the genesis block if new) and starts its tasks.
+    pub(super) async fn run(&self, cfg: &ChannelJoinConfig) -> Result<String, NodeError> {
+        let ch = Arc::new(open_channel(
+            cfg,
+            &self.data_dir,
+            &self.msp_id,
+            self.keys.clone(),
+            &self.packages,
+        )?);
+        let id = ch.id().to_owned();
+        {
+            let mut channels = self.channels.write().await;
+            if channels.contains_key(&id) {
+                return Err(NodeError::Channel {
+                    channel: id,
+                    reason: "the peer has already joined this channel".into(),
+                });
+            }
+            channels.insert(id.clone(), ch.clone());
+        }
+        let puller = tokio::spawn(pull_blocks(
+            BlockPuller {
+                channel: ch.clone(),
+                plugins: self.plugins.clone(),
+                signer: self.signer.clone(),
+                client_tls: self.client_tls.clone(),
+                private_data: self.private_data.clone(),
+                packages: self.packages.clone(),
+                transient_retention: self.transient_retention,
+            },
+            self.shutdown.clone(),
+        ));
+        let reconciler = tokio::spawn(reconcile_loop(
+            ch,
+            self.private_data.clone(),
+            self.reconcile_interval,
+            self.shutdown.clone(),
+        ));
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        tasks.push(puller);
+        tasks.push(reconciler);
+        Ok(id)
+    }
+
+    /// The channels joined at run time, from their saved genesis blocks.
+    pub(super) fn joined(&self) -> Vec<ChannelJoinConfig> {
+        let mut out: Vec<ChannelJoinConfig> = std::fs::read_dir(self.joined_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "block"))
+            .map(|genesis_block| ChannelJoinConfig {
+                genesis_block,
+                chaincodes: vec![],
+            })
+            .collect();
+        out.sort_by(|a, b| a.genesis_block.cmp(&b.genesis_block));
+        out
+    }
+}
+
+impl crate::endorsement::ChannelJoiner for ChannelRunner {
+    fn join<'a>(
+        &'a self,
+        genesis: &'a [u8],
+    ) -> futures::future::BoxFuture<'a, Result<String, String>> {
+        Box::pin(async move {
+            let block = Block::decode(genesis).map_err(|e| format!("genesis block: {e}"))?;
+            if block.header.as_ref().map(|h| h.number) != Some(0) {
+                return Err("a channel is joined with its genesis block (block 0)".into());
+            }
+            let config =
+                ChannelConfig::from_block(&block).map_err(|e| format!("genesis block: {e}"))?;
+            if !config.application_orgs.contains(&self.msp_id) {
+                return Err(format!(
+                    "{} is not an application organisation of channel {}",
+                    self.msp_id, config.channel_id
+                ));
+            }
+            if self.channels.read().await.contains_key(&config.channel_id) {
+                return Err(format!(
+                    "the peer has already joined channel {}",
+                    config.channel_id
+                ));
+            }
+            let dir = self.joined_dir();
+            let path = dir.join(format!("{}.block", config.channel_id));
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            std::fs::write(&path, genesis).map_err(|e| e.to_string())?;
+            let id = self
+                .run(&ChannelJoinConfig {
+                    genesis_block: path,
+                    chaincodes: vec![],
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::info!(channel = %id, "joined channel");
+            Ok(id)
+        })
+    }
+}

@@ -1,0 +1,45 @@
+//! The block store: blocks by number and by header hash, the transaction index, the chain's tip.
+
+use medledger_proto::common::Block;
+use medledger_proto::medledger::ledger::TxLocation;
+
+use super::keys::*;
+use super::{Ledger, LedgerError};
+
+impl Ledger {
+    /// Header hash of the last block (empty before genesis).
+    pub fn last_hash(&self) -> Result<Vec<u8>, LedgerError> {
+        Ok(self
+            .db
+            .get_cf(cf(&self.db, META)?, LAST_HASH_KEY)?
+            .unwrap_or_default())
+    }
+
+    /// The block at `number`.
+    pub fn block(&self, number: u64) -> Result<Option<Block>, LedgerError> {
+        self.db
+            .get_cf(cf(&self.db, BLOCKS)?, number.to_be_bytes())?
+            .map(|b| decode(&b, "block"))
+            .transpose()
+    }
+
+    /// The block whose header hash is `hash`.
+    pub fn block_by_hash(&self, hash: &[u8]) -> Result<Option<Block>, LedgerError> {
+        match self.db.get_cf(cf(&self.db, HASHES)?, hash)? {
+            Some(n) => self.block(u64::from_be_bytes(
+                n.as_slice()
+                    .try_into()
+                    .map_err(|_| LedgerError::Corrupt("hash index".into()))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Where a transaction id was committed.
+    pub fn tx_location(&self, txid: &str) -> Result<Option<TxLocation>, LedgerError> {
+        self.db
+            .get_cf(cf(&self.db, TXIDS)?, txid.as_bytes())?
+            .map(|b| decode(&b, "tx location"))
+            .transpose()
+    }
+}

@@ -1,0 +1,64 @@
+//! Garbage on the streaming services: a frame that does not decode must end the call with a
+//! non-OK status (Fabric: `13 INTERNAL grpc: failed to unmarshal the received message`), never
+//! with a clean end that a client would take for success.
+
+use medledger_tests::peernet::PeerNet;
+use medledger_tests::raw_grpc::stream_call;
+use tonic::Code;
+
+/// Bytes that are no protobuf message: field 0 is invalid in every message.
+fn undecodable() -> Vec<u8> {
+    vec![0x00, 0xff, 0xff, 0xff, 0x0f]
+}
+
+/// 10 MiB of a wire type (7) protobuf does not have.
+fn big_garbage() -> Vec<u8> {
+    vec![0x0f; 10 * 1024 * 1024]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_frames_end_streams_with_an_error_status() -> anyhow::Result<()> {
+    let net = PeerNet::start("OR('Hospital1MSP.member')", 5_000).await?;
+    let peer_root = net.orgs[0].tls_ca.cert_pem().as_bytes().to_vec();
+    let orderer_root = net.orderers.org.tls_ca.cert_pem().as_bytes().to_vec();
+    let targets = [
+        (net.address(0), peer_root.clone(), "/protos.Deliver/Deliver"),
+        (net.address(0), peer_root, "/protos.Deliver/DeliverFiltered"),
+        (
+            net.orderers.address(1),
+            orderer_root.clone(),
+            "/orderer.AtomicBroadcast/Broadcast",
+        ),
+        (
+            net.orderers.address(2),
+            orderer_root,
+            "/orderer.AtomicBroadcast/Deliver",
+        ),
+    ];
+    for (address, root, path) in targets {
+        for (what, frame) in [("undecodable", undecodable()), ("10 MiB", big_garbage())] {
+            let ch = medledger_peer::comm::dial(&address, std::slice::from_ref(&root), None)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let status = stream_call(ch, path, vec![frame]).await;
+            assert_ne!(
+                status.code(),
+                Code::Ok,
+                "{path} at {address} ended a stream of {what} garbage with OK"
+            );
+            assert!(
+                status.message().contains("failed to unmarshal"),
+                "{path} {what}: {status:?}"
+            );
+        }
+    }
+    // The nodes are still serving: an honest transaction commits.
+    let client = net.orgs[0].identity("app", "client", &[])?;
+    let mut gw = net.gateway(0, client).await?;
+    let (_, code, _, _) = gw.submit(&["Put", "after-garbage", "1"]).await?;
+    assert_eq!(
+        code, 0,
+        "a valid transaction after the garbage must commit VALID"
+    );
+    Ok(())
+}
