@@ -28,6 +28,33 @@ pub fn load_yaml<T: DeserializeOwned>(path: &Path, env_prefix: &str) -> Result<T
     serde_yaml::from_value(value).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// Fabric's default for both gRPC message limits (`peer.maxRecvMsgSize` / `maxSendMsgSize`,
+/// the orderer's `General.MaxRecvMsgSize` / `MaxSendMsgSize`): 100 MiB.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 100 * 1024 * 1024;
+
+/// Serde default of the message limit fields.
+pub fn default_max_message_bytes() -> usize {
+    DEFAULT_MAX_MESSAGE_BYTES
+}
+
+/// The largest gRPC message a node receives and sends, applied to every server and client it
+/// builds, so that what one node may send another accepts. What gets ordered is still bounded
+/// by the channel's AbsoluteMaxBytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageLimits {
+    pub max_recv: usize,
+    pub max_send: usize,
+}
+
+impl Default for MessageLimits {
+    fn default() -> Self {
+        Self {
+            max_recv: DEFAULT_MAX_MESSAGE_BYTES,
+            max_send: DEFAULT_MAX_MESSAGE_BYTES,
+        }
+    }
+}
+
 /// Makes a relative path relative to `base` (the configuration file's folder).
 pub fn resolve(base: &Path, p: &mut std::path::PathBuf) {
     if p.is_relative() {

@@ -13,6 +13,7 @@ use std::time::Duration;
 use futures::Stream;
 use medledger_common::SigningIdentity;
 use medledger_common::channelconfig::{ChannelConfig, check_seek};
+use medledger_common::config::MessageLimits;
 use medledger_common::msp::Expiry;
 use medledger_common::protoutil::unpack_envelope;
 use medledger_common::refusal::next_message;
@@ -77,9 +78,24 @@ pub struct OrdererConfig {
     /// Where `/healthz` and `/metrics` are served (none when unset).
     #[serde(default)]
     pub operations_address: Option<String>,
+    /// Largest gRPC message received, on the orderer's server and its clients (Fabric's
+    /// `General.MaxRecvMsgSize`, 100 MiB). AbsoluteMaxBytes still bounds what gets ordered.
+    #[serde(default = "medledger_common::config::default_max_message_bytes")]
+    pub max_recv_msg_size: usize,
+    /// Largest gRPC message sent (Fabric's `General.MaxSendMsgSize`, 100 MiB).
+    #[serde(default = "medledger_common::config::default_max_message_bytes")]
+    pub max_send_msg_size: usize,
 }
 
 impl OrdererConfig {
+    /// The message limits every server and client of this orderer applies.
+    pub fn message_limits(&self) -> MessageLimits {
+        MessageLimits {
+            max_recv: self.max_recv_msg_size,
+            max_send: self.max_send_msg_size,
+        }
+    }
+
     /// Reads YAML and applies `MEDLEDGER_ORDERER_<FIELD>` overrides of top-level fields.
     pub fn load(path: &Path) -> Result<Self, NodeError> {
         use medledger_common::config::resolve;
@@ -394,6 +410,7 @@ async fn outbound_link(
     address: String,
     roots: Vec<u8>,
     identity: (Vec<u8>, Vec<u8>),
+    limits: MessageLimits,
     mut queue: mpsc::Receiver<ConsensusMessage>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -423,7 +440,9 @@ async fn outbound_link(
         };
         if let Ok(ch) = channel {
             let (tx, rx) = mpsc::channel::<ConsensusMessage>(1024);
-            let mut client = ConsensusClient::new(ch).max_encoding_message_size(100 << 20);
+            let mut client = ConsensusClient::new(ch)
+                .max_encoding_message_size(limits.max_send)
+                .max_decoding_message_size(limits.max_recv);
             let call = tokio::spawn(async move { client.step(ReceiverStream::new(rx)).await });
             loop {
                 tokio::select! {
@@ -503,6 +522,7 @@ pub async fn start(cfg: OrdererConfig) -> Result<RunningOrderer, NodeError> {
             format!("{}:{}", c.host, c.port),
             roots.clone(),
             (cert.clone(), key.clone()),
+            cfg.message_limits(),
             rx,
             shutdown_rx.clone(),
         )));
@@ -541,9 +561,15 @@ pub async fn start(cfg: OrdererConfig) -> Result<RunningOrderer, NodeError> {
         .tls_config(server_tls)
         .map_err(|e| NodeError::Config(format!("TLS: {e}")))?
         .add_service(
-            AtomicBroadcastServer::new(Svc(services.clone())).max_decoding_message_size(100 << 20),
+            AtomicBroadcastServer::new(Svc(services.clone()))
+                .max_decoding_message_size(cfg.max_recv_msg_size)
+                .max_encoding_message_size(cfg.max_send_msg_size),
         )
-        .add_service(ConsensusServer::new(Svc(services)).max_decoding_message_size(100 << 20))
+        .add_service(
+            ConsensusServer::new(Svc(services))
+                .max_decoding_message_size(cfg.max_recv_msg_size)
+                .max_encoding_message_size(cfg.max_send_msg_size),
+        )
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             let _ = rx.changed().await;
         });

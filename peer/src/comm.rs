@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use medledger_common::config::MessageLimits;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 /// The peer's own TLS identity, presented to orderers and other peers (mutual TLS).
@@ -48,17 +49,25 @@ pub async fn dial(
 }
 
 /// Open connections to other nodes by address, dialled once and reused.
+/// The addresses come from the peer's configuration and the channels' configs, which bounds it.
 pub struct ConnectionPool {
     client_tls: Option<ClientTls>,
+    limits: MessageLimits,
     conns: tokio::sync::Mutex<std::collections::HashMap<String, Channel>>,
 }
 
 impl ConnectionPool {
-    pub fn new(client_tls: Option<ClientTls>) -> Self {
+    pub fn new(client_tls: Option<ClientTls>, limits: MessageLimits) -> Self {
         Self {
             client_tls,
+            limits,
             conns: tokio::sync::Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// The message limits every client stub on these connections must apply.
+    pub fn limits(&self) -> MessageLimits {
+        self.limits
     }
 
     /// A connection to `address`, verified against `tls_roots`.

@@ -58,6 +58,8 @@ impl OrdererSet {
                 }),
                 tick_ms: 20,
                 operations_address: Some("127.0.0.1:0".into()),
+                max_recv_msg_size: medledger_common::config::DEFAULT_MAX_MESSAGE_BYTES,
+                max_send_msg_size: medledger_common::config::DEFAULT_MAX_MESSAGE_BYTES,
             });
             consenters.push(Consenter {
                 id,

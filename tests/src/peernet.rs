@@ -232,6 +232,8 @@ impl PeerNet {
                 gateway_peers: vec![],
                 chaincode_execute_timeout_ms: execute_timeout_ms,
                 operations_address: Some("127.0.0.1:0".into()),
+                max_recv_msg_size: medledger_common::config::DEFAULT_MAX_MESSAGE_BYTES,
+                max_send_msg_size: medledger_common::config::DEFAULT_MAX_MESSAGE_BYTES,
                 channels: vec![ChannelJoinConfig {
                     genesis_block: genesis_path.clone(),
                     chaincodes: vec![ChaincodeConfig {
@@ -342,8 +344,12 @@ impl PeerNet {
         let ch = medledger_peer::comm::dial(&self.address(i), &[root], None)
             .await
             .map_err(anyhow::Error::msg)?;
+        // As Fabric's clients do, take messages up to the peer's 100 MiB limit.
+        let limit = medledger_common::config::DEFAULT_MAX_MESSAGE_BYTES;
         Ok(Gateway {
-            client: GatewayClient::new(ch),
+            client: GatewayClient::new(ch)
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
             signer,
         })
     }

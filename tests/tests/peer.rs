@@ -480,3 +480,24 @@ async fn chaincode_server_over_tls() -> anyhow::Result<()> {
     let _ = stop.send(());
     Ok(())
 }
+
+/// A 2 MiB argument through a policy that needs the other organisation's endorsement: the
+/// gateway's client to the other peer, the orderers and the block pullers all take Fabric's
+/// 100 MiB message limit (the other peer's answer, ~6 MiB, used to hit tonic's 4 MiB default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_two_mebibyte_argument_commits_under_a_two_organisation_policy() -> anyhow::Result<()> {
+    let net = PeerNet::start(BOTH, 5_000).await?;
+    let client = net.orgs[0].identity("bulk", "client", &[])?;
+    let mut gw = net.gateway(0, client).await?;
+    let value = "x".repeat(2 * 1024 * 1024);
+    let (_, code, block, result) = gw.submit(&["Put", "large-scan", &value]).await?;
+    assert_eq!(code, TxValidationCode::Valid as i32);
+    assert_eq!(result.len(), value.len());
+    net.wait_height(block + 1).await?;
+    for i in 0..2 {
+        let ch = net.channel(i).await?;
+        let stored = ch.ledger.state("kv", "large-scan")?.map(|v| v.value.len());
+        assert_eq!(stored, Some(value.len()), "peer {i}");
+    }
+    Ok(())
+}

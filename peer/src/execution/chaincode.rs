@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use medledger_common::config::MessageLimits;
 use medledger_proto::protos::chaincode_client::ChaincodeClient;
 use medledger_proto::protos::chaincode_message::Type as Msg;
 use medledger_proto::protos::{
@@ -73,6 +74,7 @@ pub struct ChaincodeSupport {
     conns: Mutex<HashMap<String, Arc<Connection>>>,
     execute_timeout: Duration,
     next_iterator: AtomicU64,
+    limits: MessageLimits,
 }
 
 fn key(channel: &str, txid: &str) -> String {
@@ -80,10 +82,11 @@ fn key(channel: &str, txid: &str) -> String {
 }
 
 impl ChaincodeSupport {
-    pub fn new(execute_timeout: Duration) -> Self {
+    pub fn new(execute_timeout: Duration, limits: MessageLimits) -> Self {
         Self {
             conns: Mutex::new(HashMap::new()),
             execute_timeout,
+            limits,
             next_iterator: AtomicU64::new(1),
         }
     }
@@ -131,7 +134,8 @@ impl ChaincodeSupport {
             .map_err(|e| unavailable(e.to_string()))?;
         let (tx, rx) = mpsc::channel::<ChaincodeMessage>(1024);
         let mut inbound = ChaincodeClient::new(channel)
-            .max_decoding_message_size(100 * 1024 * 1024)
+            .max_decoding_message_size(self.limits.max_recv)
+            .max_encoding_message_size(self.limits.max_send)
             .connect(ReceiverStream::new(rx))
             .await
             .map_err(|e| unavailable(e.message().to_owned()))?

@@ -2,6 +2,8 @@
 //! running each one's block puller and private data reconciler.
 
 use super::puller::{BlockPuller, pull_blocks};
+use medledger_common::config::MessageLimits;
+
 use super::*;
 
 pub(super) fn open_channel(
@@ -143,6 +145,7 @@ pub(super) struct ChannelRunner {
     pub(super) private_data: Arc<PrivateDataClient>,
     pub(super) transient_retention: u64,
     pub(super) reconcile_interval: Duration,
+    pub(super) limits: MessageLimits,
     pub(super) shutdown: watch::Receiver<bool>,
     pub(super) tasks: Tasks,
 }
@@ -181,6 +184,7 @@ impl ChannelRunner {
                 private_data: self.private_data.clone(),
                 packages: self.packages.clone(),
                 transient_retention: self.transient_retention,
+                limits: self.limits,
             },
             self.shutdown.clone(),
         ));

@@ -118,6 +118,13 @@ pub struct PeerConfig {
     pub operations_address: Option<String>,
     #[serde(default)]
     pub private_data: PrivateDataConfig,
+    /// Largest gRPC message received, on every server and client of the peer (Fabric's
+    /// `peer.maxRecvMsgSize`, 100 MiB).
+    #[serde(default = "medledger_common::config::default_max_message_bytes")]
+    pub max_recv_msg_size: usize,
+    /// Largest gRPC message sent (Fabric's `peer.maxSendMsgSize`, 100 MiB).
+    #[serde(default = "medledger_common::config::default_max_message_bytes")]
+    pub max_send_msg_size: usize,
 }
 
 impl PeerConfig {
@@ -128,6 +135,14 @@ impl PeerConfig {
             .map_err(NodeError::Config)?;
         cfg.resolve_paths(path.parent().unwrap_or(Path::new(".")));
         Ok(cfg)
+    }
+
+    /// The message limits every server and client of this peer applies.
+    pub fn message_limits(&self) -> medledger_common::config::MessageLimits {
+        medledger_common::config::MessageLimits {
+            max_recv: self.max_recv_msg_size,
+            max_send: self.max_send_msg_size,
+        }
     }
 
     /// Refuses a configuration that would send proposals (with their transient data) or private

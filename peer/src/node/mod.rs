@@ -30,7 +30,7 @@ use crate::channel::pvtdata::PvtCandidates;
 use crate::channel::{Channel, Channels};
 use crate::comm::RemotePeer;
 use crate::comm::{ClientTls, dial};
-use crate::endorsement::{Endorser, MAX_PROPOSAL_BYTES};
+use crate::endorsement::Endorser;
 use crate::execution::chaincode::ChaincodeSupport;
 use crate::execution::lifecycle::{
     LIFECYCLE, PackageStore, committed_definitions, lifecycle_definition,
@@ -38,9 +38,7 @@ use crate::execution::lifecycle::{
 use crate::execution::plugins::PluginRegistry;
 use crate::services::deliver::DeliverService;
 use crate::services::gateway::GatewayService;
-use crate::services::privdata::{
-    MAX_PRIVATE_MESSAGE_BYTES, PrivateDataClient, PrivateDataService, reconcile_loop,
-};
+use crate::services::privdata::{PrivateDataClient, PrivateDataService, reconcile_loop};
 use crate::storage::ledger::Ledger;
 use crate::storage::sealing::CollectionKeys;
 use crate::validation::commit_block;
@@ -149,6 +147,7 @@ pub async fn start(cfg: PeerConfig, plugins: PluginRegistry) -> Result<RunningPe
         key_pem: t.key_pem.clone(),
     });
     cfg.check_transport()?;
+    let limits = cfg.message_limits();
     let mut remote_peers = Vec::new();
     for p in &cfg.gateway_peers {
         remote_peers.push(RemotePeer {
@@ -160,6 +159,7 @@ pub async fn start(cfg: PeerConfig, plugins: PluginRegistry) -> Result<RunningPe
     let private_data = Arc::new(PrivateDataClient::new(
         remote_peers.clone(),
         client_tls.clone(),
+        limits,
         signer.clone(),
         Duration::from_millis(cfg.private_data.pull_timeout_ms),
     ));
@@ -177,6 +177,7 @@ pub async fn start(cfg: PeerConfig, plugins: PluginRegistry) -> Result<RunningPe
         private_data: private_data.clone(),
         transient_retention: cfg.private_data.transient_retention_blocks,
         reconcile_interval: Duration::from_millis(cfg.private_data.reconcile_interval_ms.max(100)),
+        limits,
         shutdown: shutdown_rx.clone(),
         tasks: tasks.clone(),
     });
@@ -199,9 +200,10 @@ pub async fn start(cfg: PeerConfig, plugins: PluginRegistry) -> Result<RunningPe
     let endorser = Arc::new(Endorser {
         joiner: runner.clone(),
         channels: channels.clone(),
-        chaincodes: Arc::new(ChaincodeSupport::new(Duration::from_millis(
-            cfg.chaincode_execute_timeout_ms,
-        ))),
+        chaincodes: Arc::new(ChaincodeSupport::new(
+            Duration::from_millis(cfg.chaincode_execute_timeout_ms),
+            limits,
+        )),
         signer: signer.clone(),
         plugins: plugins.clone(),
         private_data: private_data.clone(),
@@ -222,6 +224,7 @@ pub async fn start(cfg: PeerConfig, plugins: PluginRegistry) -> Result<RunningPe
         endorser.clone(),
         remote_peers,
         client_tls.clone(),
+        limits,
         address.to_string(),
     );
     let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
@@ -239,24 +242,31 @@ pub async fn start(cfg: PeerConfig, plugins: PluginRegistry) -> Result<RunningPe
             .map_err(|e| NodeError::Config(format!("TLS: {e}")))?;
     }
     let mut rx = shutdown_rx.clone();
-    let max = MAX_PROPOSAL_BYTES + 1024 * 1024;
+    let (recv, send) = (limits.max_recv, limits.max_send);
     let server = builder
-        .add_service(GatewayServer::new(gateway).max_decoding_message_size(max))
         .add_service(
-            EndorserServer::new(EndorserService(endorser.clone())).max_decoding_message_size(max),
+            GatewayServer::new(gateway)
+                .max_decoding_message_size(recv)
+                .max_encoding_message_size(send),
+        )
+        .add_service(
+            EndorserServer::new(EndorserService(endorser.clone()))
+                .max_decoding_message_size(recv)
+                .max_encoding_message_size(send),
         )
         .add_service(
             DeliverServer::new(DeliverService {
                 channels: channels.clone(),
             })
-            .max_decoding_message_size(max),
+            .max_decoding_message_size(recv)
+            .max_encoding_message_size(send),
         )
         .add_service(
             PrivateDataServer::new(PrivateDataService {
                 channels: channels.clone(),
             })
-            .max_decoding_message_size(MAX_PRIVATE_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_PRIVATE_MESSAGE_BYTES),
+            .max_decoding_message_size(recv)
+            .max_encoding_message_size(send),
         )
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             let _ = rx.changed().await;

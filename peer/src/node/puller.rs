@@ -1,6 +1,8 @@
 //! A channel's block puller: takes blocks from the channel's orderers and commits them.
 
 use super::channels::reload_definitions;
+use medledger_common::config::MessageLimits;
+
 use super::*;
 
 /// What the block puller of one channel works with.
@@ -12,6 +14,7 @@ pub(super) struct BlockPuller {
     pub(super) private_data: Arc<PrivateDataClient>,
     pub(super) packages: Arc<PackageStore>,
     pub(super) transient_retention: u64,
+    pub(super) limits: MessageLimits,
 }
 
 /// Takes blocks from the channel's orderers (rotating on failure) and commits them.
@@ -24,6 +27,7 @@ pub(super) async fn pull_blocks(puller: BlockPuller, mut shutdown: watch::Receiv
         private_data,
         packages,
         transient_retention,
+        limits,
     } = puller;
     let consenters = channel.config.consenters.clone();
     if consenters.is_empty() {
@@ -59,7 +63,8 @@ pub(super) async fn pull_blocks(puller: BlockPuller, mut shutdown: watch::Receiv
             )
             .map_err(|e| e.to_string())?;
             let mut stream = AtomicBroadcastClient::new(ch)
-                .max_decoding_message_size(100 * 1024 * 1024)
+                .max_decoding_message_size(limits.max_recv)
+                .max_encoding_message_size(limits.max_send)
                 .deliver(tokio_stream::once(env))
                 .await
                 .map_err(|s| s.message().to_owned())?

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
+use medledger_common::config::MessageLimits;
 use medledger_common::msp::{Expiry, Identity};
 use medledger_common::policy::{SignedData, verified_signers};
 use medledger_common::protoutil::assemble_transaction;
@@ -121,13 +122,14 @@ impl GatewayService {
         endorser: Arc<Endorser>,
         remote_peers: Vec<RemotePeer>,
         client_tls: Option<ClientTls>,
+        limits: MessageLimits,
         address: String,
     ) -> Self {
         Self {
             endorser,
             remote_peers,
             address,
-            conns: ConnectionPool::new(client_tls),
+            conns: ConnectionPool::new(client_tls, limits),
         }
     }
 
@@ -142,7 +144,10 @@ impl GatewayService {
     ) -> Result<ProposalResponse, String> {
         let roots: Vec<Vec<u8>> = peer.tls_root_pem.iter().cloned().collect();
         let ch = self.connect(&peer.address, &roots).await?;
-        let mut client = EndorserClient::new(ch);
+        let limits = self.conns.limits();
+        let mut client = EndorserClient::new(ch)
+            .max_decoding_message_size(limits.max_recv)
+            .max_encoding_message_size(limits.max_send);
         tokio::time::timeout(ENDORSE_TIMEOUT, client.process_proposal(sp.clone()))
             .await
             .map_err(|_| "endorsement timeout expired".to_owned())?
@@ -174,9 +179,12 @@ impl GatewayService {
             let address = format!("{}:{}", c.host, c.port);
             let env = env.clone();
             let conn = self.connect(&address, &roots).await;
+            let limits = self.conns.limits();
             tasks.push(tokio::spawn(async move {
                 let ch = conn?;
-                let mut client = AtomicBroadcastClient::new(ch);
+                let mut client = AtomicBroadcastClient::new(ch)
+                    .max_decoding_message_size(limits.max_recv)
+                    .max_encoding_message_size(limits.max_send);
                 let call = async {
                     let mut stream = client
                         .broadcast(tokio_stream::once(env))

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use medledger_common::SigningIdentity;
 use medledger_common::cert::Certificate;
+use medledger_common::config::MessageLimits;
 use medledger_common::msp::{Expiry, Identity, NodeRole};
 use medledger_proto::common::Block;
 use medledger_proto::kvrwset::KvrwSet;
@@ -40,9 +41,6 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between pull rounds while other members catch up.
 const PULL_RETRY_PAUSE: Duration = Duration::from_millis(100);
 
-/// Largest Push or Pull message accepted.
-pub const MAX_PRIVATE_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
-
 fn sign(signer: &SigningIdentity, request: Vec<u8>) -> Result<SignedPrivateDataRequest, String> {
     let signature = signer.sign(&request).map_err(|e| e.to_string())?;
     Ok(SignedPrivateDataRequest {
@@ -64,12 +62,13 @@ impl PrivateDataClient {
     pub fn new(
         peers: Vec<RemotePeer>,
         client_tls: Option<ClientTls>,
+        limits: MessageLimits,
         signer: SigningIdentity,
         pull_timeout: Duration,
     ) -> Self {
         Self {
             peers,
-            pool: ConnectionPool::new(client_tls),
+            pool: ConnectionPool::new(client_tls, limits),
             signer,
             pull_timeout,
         }
@@ -81,9 +80,10 @@ impl PrivateDataClient {
     ) -> Result<RpcClient<tonic::transport::Channel>, String> {
         let roots: Vec<Vec<u8>> = peer.tls_root_pem.iter().cloned().collect();
         let ch = self.pool.get(&peer.address, &roots).await?;
+        let limits = self.pool.limits();
         Ok(RpcClient::new(ch)
-            .max_decoding_message_size(MAX_PRIVATE_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_PRIVATE_MESSAGE_BYTES))
+            .max_decoding_message_size(limits.max_recv)
+            .max_encoding_message_size(limits.max_send))
     }
 
     /// Sends each member peer (at most maxPeerCount per collection) the collections it may hold;
