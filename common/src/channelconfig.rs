@@ -579,6 +579,16 @@ pub struct SeekRange {
     pub stop: u64,
     /// FAIL_IF_NOT_READY: answer NOT_FOUND instead of waiting for blocks beyond the height.
     pub fail_if_not_ready: bool,
+    /// When the requester's certificate expires (seconds since the epoch): the stream ends with
+    /// FORBIDDEN before the first block sent after it, as Fabric's deliver session does.
+    pub session_end: i64,
+}
+
+impl SeekRange {
+    /// Whether the session may no longer receive blocks at `now` (seconds since the epoch).
+    pub fn session_expired(&self, now: i64) -> bool {
+        now >= self.session_end
+    }
 }
 
 /// Checks a Deliver seek envelope for `channel` at ledger `height`, as Fabric's deliver server
@@ -611,14 +621,15 @@ pub fn check_seek(
         .deserialize(&u.signature_header.creator, crate::msp::Expiry::now())
         .ok()
         .filter(|id| id.verify(&env.payload, &env.signature).is_ok())
-        .is_some_and(|id| {
+        .filter(|id| {
             channel
                 .policy(policy_path)
-                .is_some_and(|p| p.satisfied_by(std::slice::from_ref(&id)))
+                .is_some_and(|p| p.satisfied_by(std::slice::from_ref(id)))
         });
-    if !allowed {
+    let Some(requester) = allowed else {
         return Err(Status::Forbidden);
-    }
+    };
+    let session_end = requester.cert.not_after;
     let resolve = |p: &Option<medledger_proto::orderer::SeekPosition>| -> Option<u64> {
         match p.as_ref()?.r#type.as_ref()? {
             Seek::Oldest(_) => Some(0),
@@ -641,5 +652,6 @@ pub fn check_seek(
         start,
         stop,
         fail_if_not_ready,
+        session_end,
     })
 }

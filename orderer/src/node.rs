@@ -16,7 +16,7 @@ use medledger_common::channelconfig::{ChannelConfig, check_seek};
 use medledger_common::config::MessageLimits;
 use medledger_common::msp::Expiry;
 use medledger_common::protoutil::unpack_envelope;
-use medledger_common::refusal::next_message;
+use medledger_common::refusal::{log_refusal, next_message};
 use medledger_proto::common::{Block, Envelope, Status as BlockStatus};
 use medledger_proto::medledger::consensus::consensus_client::ConsensusClient;
 use medledger_proto::medledger::consensus::consensus_server::{Consensus, ConsensusServer};
@@ -344,6 +344,16 @@ impl AtomicBroadcast for Svc {
                             _ = tx.closed() => return,
                         }
                         continue;
+                    }
+                    if range.session_expired(medledger_common::msp::unix_now()) {
+                        log_refusal(
+                            "orderer.AtomicBroadcast/Deliver",
+                            remote,
+                            None,
+                            &"the requester's certificate expired during the stream",
+                        );
+                        let _ = tx.send(Ok(status(BlockStatus::Forbidden))).await;
+                        return;
                     }
                     let Ok(Some(block)) = svc.store.block(n) else {
                         let _ = tx.send(Ok(status(BlockStatus::InternalServerError))).await;

@@ -136,6 +136,17 @@ impl TestOrg {
         ou: &str,
         attrs: &[(&str, &str)],
     ) -> anyhow::Result<SigningIdentity> {
+        self.identity_until(name, ou, attrs, unix_now() + 24 * 3600)
+    }
+
+    /// Like [`TestOrg::identity`], with a certificate that expires at `not_after` (seconds).
+    pub fn identity_until(
+        &self,
+        name: &str,
+        ou: &str,
+        attrs: &[(&str, &str)],
+        not_after: i64,
+    ) -> anyhow::Result<SigningIdentity> {
         let key = PrivateKey::generate();
         let now = unix_now();
         let pem = self.ca.issue(&IssueRequest {
@@ -150,7 +161,7 @@ impl TestOrg {
                 .collect::<BTreeMap<_, _>>(),
             serial: random_serial(),
             not_before: now - 60,
-            not_after: now + 24 * 3600,
+            not_after,
             usage: Usage::Signing,
         })?;
         Ok(SigningIdentity::new(&self.mspid, pem.into_bytes(), key)?)

@@ -501,3 +501,94 @@ async fn a_two_mebibyte_argument_commits_under_a_two_organisation_policy() -> an
     }
     Ok(())
 }
+
+/// A Deliver stream (peer and orderer) ends with FORBIDDEN at the first block after the client's
+/// certificate expires, as Fabric's deliver session re-checks it, instead of streaming on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deliver_streams_end_forbidden_when_the_client_certificate_expires() -> anyhow::Result<()> {
+    use medledger_common::msp::unix_now;
+    use medledger_common::protoutil::signed_envelope;
+    use medledger_proto::common::{HeaderType, Status as BlockStatus};
+    use medledger_proto::orderer::atomic_broadcast_client::AtomicBroadcastClient;
+    use medledger_proto::orderer::{
+        SeekInfo, SeekOldest, SeekPosition, SeekSpecified, seek_position::Type as Seek,
+    };
+    use medledger_proto::protos::deliver_client::DeliverClient;
+    use medledger_proto::{
+        orderer::deliver_response::Type as OrdererResp, protos::deliver_response::Type as PeerResp,
+    };
+
+    let net = PeerNet::start(BOTH, 5_000).await?;
+    let expires = unix_now() + 4;
+    let short = net.orgs[0].identity_until("short-lived", "client", &[], expires)?;
+    let seek = SeekInfo {
+        start: Some(SeekPosition {
+            r#type: Some(Seek::Oldest(SeekOldest {})),
+        }),
+        stop: Some(SeekPosition {
+            r#type: Some(Seek::Specified(SeekSpecified { number: u64::MAX })),
+        }),
+        ..Default::default()
+    };
+    let env = signed_envelope(
+        HeaderType::DeliverSeekInfo,
+        CHANNEL,
+        seek.encode_to_vec(),
+        &short,
+    )?;
+
+    let peer_root = net.orgs[0].tls_ca.cert_pem().as_bytes().to_vec();
+    let ch = medledger_peer::comm::dial(&net.address(0), &[peer_root], None)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let mut from_peer = DeliverClient::new(ch)
+        .deliver(tokio_stream::once(env.clone()))
+        .await?
+        .into_inner();
+    let orderer_root = net.orderers.org.tls_ca.cert_pem().as_bytes().to_vec();
+    let ch = medledger_peer::comm::dial(&net.orderers.address(1), &[orderer_root], None)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let mut from_orderer = AtomicBroadcastClient::new(ch)
+        .deliver(tokio_stream::once(env))
+        .await?
+        .into_inner();
+    // While the certificate is valid, the genesis block arrives.
+    let first = from_peer.message().await?.and_then(|m| m.r#type);
+    assert!(matches!(first, Some(PeerResp::Block(_))), "{first:?}");
+    let first = from_orderer.message().await?.and_then(|m| m.r#type);
+    assert!(matches!(first, Some(OrdererResp::Block(_))), "{first:?}");
+
+    while unix_now() <= expires {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let app = net.orgs[0].identity("app", "client", &[])?;
+    let mut gw = net.gateway(0, app).await?;
+    gw.submit(&["Put", "after-expiry", "1"]).await?;
+
+    let next = tokio::time::timeout(std::time::Duration::from_secs(10), from_peer.message())
+        .await??
+        .and_then(|m| m.r#type);
+    assert!(
+        matches!(next, Some(PeerResp::Status(s)) if s == BlockStatus::Forbidden as i32),
+        "peer sent {}",
+        if matches!(next, Some(PeerResp::Block(_))) {
+            "another block"
+        } else {
+            "something else"
+        }
+    );
+    let next = tokio::time::timeout(std::time::Duration::from_secs(10), from_orderer.message())
+        .await??
+        .and_then(|m| m.r#type);
+    assert!(
+        matches!(next, Some(OrdererResp::Status(s)) if s == BlockStatus::Forbidden as i32),
+        "orderer sent {}",
+        if matches!(next, Some(OrdererResp::Block(_))) {
+            "another block"
+        } else {
+            "something else"
+        }
+    );
+    Ok(())
+}

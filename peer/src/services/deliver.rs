@@ -7,7 +7,7 @@ use std::pin::Pin;
 use futures::Stream;
 use medledger_common::channelconfig::check_seek;
 use medledger_common::protoutil::unpack_envelope;
-use medledger_common::refusal::next_message;
+use medledger_common::refusal::{log_refusal, next_message};
 use medledger_proto::common::{Block, Envelope, HeaderType, Status as BlockStatus};
 use medledger_proto::protos::deliver_server::Deliver;
 use medledger_proto::protos::{
@@ -128,6 +128,15 @@ async fn seek(
                 _ = out.closed() => return BlockStatus::Success,
             }
             continue;
+        }
+        if range.session_expired(medledger_common::msp::unix_now()) {
+            log_refusal(
+                "protos.Deliver",
+                None,
+                requester.as_ref().map(|r| r.mspid.as_str()),
+                &"the requester's certificate expired during the stream",
+            );
+            return BlockStatus::Forbidden;
         }
         let block = match ledger.block(n) {
             Ok(Some(b)) => b,
