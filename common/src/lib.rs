@@ -6,6 +6,7 @@ pub mod cert;
 pub mod channelconfig;
 pub mod config;
 pub mod crypto;
+pub mod durable;
 pub mod identity;
 pub mod issue;
 pub mod msp;

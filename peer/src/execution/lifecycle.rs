@@ -201,10 +201,7 @@ impl PackageStore {
             path: path.clone(),
             reason: e.to_string(),
         };
-        std::fs::create_dir_all(&self.dir).map_err(err)?;
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, package).map_err(err)?;
-        std::fs::rename(&tmp, &path).map_err(err)?;
+        medledger_common::durable::write_file_durably(&path, package, None).map_err(err)?;
         Ok(p)
     }
 

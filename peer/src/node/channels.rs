@@ -244,8 +244,8 @@ impl crate::endorsement::ChannelJoiner for ChannelRunner {
             }
             let dir = self.joined_dir();
             let path = dir.join(format!("{}.block", config.channel_id));
-            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-            std::fs::write(&path, genesis).map_err(|e| e.to_string())?;
+            medledger_common::durable::write_file_durably(&path, genesis, None)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
             let id = self
                 .run(&ChannelJoinConfig {
                     genesis_block: path,

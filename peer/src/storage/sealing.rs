@@ -51,6 +51,30 @@ impl CollectionKeys {
         }
     }
 
+    /// Where the key of one collection is kept.
+    pub fn key_path(&self, channel: &str, ns: &str, coll: &str) -> Result<PathBuf, SealError> {
+        Ok(self
+            .dir
+            .join(safe(channel)?)
+            .join(safe(ns)?)
+            .join(format!("{}.key", safe(coll)?)))
+    }
+
+    /// Fails, naming the file, when the key of a collection that has sealed data is missing:
+    /// a new key would leave everything sealed before unreadable, silently.
+    pub fn require(&self, channel: &str, ns: &str, coll: &str) -> Result<(), SealError> {
+        let path = self.key_path(channel, ns, coll)?;
+        if path.is_file() {
+            return Ok(());
+        }
+        Err(SealError::Key {
+            path,
+            reason: "missing, although private data sealed with it is stored: restore it from \
+                     a backup of the peer's key folder (a new key could not read that data)"
+                .into(),
+        })
+    }
+
     fn cipher(&self, channel: &str, ns: &str, coll: &str) -> Result<Aes256Gcm, SealError> {
         let id = (channel.to_owned(), ns.to_owned(), coll.to_owned());
         // Held while a missing key is created: two first uses at once must not make two keys
@@ -59,11 +83,7 @@ impl CollectionKeys {
         if let Some(c) = cache.get(&id) {
             return Ok(c.clone());
         }
-        let path = self
-            .dir
-            .join(safe(channel)?)
-            .join(safe(ns)?)
-            .join(format!("{}.key", safe(coll)?));
+        let path = self.key_path(channel, ns, coll)?;
         let err = |reason: String| SealError::Key {
             path: path.clone(),
             reason,
@@ -124,24 +144,7 @@ impl CollectionKeys {
 }
 
 fn write_key(path: &Path, key: &[u8]) -> std::io::Result<()> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let tmp = path.with_extension("key.tmp");
-    {
-        use std::io::Write;
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut f = opts.open(&tmp)?;
-        f.write_all(key)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
+    medledger_common::durable::write_file_durably(path, key, Some(0o600))
 }
 
 #[cfg(test)]

@@ -29,6 +29,8 @@ pub(super) const PVT_EXPIRY: &str = "pvt_expiry";
 /// `txid \0 ns \0 coll \0 hash` → height ‖ sealed KVRWSet: endorsed, not yet committed.
 pub(super) const TRANSIENT: &str = "transient";
 
+/// `sealed \0 ns \0 coll` in META: this collection has sealed data, so its key must exist.
+pub(super) const SEALED_MARK_PREFIX: &[u8] = b"sealed\0";
 pub(super) const HEIGHT_KEY: &[u8] = b"height";
 pub(super) const LAST_HASH_KEY: &[u8] = b"last_hash";
 

@@ -119,6 +119,8 @@ pub struct Ledger {
     sealing: Option<(String, Arc<CollectionKeys>)>,
     /// Serialises block commits with reconciliation, which both change private state.
     write_lock: Mutex<()>,
+    /// Collections whose sealed-data mark is known to be stored (see [`SEALED_MARK_PREFIX`]).
+    sealed_marked: Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 /// `(namespace, collection, key hash)`.
@@ -177,12 +179,16 @@ impl Ledger {
             ),
             None => 0,
         };
+        if let Some((channel, keys)) = &sealing {
+            check_sealing_keys(&db, channel, keys)?;
+        }
         let (tx, _) = tokio::sync::watch::channel(height);
         Ok(Self {
             db,
             height: tx,
             sealing,
             write_lock: Mutex::new(()),
+            sealed_marked: Mutex::default(),
         })
     }
 
@@ -256,6 +262,29 @@ impl Ledger {
     }
 }
 
+/// Refuses to open a ledger whose sealed private data has lost its collection key: the error
+/// names the missing file, instead of a new key silently leaving old data unreadable.
+fn check_sealing_keys(db: &DB, channel: &str, keys: &CollectionKeys) -> Result<(), LedgerError> {
+    let it = db.iterator_cf(
+        cf(db, META)?,
+        IteratorMode::From(SEALED_MARK_PREFIX, Direction::Forward),
+    );
+    for item in it {
+        let (k, _) = item?;
+        let Some(rest) = k.strip_prefix(SEALED_MARK_PREFIX) else {
+            break;
+        };
+        let text = std::str::from_utf8(rest)
+            .map_err(|_| LedgerError::Corrupt("sealed-data mark".into()))?;
+        let (ns, coll) = text
+            .strip_suffix('\0')
+            .and_then(|t| t.split_once('\0'))
+            .ok_or_else(|| LedgerError::Corrupt("sealed-data mark".into()))?;
+        keys.require(channel, ns, coll)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,6 +293,28 @@ mod tests {
     fn ledger(dir: &Path) -> Ledger {
         let keys = Arc::new(CollectionKeys::new(&dir.join("keys")));
         Ledger::open_private(&dir.join("ledger"), "ch", keys).unwrap()
+    }
+
+    #[test]
+    fn a_lost_collection_key_stops_the_ledger_from_opening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let l = ledger(dir.path());
+            l.transient_put("tx1", "cc", "coll", 0, b"private write set")
+                .unwrap();
+        }
+        // Reopening with the key in place works; without it, the ledger refuses and names the
+        // file, instead of making a new key under which the stored data never decrypts.
+        drop(ledger(dir.path()));
+        let key = dir.path().join("keys/ch/cc/coll.key");
+        std::fs::remove_file(&key).unwrap();
+        let keys = Arc::new(CollectionKeys::new(&dir.path().join("keys")));
+        let err = match Ledger::open_private(&dir.path().join("ledger"), "ch", keys) {
+            Ok(_) => panic!("a ledger whose collection key is lost must not open"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(&key.display().to_string()), "{err}");
+        assert!(!key.exists(), "no new key may be made in its place");
     }
 
     /// Commits the next (empty) block with `c`'s private effects.

@@ -22,7 +22,27 @@ impl Ledger {
         plain: &[u8],
     ) -> Result<Vec<u8>, LedgerError> {
         let (channel, keys) = self.sealing()?;
+        self.mark_sealed(ns, coll)?;
         Ok(keys.seal(channel, ns, coll, aad, plain)?)
+    }
+
+    /// Records, durably and before any data sealed with it is written, that collection `coll`
+    /// of `ns` has sealed data: from then on its key file must exist for the ledger to open.
+    fn mark_sealed(&self, ns: &str, coll: &str) -> Result<(), LedgerError> {
+        let id = (ns.to_owned(), coll.to_owned());
+        let mut marked = self.sealed_marked.lock().unwrap_or_else(|e| e.into_inner());
+        if marked.contains(&id) {
+            return Ok(());
+        }
+        let mark = [SEALED_MARK_PREFIX, &coll_prefix(ns, coll)].concat();
+        let meta = cf(&self.db, META)?;
+        if self.db.get_cf(meta, &mark)?.is_none() {
+            let mut wo = WriteOptions::default();
+            wo.set_sync(true);
+            self.db.put_cf_opt(meta, &mark, [], &wo)?;
+        }
+        marked.insert(id);
+        Ok(())
     }
 
     pub(super) fn unseal(
