@@ -69,9 +69,19 @@ struct Connection {
     alive: AtomicBool,
 }
 
+/// How long dialling a chaincode server, opening its `Connect` stream and its REGISTER may take
+/// together: a server that accepts and then says nothing must not hold its callers forever.
+const CONNECT_DEADLINE: Duration = Duration::from_secs(15);
+
+/// One package's connection, behind its own lock: dialling one chaincode never waits for
+/// another's dial.
+type ConnectionSlot = Arc<Mutex<Option<Arc<Connection>>>>;
+
 /// The peer's connections to chaincode servers.
 pub struct ChaincodeSupport {
-    conns: Mutex<HashMap<String, Arc<Connection>>>,
+    /// By package id; the packages come from the peer's configuration and its installed
+    /// packages, which bounds the map.
+    conns: Mutex<HashMap<String, ConnectionSlot>>,
     execute_timeout: Duration,
     next_iterator: AtomicU64,
     limits: MessageLimits,
@@ -198,14 +208,31 @@ impl ChaincodeSupport {
     }
 
     async fn connection(&self, ep: &ChaincodeEndpoint) -> Result<Arc<Connection>, ExecError> {
-        let mut conns = self.conns.lock().await;
-        if let Some(c) = conns.get(&ep.package_id)
+        let slot = self
+            .conns
+            .lock()
+            .await
+            .entry(ep.package_id.clone())
+            .or_default()
+            .clone();
+        // Callers of this package wait for one dial; callers of others do not.
+        let mut slot = slot.lock().await;
+        if let Some(c) = slot.as_ref()
             && c.alive.load(Ordering::SeqCst)
         {
             return Ok(c.clone());
         }
-        let c = self.connect(ep).await?;
-        conns.insert(ep.package_id.clone(), c.clone());
+        let c = tokio::time::timeout(CONNECT_DEADLINE, self.connect(ep))
+            .await
+            .map_err(|_| ExecError::Unavailable {
+                name: ep.name.clone(),
+                address: ep.connection.address.clone(),
+                reason: format!(
+                    "no registered chaincode stream within {}s",
+                    CONNECT_DEADLINE.as_secs()
+                ),
+            })??;
+        *slot = Some(c.clone());
         Ok(c)
     }
 
@@ -242,13 +269,20 @@ impl ChaincodeSupport {
             channel_id: channel.to_owned(),
             ..Default::default()
         };
+        // The deadline covers sends too: a chaincode that stops reading fills the stream's buffer.
+        let deadline = tokio::time::Instant::now() + self.execute_timeout;
+        let send = |msg: ChaincodeMessage| {
+            let outbound = conn.outbound.clone();
+            async move {
+                tokio::time::timeout_at(deadline, outbound.send(msg))
+                    .await
+                    .map_err(|_| ExecError::Timeout)?
+                    .map_err(|_| ExecError::StreamTerminated)
+            }
+        };
         let result = async {
-            conn.outbound
-                .send(start)
-                .await
-                .map_err(|_| ExecError::StreamTerminated)?;
+            send(start).await?;
             let mut iterators: HashMap<String, VecDeque<Vec<u8>>> = HashMap::new();
-            let deadline = tokio::time::Instant::now() + self.execute_timeout;
             loop {
                 let msg = tokio::time::timeout_at(deadline, rx.recv())
                     .await
@@ -272,10 +306,7 @@ impl ChaincodeSupport {
                     }
                     _ => {
                         let reply = self.serve(&ep.name, &msg, sim, &mut iterators);
-                        conn.outbound
-                            .send(reply)
-                            .await
-                            .map_err(|_| ExecError::StreamTerminated)?;
+                        send(reply).await?;
                     }
                 }
             }
@@ -512,5 +543,74 @@ impl ChaincodeSupport {
             _ => Err(format!("unexpected message type {}", msg.r#type)),
         };
         Self::reply(msg, result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channel::definition::ConnectionInfo;
+
+    fn endpoint(name: &str, address: String) -> ChaincodeEndpoint {
+        ChaincodeEndpoint {
+            name: name.into(),
+            version: "1".into(),
+            package_id: format!("{name}:0"),
+            connection: ConnectionInfo {
+                address,
+                tls_required: false,
+                root_cert: String::new(),
+                domain: String::new(),
+            },
+        }
+    }
+
+    /// A chaincode server that accepts connections and never answers must hold neither the
+    /// other chaincodes' callers nor its own callers past the connect deadline.
+    #[tokio::test]
+    async fn a_silent_chaincode_server_does_not_block_other_chaincodes() {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent_addr = silent.local_addr().unwrap().to_string();
+        let held = tokio::spawn(async move {
+            let mut sockets = Vec::new();
+            while let Ok((s, _)) = silent.accept().await {
+                sockets.push(s);
+            }
+        });
+        // A port nobody listens on: dialling it fails at once.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let closed_addr = closed.local_addr().unwrap().to_string();
+        drop(closed);
+
+        let support = Arc::new(ChaincodeSupport::new(
+            Duration::from_secs(5),
+            MessageLimits::default(),
+        ));
+        let s = support.clone();
+        let hung = tokio::spawn(async move {
+            let ep = endpoint("silent", silent_addr);
+            s.connection(&ep).await.map(|_| ())
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let other = tokio::time::timeout(
+            Duration::from_secs(5),
+            support.connection(&endpoint("other", closed_addr)),
+        )
+        .await
+        .expect("another chaincode's dial must not wait for the silent one");
+        assert!(matches!(other, Err(ExecError::Unavailable { .. })));
+        assert!(
+            !hung.is_finished(),
+            "the silent server is still being waited for"
+        );
+        let hung = tokio::time::timeout(CONNECT_DEADLINE + Duration::from_secs(5), hung)
+            .await
+            .expect("the silent chaincode's caller must get an answer by the connect deadline")
+            .unwrap();
+        assert!(
+            matches!(hung, Err(ExecError::Unavailable { .. })),
+            "{hung:?}"
+        );
+        held.abort();
     }
 }
