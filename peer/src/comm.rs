@@ -45,7 +45,19 @@ pub async fn dial(
     }
     ep.connect()
         .await
-        .map_err(|e| format!("cannot connect to {address}: {e}"))
+        .map_err(|e| format!("cannot connect to {address}: {}", error_chain(&e)))
+}
+
+/// An error with its causes, `outer: inner: innermost`: tonic's transport errors say only
+/// "transport error" at the top, and the cause (refused, TLS certificate) is what a person needs.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
 }
 
 /// Open connections to other nodes by address, dialled once and reused.

@@ -592,3 +592,48 @@ async fn deliver_streams_end_forbidden_when_the_client_certificate_expires() -> 
     );
     Ok(())
 }
+
+/// CLI errors say what failed and what to try: no TLS root against a TLS peer, or the wrong TLS
+/// CA, are named as such (they used to read `Error: configuration: transport error`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cli_errors_say_what_to_try() -> anyhow::Result<()> {
+    let net = PeerNet::start(BOTH, 5_000).await?;
+    let bin = tokio::task::spawn_blocking(|| {
+        medledger_tests::workspace_binary("medledger-peer", "medledger-peer")
+    })
+    .await??;
+    let dir = tempfile::tempdir()?;
+    let client = net.orgs[0].identity("cli", "client", &[])?;
+    let msp = dir.path().join("msp");
+    net.orgs[0].write_msp(&msp, &client)?;
+    let wrong_ca = dir.path().join("wrong-ca.pem");
+    std::fs::write(&wrong_ca, net.orgs[1].tls_ca.cert_pem())?;
+    let query = |tls: Option<&std::path::Path>| {
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.args(["chaincode", "query", "-C", CHANNEL, "-n", "kv"])
+            .args(["-c", r#"{"Args":["Get","k"]}"#])
+            .args(["--peerAddresses", &net.address(0)])
+            .env("CORE_PEER_LOCALMSPID", "Hospital1MSP")
+            .env("CORE_PEER_MSPCONFIGPATH", &msp);
+        if let Some(t) = tls {
+            cmd.arg("--tlsRootCertFiles").arg(t);
+        }
+        cmd.output()
+    };
+    let out = query(None)?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(!text.contains("configuration:"), "{text}");
+    assert!(
+        text.contains("requires TLS: pass --tlsRootCertFiles"),
+        "{text}"
+    );
+    let out = query(Some(&wrong_ca))?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        text.contains("not signed by the CA in --tlsRootCertFiles"),
+        "{text}"
+    );
+    Ok(())
+}

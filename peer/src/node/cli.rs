@@ -289,11 +289,11 @@ fn parse_ctor(ctor: &str) -> Result<Vec<Vec<u8>>, NodeError> {
         #[serde(default, rename = "Args", alias = "args")]
         args: Vec<String>,
     }
-    let c: Ctor = serde_json::from_str(ctor).map_err(|e| NodeError::Config(format!("-c: {e}")))?;
+    let c: Ctor = serde_json::from_str(ctor).map_err(|e| NodeError::Usage(format!("-c: {e}")))?;
     let mut out: Vec<Vec<u8>> = c.function.into_iter().map(String::into_bytes).collect();
     out.extend(c.args.into_iter().map(String::into_bytes));
     if out.is_empty() {
-        return Err(NodeError::Config("-c needs a function name".into()));
+        return Err(NodeError::Usage("-c needs a function name".into()));
     }
     Ok(out)
 }
@@ -317,13 +317,77 @@ struct Session {
     gw: GatewayClient<tonic::transport::Channel>,
     channel: tonic::transport::Channel,
     signer: SigningIdentity,
+    address: String,
+    tls: bool,
 }
 
-fn fail(s: tonic::Status) -> NodeError {
-    NodeError::Config(status_text(&s))
+/// What a person can do about a failure to reach or talk to a peer, from the transport's words.
+fn hint(reason: &str, tls: bool) -> Option<&'static str> {
+    let has = |needles: &[&str]| needles.iter().any(|n| reason.contains(n));
+    if has(&["Connection refused", "connection refused"]) {
+        return Some("is the peer running at that address?");
+    }
+    if tls
+        && has(&[
+            "UnknownIssuer",
+            "invalid peer certificate",
+            "BadSignature",
+            "NotValidForName",
+        ])
+    {
+        return Some(
+            "the peer's TLS certificate is not signed by the CA in --tlsRootCertFiles, or does \
+             not name this host: pass the TLS CA certificate of the peer's organisation",
+        );
+    }
+    if tls
+        && has(&[
+            "InvalidContentType",
+            "corrupt message",
+            "CorruptMessage",
+            "wrong version",
+        ])
+    {
+        return Some("the peer does not speak TLS: drop --tlsRootCertFiles");
+    }
+    if !tls
+        && has(&[
+            "transport error",
+            "h2 protocol error",
+            "connection reset",
+            "broken pipe",
+            "frame with invalid size",
+        ])
+    {
+        return Some(
+            "the peer requires TLS: pass --tlsRootCertFiles with its organisation's TLS CA certificate",
+        );
+    }
+    None
+}
+
+/// A failure to reach or talk to the peer at `address`, with what to try where it is known.
+fn peer_error(address: &str, tls: bool, reason: String) -> NodeError {
+    let reason = match hint(&reason, tls) {
+        Some(h) => format!("{reason} ({h})"),
+        None => reason,
+    };
+    NodeError::Peer {
+        address: address.to_owned(),
+        reason,
+    }
 }
 
 impl Session {
+    fn fail(&self, s: tonic::Status) -> NodeError {
+        // tonic puts the transport's own words in the source chain, not the message.
+        let reason = match std::error::Error::source(&s) {
+            Some(cause) => format!("{}: {}", status_text(&s), crate::comm::error_chain(cause)),
+            None => status_text(&s),
+        };
+        peer_error(&self.address, self.tls, reason)
+    }
+
     async fn open(t: &PeerTarget) -> Result<Self, NodeError> {
         let signer = SigningIdentity::load(&t.mspdir, &t.mspid).map_err(|e| NodeError::File {
             path: t.mspdir.clone(),
@@ -336,10 +400,13 @@ impl Session {
             })?],
             None => vec![],
         };
+        let tls = !roots.is_empty();
         let channel = crate::comm::dial(&t.peer_address, &roots, None)
             .await
-            .map_err(NodeError::Config)?;
+            .map_err(|e| peer_error(&t.peer_address, tls, e))?;
         Ok(Self {
+            address: t.peer_address.clone(),
+            tls,
             gw: GatewayClient::new(channel.clone()),
             channel,
             signer,
@@ -348,7 +415,7 @@ impl Session {
 
     async fn evaluate(&mut self, inv: &Invocation) -> Result<Vec<u8>, NodeError> {
         let (sp, tx_id) = build_signed_proposal(inv, &self.signer)
-            .map_err(|e| NodeError::Config(e.to_string()))?;
+            .map_err(|e| NodeError::Failed(e.to_string()))?;
         let r = self
             .gw
             .evaluate(EvaluateRequest {
@@ -358,7 +425,7 @@ impl Session {
                 target_organizations: vec![],
             })
             .await
-            .map_err(fail)?
+            .map_err(|e| self.fail(e))?
             .into_inner();
         Ok(r.result.unwrap_or_default().payload)
     }
@@ -371,7 +438,7 @@ impl Session {
         endorsing_orgs: Vec<String>,
     ) -> Result<(String, Vec<u8>, u64), NodeError> {
         let (sp, tx_id) = build_signed_proposal(inv, &self.signer)
-            .map_err(|e| NodeError::Config(e.to_string()))?;
+            .map_err(|e| NodeError::Failed(e.to_string()))?;
         let mut env = self
             .gw
             .endorse(EndorseRequest {
@@ -381,15 +448,15 @@ impl Session {
                 endorsing_organizations: endorsing_orgs,
             })
             .await
-            .map_err(fail)?
+            .map_err(|e| self.fail(e))?
             .into_inner()
             .prepared_transaction
-            .ok_or_else(|| NodeError::Config("the gateway returned no transaction".into()))?;
+            .ok_or_else(|| NodeError::Failed("the gateway returned no transaction".into()))?;
         let result = result_of(&env).unwrap_or_default();
         env.signature = self
             .signer
             .sign(&env.payload)
-            .map_err(|e| NodeError::Config(e.to_string()))?;
+            .map_err(|e| NodeError::Failed(e.to_string()))?;
         self.gw
             .submit(SubmitRequest {
                 transaction_id: tx_id.clone(),
@@ -397,7 +464,7 @@ impl Session {
                 prepared_transaction: Some(env),
             })
             .await
-            .map_err(fail)?;
+            .map_err(|e| self.fail(e))?;
         let request = CommitStatusRequest {
             transaction_id: tx_id.clone(),
             channel_id: inv.channel.clone(),
@@ -407,18 +474,18 @@ impl Session {
         let signature = self
             .signer
             .sign(&request)
-            .map_err(|e| NodeError::Config(e.to_string()))?;
+            .map_err(|e| NodeError::Failed(e.to_string()))?;
         let status = self
             .gw
             .commit_status(SignedCommitStatusRequest { request, signature })
             .await
-            .map_err(fail)?
+            .map_err(|e| self.fail(e))?
             .into_inner();
         if status.result != TxValidationCode::Valid as i32 {
             let code = TxValidationCode::try_from(status.result)
                 .map(|c| c.as_str_name())
                 .unwrap_or("UNKNOWN");
-            return Err(NodeError::Config(format!(
+            return Err(NodeError::Failed(format!(
                 "transaction {tx_id} committed as invalid: {code}"
             )));
         }
@@ -431,14 +498,14 @@ async fn call(a: CallArgs, invoke: bool) -> Result<(), NodeError> {
         Some(t) => {
             use base64::Engine;
             serde_json::from_str::<HashMap<String, String>>(t)
-                .map_err(|e| NodeError::Config(format!("--transient: {e}")))?
+                .map_err(|e| NodeError::Usage(format!("--transient: {e}")))?
                 .into_iter()
                 .map(|(k, v)| {
                     base64::engine::general_purpose::STANDARD
                         .decode(v.trim())
                         .map(|b| (k.clone(), b))
                         .map_err(|_| {
-                            NodeError::Config(format!(
+                            NodeError::Failed(format!(
                                 "--transient: the value of {k:?} is not base64 (encode it, e.g. with `base64 -w0`)"
                             ))
                         })
@@ -485,17 +552,17 @@ impl Session {
             is_init: false,
         };
         let (sp, _) = build_signed_proposal(&inv, &self.signer)
-            .map_err(|e| NodeError::Config(e.to_string()))?;
+            .map_err(|e| NodeError::Failed(e.to_string()))?;
         let resp = EndorserClient::new(self.channel.clone())
             .max_encoding_message_size(crate::endorsement::MAX_PROPOSAL_BYTES)
             .process_proposal(sp)
             .await
-            .map_err(fail)?
+            .map_err(|e| self.fail(e))?
             .into_inner()
             .response
             .unwrap_or_default();
         if resp.status != 200 {
-            return Err(NodeError::Config(format!(
+            return Err(NodeError::Failed(format!(
                 "proposal failed with status: {} - {}",
                 resp.status, resp.message
             )));
@@ -524,7 +591,7 @@ async fn channel(cmd: ChannelCommand) -> Result<(), NodeError> {
                 .ask_peer("cscc", vec![b"GetChannels".to_vec()])
                 .await?;
             let list = ChannelQueryResponse::decode(resp.payload.as_slice())
-                .map_err(|e| NodeError::Config(format!("channel list: {e}")))?;
+                .map_err(|e| NodeError::Failed(format!("channel list: {e}")))?;
             println!("Channels peers has joined:");
             for c in list.channels {
                 println!("{}", c.channel_id);
@@ -548,14 +615,14 @@ fn lifecycle_invocation(channel: &str, function: &str, args: Vec<u8>) -> Invocat
 fn definition(d: &DefinitionArgs) -> Result<CommitChaincodeDefinitionArgs, NodeError> {
     let validation_parameter = match (&d.signature_policy, &d.channel_config_policy) {
         (Some(_), Some(_)) => {
-            return Err(NodeError::Config(
+            return Err(NodeError::Failed(
                 "give --signature-policy or --channel-config-policy, not both".into(),
             ));
         }
         (Some(p), None) => ApplicationPolicy {
             r#type: Some(application_policy::Type::SignaturePolicy(
                 parse_signature_policy(p)
-                    .map_err(|e| NodeError::Config(format!("--signature-policy: {e}")))?,
+                    .map_err(|e| NodeError::Usage(format!("--signature-policy: {e}")))?,
             )),
         }
         .encode_to_vec(),
@@ -573,7 +640,7 @@ fn definition(d: &DefinitionArgs) -> Result<CommitChaincodeDefinitionArgs, NodeE
                 path: path.clone(),
                 reason: e.to_string(),
             })?;
-            Some(package_from_json(&json).map_err(|e| NodeError::Config(e.to_string()))?)
+            Some(package_from_json(&json).map_err(|e| NodeError::Usage(e.to_string()))?)
         }
         None => None,
     };
@@ -611,7 +678,7 @@ async fn lifecycle(cmd: LifecycleChaincode) -> Result<(), NodeError> {
                 domain: String::new(),
             };
             let package =
-                build_package(&label, &connection).map_err(|e| NodeError::Config(e.to_string()))?;
+                build_package(&label, &connection).map_err(|e| NodeError::Failed(e.to_string()))?;
             std::fs::write(&output, &package).map_err(|e| NodeError::File {
                 path: output.clone(),
                 reason: e.to_string(),
@@ -641,9 +708,9 @@ async fn lifecycle(cmd: LifecycleChaincode) -> Result<(), NodeError> {
                     ],
                 )
                 .await
-                .map_err(|e| NodeError::Config(format!("chaincode install failed: {e}")))?;
+                .map_err(|e| NodeError::Failed(format!("chaincode install failed: {e}")))?;
             let r = InstallChaincodeResult::decode(resp.payload.as_slice())
-                .map_err(|e| NodeError::Config(format!("install result: {e}")))?;
+                .map_err(|e| NodeError::Failed(format!("install result: {e}")))?;
             println!(
                 "Chaincode code package identifier: {} (label {})",
                 r.package_id, r.label
@@ -659,7 +726,7 @@ async fn lifecycle(cmd: LifecycleChaincode) -> Result<(), NodeError> {
                 )
                 .await?;
             let r = QueryInstalledChaincodesResult::decode(resp.payload.as_slice())
-                .map_err(|e| NodeError::Config(format!("installed chaincodes: {e}")))?;
+                .map_err(|e| NodeError::Failed(format!("installed chaincodes: {e}")))?;
             println!("Installed chaincodes on peer:");
             for c in r.installed_chaincodes {
                 println!("Package ID: {}, Label: {}", c.package_id, c.label);
@@ -721,7 +788,7 @@ async fn lifecycle(cmd: LifecycleChaincode) -> Result<(), NodeError> {
                 ))
                 .await?;
             let r = CheckCommitReadinessResult::decode(out.as_slice())
-                .map_err(|e| NodeError::Config(format!("readiness result: {e}")))?;
+                .map_err(|e| NodeError::Failed(format!("readiness result: {e}")))?;
             println!(
                 "Chaincode definition for chaincode '{}', version '{}', sequence '{}' on channel '{}' approval status by org:",
                 def.name, def.version, def.sequence, def.channel
@@ -759,7 +826,7 @@ async fn lifecycle(cmd: LifecycleChaincode) -> Result<(), NodeError> {
                 ))
                 .await?;
             let r = QueryChaincodeDefinitionResult::decode(out.as_slice())
-                .map_err(|e| NodeError::Config(format!("query result: {e}")))?;
+                .map_err(|e| NodeError::Failed(format!("query result: {e}")))?;
             let mut approvals: Vec<_> = r.approvals.into_iter().collect();
             approvals.sort();
             let approvals: Vec<String> = approvals

@@ -56,6 +56,15 @@ pub enum NodeError {
     Listen { addr: String, reason: String },
     #[error("channel {channel}: {reason}")]
     Channel { channel: String, reason: String },
+    /// A command-line argument that does not read.
+    #[error("{0}")]
+    Usage(String),
+    /// The peer a command talks to could not be reached or refused the call.
+    #[error("peer {address}: {reason}")]
+    Peer { address: String, reason: String },
+    /// A command that ran and failed, with the reason.
+    #[error("{0}")]
+    Failed(String),
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, NodeError> {
