@@ -2,6 +2,7 @@
 //! running each one's block puller and private data reconciler.
 
 use super::puller::{BlockPuller, pull_blocks};
+use crate::storage::ledger::TransientLimits;
 use medledger_common::config::MessageLimits;
 
 use super::*;
@@ -143,7 +144,7 @@ pub(super) struct ChannelRunner {
     pub(super) signer: SigningIdentity,
     pub(super) client_tls: Option<ClientTls>,
     pub(super) private_data: Arc<PrivateDataClient>,
-    pub(super) transient_retention: u64,
+    pub(super) transient: TransientLimits,
     pub(super) reconcile_interval: Duration,
     pub(super) limits: MessageLimits,
     pub(super) shutdown: watch::Receiver<bool>,
@@ -183,11 +184,12 @@ impl ChannelRunner {
                 client_tls: self.client_tls.clone(),
                 private_data: self.private_data.clone(),
                 packages: self.packages.clone(),
-                transient_retention: self.transient_retention,
                 limits: self.limits,
             },
             self.shutdown.clone(),
         ));
+        ch.ledger.set_transient_limits(self.transient);
+        let purger = tokio::spawn(transient_purge_loop(ch.clone(), self.shutdown.clone()));
         let reconciler = tokio::spawn(reconcile_loop(
             ch,
             self.private_data.clone(),
@@ -196,6 +198,7 @@ impl ChannelRunner {
         ));
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
         tasks.push(puller);
+        tasks.push(purger);
         tasks.push(reconciler);
         Ok(id)
     }
@@ -256,5 +259,34 @@ impl crate::endorsement::ChannelJoiner for ChannelRunner {
             tracing::info!(channel = %id, "joined channel");
             Ok(id)
         })
+    }
+}
+
+/// How often the transient store is purged by age, whether or not blocks arrive.
+const TRANSIENT_PURGE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Purges the channel's transient store on a timer, so that an idle channel drains it too.
+pub(super) async fn transient_purge_loop(
+    channel: Arc<Channel>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(TRANSIENT_PURGE_INTERVAL) => {},
+            _ = shutdown.changed() => return,
+        }
+        let ledger = channel.ledger.clone();
+        match tokio::task::spawn_blocking(move || ledger.transient_purge_now()).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => {
+                tracing::info!(channel = %channel.id(), count = n, "transient store purged")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(channel = %channel.id(), error = %e, "transient store purge failed")
+            }
+            Err(e) => {
+                tracing::warn!(channel = %channel.id(), error = %e, "transient store purge task failed")
+            }
+        }
     }
 }

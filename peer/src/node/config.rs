@@ -3,6 +3,8 @@
 
 use serde::Deserialize;
 
+use crate::storage::ledger::TransientLimits;
+
 use super::*;
 
 /// Another organisation's peer for gateway endorsement.
@@ -48,6 +50,13 @@ pub struct PrivateDataConfig {
     /// Blocks a never-committed transaction's private data stays in the transient store.
     #[serde(default = "default_transient_retention")]
     pub transient_retention_blocks: u64,
+    /// Seconds a never-committed transaction's private data stays in the transient store, so
+    /// that an idle channel drains it too.
+    #[serde(default = "default_transient_max_age")]
+    pub transient_max_age_secs: u64,
+    /// Bytes the transient store holds at most; endorsements and pushes beyond it are refused.
+    #[serde(default = "default_transient_max_bytes")]
+    pub transient_max_bytes: u64,
     /// Where the per-collection AES-256-GCM keys are kept (default `<dataDir>/keys`).
     #[serde(default)]
     pub keys_dir: Option<PathBuf>,
@@ -59,6 +68,8 @@ impl Default for PrivateDataConfig {
             pull_timeout_ms: default_pull_timeout(),
             reconcile_interval_ms: default_reconcile_interval(),
             transient_retention_blocks: default_transient_retention(),
+            transient_max_age_secs: default_transient_max_age(),
+            transient_max_bytes: default_transient_max_bytes(),
             keys_dir: None,
         }
     }
@@ -71,7 +82,24 @@ fn default_reconcile_interval() -> u64 {
     10_000
 }
 fn default_transient_retention() -> u64 {
-    1_000
+    TransientLimits::default().retention_blocks
+}
+fn default_transient_max_age() -> u64 {
+    TransientLimits::default().max_age_secs
+}
+fn default_transient_max_bytes() -> u64 {
+    TransientLimits::default().max_bytes
+}
+
+impl PrivateDataConfig {
+    /// The transient store's bounds this configuration sets.
+    pub fn transient_limits(&self) -> TransientLimits {
+        TransientLimits {
+            max_bytes: self.transient_max_bytes,
+            retention_blocks: self.transient_retention_blocks,
+            max_age_secs: self.transient_max_age_secs,
+        }
+    }
 }
 
 fn default_version() -> String {

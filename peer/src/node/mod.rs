@@ -184,7 +184,7 @@ pub async fn start(cfg: PeerConfig, plugins: PluginRegistry) -> Result<RunningPe
         signer: signer.clone(),
         client_tls: client_tls.clone(),
         private_data: private_data.clone(),
-        transient_retention: cfg.private_data.transient_retention_blocks,
+        transient: cfg.private_data.transient_limits(),
         reconcile_interval: Duration::from_millis(cfg.private_data.reconcile_interval_ms.max(100)),
         limits,
         shutdown: shutdown_rx.clone(),

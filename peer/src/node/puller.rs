@@ -13,7 +13,6 @@ pub(super) struct BlockPuller {
     pub(super) client_tls: Option<ClientTls>,
     pub(super) private_data: Arc<PrivateDataClient>,
     pub(super) packages: Arc<PackageStore>,
-    pub(super) transient_retention: u64,
     pub(super) limits: MessageLimits,
 }
 
@@ -26,7 +25,6 @@ pub(super) async fn pull_blocks(puller: BlockPuller, mut shutdown: watch::Receiv
         client_tls,
         private_data,
         packages,
-        transient_retention,
         limits,
     } = puller;
     let consenters = channel.config.consenters.clone();
@@ -89,10 +87,7 @@ pub(super) async fn pull_blocks(puller: BlockPuller, mut shutdown: watch::Receiv
                             reload_definitions(&channel, &packages).map_err(|e| e.to_string())?;
                         }
                         if number % 100 == 0
-                            && number > transient_retention
-                            && let Err(e) = channel
-                                .ledger
-                                .transient_purge_below(number - transient_retention)
+                            && let Err(e) = channel.ledger.transient_purge_now()
                         {
                             tracing::warn!(error = %e, "transient store purge failed");
                         }

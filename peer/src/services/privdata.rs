@@ -33,7 +33,9 @@ use crate::channel::pvtdata::{
 use crate::channel::{Channel, Channels};
 use crate::comm::{ClientTls, ConnectionPool, RemotePeer};
 use crate::endorsement::Disseminator;
-use crate::storage::ledger::{PvtCommit, PvtSlot, pvt_hash};
+use medledger_common::refusal::log_refusal;
+
+use crate::storage::ledger::{LedgerError, PvtCommit, PvtSlot, pvt_hash};
 
 /// How long one push or pull to one peer may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -458,6 +460,7 @@ impl PrivateData for PrivateDataService {
         r: Request<SignedPrivateDataRequest>,
     ) -> Result<Response<PushResponse>, Status> {
         let tls = tls_cert(&r);
+        let remote = r.remote_addr();
         let signed = r.into_inner();
         let push = PushRequest::decode(signed.request.as_slice())
             .map_err(|e| Status::invalid_argument(format!("malformed push request: {e}")))?;
@@ -488,7 +491,13 @@ impl PrivateData for PrivateDataService {
             channel
                 .ledger
                 .transient_put(&push.tx_id, ns, &coll.collection_name, height, &coll.rwset)
-                .map_err(|e| Status::internal(e.to_string()))?;
+                .map_err(|e| match e {
+                    LedgerError::TransientFull { .. } => {
+                        log_refusal("medledger.privdata.PrivateData/Push", remote, None, &e);
+                        Status::resource_exhausted(e.to_string())
+                    }
+                    e => Status::internal(e.to_string()),
+                })?;
         }
         Ok(Response::new(PushResponse {}))
     }

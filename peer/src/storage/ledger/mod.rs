@@ -34,6 +34,8 @@ pub enum LedgerError {
     Sealing(#[from] crate::storage::sealing::SealError),
     #[error("this ledger was opened without collection keys: private data is not available")]
     NoKeys,
+    #[error("the transient store is full ({max} bytes): private data refused until it drains")]
+    TransientFull { max: u64 },
 }
 
 mod blocks;
@@ -41,6 +43,8 @@ mod keys;
 mod private;
 mod state;
 mod transient;
+
+pub use transient::TransientLimits;
 
 use crate::storage::sealing::CollectionKeys;
 pub use keys::pvt_hash;
@@ -119,6 +123,9 @@ pub struct Ledger {
     sealing: Option<(String, Arc<CollectionKeys>)>,
     /// Serialises block commits with reconciliation, which both change private state.
     write_lock: Mutex<()>,
+    /// Bytes of keys and values in the transient store (counted at open, kept up to date).
+    transient_bytes: std::sync::atomic::AtomicU64,
+    transient_limits: std::sync::RwLock<TransientLimits>,
     /// Collections whose sealed-data mark is known to be stored (see [`SEALED_MARK_PREFIX`]).
     sealed_marked: Mutex<std::collections::HashSet<(String, String)>>,
 }
@@ -182,6 +189,11 @@ impl Ledger {
         if let Some((channel, keys)) = &sealing {
             check_sealing_keys(&db, channel, keys)?;
         }
+        let mut transient_bytes = 0u64;
+        for item in db.iterator_cf(cf(&db, TRANSIENT)?, IteratorMode::Start) {
+            let (k, v) = item?;
+            transient_bytes = transient_bytes.saturating_add((k.len() + v.len()) as u64);
+        }
         let (tx, _) = tokio::sync::watch::channel(height);
         Ok(Self {
             db,
@@ -189,6 +201,8 @@ impl Ledger {
             sealing,
             write_lock: Mutex::new(()),
             sealed_marked: Mutex::default(),
+            transient_bytes: std::sync::atomic::AtomicU64::new(transient_bytes),
+            transient_limits: std::sync::RwLock::new(TransientLimits::default()),
         })
     }
 
@@ -315,6 +329,36 @@ mod tests {
         };
         assert!(err.contains(&key.display().to_string()), "{err}");
         assert!(!key.exists(), "no new key may be made in its place");
+    }
+
+    #[test]
+    fn the_transient_store_is_bounded_by_size_and_drained_by_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = ledger(dir.path());
+        l.set_transient_limits(TransientLimits {
+            max_bytes: 600,
+            retention_blocks: 1000,
+            max_age_secs: 60,
+        });
+        l.transient_put("tx1", "cc", "coll", 0, &[1; 200]).unwrap();
+        assert!(l.transient_bytes() > 200);
+        // A second set would pass the bound: refused, nothing stored.
+        let full = l.transient_put("tx2", "cc", "coll", 0, &[2; 300]);
+        assert!(
+            matches!(full, Err(LedgerError::TransientFull { max: 600 })),
+            "{full:?}"
+        );
+        assert!(l.transient_get("tx2", "cc", "coll").unwrap().is_empty());
+        // Nothing is old yet; an hour later the idle channel (no new blocks) drains anyway.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert_eq!(l.transient_purge(l.height(), now).unwrap(), 0);
+        assert_eq!(l.transient_purge(l.height(), now + 3600).unwrap(), 1);
+        assert!(l.transient_get("tx1", "cc", "coll").unwrap().is_empty());
+        assert_eq!(l.transient_bytes(), 0);
+        l.transient_put("tx2", "cc", "coll", 0, &[2; 300]).unwrap();
     }
 
     /// Commits the next (empty) block with `c`'s private effects.

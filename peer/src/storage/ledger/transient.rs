@@ -1,7 +1,50 @@
 //! The transient store: endorsed, not yet committed private write sets, sealed, by txid.
 
+use std::sync::atomic::Ordering;
+
 use super::keys::*;
 use super::*;
+
+/// First byte of an entry that carries its receive time: `TIMED ‖ height(8) ‖ secs(8) ‖ sealed`.
+/// Entries written before have no marker (`height(8) ‖ sealed`; a height never starts with it).
+const TIMED: u8 = 0xA1;
+
+/// Bounds of the transient store, which endorsements and other members' pushes fill before
+/// their transactions commit (and forever, for transactions that never do).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransientLimits {
+    /// Keys and sealed values stored at most; a put beyond it is refused.
+    pub max_bytes: u64,
+    /// An entry is dropped once the ledger is this many blocks past where it was received.
+    pub retention_blocks: u64,
+    /// An entry is dropped this long after it was received, even on an idle channel.
+    pub max_age_secs: u64,
+}
+
+impl Default for TransientLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 512 * 1024 * 1024,
+            retention_blocks: 1000,
+            max_age_secs: 3600,
+        }
+    }
+}
+
+/// `(height, received at, sealed value)` of a stored entry.
+fn transient_entry(v: &[u8]) -> Option<(u64, u64, &[u8])> {
+    let be_u64 = |b: &[u8]| b.try_into().ok().map(u64::from_be_bytes);
+    if v.first() == Some(&TIMED) && v.len() >= 17 {
+        return Some((be_u64(&v[1..9])?, be_u64(&v[9..17])?, &v[17..]));
+    }
+    Some((be_u64(v.get(..8)?)?, 0, &v[8..]))
+}
+
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 
 impl Ledger {
     pub(super) fn transient_prefix(txid: &str, ns: &str, coll: &str) -> Vec<u8> {
@@ -22,11 +65,27 @@ impl Ledger {
     ) -> Result<(), LedgerError> {
         let k = [Self::transient_prefix(txid, ns, coll), pvt_hash(rwset)].concat();
         let sealed = self.seal(ns, coll, &k, rwset)?;
-        self.db.put_cf(
-            cf(&self.db, TRANSIENT)?,
-            &k,
-            [&be(endorsed_at)[..], &sealed].concat(),
-        )?;
+        let value = [&[TIMED][..], &be(endorsed_at), &be(unix_secs()), &sealed].concat();
+        let size = (k.len() + value.len()) as u64;
+        let max = self.transient_limits().max_bytes;
+        if self
+            .transient_bytes
+            .load(Ordering::Relaxed)
+            .saturating_add(size)
+            > max
+        {
+            self.transient_purge(self.height(), unix_secs())?;
+            if self
+                .transient_bytes
+                .load(Ordering::Relaxed)
+                .saturating_add(size)
+                > max
+            {
+                return Err(LedgerError::TransientFull { max });
+            }
+        }
+        self.db.put_cf(cf(&self.db, TRANSIENT)?, &k, value)?;
+        self.transient_bytes.fetch_add(size, Ordering::Relaxed);
         Ok(())
     }
 
@@ -48,10 +107,9 @@ impl Ledger {
             if !k.starts_with(&prefix) {
                 break;
             }
-            if v.len() < 8 {
-                return Err(LedgerError::Corrupt("transient entry".into()));
-            }
-            out.push(self.unseal(ns, coll, &k, &v[8..])?);
+            let (_, _, sealed) = transient_entry(&v)
+                .ok_or_else(|| LedgerError::Corrupt("transient entry".into()))?;
+            out.push(self.unseal(ns, coll, &k, sealed)?);
         }
         Ok(out)
     }
@@ -67,34 +125,67 @@ impl Ledger {
             cf(&self.db, TRANSIENT)?,
             IteratorMode::From(&prefix, Direction::Forward),
         ) {
-            let (k, _) = item?;
+            let (k, v) = item?;
             if !k.starts_with(&prefix) {
                 break;
             }
             batch.delete_cf(cf(&self.db, TRANSIENT)?, &k);
+            self.transient_bytes
+                .fetch_sub((k.len() + v.len()) as u64, Ordering::Relaxed);
         }
         Ok(())
     }
 
-    /// Drops transient write sets endorsed below `height` whose transactions never committed.
-    pub fn transient_purge_below(&self, height: u64) -> Result<usize, LedgerError> {
+    /// The transient store's bounds in force.
+    pub fn transient_limits(&self) -> TransientLimits {
+        *self
+            .transient_limits
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets the transient store's bounds (the peer's configuration).
+    pub fn set_transient_limits(&self, limits: TransientLimits) {
+        *self
+            .transient_limits
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = limits;
+    }
+
+    /// Bytes of keys and sealed values in the transient store.
+    pub fn transient_bytes(&self) -> u64 {
+        self.transient_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Drops the transient write sets whose transactions never committed and which are past the
+    /// retention (`height` is the ledger's height, `now` seconds since the epoch): received more
+    /// than `retention_blocks` blocks ago, or longer than `max_age_secs` ago. Returns how many.
+    pub fn transient_purge(&self, height: u64, now: u64) -> Result<usize, LedgerError> {
+        let limits = self.transient_limits();
+        let min_height = height.saturating_sub(limits.retention_blocks);
+        let min_secs = now.saturating_sub(limits.max_age_secs);
         let mut batch = WriteBatch::default();
-        let mut n = 0;
+        let (mut n, mut freed) = (0, 0u64);
         for item in self
             .db
             .iterator_cf(cf(&self.db, TRANSIENT)?, IteratorMode::Start)
         {
             let (k, v) = item?;
-            let at = v
-                .get(..8)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes);
-            if at.is_none_or(|at| at < height) {
+            let expired =
+                transient_entry(&v).is_none_or(|(at, secs, _)| at < min_height || secs < min_secs);
+            if expired {
                 batch.delete_cf(cf(&self.db, TRANSIENT)?, &k);
                 n += 1;
+                freed += (k.len() + v.len()) as u64;
             }
         }
         self.db.write(batch)?;
+        self.transient_bytes.fetch_sub(freed, Ordering::Relaxed);
         Ok(n)
+    }
+
+    /// Drops the transient write sets that are past the retention now.
+    pub fn transient_purge_now(&self) -> Result<usize, LedgerError> {
+        self.transient_purge(self.height(), unix_secs())
     }
 }
