@@ -7,18 +7,37 @@
 //! final with 2f+1 commits, each carrying the voter's block signature, so the committed block
 //! carries a quorum of signatures in its SIGNATURES metadata.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::sync::Arc;
 
-use medledger_common::protoutil::{block_data_hash, block_header_hash, new_block};
+use medledger_common::protoutil::{
+    BLOCK_METADATA_SLOTS, block_data_hash, block_header_hash, new_block,
+};
 use medledger_proto::common::{
-    Block, LastConfig, Metadata, MetadataSignature, OrdererBlockMetadata,
+    Block, BlockMetadataIndex, LastConfig, Metadata, MetadataSignature, OrdererBlockMetadata,
 };
 use medledger_proto::medledger::consensus::{
     Body, Commit, ConsensusMessage, ForwardRequest, Heartbeat, NewView, PrePrepare, Prepare,
     PreparedCertificate, StateRequest, StateResponse, ViewChange, body::Kind,
 };
 use prost::Message;
+
+/// How many views away from ours a prepare or commit may be and still be kept. Correct replicas
+/// move one view per view-change timeout and are brought back by NewView relays, so they are a
+/// few views apart; a vote further out only lets a faulty consenter fill our memory.
+const VOTE_VIEW_WINDOW: u64 = 8;
+
+/// How far beyond our height a prepare or commit may be and still be kept. One block is in
+/// flight, so a current replica sees votes for its height or the next few; a replica further
+/// behind catches up by state transfer (the vote's height hint still asks for it).
+const VOTE_SEQ_WINDOW: u64 = 4;
+
+/// How far beyond the view we are in (or changing to) a view change may target and still be
+/// kept, and how far below our target old ones are kept. Same reasoning as `VOTE_VIEW_WINDOW`;
+/// it also caps how many view changes, each possibly carrying a whole block, one consenter can
+/// make us hold.
+const VIEW_CHANGE_WINDOW: u64 = 8;
 
 /// Signing and checking, injected so the core stays free of key handling and I/O.
 pub trait Crypto: Send + Sync {
@@ -163,6 +182,37 @@ pub enum RequestError {
     Duplicate,
 }
 
+/// Why a proposed block is refused (the leader is then suspected), or cannot be finalized.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidBlock {
+    #[error("no header")]
+    NoHeader,
+    #[error("block number {got} is not the next ({want})")]
+    Number { got: u64, want: u64 },
+    #[error("previous hash does not chain")]
+    Chain,
+    #[error("no data")]
+    NoData,
+    #[error("data hash does not match")]
+    DataHash,
+    #[error("{got} transactions (1 to {max} allowed)")]
+    TransactionCount { got: usize, max: usize },
+    #[error("no metadata")]
+    NoMetadata,
+    #[error("{got} metadata slots instead of {want}")]
+    MetadataSlots { got: usize, want: usize },
+    #[error("metadata slot {0} is not empty")]
+    MetadataFilled(usize),
+    #[error("block with its metadata exceeds the absolute maximum of {max} bytes")]
+    TooLarge { max: usize },
+    #[error("transaction refused: {0}")]
+    Request(RequestError),
+    #[error("transaction {0} is ordered twice")]
+    Duplicate(String),
+    #[error("does not re-propose the prepared block")]
+    NotRequired,
+}
+
 struct Proposal {
     view: u64,
     block: Block,
@@ -173,10 +223,36 @@ struct Proposal {
     accepted_at: u64,
 }
 
+/// A commit vote (digest, block signature) and what we know of the signature: it is checked at
+/// most once, when we have the block it signs.
+enum CommitVote {
+    Unchecked(Vec<u8>, MetadataSignature),
+    Valid(Vec<u8>, MetadataSignature),
+    /// The signature did not verify and was dropped; the digest stays as the sender's one vote
+    /// for the slot, so repeating the vote costs no further check.
+    Rejected(Vec<u8>),
+}
+
+impl CommitVote {
+    fn digest(&self) -> &[u8] {
+        match self {
+            Self::Unchecked(d, _) | Self::Valid(d, _) | Self::Rejected(d) => d,
+        }
+    }
+}
+
+/// Votes for one (view, seq): one per sender, the first one received.
 #[derive(Default)]
 struct Votes {
     prepares: BTreeMap<u32, (Vec<u8>, ConsensusMessage)>,
-    commits: BTreeMap<u32, (Vec<u8>, MetadataSignature)>,
+    commits: BTreeMap<u32, CommitVote>,
+}
+
+impl Votes {
+    #[cfg(test)]
+    fn commit_digest(&self, from: u32) -> Option<&[u8]> {
+        self.commits.get(&from).map(CommitVote::digest)
+    }
 }
 
 struct PoolEntry {
@@ -201,9 +277,21 @@ pub struct Replica {
     proposal: Option<Proposal>,
     votes: BTreeMap<(u64, u64), Votes>,
     view_changes: BTreeMap<u64, BTreeMap<u32, (ViewChange, ConsensusMessage)>>,
+    /// (view, sender) of view changes refused for an invalid certificate: that sender's one
+    /// view change for the view, so repeating it costs no further signature checks.
+    refused_view_changes: BTreeSet<(u64, u32)>,
     /// Prepared certificates of the NewView that installed the current view.
     view_certs: Vec<PreparedCertificate>,
-    /// Highest committed sequence some view change reported; seqs below it are decided.
+    /// The highest-view prepared certificate known for the block at our height (ours, or one a
+    /// NewView carried), with its view. It outlives the proposal: a view change must carry it
+    /// or a block prepared, and perhaps committed elsewhere, could be replaced.
+    prepared_cert: Option<(u64, PreparedCertificate)>,
+    /// The prepared certificate of our last committed block. A view change carries it when we
+    /// have none at our height: it keeps a block only a few replicas committed from being
+    /// replaced when the new leader does not take our claimed height on our word alone.
+    committed_cert: Option<PreparedCertificate>,
+    /// A height the view change that installed the current view showed some correct replica
+    /// reached; seqs below it are decided.
     decided_up_to: u64,
     new_view_sent: BTreeSet<u64>,
     last_leader_activity: u64,
@@ -214,6 +302,8 @@ pub struct Replica {
     new_view_msg: Option<ConsensusMessage>,
     /// When we last sent committed blocks to each lagging consenter.
     last_help: BTreeMap<u32, u64>,
+    /// When we last relayed the current view's NewView to each consenter that missed it.
+    last_relay: BTreeMap<u32, u64>,
     out: Vec<Output>,
 }
 
@@ -243,6 +333,52 @@ fn digest(block: &Block) -> Vec<u8> {
         .unwrap_or_default()
 }
 
+/// (view, seq, block digest) of a certificate's pre-prepare, without checking signatures (only
+/// for certificates already checked or built by this replica).
+fn cert_slot(c: &PreparedCertificate) -> Option<(u64, u64, Vec<u8>)> {
+    let pp = c.pre_prepare.as_ref()?;
+    match Body::decode(pp.body.as_slice()).ok()?.kind? {
+        Kind::PrePrepare(p) => Some((p.view, p.seq, digest(p.block.as_ref()?))),
+        _ => None,
+    }
+}
+
+/// The committed form of a proposed block: SIGNATURES with the quorum's signatures over
+/// `value`, and LAST_CONFIG. A block without exactly the metadata slots a leader proposes is an
+/// error here, never an index out of bounds (it would stop the event loop).
+fn seal_block(
+    mut block: Block,
+    value: Vec<u8>,
+    signatures: Vec<MetadataSignature>,
+) -> Result<Block, InvalidBlock> {
+    let slots = &mut block
+        .metadata
+        .as_mut()
+        .ok_or(InvalidBlock::NoMetadata)?
+        .metadata;
+    if slots.len() != BLOCK_METADATA_SLOTS {
+        return Err(InvalidBlock::MetadataSlots {
+            got: slots.len(),
+            want: BLOCK_METADATA_SLOTS,
+        });
+    }
+    let missing = InvalidBlock::MetadataSlots {
+        got: slots.len(),
+        want: BLOCK_METADATA_SLOTS,
+    };
+    *slots
+        .get_mut(BlockMetadataIndex::Signatures as usize)
+        .ok_or_else(|| missing.clone())? = Metadata { value, signatures }.encode_to_vec();
+    *slots
+        .get_mut(BlockMetadataIndex::LastConfig as usize)
+        .ok_or(missing)? = Metadata {
+        value: LastConfig { index: 0 }.encode_to_vec(),
+        signatures: vec![],
+    }
+    .encode_to_vec();
+    Ok(block)
+}
+
 impl Replica {
     /// A replica resuming from persisted state (height 1 and empty state right after genesis).
     pub fn new(cfg: Config, crypto: Arc<dyn Crypto>, restored: Restored) -> Self {
@@ -261,7 +397,10 @@ impl Replica {
             proposal: None,
             votes: BTreeMap::new(),
             view_changes: BTreeMap::new(),
+            refused_view_changes: BTreeSet::new(),
             view_certs: Vec::new(),
+            prepared_cert: None,
+            committed_cert: None,
             decided_up_to: 0,
             new_view_sent: BTreeSet::new(),
             last_leader_activity: 0,
@@ -269,6 +408,7 @@ impl Replica {
             last_retransmit: 0,
             last_state_request: 0,
             last_help: BTreeMap::new(),
+            last_relay: BTreeMap::new(),
             new_view_msg: None,
             out: Vec::new(),
         };
@@ -426,26 +566,51 @@ impl Replica {
             Kind::PrePrepare(pp) => self.on_pre_prepare(from, msg, pp),
             Kind::Prepare(p) => {
                 self.hint_height(from, p.seq);
-                if p.seq >= self.height {
-                    self.votes
-                        .entry((p.view, p.seq))
-                        .or_default()
-                        .prepares
-                        .insert(from, (p.digest, msg));
-                    self.check_quorums();
+                if !self.vote_in_window(from, p.view, p.seq) {
+                    return;
+                }
+                let slot = self.votes.entry((p.view, p.seq)).or_default();
+                match slot.prepares.entry(from) {
+                    Entry::Vacant(e) => {
+                        e.insert((p.digest, msg));
+                        self.check_quorums();
+                    }
+                    Entry::Occupied(e) => {
+                        if e.get().0 != p.digest {
+                            tracing::warn!(
+                                from,
+                                view = p.view,
+                                seq = p.seq,
+                                "second prepare with another digest: dropped"
+                            );
+                        }
+                    }
                 }
             }
             Kind::Commit(c) => {
                 self.hint_height(from, c.seq);
-                if c.seq >= self.height
-                    && let Some(sig) = c.block_signature
-                {
-                    self.votes
-                        .entry((c.view, c.seq))
-                        .or_default()
-                        .commits
-                        .insert(from, (c.digest, sig));
-                    self.check_quorums();
+                let Some(sig) = c.block_signature else {
+                    return;
+                };
+                if !self.vote_in_window(from, c.view, c.seq) {
+                    return;
+                }
+                let slot = self.votes.entry((c.view, c.seq)).or_default();
+                match slot.commits.entry(from) {
+                    Entry::Vacant(e) => {
+                        e.insert(CommitVote::Unchecked(c.digest, sig));
+                        self.check_quorums();
+                    }
+                    Entry::Occupied(e) => {
+                        if e.get().digest() != c.digest.as_slice() {
+                            tracing::warn!(
+                                from,
+                                view = c.view,
+                                seq = c.seq,
+                                "second commit with another digest: dropped"
+                            );
+                        }
+                    }
                 }
             }
             Kind::Heartbeat(h) => {
@@ -471,6 +636,30 @@ impl Replica {
             }
             Kind::StateResponse(r) => self.on_state(r.blocks),
         }
+    }
+
+    /// Whether a vote for (view, seq) is near enough to our view and height to be kept: votes
+    /// for decided heights are useless, and ones far ahead would let a faulty consenter make us
+    /// store without bound.
+    fn vote_in_window(&self, from: u32, view: u64, seq: u64) -> bool {
+        if seq < self.height {
+            return false;
+        }
+        let v = self.durable.view;
+        let near = seq <= self.height.saturating_add(VOTE_SEQ_WINDOW)
+            && view.saturating_add(VOTE_VIEW_WINDOW) >= v
+            && view <= v.saturating_add(VOTE_VIEW_WINDOW);
+        if !near {
+            tracing::debug!(
+                from,
+                view,
+                seq,
+                our_view = v,
+                height = self.height,
+                "vote outside the window: dropped"
+            );
+        }
+        near
     }
 
     /// Evidence that `from` is ahead: ask it for blocks; or behind: send it ours (rate-limited).
@@ -523,27 +712,52 @@ impl Replica {
         best.map(|(_, b)| b)
     }
 
-    fn validate_block(&self, block: &Block) -> Result<(), String> {
-        let h = block.header.as_ref().ok_or("no header")?;
+    /// Checks a proposed block as a whole: it must be exactly what an honest leader builds
+    /// (`new_block`: header chaining at our height, data, empty metadata slots), within the
+    /// batch limits, with valid transactions not ordered before. Metadata is checked too because
+    /// the digest replicas vote on covers only the header: whatever metadata the leader sent is
+    /// what we would finalize and store.
+    fn validate_block(&self, block: &Block) -> Result<(), InvalidBlock> {
+        let h = block.header.as_ref().ok_or(InvalidBlock::NoHeader)?;
         if h.number != self.height {
-            return Err(format!(
-                "block number {} is not the next ({})",
-                h.number, self.height
-            ));
+            return Err(InvalidBlock::Number {
+                got: h.number,
+                want: self.height,
+            });
         }
         if h.previous_hash != self.last_hash {
-            return Err("previous hash does not chain".into());
+            return Err(InvalidBlock::Chain);
         }
-        let data = block.data.as_ref().ok_or("no data")?;
+        let md = block.metadata.as_ref().ok_or(InvalidBlock::NoMetadata)?;
+        if md.metadata.len() != BLOCK_METADATA_SLOTS {
+            return Err(InvalidBlock::MetadataSlots {
+                got: md.metadata.len(),
+                want: BLOCK_METADATA_SLOTS,
+            });
+        }
+        let data = block.data.as_ref().ok_or(InvalidBlock::NoData)?;
+        let max = self.cfg.batch.max_message_count;
+        if data.data.is_empty() || data.data.len() > max {
+            return Err(InvalidBlock::TransactionCount {
+                got: data.data.len(),
+                max,
+            });
+        }
+        // AbsoluteMaxBytes bounds what the block carries: transactions and metadata together.
+        let max = self.cfg.batch.absolute_max_bytes;
+        let size = data
+            .data
+            .iter()
+            .chain(&md.metadata)
+            .try_fold(0usize, |total, b| total.checked_add(b.len()));
+        if size.is_none_or(|s| s > max) {
+            return Err(InvalidBlock::TooLarge { max });
+        }
+        if let Some(slot) = md.metadata.iter().position(|m| !m.is_empty()) {
+            return Err(InvalidBlock::MetadataFilled(slot));
+        }
         if block_data_hash(data).as_slice() != h.data_hash.as_slice() {
-            return Err("data hash does not match".into());
-        }
-        if data.data.is_empty() || data.data.len() > self.cfg.batch.max_message_count {
-            return Err("bad transaction count".into());
-        }
-        let size: usize = data.data.iter().map(Vec::len).sum();
-        if size > self.cfg.batch.absolute_max_bytes {
-            return Err("block exceeds absolute max bytes".into());
+            return Err(InvalidBlock::DataHash);
         }
         let mut seen = HashSet::new();
         for env in &data.data {
@@ -552,10 +766,13 @@ impl Replica {
                 txid_of(env).filter(|t| self.pool.get(t).is_some_and(|e| e.envelope == *env));
             let txid = match pooled {
                 Some(t) => t,
-                None => self.crypto.check_request(env).map_err(|e| e.to_string())?,
+                None => self
+                    .crypto
+                    .check_request(env)
+                    .map_err(InvalidBlock::Request)?,
             };
             if self.committed.contains(&txid) || !seen.insert(txid.clone()) {
-                return Err(format!("transaction {txid} is ordered twice"));
+                return Err(InvalidBlock::Duplicate(txid));
             }
         }
         Ok(())
@@ -578,7 +795,7 @@ impl Replica {
         if let Some(p) = &self.proposal {
             if p.view == pp.view && p.digest != d {
                 // The leader sent two different proposals for one slot: it equivocates.
-                self.start_view_change(self.durable.view + 1);
+                self.start_view_change(self.durable.view.saturating_add(1));
             }
             return;
         }
@@ -589,12 +806,12 @@ impl Replica {
         }
         let required = self.required_at(pp.seq).map(|b| digest(&b));
         let invalid = match required {
-            Some(r) if r != d => Some("does not re-propose the prepared block".to_owned()),
+            Some(r) if r != d => Some(InvalidBlock::NotRequired),
             _ => self.validate_block(&block).err(),
         };
         if let Some(why) = invalid {
             tracing::warn!(leader = from, seq = pp.seq, %why, "invalid proposal: changing view");
-            self.start_view_change(self.durable.view + 1);
+            self.start_view_change(self.durable.view.saturating_add(1));
             return;
         }
         if let Some((v, s, vd)) = &self.durable.voted
@@ -644,6 +861,9 @@ impl Replica {
             return;
         };
         let prepared = votes.prepares.values().filter(|(pd, _)| *pd == d).count() >= q;
+        if prepared && self.prepared_cert.as_ref().is_none_or(|(v, _)| *v < view) {
+            self.prepared_cert = self.prepared_certificate().map(|c| (view, c));
+        }
         if prepared && !p.sent_commit {
             let (block, value) = (p.block.clone(), p.value.clone());
             if let Some(sig) = self.crypto.sign_block(&block, &value) {
@@ -660,7 +880,7 @@ impl Replica {
                     .entry((view, seq))
                     .or_default()
                     .commits
-                    .insert(self.cfg.self_id, (d.clone(), sig));
+                    .insert(self.cfg.self_id, CommitVote::Valid(d.clone(), sig));
             }
         }
         self.try_finalize();
@@ -670,19 +890,36 @@ impl Replica {
         let q = self.cfg.quorum();
         let seq = self.height;
         let Some(p) = &self.proposal else { return };
-        // Commits from any view count for the same block (same digest, same value).
+        // Commits from any view count for the same block (same digest, same value). Each
+        // signature is checked once: the digest fixes the signed header, the seq the value.
         let mut valid: BTreeMap<u32, MetadataSignature> = BTreeMap::new();
-        for ((_, s), votes) in self.votes.range((0, seq)..) {
+        for ((_, s), votes) in self.votes.range_mut((0, seq)..) {
             if *s != seq {
                 continue;
             }
-            for (from, (cd, sig)) in &votes.commits {
-                if *cd == p.digest
-                    && !valid.contains_key(from)
-                    && self
-                        .crypto
-                        .verify_block_signature(*from, &p.block, &p.value, sig)
-                {
+            for (from, vote) in votes.commits.iter_mut() {
+                if valid.contains_key(from) || vote.digest() != p.digest.as_slice() {
+                    continue;
+                }
+                if matches!(vote, CommitVote::Unchecked(..)) {
+                    let old = std::mem::replace(vote, CommitVote::Rejected(Vec::new()));
+                    if let CommitVote::Unchecked(d, sig) = old {
+                        *vote = if self
+                            .crypto
+                            .verify_block_signature(*from, &p.block, &p.value, &sig)
+                        {
+                            CommitVote::Valid(d, sig)
+                        } else {
+                            tracing::warn!(
+                                from,
+                                seq,
+                                "commit with an invalid block signature: dropped"
+                            );
+                            CommitVote::Rejected(d)
+                        };
+                    }
+                }
+                if let CommitVote::Valid(_, sig) = vote {
                     valid.insert(*from, sig.clone());
                 }
             }
@@ -690,21 +927,22 @@ impl Replica {
         if valid.len() < q {
             return;
         }
-        let mut block = p.block.clone();
-        let value = p.value.clone();
-        if let Some(md) = block.metadata.as_mut() {
-            md.metadata[0] = Metadata {
-                value,
-                signatures: valid.into_values().collect(),
+        let view = p.view;
+        match seal_block(
+            p.block.clone(),
+            p.value.clone(),
+            valid.into_values().collect(),
+        ) {
+            Ok(block) => self.commit(block),
+            Err(why) => {
+                // Only a block no correct replica validated can get here (a leader's own
+                // re-proposal): refuse it like an invalid proposal, without its certificate.
+                tracing::error!(seq, view, %why, "prepared block cannot be finalized: changing view");
+                self.proposal = None;
+                self.prepared_cert = None;
+                self.start_view_change(self.durable.view.saturating_add(1));
             }
-            .encode_to_vec();
-            md.metadata[1] = Metadata {
-                value: LastConfig { index: 0 }.encode_to_vec(),
-                signatures: vec![],
-            }
-            .encode_to_vec();
         }
-        self.commit(block);
     }
 
     fn commit(&mut self, block: Block) {
@@ -718,8 +956,14 @@ impl Replica {
             self.committed.insert(t.clone());
         }
         self.pool_order.retain(|t| self.pool.contains_key(t));
+        let d = digest(&block);
+        self.committed_cert = self
+            .prepared_cert
+            .take()
+            .map(|(_, c)| c)
+            .filter(|c| cert_slot(c).is_some_and(|(_, _, cd)| cd == d));
         self.height += 1;
-        self.last_hash = digest(&block);
+        self.last_hash = d;
         self.proposal = None;
         let h = self.height;
         self.votes.retain(|(_, s), _| *s >= h);
@@ -781,7 +1025,7 @@ impl Replica {
         let now = self.now;
         if let Some(target) = self.in_view_change {
             if now - self.view_change_started >= self.cfg.view_change_timeout_ticks {
-                self.start_view_change(target + 1);
+                self.start_view_change(target.saturating_add(1));
             } else if now.saturating_sub(self.last_retransmit) >= self.cfg.retransmit_ticks {
                 self.last_retransmit = now;
                 if let Some((_, msg)) = self
@@ -807,13 +1051,13 @@ impl Replica {
             self.maybe_propose();
         } else {
             if now.saturating_sub(self.last_leader_activity) >= self.cfg.leader_timeout_ticks {
-                self.start_view_change(self.durable.view + 1);
+                self.start_view_change(self.durable.view.saturating_add(1));
                 return;
             }
             if let Some(p) = &self.proposal
                 && now - p.accepted_at >= self.cfg.leader_timeout_ticks
             {
-                self.start_view_change(self.durable.view + 1);
+                self.start_view_change(self.durable.view.saturating_add(1));
                 return;
             }
             let timeout = self.cfg.request_timeout_ticks;
@@ -823,7 +1067,7 @@ impl Replica {
                 .any(|e| now.saturating_sub(e.arrived) >= timeout)
             {
                 // A request we hold was not ordered in time: the leader censors or stalls.
-                self.start_view_change(self.durable.view + 1);
+                self.start_view_change(self.durable.view.saturating_add(1));
                 return;
             }
             let leader = self.leader();
@@ -867,7 +1111,7 @@ impl Replica {
             if let Some((_, m)) = v.prepares.get(&self.cfg.self_id) {
                 msgs.push(m.clone());
             }
-            if let Some((d, sig)) = v.commits.get(&self.cfg.self_id) {
+            if let Some(CommitVote::Valid(d, sig)) = v.commits.get(&self.cfg.self_id) {
                 let c = self.message(Kind::Commit(Commit {
                     view: key.0,
                     seq: key.1,
@@ -885,6 +1129,7 @@ impl Replica {
     // ------------------------------------------------------------------------------------------
     // View change
 
+    /// Our proposal's prepared certificate, if 2f+1 prepares for it are in.
     fn prepared_certificate(&self) -> Option<PreparedCertificate> {
         let p = self.proposal.as_ref()?;
         let votes = self.votes.get(&(p.view, self.height))?;
@@ -907,10 +1152,19 @@ impl Replica {
         self.in_view_change = Some(target);
         self.view_change_started = self.now;
         self.last_retransmit = self.now;
+        // View changes for views well below the one we now want can no longer matter to us.
+        self.view_changes
+            .retain(|v, _| v.saturating_add(VIEW_CHANGE_WINDOW) >= target);
+        self.refused_view_changes
+            .retain(|(v, _)| v.saturating_add(VIEW_CHANGE_WINDOW) >= target);
         let vc = ViewChange {
             next_view: target,
             last_committed_seq: self.height,
-            prepared: self.prepared_certificate(),
+            prepared: self
+                .prepared_cert
+                .as_ref()
+                .map(|(_, c)| c.clone())
+                .or_else(|| self.committed_cert.clone()),
         };
         let msg = self.broadcast(Kind::ViewChange(vc.clone()));
         self.view_changes
@@ -954,13 +1208,9 @@ impl Replica {
             if self.in_view_change.is_none()
                 && let Some(nv) = self.new_view_msg.clone()
             {
-                let last = self
-                    .last_help
-                    .get(&(from + 1_000_000))
-                    .copied()
-                    .unwrap_or(0);
+                let last = self.last_relay.get(&from).copied().unwrap_or(0);
                 if self.now == 0 || self.now.saturating_sub(last) >= 5 {
-                    self.last_help.insert(from + 1_000_000, self.now);
+                    self.last_relay.insert(from, self.now);
                     self.out.push(Output::Send {
                         to: Some(from),
                         msg: nv,
@@ -969,20 +1219,61 @@ impl Replica {
             }
             return;
         }
-        if vc
-            .prepared
-            .as_ref()
-            .is_some_and(|c| !self.valid_certificate(c))
-        {
+        let horizon = self.in_view_change.unwrap_or(self.durable.view);
+        if vc.next_view > horizon.saturating_add(VIEW_CHANGE_WINDOW) {
+            tracing::debug!(
+                from,
+                view = vc.next_view,
+                horizon,
+                "view change too far ahead: dropped"
+            );
             return;
         }
-        self.view_changes
-            .entry(vc.next_view)
-            .or_default()
-            .insert(from, (vc.clone(), msg));
+        match self
+            .view_changes
+            .get(&vc.next_view)
+            .and_then(|m| m.get(&from))
+        {
+            // A retransmission: nothing to store, but look again (a new leader may be waiting
+            // to catch up, or to join).
+            Some((_, stored)) if *stored == msg => {}
+            Some(_) => {
+                tracing::warn!(
+                    from,
+                    view = vc.next_view,
+                    "second, different view change for one view: dropped"
+                );
+                return;
+            }
+            None => {
+                if self.refused_view_changes.contains(&(vc.next_view, from)) {
+                    return;
+                }
+                if vc
+                    .prepared
+                    .as_ref()
+                    .is_some_and(|c| !self.valid_certificate(c))
+                {
+                    tracing::warn!(
+                        from,
+                        view = vc.next_view,
+                        "view change with an invalid certificate: dropped"
+                    );
+                    self.refused_view_changes.insert((vc.next_view, from));
+                    return;
+                }
+                self.view_changes
+                    .entry(vc.next_view)
+                    .or_default()
+                    .insert(from, (vc.clone(), msg));
+            }
+        }
         // f+1 replicas want a later view: at least one correct replica does, so join.
         let mut wanting: BTreeMap<u32, u64> = BTreeMap::new();
-        for (v, senders) in self.view_changes.range(self.durable.view + 1..) {
+        for (v, senders) in self
+            .view_changes
+            .range(self.durable.view.saturating_add(1)..)
+        {
             for s in senders.keys() {
                 wanting
                     .entry(*s)
@@ -1012,28 +1303,60 @@ impl Replica {
         if vcs.len() < self.cfg.quorum() {
             return;
         }
-        let ahead = vcs
-            .iter()
-            .filter(|(_, (vc, _))| vc.last_committed_seq > self.height)
-            .map(|(s, _)| *s)
-            .next();
-        if let Some(s) = ahead {
-            // Someone committed more than we did: catch up before leading.
-            self.last_state_request = 0;
-            self.hint_height(s, self.height + 1);
-            return;
-        }
-        let msgs: Vec<ConsensusMessage> = vcs.values().map(|(_, m)| m.clone()).collect();
         let certs: Vec<PreparedCertificate> = vcs
             .values()
             .filter_map(|(vc, _)| vc.prepared.clone())
             .collect();
+        let decided = self.backed_height(vcs.values().map(|(vc, _)| vc.last_committed_seq), &certs);
+        if decided > self.height {
+            // Correct replicas committed more than we did: catch up before leading. Ask one
+            // that claims to have the blocks, another on each try (one of them may lie).
+            let others = || vcs.iter().filter(|(s, _)| **s != self.cfg.self_id);
+            let mut holders: Vec<u32> = others()
+                .filter(|(_, (vc, _))| vc.last_committed_seq >= decided)
+                .map(|(s, _)| *s)
+                .collect();
+            if holders.is_empty() {
+                holders = others().map(|(s, _)| *s).collect();
+            }
+            let pick = usize::try_from(self.now % holders.len().max(1) as u64).unwrap_or(0);
+            if let Some(&s) = holders.get(pick) {
+                self.last_state_request = 0;
+                self.hint_height(s, self.height.saturating_add(1));
+            }
+            return;
+        }
+        let msgs: Vec<ConsensusMessage> = vcs.values().map(|(_, m)| m.clone()).collect();
         self.new_view_sent.insert(v);
         let nv = self.broadcast(Kind::NewView(NewView {
             view: v,
             view_changes: msgs,
         }));
-        self.install_view(v, certs, 0, nv);
+        self.install_view(v, certs, decided, nv);
+    }
+
+    /// A height some correct replica among a quorum of view changes has reached: the (f+1)-th
+    /// highest claimed height (at most f claims are lies, so one correct replica claims at least
+    /// that), raised to the highest prepared certificate's sequence (2f+1 replicas, so f+1
+    /// correct ones, prepared there, which they do only at that height). One replica's claim
+    /// alone counts for nothing: a liar must not make the new leader wait for blocks that do not
+    /// exist. A block only a few replicas committed is still protected: their view changes
+    /// carry its certificate (`committed_cert`), which the new leader must re-propose.
+    fn backed_height(
+        &self,
+        claims: impl Iterator<Item = u64>,
+        certs: &[PreparedCertificate],
+    ) -> u64 {
+        let mut claims: Vec<u64> = claims.collect();
+        claims.sort_unstable_by(|a, b| b.cmp(a));
+        let by_claims = claims.get(self.cfg.f()).copied().unwrap_or(0);
+        let by_certs = certs
+            .iter()
+            .filter_map(cert_slot)
+            .map(|(_, seq, _)| seq)
+            .max()
+            .unwrap_or(0);
+        by_claims.max(by_certs)
     }
 
     fn on_new_view(&mut self, msg: ConsensusMessage, nv: NewView) {
@@ -1046,10 +1369,14 @@ impl Replica {
         if from != self.cfg.leader(nv.view) {
             return;
         }
-        let mut senders = BTreeSet::new();
+        // One view change per sender (the first): a sender's second one must not count twice
+        // toward the quorum or the claimed heights.
+        let mut claims: BTreeMap<u32, u64> = BTreeMap::new();
         let mut certs = Vec::new();
-        let mut decided = 0;
         for m in &nv.view_changes {
+            if claims.contains_key(&m.sender) {
+                continue;
+            }
             if let Some(Kind::ViewChange(vc)) = self.open(m)
                 && vc.next_view == nv.view
             {
@@ -1059,13 +1386,13 @@ impl Replica {
                     }
                     certs.push(c.clone());
                 }
-                decided = decided.max(vc.last_committed_seq);
-                senders.insert(m.sender);
+                claims.insert(m.sender, vc.last_committed_seq);
             }
         }
-        if senders.len() < self.cfg.quorum() {
+        if claims.len() < self.cfg.quorum() {
             return;
         }
+        let decided = self.backed_height(claims.into_values(), &certs);
         self.install_view(nv.view, certs, decided, msg);
         self.hint_height(from, decided);
     }
@@ -1080,6 +1407,18 @@ impl Replica {
         self.new_view_msg = Some(proof);
         self.durable.view = v;
         self.in_view_change = None;
+        // The best certificate for our height may now be one the view change brought.
+        let height = self.height;
+        let best = certs
+            .iter()
+            .filter_map(|c| cert_slot(c).map(|(cv, seq, _)| (cv, seq, c)))
+            .filter(|(_, seq, _)| *seq == height)
+            .max_by_key(|(cv, _, _)| *cv);
+        if let Some((cv, _, c)) = best
+            && self.prepared_cert.as_ref().is_none_or(|(ov, _)| *ov < cv)
+        {
+            self.prepared_cert = Some((cv, c.clone()));
+        }
         self.view_certs = certs;
         self.decided_up_to = decided_up_to;
         self.proposal = None;
@@ -1090,7 +1429,13 @@ impl Replica {
             // Give the new leader a fresh chance with every pending request.
             e.arrived = now;
         }
-        self.view_changes.retain(|k, _| *k > v);
+        // Every stored view change is now stale: those for views up to `v` are served, and one
+        // for a later view may predate its sender's own installation of `v` (it would then count
+        // toward joining a view change nobody wants). Senders still changing view retransmit.
+        self.view_changes.clear();
+        self.refused_view_changes.clear();
+        self.votes
+            .retain(|(view, _), _| view.saturating_add(VOTE_VIEW_WINDOW) >= v);
         self.wal(WalOp::View(v));
         if self.is_leader() {
             self.broadcast(Kind::Heartbeat(Heartbeat {
@@ -1105,6 +1450,14 @@ impl Replica {
     // State transfer
 
     fn on_state(&mut self, blocks: Vec<Block>) {
+        self.apply_state(blocks);
+        if let Some(target) = self.in_view_change {
+            // A new leader waiting to catch up may now be able to install its view.
+            self.check_view_change_quorum(target);
+        }
+    }
+
+    fn apply_state(&mut self, blocks: Vec<Block>) {
         for block in blocks {
             let Some(h) = block.header.as_ref() else {
                 return;
@@ -1155,3 +1508,7 @@ impl Replica {
         self.message(Kind::StateResponse(StateResponse { blocks }))
     }
 }
+
+#[cfg(test)]
+#[path = "consensus_tests.rs"]
+mod tests;

@@ -1,0 +1,997 @@
+//! Byzantine-input tests of the consensus core: a few replicas with toy (but checked) signatures
+//! driven message by message, so each test can play one faulty consenter exactly.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use medledger_common::protoutil::{BLOCK_METADATA_SLOTS, block_header_bytes, new_block};
+use medledger_proto::common::{
+    Block, BlockMetadata, ChannelHeader, Envelope, Header, HeaderType, IdentifierHeader,
+    MetadataSignature, Payload, SignatureHeader,
+};
+use medledger_proto::medledger::consensus::{
+    Body, Commit, ConsensusMessage, NewView, PrePrepare, Prepare, PreparedCertificate, ViewChange,
+    body::Kind,
+};
+use prost::Message;
+
+use super::*;
+
+const CHANNEL: &str = "testchannel";
+const N: u32 = 4;
+
+/// A keyed hash standing in for a signature: cheap, deterministic, and wrong for anyone else's
+/// id or other bytes, which is all the core relies on. Counts signature checks.
+struct TestCrypto {
+    id: u32,
+    /// Signers of the block signatures checked, one entry per check.
+    block_checks: Mutex<Vec<u32>>,
+    msg_checks: AtomicUsize,
+}
+
+fn tag(id: u32, msg: &[u8]) -> Vec<u8> {
+    let mut h = DefaultHasher::new();
+    id.hash(&mut h);
+    msg.hash(&mut h);
+    [id.to_be_bytes().as_slice(), &h.finish().to_be_bytes()].concat()
+}
+
+fn block_signed_bytes(block: &Block, value: &[u8], ih: &[u8]) -> Option<Vec<u8>> {
+    let header = block.header.as_ref()?;
+    Some([value, ih, &block_header_bytes(header)].concat())
+}
+
+impl Crypto for TestCrypto {
+    fn sign(&self, msg: &[u8]) -> Vec<u8> {
+        tag(self.id, msg)
+    }
+    fn verify(&self, signer: u32, msg: &[u8], sig: &[u8]) -> bool {
+        self.msg_checks.fetch_add(1, Ordering::Relaxed);
+        sig == tag(signer, msg).as_slice()
+    }
+    fn sign_block(&self, block: &Block, value: &[u8]) -> Option<MetadataSignature> {
+        let identifier_header = IdentifierHeader {
+            identifier: self.id,
+            nonce: Vec::new(),
+        }
+        .encode_to_vec();
+        let msg = block_signed_bytes(block, value, &identifier_header)?;
+        Some(MetadataSignature {
+            signature_header: Vec::new(),
+            signature: tag(self.id, &msg),
+            identifier_header,
+        })
+    }
+    fn verify_block_signature(
+        &self,
+        signer: u32,
+        block: &Block,
+        value: &[u8],
+        sig: &MetadataSignature,
+    ) -> bool {
+        if let Ok(mut c) = self.block_checks.lock() {
+            c.push(signer);
+        }
+        let Ok(ih) = IdentifierHeader::decode(sig.identifier_header.as_slice()) else {
+            return false;
+        };
+        ih.identifier == signer
+            && block_signed_bytes(block, value, &sig.identifier_header)
+                .is_some_and(|m| sig.signature == tag(signer, &m))
+    }
+    fn check_request(&self, envelope: &[u8]) -> Result<String, RequestError> {
+        txid_of(envelope).ok_or_else(|| RequestError::Malformed("not an envelope".into()))
+    }
+}
+
+fn config(id: u32) -> Config {
+    Config {
+        channel_id: CHANNEL.into(),
+        self_id: id,
+        consenters: (1..=N).collect(),
+        batch: BatchConfig {
+            max_message_count: 10,
+            preferred_max_bytes: 1 << 19,
+            absolute_max_bytes: 1 << 20,
+            timeout_ticks: 1,
+        },
+        heartbeat_ticks: 5,
+        leader_timeout_ticks: 40,
+        request_timeout_ticks: 90,
+        view_change_timeout_ticks: 70,
+        retransmit_ticks: 12,
+    }
+}
+
+/// An unsigned but well-formed transaction envelope (the test crypto accepts any).
+fn envelope(i: usize) -> Vec<u8> {
+    let channel_header = ChannelHeader {
+        r#type: HeaderType::EndorserTransaction as i32,
+        channel_id: CHANNEL.into(),
+        tx_id: format!("tx{i}"),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let payload = Payload {
+        header: Some(Header {
+            channel_header,
+            signature_header: SignatureHeader::default().encode_to_vec(),
+        }),
+        data: format!("data {i}").into_bytes(),
+    }
+    .encode_to_vec();
+    Envelope {
+        payload,
+        signature: vec![1],
+    }
+    .encode_to_vec()
+}
+
+fn genesis() -> Block {
+    new_block(0, Vec::new(), Vec::new())
+}
+
+fn kind_of(msg: &ConsensusMessage) -> Option<Kind> {
+    Body::decode(msg.body.as_slice()).ok()?.kind
+}
+
+/// What the network (or a faulty sender) does to one message: `None` drops it, otherwise the
+/// (possibly rewritten) body is delivered, re-signed by its signer if it changed.
+type Filter = Box<dyn FnMut(u32, u32, Kind) -> Option<Kind>>;
+
+struct Cluster {
+    cryptos: BTreeMap<u32, Arc<TestCrypto>>,
+    replicas: BTreeMap<u32, Replica>,
+    chains: BTreeMap<u32, Vec<Block>>,
+    queue: VecDeque<(u32, u32, ConsensusMessage)>,
+    down: BTreeSet<u32>,
+    filter: Option<Filter>,
+}
+
+impl Cluster {
+    fn new() -> Self {
+        let g = genesis();
+        let mut c = Self {
+            cryptos: BTreeMap::new(),
+            replicas: BTreeMap::new(),
+            chains: BTreeMap::new(),
+            queue: VecDeque::new(),
+            down: BTreeSet::new(),
+            filter: None,
+        };
+        for id in 1..=N {
+            let crypto = Arc::new(TestCrypto {
+                id,
+                block_checks: Mutex::new(Vec::new()),
+                msg_checks: AtomicUsize::new(0),
+            });
+            let r = Replica::new(
+                config(id),
+                crypto.clone(),
+                Restored {
+                    durable: Durable::default(),
+                    height: 1,
+                    last_hash: digest(&g),
+                    committed_txids: Default::default(),
+                },
+            );
+            c.cryptos.insert(id, crypto);
+            c.replicas.insert(id, r);
+            c.chains.insert(id, vec![g.clone()]);
+        }
+        c
+    }
+
+    fn replica(&self, id: u32) -> &Replica {
+        &self.replicas[&id]
+    }
+
+    fn height(&self, id: u32) -> usize {
+        self.chains[&id].len()
+    }
+
+    /// A message signed by consenter `sender` (any consenter's key: tests play the faulty ones).
+    fn signed(&self, sender: u32, kind: Kind) -> ConsensusMessage {
+        let body = Body { kind: Some(kind) }.encode_to_vec();
+        ConsensusMessage {
+            sender,
+            channel_id: CHANNEL.into(),
+            signature: tag(sender, &body),
+            body,
+        }
+    }
+
+    fn block_signature(&self, signer: u32, block: &Block) -> MetadataSignature {
+        let seq = block.header.as_ref().map(|h| h.number).unwrap_or_default();
+        self.cryptos[&signer]
+            .sign_block(block, &block_value(seq))
+            .expect("test block has a header")
+    }
+
+    fn apply(&mut self, id: u32, outputs: Vec<Output>) {
+        for o in outputs {
+            match o {
+                Output::Send { to, msg } => {
+                    for t in 1..=N {
+                        if t != id && to.is_none_or(|x| x == t) {
+                            self.queue.push_back((id, t, msg.clone()));
+                        }
+                    }
+                }
+                Output::Commit(block) => {
+                    let chain = self.chains.entry(id).or_default();
+                    assert_eq!(
+                        block.header.as_ref().map(|h| h.number),
+                        Some(chain.len() as u64),
+                        "replica {id} committed out of order"
+                    );
+                    chain.push(block);
+                }
+                Output::Wal(_) => {}
+                Output::ServeState { to, from_seq } => {
+                    let chain = &self.chains[&id];
+                    let from = (from_seq as usize).min(chain.len());
+                    let end = (from + 20).min(chain.len());
+                    let blocks = chain[from..end].to_vec();
+                    let msg = self.replicas[&id].state_response_message(blocks);
+                    self.queue.push_back((id, to, msg));
+                }
+            }
+        }
+    }
+
+    /// Delivers everything in flight, and what that causes, until the network is quiet.
+    fn pump(&mut self) {
+        let mut budget = 200_000;
+        while let Some((from, to, msg)) = self.queue.pop_front() {
+            budget -= 1;
+            assert!(budget > 0, "message storm");
+            if self.down.contains(&from) || self.down.contains(&to) {
+                continue;
+            }
+            let msg = match (self.filter.as_mut(), kind_of(&msg)) {
+                (Some(f), Some(kind)) => match f(from, to, kind.clone()) {
+                    None => continue,
+                    Some(k) if k == kind => msg,
+                    Some(k) => {
+                        let body = Body { kind: Some(k) }.encode_to_vec();
+                        ConsensusMessage {
+                            signature: tag(msg.sender, &body),
+                            body,
+                            ..msg
+                        }
+                    }
+                },
+                _ => msg,
+            };
+            let out = match self.replicas.get_mut(&to) {
+                Some(r) => r.receive(from, msg),
+                None => continue,
+            };
+            self.apply(to, out);
+        }
+    }
+
+    /// Hands `msg` to replica `to` as if `from` sent it, bypassing the filter.
+    fn deliver(&mut self, from: u32, to: u32, msg: ConsensusMessage) -> Vec<Output> {
+        let out = self
+            .replicas
+            .get_mut(&to)
+            .map(|r| r.receive(from, msg))
+            .unwrap_or_default();
+        let copy = out.clone();
+        self.apply(to, out);
+        copy
+    }
+
+    fn tick(&mut self) {
+        for id in 1..=N {
+            if self.down.contains(&id) {
+                continue;
+            }
+            let out = match self.replicas.get_mut(&id) {
+                Some(r) => r.tick(),
+                None => continue,
+            };
+            self.apply(id, out);
+        }
+        self.pump();
+    }
+
+    fn run_until(&mut self, max_ticks: usize, mut done: impl FnMut(&Cluster) -> bool) -> bool {
+        for _ in 0..max_ticks {
+            if done(self) {
+                return true;
+            }
+            self.tick();
+        }
+        done(self)
+    }
+
+    fn submit(&mut self, id: u32, env: Vec<u8>) {
+        let Some(r) = self.replicas.get_mut(&id) else {
+            return;
+        };
+        let (res, out) = r.submit(env);
+        assert!(res.is_ok(), "request refused: {res:?}");
+        self.apply(id, out);
+        self.pump();
+    }
+}
+
+fn committed(out: &[Output]) -> bool {
+    out.iter().any(|o| matches!(o, Output::Commit(_)))
+}
+
+fn stored_votes(r: &Replica) -> usize {
+    r.votes
+        .values()
+        .map(|v| v.prepares.len() + v.commits.len())
+        .sum()
+}
+
+fn stored_view_changes(r: &Replica) -> usize {
+    r.view_changes.values().map(BTreeMap::len).sum()
+}
+
+// ----------------------------------------------------------------------------------------------
+// Baseline
+
+#[test]
+fn honest_block_is_committed_everywhere_with_a_signature_quorum() {
+    let mut c = Cluster::new();
+    c.submit(1, envelope(1));
+    assert!(c.run_until(20, |c| (1..=N).all(|i| c.height(i) == 2)));
+    for i in 1..=N {
+        let block = &c.chains[&i][1];
+        let md = block.metadata.as_ref().expect("metadata");
+        assert_eq!(md.metadata.len(), BLOCK_METADATA_SLOTS);
+        let sigs = Metadata::decode(md.metadata[0].as_slice()).expect("SIGNATURES");
+        assert!(sigs.signatures.len() >= 3, "replica {i}: {sigs:?}");
+    }
+}
+
+// ----------------------------------------------------------------------------------------------
+// Issue 13, bug 1: the leader's whole block is validated, and finalizing never panics.
+
+/// Checks a committed block has the form peers accept: the leader's empty slots, SIGNATURES
+/// with a quorum of signatures, LAST_CONFIG, nothing else.
+fn assert_well_formed(replica: u32, block: &Block) {
+    let md = block
+        .metadata
+        .as_ref()
+        .unwrap_or_else(|| panic!("replica {replica} committed a block without metadata"));
+    assert_eq!(
+        md.metadata.len(),
+        BLOCK_METADATA_SLOTS,
+        "replica {replica} committed a block with other metadata slots"
+    );
+    let sigs = Metadata::decode(md.metadata[0].as_slice()).expect("SIGNATURES");
+    assert!(
+        sigs.signatures.len() >= 3,
+        "replica {replica} committed a block without a signature quorum"
+    );
+    for (i, slot) in md.metadata.iter().enumerate().skip(2) {
+        assert!(
+            slot.is_empty(),
+            "replica {replica} committed a block with metadata slot {i} filled by the leader"
+        );
+    }
+}
+
+/// Runs one proposal from leader 1 whose block metadata `corrupt` rewrites on the way out, and
+/// checks that every follower complains about the leader (moves to another view) and that what
+/// anyone commits (the next leader orders the same request) is well formed.
+fn followers_refuse_leader_metadata(corrupt: fn(&mut Block)) {
+    let mut c = Cluster::new();
+    c.filter = Some(Box::new(move |from, _to, kind| match kind {
+        Kind::PrePrepare(mut pp) if from == 1 => {
+            if let Some(b) = pp.block.as_mut() {
+                corrupt(b);
+            }
+            Some(Kind::PrePrepare(pp))
+        }
+        k => Some(k),
+    }));
+    c.submit(1, envelope(1));
+    c.run_until(30, |_| false);
+    for i in 2..=N {
+        assert!(
+            c.replica(i).view() > 0,
+            "replica {i} did not change view away from the leader"
+        );
+        for b in c.chains[&i].iter().skip(1) {
+            assert_well_formed(i, b);
+        }
+    }
+}
+
+#[test]
+fn proposal_with_empty_metadata_is_refused_without_panicking() {
+    followers_refuse_leader_metadata(|b| {
+        b.metadata = Some(BlockMetadata {
+            metadata: Vec::new(),
+        })
+    });
+}
+
+#[test]
+fn proposal_without_metadata_is_refused() {
+    followers_refuse_leader_metadata(|b| b.metadata = None);
+}
+
+#[test]
+fn proposal_with_too_few_metadata_slots_is_refused() {
+    followers_refuse_leader_metadata(|b| {
+        b.metadata = Some(BlockMetadata {
+            metadata: vec![Vec::new(); 1],
+        })
+    });
+}
+
+#[test]
+fn proposal_with_extra_metadata_slot_is_refused() {
+    followers_refuse_leader_metadata(|b| {
+        if let Some(md) = b.metadata.as_mut() {
+            md.metadata.push(Vec::new());
+        }
+    });
+}
+
+#[test]
+fn proposal_with_prefilled_metadata_is_refused() {
+    // A leader smuggling bytes into a slot (here: a fake TRANSACTIONS_FILTER).
+    followers_refuse_leader_metadata(|b| {
+        if let Some(md) = b.metadata.as_mut() {
+            md.metadata[2] = vec![0; 3];
+        }
+    });
+}
+
+#[test]
+fn proposal_over_absolute_max_bytes_with_its_metadata_is_refused() {
+    // The transactions alone fit; with what the leader put in the metadata the block does not.
+    followers_refuse_leader_metadata(|b| {
+        if let Some(md) = b.metadata.as_mut() {
+            md.metadata[3] = vec![7; 1 << 20];
+        }
+    });
+}
+
+#[test]
+fn validation_names_the_metadata_fault() {
+    let c = Cluster::new();
+    let r = c.replica(2);
+    let honest = new_block(1, digest(&genesis()), vec![envelope(1)]);
+    assert_eq!(r.validate_block(&honest), Ok(()));
+    let with = |f: fn(&mut Block)| {
+        let mut b = honest.clone();
+        f(&mut b);
+        r.validate_block(&b)
+    };
+    assert_eq!(with(|b| b.metadata = None), Err(InvalidBlock::NoMetadata));
+    assert_eq!(
+        with(|b| b.metadata = Some(BlockMetadata::default())),
+        Err(InvalidBlock::MetadataSlots {
+            got: 0,
+            want: BLOCK_METADATA_SLOTS
+        })
+    );
+    assert_eq!(
+        with(|b| {
+            if let Some(md) = b.metadata.as_mut() {
+                md.metadata[4] = vec![1];
+            }
+        }),
+        Err(InvalidBlock::MetadataFilled(4))
+    );
+    assert_eq!(
+        with(|b| {
+            if let Some(md) = b.metadata.as_mut() {
+                md.metadata[3] = vec![7; 1 << 20];
+            }
+        }),
+        Err(InvalidBlock::TooLarge { max: 1 << 20 })
+    );
+}
+
+/// A leader re-proposes, as it must, the block of a prepared certificate: the block is not
+/// validated again there, so a malformed one (a certificate made before replicas checked
+/// metadata, or by a quorum of faulty signers in a test) reaches finalize. It must not panic
+/// there nor commit a block without signatures.
+fn leader_finalizes_malformed_required_block(metadata: Option<BlockMetadata>) {
+    let mut c = Cluster::new();
+    let last_hash = digest(&genesis());
+    let mut block = new_block(1, last_hash, vec![envelope(1)]);
+    block.metadata = metadata;
+    let d = digest(&block);
+    let pre_prepare = c.signed(
+        1,
+        Kind::PrePrepare(PrePrepare {
+            view: 0,
+            seq: 1,
+            block: Some(block.clone()),
+        }),
+    );
+    let prepares = [1, 3, 4]
+        .iter()
+        .map(|&s| {
+            c.signed(
+                s,
+                Kind::Prepare(Prepare {
+                    view: 0,
+                    seq: 1,
+                    digest: d.clone(),
+                }),
+            )
+        })
+        .collect();
+    let cert = PreparedCertificate {
+        pre_prepare: Some(pre_prepare),
+        prepares,
+    };
+    // Replica 2 leads view 1; view changes from 1 and 3 (3's with the certificate) make it join.
+    for (s, prepared) in [(1, None), (3, Some(cert))] {
+        let vc = c.signed(
+            s,
+            Kind::ViewChange(ViewChange {
+                next_view: 1,
+                last_committed_seq: 1,
+                prepared,
+            }),
+        );
+        c.deliver(s, 2, vc);
+    }
+    assert_eq!(c.replica(2).view(), 1, "replica 2 did not install view 1");
+    assert!(
+        c.replica(2)
+            .proposal
+            .as_ref()
+            .is_some_and(|p| p.digest == d),
+        "replica 2 did not re-propose the prepared block"
+    );
+    let mut outputs = Vec::new();
+    for s in [1, 3] {
+        let p = c.signed(
+            s,
+            Kind::Prepare(Prepare {
+                view: 1,
+                seq: 1,
+                digest: d.clone(),
+            }),
+        );
+        outputs.extend(c.deliver(s, 2, p));
+    }
+    for s in [1, 3] {
+        let cm = c.signed(
+            s,
+            Kind::Commit(Commit {
+                view: 1,
+                seq: 1,
+                digest: d.clone(),
+                block_signature: Some(c.block_signature(s, &block)),
+            }),
+        );
+        outputs.extend(c.deliver(s, 2, cm));
+    }
+    assert!(
+        !committed(&outputs),
+        "a block without SIGNATURES/LAST_CONFIG slots was committed"
+    );
+    assert_eq!(c.height(2), 1);
+    // It was refused at finalize, like an invalid proposal: replica 2 asks for another view.
+    assert!(c.replica(2).in_view_change());
+}
+
+#[test]
+fn finalizing_a_block_without_metadata_slots_does_not_panic() {
+    leader_finalizes_malformed_required_block(Some(BlockMetadata {
+        metadata: Vec::new(),
+    }));
+}
+
+#[test]
+fn finalizing_a_block_without_metadata_commits_nothing() {
+    leader_finalizes_malformed_required_block(None);
+}
+
+// ----------------------------------------------------------------------------------------------
+// Issue 13, bug 2: a view change's claimed height is not trusted on one replica's word.
+
+#[test]
+fn one_lying_view_change_does_not_stall_recovery_from_a_silent_leader() {
+    let mut c = Cluster::new();
+    // Leader 1 is down. Replica 4 claims an absurd height in every view change and is silent
+    // whenever it leads; otherwise it behaves.
+    c.down.insert(1);
+    c.filter = Some(Box::new(|from, _to, kind| match kind {
+        Kind::ViewChange(mut vc) if from == 4 => {
+            vc.last_committed_seq = u64::MAX;
+            Some(Kind::ViewChange(vc))
+        }
+        Kind::PrePrepare(_) | Kind::Heartbeat(_) | Kind::NewView(_) if from == 4 => None,
+        k => Some(k),
+    }));
+    c.submit(2, envelope(1));
+    let recovered = c.run_until(3_000, |c| c.height(2) == 2 && c.height(3) == 2);
+    assert!(
+        recovered,
+        "no block after 3000 ticks: views {:?}, heights {:?}",
+        (2..=N).map(|i| c.replica(i).view()).collect::<Vec<_>>(),
+        (2..=N).map(|i| c.height(i)).collect::<Vec<_>>(),
+    );
+}
+
+#[test]
+fn stale_future_view_changes_do_not_survive_view_installation() {
+    let mut c = Cluster::new();
+    let vc = |c: &Cluster, s: u32, v: u64| {
+        c.signed(
+            s,
+            Kind::ViewChange(ViewChange {
+                next_view: v,
+                last_committed_seq: 1,
+                prepared: None,
+            }),
+        )
+    };
+    // Replica 1 timed out on view 1's view change and asked for view 2 ...
+    let stale = vc(&c, 1, 2);
+    c.deliver(1, 3, stale);
+    // ... then view 1 was installed after all (1 installed it too; its request for 2 is stale).
+    let proof = [1, 2, 4].iter().map(|&s| vc(&c, s, 1)).collect();
+    let nv = c.signed(
+        2,
+        Kind::NewView(NewView {
+            view: 1,
+            view_changes: proof,
+        }),
+    );
+    c.deliver(2, 3, nv);
+    assert_eq!(c.replica(3).view(), 1);
+    assert!(!c.replica(3).in_view_change());
+    // One consenter now asks for view 2: alone it is not f+1 and must not move replica 3.
+    let lone = vc(&c, 4, 2);
+    c.deliver(4, 3, lone);
+    let r = c.replica(3);
+    assert!(
+        r.view() == 1 && !r.in_view_change(),
+        "a stale view change from before view 1 counted toward view 2 (view {}, changing: {})",
+        r.view(),
+        r.in_view_change()
+    );
+}
+
+/// Safety guard for bug 2's fix: replica 3 alone committed block X (only it received the
+/// commits); the faulty old leader 1 then claims, with honest 2, that nothing was committed.
+/// Trusting only the (f+1)-th highest claim, the new leader 2 must still not order a different
+/// block at that height: 3's view change carries X's prepared certificate.
+#[test]
+fn new_leader_does_not_replace_a_block_only_one_replica_committed() {
+    let mut c = Cluster::new();
+    // Phase 1: 1 proposes X to 3 and 4 only; only 3 (and 1) see the commits.
+    c.filter = Some(Box::new(|from, to, kind| match kind {
+        Kind::PrePrepare(_) if from == 1 && to == 2 => None,
+        Kind::Commit(_) if to == 2 || to == 4 => None,
+        k => Some(k),
+    }));
+    c.submit(1, envelope(1));
+    assert!(c.run_until(10, |c| c.height(3) == 2));
+    let x = c.chains[&3][1].clone();
+    assert_eq!(c.height(2), 1);
+    assert_eq!(c.height(4), 1);
+    // Phase 2: 1 goes silent except for a lying view change; 4's view change to 2 and 3's
+    // state responses are delayed (asynchrony).
+    c.filter = Some(Box::new(|from, to, kind| match kind {
+        _ if from == 1 => None,
+        Kind::ViewChange(_) if from == 4 && to == 2 => None,
+        Kind::StateResponse(_) if from == 3 => None,
+        k => Some(k),
+    }));
+    let lie = c.signed(
+        1,
+        Kind::ViewChange(ViewChange {
+            next_view: 1,
+            last_committed_seq: 1,
+            prepared: None,
+        }),
+    );
+    for to in 2..=N {
+        c.deliver(1, to, lie.clone());
+    }
+    // Another request, so that a fresh proposal at height 1 would differ from X.
+    c.submit(2, envelope(2));
+    // The faulty 1 votes for whatever replica 2 proposes in view 1.
+    let mut voted = false;
+    for _ in 0..400 {
+        c.tick();
+        if voted {
+            continue;
+        }
+        let Some((view, block)) = c
+            .replica(2)
+            .proposal
+            .as_ref()
+            .map(|p| (p.view, p.block.clone()))
+        else {
+            continue;
+        };
+        if view != 1 {
+            continue;
+        }
+        voted = true;
+        let d = digest(&block);
+        let prepare = c.signed(
+            1,
+            Kind::Prepare(Prepare {
+                view: 1,
+                seq: 1,
+                digest: d.clone(),
+            }),
+        );
+        let commit = c.signed(
+            1,
+            Kind::Commit(Commit {
+                view: 1,
+                seq: 1,
+                digest: d,
+                block_signature: Some(c.block_signature(1, &block)),
+            }),
+        );
+        for to in [2, 4] {
+            c.deliver(1, to, prepare.clone());
+            c.deliver(1, to, commit.clone());
+        }
+        c.pump();
+    }
+    // Heal and let everyone converge.
+    c.filter = None;
+    c.down.insert(1);
+    let converged = c.run_until(2_000, |c| (2..=N).all(|i| c.height(i) >= 2));
+    for i in 2..=N {
+        if let Some(b) = c.chains[&i].get(1) {
+            assert_eq!(
+                digest(b),
+                digest(&x),
+                "replica {i} committed another block than replica 3 at height 1"
+            );
+        }
+    }
+    assert!(converged, "replicas 2 and 4 never caught up after healing");
+}
+
+// ----------------------------------------------------------------------------------------------
+// Issue 13, bug 3: vote storage is bounded, one vote per sender per slot, no re-verification.
+
+#[test]
+fn votes_and_view_changes_far_ahead_are_not_stored() {
+    let mut c = Cluster::new();
+    let d = vec![9u8; 32];
+    let mut msgs = Vec::new();
+    for i in 0..400u64 {
+        msgs.push(Kind::Prepare(Prepare {
+            view: 0,
+            seq: 1 + i,
+            digest: d.clone(),
+        }));
+        msgs.push(Kind::Prepare(Prepare {
+            view: i,
+            seq: 1,
+            digest: d.clone(),
+        }));
+        msgs.push(Kind::Commit(Commit {
+            view: i,
+            seq: 1 + i,
+            digest: d.clone(),
+            block_signature: Some(MetadataSignature::default()),
+        }));
+        msgs.push(Kind::ViewChange(ViewChange {
+            next_view: 2 + i,
+            last_committed_seq: 1,
+            prepared: None,
+        }));
+    }
+    for k in msgs {
+        let m = c.signed(4, k);
+        c.deliver(4, 2, m);
+    }
+    let r = c.replica(2);
+    assert!(
+        stored_votes(r) <= 40,
+        "{} votes stored from one consenter",
+        stored_votes(r)
+    );
+    assert!(
+        stored_view_changes(r) <= 16,
+        "{} view changes stored from one consenter",
+        stored_view_changes(r)
+    );
+}
+
+#[test]
+fn a_second_different_vote_for_a_slot_is_dropped() {
+    let mut c = Cluster::new();
+    let (a, b) = (vec![1u8; 32], vec![2u8; 32]);
+    for d in [&a, &b] {
+        let p = c.signed(
+            4,
+            Kind::Prepare(Prepare {
+                view: 0,
+                seq: 1,
+                digest: d.clone(),
+            }),
+        );
+        c.deliver(4, 2, p);
+        let cm = c.signed(
+            4,
+            Kind::Commit(Commit {
+                view: 0,
+                seq: 1,
+                digest: d.clone(),
+                block_signature: Some(MetadataSignature::default()),
+            }),
+        );
+        c.deliver(4, 2, cm);
+        let vc = c.signed(
+            4,
+            Kind::ViewChange(ViewChange {
+                next_view: 1,
+                last_committed_seq: if *d == a { 1 } else { 2 },
+                prepared: None,
+            }),
+        );
+        c.deliver(4, 2, vc);
+    }
+    let r = c.replica(2);
+    let votes = &r.votes[&(0, 1)];
+    assert_eq!(
+        votes.prepares.get(&4).map(|(d, _)| d),
+        Some(&a),
+        "prepare replaced"
+    );
+    assert_eq!(
+        votes.commit_digest(4),
+        Some(a.as_slice()),
+        "commit replaced"
+    );
+    let vc = r.view_changes.get(&1).and_then(|m| m.get(&4));
+    assert_eq!(
+        vc.map(|(vc, _)| vc.last_committed_seq),
+        Some(1),
+        "view change replaced"
+    );
+}
+
+#[test]
+fn a_rejected_commit_signature_is_checked_once() {
+    let mut c = Cluster::new();
+    let block = new_block(1, digest(&genesis()), vec![envelope(1)]);
+    let d = digest(&block);
+    let pp = c.signed(
+        1,
+        Kind::PrePrepare(PrePrepare {
+            view: 0,
+            seq: 1,
+            block: Some(block.clone()),
+        }),
+    );
+    c.deliver(1, 2, pp);
+    // Consenter 4 sends a commit whose block signature is garbage, and repeats it.
+    let mut bad_sig = c.block_signature(4, &block);
+    bad_sig.signature = vec![0; 8];
+    let bad = c.signed(
+        4,
+        Kind::Commit(Commit {
+            view: 0,
+            seq: 1,
+            digest: d.clone(),
+            block_signature: Some(bad_sig),
+        }),
+    );
+    for _ in 0..5 {
+        c.deliver(4, 2, bad.clone());
+    }
+    // Every later vote used to re-check every stored commit.
+    let mut outputs = Vec::new();
+    for s in [1, 3] {
+        let p = c.signed(
+            s,
+            Kind::Prepare(Prepare {
+                view: 0,
+                seq: 1,
+                digest: d.clone(),
+            }),
+        );
+        outputs.extend(c.deliver(s, 2, p));
+    }
+    for s in [3, 1] {
+        let cm = c.signed(
+            s,
+            Kind::Commit(Commit {
+                view: 0,
+                seq: 1,
+                digest: d.clone(),
+                block_signature: Some(c.block_signature(s, &block)),
+            }),
+        );
+        outputs.extend(c.deliver(s, 2, cm));
+    }
+    assert!(committed(&outputs), "the block was not committed");
+    let checks = c.cryptos[&2]
+        .block_checks
+        .lock()
+        .map(|v| v.clone())
+        .unwrap_or_default();
+    let of = |s: u32| checks.iter().filter(|&&x| x == s).count();
+    assert_eq!(
+        of(4),
+        1,
+        "the rejected signature was checked {} times",
+        of(4)
+    );
+    for s in [1, 2, 3] {
+        assert!(
+            of(s) <= 1,
+            "consenter {s}'s signature was checked {} times",
+            of(s)
+        );
+    }
+}
+
+#[test]
+fn a_view_change_with_an_invalid_certificate_is_checked_once() {
+    let mut c = Cluster::new();
+    let block = new_block(1, digest(&genesis()), vec![envelope(1)]);
+    let pre_prepare = c.signed(
+        1,
+        Kind::PrePrepare(PrePrepare {
+            view: 0,
+            seq: 1,
+            block: Some(block.clone()),
+        }),
+    );
+    // Prepares "from" 1, 2 and 3 that consenter 4 forged: their signatures do not verify.
+    let prepares = [1, 2, 3]
+        .iter()
+        .map(|&s| {
+            let mut m = c.signed(
+                s,
+                Kind::Prepare(Prepare {
+                    view: 0,
+                    seq: 1,
+                    digest: digest(&block),
+                }),
+            );
+            m.signature = vec![0; 12];
+            m
+        })
+        .collect();
+    let vc = c.signed(
+        4,
+        Kind::ViewChange(ViewChange {
+            next_view: 1,
+            last_committed_seq: 1,
+            prepared: Some(PreparedCertificate {
+                pre_prepare: Some(pre_prepare),
+                prepares,
+            }),
+        }),
+    );
+    let crypto = c.cryptos[&2].clone();
+    let checks = || crypto.msg_checks.load(Ordering::Relaxed);
+    c.deliver(4, 2, vc.clone());
+    let first = checks();
+    assert!(first > 1, "the certificate was not checked");
+    for _ in 0..10 {
+        c.deliver(4, 2, vc.clone());
+    }
+    // Each repeat costs only the check of its own signature.
+    assert_eq!(
+        checks() - first,
+        10,
+        "the refused certificate was checked again"
+    );
+    assert!(c.replica(2).view_changes.is_empty());
+}
