@@ -5,6 +5,7 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     medledger_common::config::init_logging();
+    medledger_common::config::fail_stop_on_panic();
     match medledger_ca::cli::run(medledger_ca::cli::Cli::parse()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

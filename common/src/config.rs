@@ -114,6 +114,21 @@ impl TlsFiles {
 
 /// Logs to stderr with `tracing`, levels per module from `MEDLEDGER_LOG` (default `info`),
 /// e.g. `MEDLEDGER_LOG=info,medledger_orderer::consensus=debug`.
+/// The exit code of a node stopped by a panic (BSD's EX_SOFTWARE: an internal software error).
+pub const FAIL_STOP_EXIT_CODE: i32 = 70;
+
+/// Makes any panic, on any thread or task, stop the whole process after logging it. A node whose
+/// consensus or commit task died must not live on as a zombie that still answers `/healthz`:
+/// stopped, it is replaced or restarted, and BFT tolerates it; half alive, it misleads everyone.
+pub fn fail_stop_on_panic() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        tracing::error!(panic = %info, "internal error: stopping the node (fail-stop)");
+        std::process::exit(FAIL_STOP_EXIT_CODE);
+    }));
+}
+
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MEDLEDGER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
