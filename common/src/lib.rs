@@ -10,6 +10,7 @@ pub mod durable;
 pub mod identity;
 pub mod issue;
 pub mod msp;
+pub mod mutation;
 pub mod ops;
 pub mod policy;
 pub mod protoutil;

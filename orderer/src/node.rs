@@ -279,6 +279,14 @@ impl AtomicBroadcast for Svc {
                         }
                     }
                 };
+                if status != BlockStatus::Success {
+                    log_refusal(
+                        "orderer.AtomicBroadcast/Broadcast",
+                        remote,
+                        None,
+                        &format_args!("{}: {info}", status.as_str_name()),
+                    );
+                }
                 if tx
                     .send(Ok(BroadcastResponse {
                         status: status as i32,
@@ -327,6 +335,12 @@ impl AtomicBroadcast for Svc {
                 ) {
                     Ok(r) => r,
                     Err(s) => {
+                        log_refusal(
+                            "orderer.AtomicBroadcast/Deliver",
+                            remote,
+                            None,
+                            &s.as_str_name(),
+                        );
                         let _ = tx.send(Ok(status(s))).await;
                         return;
                     }

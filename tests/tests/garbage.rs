@@ -2,9 +2,43 @@
 //! non-OK status (Fabric: `13 INTERNAL grpc: failed to unmarshal the received message`), never
 //! with a clean end that a client would take for success.
 
+use std::sync::{Arc, Mutex};
+
 use medledger_tests::peernet::PeerNet;
 use medledger_tests::raw_grpc::stream_call;
 use tonic::Code;
+
+/// The log lines the nodes of this test process write.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut b) = self.0.lock() {
+            b.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
+    type Writer = Capture;
+    fn make_writer(&'a self) -> Capture {
+        self.clone()
+    }
+}
+
+impl Capture {
+    fn text(&self) -> String {
+        self.0
+            .lock()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+}
 
 /// Bytes that are no protobuf message: field 0 is invalid in every message.
 fn undecodable() -> Vec<u8> {
@@ -18,6 +52,12 @@ fn big_garbage() -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undecodable_frames_end_streams_with_an_error_status() -> anyhow::Result<()> {
+    let log = Capture::default();
+    tracing_subscriber::fmt()
+        .with_writer(log.clone())
+        .with_ansi(false)
+        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+        .init();
     let net = PeerNet::start("OR('Hospital1MSP.member')", 5_000).await?;
     let peer_root = net.orgs[0].tls_ca.cert_pem().as_bytes().to_vec();
     let orderer_root = net.orderers.org.tls_ca.cert_pem().as_bytes().to_vec();
@@ -51,6 +91,20 @@ async fn undecodable_frames_end_streams_with_an_error_status() -> anyhow::Result
                 "{path} {what}: {status:?}"
             );
         }
+    }
+    // Each refusal was logged at WARN with the service and where it came from.
+    let text = log.text();
+    for service in [
+        "service=\"protos.Deliver\"",
+        "service=\"orderer.AtomicBroadcast/Broadcast\"",
+        "service=\"orderer.AtomicBroadcast/Deliver\"",
+    ] {
+        assert!(
+            text.lines().any(|l| l.contains("request refused")
+                && l.contains(service)
+                && l.contains("remote=127.0.0.1")),
+            "no refusal logged for {service}:\n{text}"
+        );
     }
     // The nodes are still serving: an honest transaction commits.
     let client = net.orgs[0].identity("app", "client", &[])?;

@@ -91,11 +91,15 @@ impl EndorserRpc for EndorserService {
         &self,
         request: tonic::Request<SignedProposal>,
     ) -> Result<tonic::Response<ProposalResponse>, tonic::Status> {
+        let remote = request.remote_addr();
         self.0
             .process(&request.into_inner())
             .await
             .map(tonic::Response::new)
-            .map_err(|e| tonic::Status::failed_precondition(e.to_string()))
+            .map_err(|e| {
+                medledger_common::refusal::log_refusal("protos.Endorser", remote, None, &e);
+                tonic::Status::failed_precondition(e.to_string())
+            })
     }
 }
 type Tasks = Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>;
@@ -157,14 +161,7 @@ pub async fn start(cfg: PeerConfig, plugins: PluginRegistry) -> Result<RunningPe
     });
     cfg.check_transport()?;
     let limits = cfg.message_limits();
-    let mut remote_peers = Vec::new();
-    for p in &cfg.gateway_peers {
-        remote_peers.push(RemotePeer {
-            msp_id: p.msp_id.clone(),
-            address: p.address.clone(),
-            tls_root_pem: p.tls_root_cert_file.as_deref().map(read).transpose()?,
-        });
-    }
+    let remote_peers = remote_peers(&cfg)?;
     let private_data = Arc::new(PrivateDataClient::new(
         remote_peers.clone(),
         client_tls.clone(),
@@ -236,20 +233,7 @@ pub async fn start(cfg: PeerConfig, plugins: PluginRegistry) -> Result<RunningPe
         limits,
         address.to_string(),
     );
-    let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
-    if let (Some(files), Some(t)) = (&cfg.tls, &tls) {
-        let mut server_tls = tonic::transport::ServerTlsConfig::new().identity(
-            tonic::transport::Identity::from_pem(&t.cert_pem, &t.key_pem),
-        );
-        if !t.client_ca_bundle.is_empty() {
-            server_tls = server_tls
-                .client_ca_root(tonic::transport::Certificate::from_pem(&t.client_ca_bundle))
-                .client_auth_optional(!files.client_auth_required);
-        }
-        builder = builder
-            .tls_config(server_tls)
-            .map_err(|e| NodeError::Config(format!("TLS: {e}")))?;
-    }
+    let mut builder = server_builder(&cfg, tls.as_ref())?;
     let mut rx = shutdown_rx.clone();
     let (recv, send) = (limits.max_recv, limits.max_send);
     let server = builder
@@ -290,59 +274,7 @@ pub async fn start(cfg: PeerConfig, plugins: PluginRegistry) -> Result<RunningPe
         .unwrap_or_else(|e| e.into_inner())
         .push(server_task);
     let operations_address = match &cfg.operations_address {
-        Some(a) => {
-            let (l, addr) =
-                medledger_common::ops::bind(a)
-                    .await
-                    .map_err(|e| NodeError::Listen {
-                        addr: a.clone(),
-                        reason: e.to_string(),
-                    })?;
-            // Channels joined later are included: the map is read at every scrape.
-            let scraped = channels.clone();
-            let metrics = Arc::new(move || {
-                let ledgers: Vec<(String, Arc<Ledger>)> = scraped
-                    .try_read()
-                    .map(|m| {
-                        m.values()
-                            .map(|c| (c.id().to_owned(), c.ledger.clone()))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                ledgers
-                    .iter()
-                    .flat_map(|(id, l)| {
-                        let labels = vec![("channel".to_owned(), id.clone())];
-                        [
-                            medledger_common::ops::Metric {
-                                name: "ledger_blockchain_height".into(),
-                                help: "Blocks committed on the channel".into(),
-                                kind: "gauge",
-                                labels: labels.clone(),
-                                value: l.height() as f64,
-                            },
-                            medledger_common::ops::Metric {
-                                name: "pvtdata_missing_writesets".into(),
-                                help: "Private write sets this member still lacks (reconciliation pending)"
-                                    .into(),
-                                kind: "gauge",
-                                labels,
-                                value: l.pvt_missing(100_000).map(|m| m.len()).unwrap_or(0) as f64,
-                            },
-                        ]
-                    })
-                    .collect()
-            });
-            let mut rx = shutdown_rx.clone();
-            let ops = tokio::spawn(async move {
-                let _ = medledger_common::ops::serve(l, metrics, async move {
-                    let _ = rx.changed().await;
-                })
-                .await;
-            });
-            tasks.lock().unwrap_or_else(|e| e.into_inner()).push(ops);
-            Some(addr)
-        }
+        Some(a) => Some(serve_operations(a, channels.clone(), shutdown_rx.clone(), &tasks).await?),
         None => None,
     };
     tracing::info!(peer = %cfg.id, %address, "peer started");
@@ -352,5 +284,105 @@ pub async fn start(cfg: PeerConfig, plugins: PluginRegistry) -> Result<RunningPe
         channels,
         shutdown,
         tasks,
+    })
+}
+
+/// The other organisations' peers of the configuration, with their TLS roots read.
+fn remote_peers(cfg: &PeerConfig) -> Result<Vec<RemotePeer>, NodeError> {
+    cfg.gateway_peers
+        .iter()
+        .map(|p| {
+            Ok(RemotePeer {
+                msp_id: p.msp_id.clone(),
+                address: p.address.clone(),
+                tls_root_pem: p.tls_root_cert_file.as_deref().map(read).transpose()?,
+            })
+        })
+        .collect()
+}
+
+/// The gRPC server, with TLS (and optional or required client certificates) when configured.
+fn server_builder(
+    cfg: &PeerConfig,
+    tls: Option<&medledger_common::config::TlsMaterial>,
+) -> Result<tonic::transport::Server, NodeError> {
+    let builder = tonic::transport::Server::builder().tcp_nodelay(true);
+    let (Some(files), Some(t)) = (&cfg.tls, tls) else {
+        return Ok(builder);
+    };
+    let mut server_tls = tonic::transport::ServerTlsConfig::new().identity(
+        tonic::transport::Identity::from_pem(&t.cert_pem, &t.key_pem),
+    );
+    if !t.client_ca_bundle.is_empty() {
+        server_tls = server_tls
+            .client_ca_root(tonic::transport::Certificate::from_pem(&t.client_ca_bundle))
+            .client_auth_optional(!files.client_auth_required);
+    }
+    builder
+        .tls_config(server_tls)
+        .map_err(|e| NodeError::Config(format!("TLS: {e}")))
+}
+
+/// Serves `/healthz` and `/metrics` on `address` until shutdown; returns the bound address.
+async fn serve_operations(
+    address: &str,
+    channels: Channels,
+    mut shutdown: watch::Receiver<bool>,
+    tasks: &Tasks,
+) -> Result<SocketAddr, NodeError> {
+    let (listener, bound) =
+        medledger_common::ops::bind(address)
+            .await
+            .map_err(|e| NodeError::Listen {
+                addr: address.to_owned(),
+                reason: e.to_string(),
+            })?;
+    let metrics = channel_metrics(channels);
+    let ops = tokio::spawn(async move {
+        let _ = medledger_common::ops::serve(listener, metrics, async move {
+            let _ = shutdown.changed().await;
+        })
+        .await;
+    });
+    tasks.lock().unwrap_or_else(|e| e.into_inner()).push(ops);
+    Ok(bound)
+}
+
+/// Per-channel gauges; channels joined later are included, as the map is read at every scrape.
+fn channel_metrics(
+    channels: Channels,
+) -> Arc<dyn Fn() -> Vec<medledger_common::ops::Metric> + Send + Sync> {
+    Arc::new(move || {
+        let ledgers: Vec<(String, Arc<Ledger>)> = channels
+            .try_read()
+            .map(|m| {
+                m.values()
+                    .map(|c| (c.id().to_owned(), c.ledger.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        ledgers
+            .iter()
+            .flat_map(|(id, l)| {
+                let labels = vec![("channel".to_owned(), id.clone())];
+                [
+                    medledger_common::ops::Metric {
+                        name: "ledger_blockchain_height".into(),
+                        help: "Blocks committed on the channel".into(),
+                        kind: "gauge",
+                        labels: labels.clone(),
+                        value: l.height() as f64,
+                    },
+                    medledger_common::ops::Metric {
+                        name: "pvtdata_missing_writesets".into(),
+                        help: "Private write sets this member still lacks (reconciliation pending)"
+                            .into(),
+                        kind: "gauge",
+                        labels,
+                        value: l.pvt_missing(100_000).map(|m| m.len()).unwrap_or(0) as f64,
+                    },
+                ]
+            })
+            .collect()
     })
 }

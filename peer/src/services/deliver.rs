@@ -105,7 +105,10 @@ async fn seek(
         TIME_WINDOW.as_secs(),
     ) {
         Ok(r) => r,
-        Err(s) => return s,
+        Err(s) => {
+            log_refusal("protos.Deliver", None, None, &s.as_str_name());
+            return s;
+        }
     };
     let (start, stop, fail_if_not_ready) = (range.start, range.stop, range.fail_if_not_ready);
     // Private data goes only to a requester the collection's membership policy admits.

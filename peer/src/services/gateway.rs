@@ -12,6 +12,7 @@ use medledger_common::config::MessageLimits;
 use medledger_common::msp::{Expiry, Identity};
 use medledger_common::policy::{SignedData, verified_signers};
 use medledger_common::protoutil::assemble_transaction;
+use medledger_common::refusal::log_refusal;
 use medledger_proto::common::{Envelope, Status as OrdererStatus};
 use medledger_proto::gateway::gateway_server::Gateway;
 use medledger_proto::gateway::{
@@ -288,11 +289,13 @@ impl Gateway for GatewayService {
         &self,
         request: Request<EvaluateRequest>,
     ) -> Result<Response<EvaluateResponse>, Status> {
+        let remote = request.remote_addr();
         let req = request.into_inner();
         let sp = req.proposed_transaction.ok_or_else(|| {
             Status::invalid_argument("the proposed transaction must contain a signed proposal")
         })?;
         let checked = self.endorser.check(&sp).await.map_err(|e| {
+            log_refusal("gateway.Gateway/Evaluate", remote, None, &e);
             gateway_error(
                 Code::FailedPrecondition,
                 format!("evaluate call to endorser returned error: {e}"),
@@ -317,12 +320,14 @@ impl Gateway for GatewayService {
         &self,
         request: Request<EndorseRequest>,
     ) -> Result<Response<EndorseResponse>, Status> {
+        let remote = request.remote_addr();
         let req = request.into_inner();
         let sp = req.proposed_transaction.ok_or_else(|| {
             Status::invalid_argument("the proposed transaction must contain a signed proposal")
         })?;
         let own = self.endorser.signer.mspid().to_owned();
         let checked = self.endorser.check(&sp).await.map_err(|e| {
+            log_refusal("gateway.Gateway/Endorse", remote, None, &e);
             gateway_error(
                 Code::Aborted,
                 "failed to endorse transaction, see attached details for more info",

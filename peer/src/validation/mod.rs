@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use medledger_common::crypto::sha256_concat;
-use medledger_common::msp::Expiry;
+use medledger_common::msp::{Expiry, Identity};
 use medledger_common::protoutil::{compute_txid, unpack_envelope};
 use medledger_proto::common::{Block, BlockMetadataIndex, Envelope, HeaderType};
 use medledger_proto::kvrwset::{
@@ -17,13 +17,14 @@ use medledger_proto::kvrwset::{
 };
 use medledger_proto::medledger::ledger::{HistoryEntry, TxLocation, VersionedValue};
 use medledger_proto::protos::{
-    ChaincodeAction, ChaincodeActionPayload, ProposalResponsePayload, Transaction,
-    TxValidationCode as Code,
+    ChaincodeAction, ChaincodeActionPayload, ChaincodeEndorsedAction, ProposalResponsePayload,
+    Transaction, TxValidationCode as Code,
 };
 use medledger_proto::rwset::TxReadWriteSet;
 use prost::Message;
 
 use crate::channel::Channel;
+use crate::channel::definition::ChaincodeDefinition;
 use crate::channel::pvtdata::{PvtCandidates, PvtNeed, expiry, verify_write_set};
 use crate::execution::plugins::{PluginRegistry, ValidationInput};
 use crate::storage::ledger::{
@@ -273,8 +274,33 @@ fn validate(
             format!("chaincode {name:?} is not defined"),
         )
     })?;
-    let rwset = TxReadWriteSet::decode(cc_action.results.as_slice())
-        .map_err(|_| fail(Code::BadRwset, "bad read-write set"))?;
+    let (set, collections) = read_write_sets(&cc_action.results, &name, &def, &creator)?;
+    check_endorsement(overlay, plugins, &def, &name, &set, &collections, &endorsed)?;
+    check_mvcc(overlay, &name, &set, &collections)?;
+    let _ = tx_num;
+    Ok(Effects {
+        ns: name,
+        set,
+        collections,
+        tx_id: ch.tx_id.clone(),
+        timestamp: ch.timestamp,
+        creator_msp: creator.mspid.clone(),
+        creator_subject: creator.cert.subject.clone(),
+    })
+}
+
+/// The transaction's public write set of chaincode `name` and its collections' hashed sets,
+/// checked against the definition: only its own namespace, defined collections, memberOnlyWrite,
+/// well-formed hashes.
+fn read_write_sets(
+    results: &[u8],
+    name: &str,
+    def: &ChaincodeDefinition,
+    creator: &Identity,
+) -> Result<(KvrwSet, Vec<CollectionEffects>), (Code, String)> {
+    let fail = |c: Code, m: &str| (c, m.to_owned());
+    let rwset =
+        TxReadWriteSet::decode(results).map_err(|_| fail(Code::BadRwset, "bad read-write set"))?;
     let mut set = KvrwSet::default();
     let mut collections = Vec::new();
     for ns in &rwset.ns_rwset {
@@ -295,7 +321,7 @@ fn validate(
             })?;
             let hashed = HashedRwSet::decode(ch.hashed_rwset.as_slice())
                 .map_err(|_| fail(Code::BadRwset, "bad hashed read-write set"))?;
-            if !hashed.hashed_writes.is_empty() && c.member_only_write && !c.admits(&creator) {
+            if !hashed.hashed_writes.is_empty() && c.member_only_write && !c.admits(creator) {
                 return Err((
                     Code::InvalidWriteset,
                     format!(
@@ -319,6 +345,21 @@ fn validate(
         }
     }
 
+    Ok((set, collections))
+}
+
+/// The endorsement policies a transaction answers to (the chaincode's with key-level policies of
+/// the keys written, and the written collections' own), checked by the validation plugin.
+fn check_endorsement(
+    overlay: &Overlay<'_>,
+    plugins: &PluginRegistry,
+    def: &ChaincodeDefinition,
+    name: &str,
+    set: &KvrwSet,
+    collections: &[CollectionEffects],
+    endorsed: &ChaincodeEndorsedAction,
+) -> Result<(), (Code, String)> {
+    let channel = overlay.channel;
     // Endorsement policy, with key-level policies of the keys written.
     let mut key_policies = Vec::new();
     let written: Vec<&str> = set
@@ -329,7 +370,7 @@ fn validate(
         .collect();
     for key in written {
         let current = overlay
-            .get(&name, key)
+            .get(name, key)
             .map_err(|e| (Code::InvalidOtherReason, e.to_string()))?;
         key_policies.push(
             current
@@ -351,7 +392,7 @@ fn validate(
         )
     })?;
     let (chaincode_policy_needed, policies) = def.collections.endorsement_policies(
-        !written_public_is_empty(&set),
+        !written_public_is_empty(set),
         collections
             .iter()
             .filter(|c| !c.hashed.hashed_writes.is_empty())
@@ -380,10 +421,22 @@ fn validate(
             .map_err(|c| (c, "collection endorsement policy not satisfied".to_owned()))?;
     }
 
+    Ok(())
+}
+
+/// MVCC: every read must still be at the version read, every range must return the same keys,
+/// every hashed private read must still be at its version.
+fn check_mvcc(
+    overlay: &Overlay<'_>,
+    name: &str,
+    set: &KvrwSet,
+    collections: &[CollectionEffects],
+) -> Result<(), (Code, String)> {
+    let fail = |c: Code, m: &str| (c, m.to_owned());
     // MVCC: every read must still be at the version read; every range must return the same keys.
     for r in &set.reads {
         let now = overlay
-            .version(&name, &r.key)
+            .version(name, &r.key)
             .map_err(|e| (Code::InvalidOtherReason, e.to_string()))?;
         if now != r.version {
             return Err((
@@ -400,7 +453,7 @@ fn validate(
             ));
         };
         let again = overlay
-            .range(&name, &q.start_key, &q.end_key, !q.itr_exhausted)
+            .range(name, &q.start_key, &q.end_key, !q.itr_exhausted)
             .map_err(|e| (Code::InvalidOtherReason, e.to_string()))?;
         if again != raw.kv_reads {
             return Err((
@@ -409,10 +462,10 @@ fn validate(
             ));
         }
     }
-    for ce in &collections {
+    for ce in collections {
         for r in &ce.hashed.hashed_reads {
             let now = overlay
-                .hashed_version(&name, &ce.name, &r.key_hash)
+                .hashed_version(name, &ce.name, &r.key_hash)
                 .map_err(|e| (Code::InvalidOtherReason, e.to_string()))?;
             if now != r.version {
                 return Err((
@@ -425,16 +478,7 @@ fn validate(
             }
         }
     }
-    let _ = tx_num;
-    Ok(Effects {
-        ns: name,
-        set,
-        collections,
-        tx_id: ch.tx_id.clone(),
-        timestamp: ch.timestamp,
-        creator_msp: creator.mspid.clone(),
-        creator_subject: creator.cert.subject.clone(),
-    })
+    Ok(())
 }
 
 fn apply(
