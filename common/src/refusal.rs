@@ -47,6 +47,23 @@ pub fn log_refusal(
     tracing::warn!(%remote, service, identity, %reason, "request refused");
 }
 
+/// The next message of a client stream whose answers go out through `out`: `None` at the end of
+/// the stream, or after a refused frame whose status has been sent to `out` (ending the call).
+pub async fn next_or_refuse<T, R>(
+    inbound: &mut Streaming<T>,
+    service: &str,
+    remote: Option<SocketAddr>,
+    out: &tokio::sync::mpsc::Sender<Result<R, Status>>,
+) -> Option<T> {
+    match next_message(inbound, service, remote).await {
+        Ok(m) => m,
+        Err(refused) => {
+            let _ = out.send(Err(refused)).await;
+            None
+        }
+    }
+}
+
 /// The next message of a client stream. A frame that does not decode (garbage, a length over the
 /// limit, compression without an encoding) is refused: logged, and answered with a non-OK status
 /// that ends the stream, as Fabric does (`13 INTERNAL grpc: failed to unmarshal the received

@@ -216,16 +216,12 @@ pub async fn start(cfg: PeerConfig, plugins: PluginRegistry) -> Result<RunningPe
         packages: packages.clone(),
         local_msp: MspManager::new([local_msp]),
     });
-    let listener = tokio::net::TcpListener::bind(&cfg.listen_address)
+    let (listener, address) = medledger_common::ops::bind(&cfg.listen_address)
         .await
         .map_err(|e| NodeError::Listen {
             addr: cfg.listen_address.clone(),
             reason: e.to_string(),
         })?;
-    let address = listener.local_addr().map_err(|e| NodeError::Listen {
-        addr: cfg.listen_address.clone(),
-        reason: e.to_string(),
-    })?;
     let gateway = GatewayService::new(
         endorser.clone(),
         remote_peers,

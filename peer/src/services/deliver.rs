@@ -7,7 +7,7 @@ use std::pin::Pin;
 use futures::Stream;
 use medledger_common::channelconfig::check_seek;
 use medledger_common::protoutil::unpack_envelope;
-use medledger_common::refusal::{log_refusal, next_message};
+use medledger_common::refusal::{log_refusal, next_or_refuse};
 use medledger_proto::common::{Block, Envelope, HeaderType, Status as BlockStatus};
 use medledger_proto::protos::deliver_server::Deliver;
 use medledger_proto::protos::{
@@ -215,15 +215,8 @@ impl DeliverService {
         let remote = r.remote_addr();
         let mut inbound = r.into_inner();
         tokio::spawn(async move {
-            loop {
-                let env = match next_message(&mut inbound, "protos.Deliver", remote).await {
-                    Ok(Some(env)) => env,
-                    Ok(None) => break,
-                    Err(refused) => {
-                        let _ = tx.send(Err(refused)).await;
-                        break;
-                    }
-                };
+            while let Some(env) = next_or_refuse(&mut inbound, "protos.Deliver", remote, &tx).await
+            {
                 let s = seek(&channels, env, form, &tx).await;
                 if tx.send(Ok(status(s))).await.is_err() || s != BlockStatus::Success {
                     break;
