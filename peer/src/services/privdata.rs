@@ -373,7 +373,7 @@ pub struct PrivateDataService {
 
 fn denied(reason: impl Into<String>) -> Status {
     let reason = reason.into();
-    tracing::warn!(%reason, "private data request refused");
+    log_refusal("medledger.privdata.PrivateData", None, None, &reason);
     Status::permission_denied(reason)
 }
 
