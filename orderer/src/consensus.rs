@@ -39,6 +39,17 @@ const VOTE_SEQ_WINDOW: u64 = 4;
 /// make us hold.
 const VIEW_CHANGE_WINDOW: u64 = 8;
 
+/// Default bound on the number of requests a replica holds unordered (its pool, and so its
+/// write-ahead `pending`). Without one a Writer flooding Broadcast grows memory and the WAL
+/// without limit. It is deep enough to absorb bursts (hundreds of blocks at Fabric's default
+/// 500 transactions per block would be more than the ordering rate can drain before the
+/// censorship timer anyway) and small enough that scanning it every tick stays cheap.
+pub const DEFAULT_MAX_POOL_REQUESTS: usize = 20_000;
+
+/// Default bound on the bytes of the requests a replica holds unordered. The count bound alone
+/// would still admit 20,000 requests of up to AbsoluteMaxBytes each (gigabytes).
+pub const DEFAULT_MAX_POOL_BYTES: usize = 256 * 1024 * 1024;
+
 /// Signing and checking, injected so the core stays free of key handling and I/O.
 pub trait Crypto: Send + Sync {
     /// Signs a consensus message body.
@@ -85,6 +96,11 @@ pub struct Config {
     pub view_change_timeout_ticks: u64,
     /// Own votes and proposals are re-sent this often while a block is pending (lossy links).
     pub retransmit_ticks: u64,
+    /// At most this many requests wait in the pool (`DEFAULT_MAX_POOL_REQUESTS`); beyond it
+    /// client requests are refused (`RequestError::Overloaded`) and forwarded ones dropped.
+    pub max_pool_requests: usize,
+    /// At most this many envelope bytes wait in the pool (`DEFAULT_MAX_POOL_BYTES`).
+    pub max_pool_bytes: usize,
 }
 
 impl Config {
@@ -180,6 +196,9 @@ pub enum RequestError {
     Forbidden(String),
     #[error("request already exists")]
     Duplicate,
+    /// The request pool is at its bound (Fabric answers SERVICE_UNAVAILABLE; the client retries).
+    #[error("request pool is full")]
+    Overloaded,
 }
 
 /// Why a proposed block is refused (the leader is then suspected), or cannot be finalized.
@@ -257,8 +276,11 @@ impl Votes {
 
 struct PoolEntry {
     envelope: Vec<u8>,
+    /// When the censorship timer (`request_timeout_ticks`) last started.
     arrived: u64,
     forwarded: u64,
+    /// How many more full blocks may restart the censorship timer (`overload_allowance`).
+    full_blocks_allowed: usize,
 }
 
 /// One consenter's consensus state for one channel.
@@ -273,6 +295,8 @@ pub struct Replica {
     view_change_started: u64,
     pool: BTreeMap<String, PoolEntry>,
     pool_order: VecDeque<String>,
+    /// Envelope bytes in `pool`, held against `Config::max_pool_bytes`.
+    pool_bytes: usize,
     committed: HashSet<String>,
     proposal: Option<Proposal>,
     votes: BTreeMap<(u64, u64), Votes>,
@@ -393,6 +417,7 @@ impl Replica {
             view_change_started: 0,
             pool: BTreeMap::new(),
             pool_order: VecDeque::new(),
+            pool_bytes: 0,
             committed: restored.committed_txids,
             proposal: None,
             votes: BTreeMap::new(),
@@ -416,12 +441,16 @@ impl Replica {
         r.durable.voted = restored.durable.voted;
         for (txid, env) in restored.durable.pending {
             if !r.committed.contains(&txid) {
+                // Written ahead requests were accepted (and acknowledged): keep them all even if
+                // the bound is now lower; new ones wait until the pool is back under it.
+                r.pool_bytes = r.pool_bytes.saturating_add(env.len());
                 r.pool.insert(
                     txid.clone(),
                     PoolEntry {
                         envelope: env,
                         arrived: 0,
                         forwarded: 0,
+                        full_blocks_allowed: 1,
                     },
                 );
                 r.pool_order.push_back(txid);
@@ -538,16 +567,37 @@ impl Replica {
                 self.cfg.batch.absolute_max_bytes
             )));
         }
-        let txid = self.crypto.check_request(&envelope)?;
-        if self.committed.contains(&txid) || self.pool.contains_key(&txid) {
+        // Cheap refusals first, so a flood of duplicates or of requests we have no room for costs
+        // no signature check. The txid parsed here is unverified, but only verified requests
+        // enter the pool and only committed ones the committed set: a match means a request
+        // with this txid (= SHA-256(nonce || creator), which the check binds to the signer)
+        // was already accepted, and refusing this copy, genuine or forged, displaces nothing.
+        if txid_of(&envelope).is_some_and(|t| self.is_known(&t)) {
             return Err(RequestError::Duplicate);
         }
+        let bytes = self.pool_bytes.checked_add(envelope.len());
+        if self.pool.len() >= self.cfg.max_pool_requests
+            || bytes.is_none_or(|b| b > self.cfg.max_pool_bytes)
+        {
+            // Refused, not queued: a request we do not hold never starts our censorship timer,
+            // so overload alone does not make us complain about the leader.
+            return Err(RequestError::Overloaded);
+        }
+        let txid = self.crypto.check_request(&envelope)?;
+        // The verified txid is the one parsed above for any sane `Crypto`; checking again costs
+        // nothing and keeps "ordered exactly once" independent of that.
+        if self.is_known(&txid) {
+            return Err(RequestError::Duplicate);
+        }
+        self.pool_bytes = self.pool_bytes.saturating_add(envelope.len());
+        let full_blocks_allowed = self.overload_allowance();
         self.pool.insert(
             txid.clone(),
             PoolEntry {
                 envelope: envelope.clone(),
                 arrived: self.now,
                 forwarded: self.now,
+                full_blocks_allowed,
             },
         );
         self.pool_order.push_back(txid.clone());
@@ -559,6 +609,27 @@ impl Replica {
         }
         self.maybe_propose();
         Ok(())
+    }
+
+    /// How many full blocks a request entering the pool now may see committed without it before
+    /// its holder stops excusing the wait. Under overload an honest leader orders full blocks in
+    /// arrival order, so a request behind `ahead` others waits about ahead / max_message_count
+    /// blocks, which can exceed the request timeout without any censorship; complaining then
+    /// would depose honest leaders one after another. Twice that (arrival orders differ between
+    /// replicas), plus one: a leader that keeps ordering full blocks without the request is
+    /// still deposed, after at most that many blocks.
+    fn overload_allowance(&self) -> usize {
+        let per_block = self.cfg.batch.max_message_count.max(1);
+        self.pool
+            .len()
+            .div_ceil(per_block)
+            .saturating_mul(2)
+            .saturating_add(1)
+    }
+
+    /// Whether a request with this txid is already pooled or committed.
+    fn is_known(&self, txid: &str) -> bool {
+        self.committed.contains(txid) || self.pool.contains_key(txid)
     }
 
     fn on_message(&mut self, from: u32, msg: ConsensusMessage, kind: Kind) {
@@ -620,8 +691,21 @@ impl Replica {
                 self.hint_height(from, h.seq);
             }
             Kind::Forward(f) => {
+                // Forwards take the same bounded path as client requests: a consenter, faulty
+                // or not, cannot make us hold more than the bound either. Those dropped for
+                // lack of room come back when their holder re-forwards them.
+                let mut dropped = 0usize;
                 for env in f.envelopes {
-                    let _ = self.add_request(env, false);
+                    if self.add_request(env, false) == Err(RequestError::Overloaded) {
+                        dropped = dropped.saturating_add(1);
+                    }
+                }
+                if dropped > 0 {
+                    tracing::debug!(
+                        from,
+                        dropped,
+                        "request pool full: forwarded requests dropped"
+                    );
                 }
             }
             Kind::ViewChange(vc) => self.on_view_change(from, msg, vc),
@@ -952,10 +1036,23 @@ impl Replica {
             .map(|d| d.data.iter().filter_map(|e| txid_of(e)).collect())
             .unwrap_or_default();
         for t in &txids {
-            self.pool.remove(t);
+            if let Some(e) = self.pool.remove(t) {
+                self.pool_bytes = self.pool_bytes.saturating_sub(e.envelope.len());
+            }
             self.committed.insert(t.clone());
         }
         self.pool_order.retain(|t| self.pool.contains_key(t));
+        if self.is_full_block(&block) {
+            // The leader is ordering at capacity: waiting is explained by load, not censorship,
+            // within each request's allowance.
+            let now = self.now;
+            for e in self.pool.values_mut() {
+                if e.full_blocks_allowed > 0 {
+                    e.full_blocks_allowed -= 1;
+                    e.arrived = now;
+                }
+            }
+        }
         let d = digest(&block);
         self.committed_cert = self
             .prepared_cert
@@ -971,6 +1068,22 @@ impl Replica {
         self.out.push(Output::Commit(block));
         self.wal(WalOp::Done(txids));
         self.maybe_propose();
+    }
+
+    /// Whether a block is as full as the leader cuts them: at the transaction count limit, or
+    /// past half the preferred size (a batch cut by size ends within one request of it, and a
+    /// request rarely exceeds half of it). Only a hint: `overload_allowance` bounds what a
+    /// leader gains by sending blocks that look full.
+    fn is_full_block(&self, block: &Block) -> bool {
+        let Some(data) = block.data.as_ref() else {
+            return false;
+        };
+        let bytes = data
+            .data
+            .iter()
+            .fold(0usize, |total, e| total.saturating_add(e.len()));
+        data.data.len() >= self.cfg.batch.max_message_count
+            || bytes > self.cfg.batch.preferred_max_bytes / 2
     }
 
     fn maybe_propose(&mut self) {

@@ -29,6 +29,8 @@ struct TestCrypto {
     /// Signers of the block signatures checked, one entry per check.
     block_checks: Mutex<Vec<u32>>,
     msg_checks: AtomicUsize,
+    /// Client request checks (`check_request`): the costly ECDSA in production.
+    request_checks: AtomicUsize,
 }
 
 fn tag(id: u32, msg: &[u8]) -> Vec<u8> {
@@ -82,6 +84,7 @@ impl Crypto for TestCrypto {
                 .is_some_and(|m| sig.signature == tag(signer, &m))
     }
     fn check_request(&self, envelope: &[u8]) -> Result<String, RequestError> {
+        self.request_checks.fetch_add(1, Ordering::Relaxed);
         txid_of(envelope).ok_or_else(|| RequestError::Malformed("not an envelope".into()))
     }
 }
@@ -102,6 +105,8 @@ fn config(id: u32) -> Config {
         request_timeout_ticks: 90,
         view_change_timeout_ticks: 70,
         retransmit_ticks: 12,
+        max_pool_requests: DEFAULT_MAX_POOL_REQUESTS,
+        max_pool_bytes: DEFAULT_MAX_POOL_BYTES,
     }
 }
 
@@ -152,6 +157,10 @@ struct Cluster {
 
 impl Cluster {
     fn new() -> Self {
+        Self::with_config(config)
+    }
+
+    fn with_config(config: impl Fn(u32) -> Config) -> Self {
         let g = genesis();
         let mut c = Self {
             cryptos: BTreeMap::new(),
@@ -166,6 +175,7 @@ impl Cluster {
                 id,
                 block_checks: Mutex::new(Vec::new()),
                 msg_checks: AtomicUsize::new(0),
+                request_checks: AtomicUsize::new(0),
             });
             let r = Replica::new(
                 config(id),
@@ -1073,5 +1083,244 @@ fn a_consenter_sending_mutated_messages_neither_stops_nor_forks_the_others() {
     eprintln!(
         "consensus mutation fuzz: {seeds} seeds, {mutated} mutated messages ({refused} undecodable), {:.0} messages/s",
         mutated as f64 / started.elapsed().as_secs_f64().max(1e-9)
+    );
+}
+
+// ----------------------------------------------------------------------------------------------
+// Request pool bound and duplicate checks (issue 13 item 5)
+
+fn bounded(requests: usize, bytes: usize) -> impl Fn(u32) -> Config {
+    move |id| Config {
+        max_pool_requests: requests,
+        max_pool_bytes: bytes,
+        ..config(id)
+    }
+}
+
+fn request_checks(c: &Cluster, id: u32) -> usize {
+    c.cryptos[&id].request_checks.load(Ordering::Relaxed)
+}
+
+fn pending_written(out: &[Output]) -> usize {
+    out.iter()
+        .filter(|o| matches!(o, Output::Wal(WalOp::Pending(..))))
+        .count()
+}
+
+#[test]
+fn a_full_pool_refuses_client_requests_and_stays_bounded() {
+    let mut c = Cluster::with_config(bounded(3, DEFAULT_MAX_POOL_BYTES));
+    // Replica 2 follows: it never proposes, so only the bound stops its pool from growing.
+    let r = c.replicas.get_mut(&2).expect("replica 2");
+    for i in 0..3 {
+        assert_eq!(r.submit(envelope(i)).0, Ok(()));
+    }
+    for i in 3..50 {
+        let (res, out) = r.submit(envelope(i));
+        assert_eq!(res, Err(RequestError::Overloaded));
+        assert!(
+            out.is_empty(),
+            "a refused request is neither written ahead nor shared: {out:?}"
+        );
+    }
+    assert_eq!(r.pending_requests(), 3);
+    // The refusals cost no signature check: the pool is full whatever the signature.
+    assert_eq!(request_checks(&c, 2), 3);
+}
+
+#[test]
+fn the_pool_byte_bound_refuses_and_frees_room_when_requests_are_ordered() {
+    let size = envelope(0).len();
+    let mut c = Cluster::with_config(bounded(DEFAULT_MAX_POOL_REQUESTS, 2 * size + size / 2));
+    c.submit(1, envelope(0));
+    c.submit(1, envelope(1));
+    let (res, out) = c
+        .replicas
+        .get_mut(&1)
+        .expect("replica 1")
+        .submit(envelope(2));
+    assert_eq!(res, Err(RequestError::Overloaded));
+    assert_eq!(pending_written(&out), 0);
+    assert!(c.run_until(200, |c| {
+        (1..=N).all(|id| c.height(id) >= 2 && c.replica(id).pending_requests() == 0)
+    }));
+    // Ordering the pooled requests gave their room back.
+    c.submit(1, envelope(2));
+    assert_eq!(c.replica(1).pending_requests(), 1);
+}
+
+#[test]
+fn forwarded_requests_beyond_the_bound_are_dropped() {
+    let mut c = Cluster::with_config(bounded(3, DEFAULT_MAX_POOL_BYTES));
+    // A (faulty or merely busy) consenter forwards more than the bound at once, then more.
+    for batch in 0..3 {
+        let fwd = c.signed(
+            3,
+            Kind::Forward(ForwardRequest {
+                envelopes: (batch * 10..batch * 10 + 10).map(envelope).collect(),
+            }),
+        );
+        let out = c.replicas.get_mut(&2).expect("replica 2").receive(3, fwd);
+        assert!(pending_written(&out) <= 3);
+        assert_eq!(c.replica(2).pending_requests(), 3);
+    }
+    // Dropping cost no signature checks beyond the three admitted.
+    assert_eq!(request_checks(&c, 2), 3);
+    // The byte bound holds for forwards too.
+    let size = envelope(0).len();
+    let mut c = Cluster::with_config(bounded(DEFAULT_MAX_POOL_REQUESTS, 2 * size));
+    let fwd = c.signed(
+        3,
+        Kind::Forward(ForwardRequest {
+            envelopes: (0..10).map(envelope).collect(),
+        }),
+    );
+    c.replicas.get_mut(&2).expect("replica 2").receive(3, fwd);
+    assert_eq!(c.replica(2).pending_requests(), 2);
+}
+
+/// The first envelope's transaction id with other (unsigned, forged) content.
+fn forged_same_txid(i: usize) -> Vec<u8> {
+    let mut env = Envelope::decode(envelope(i).as_slice()).expect("test envelope");
+    let mut payload = Payload::decode(env.payload.as_slice()).expect("test payload");
+    payload.data = b"forged".to_vec();
+    env.payload = payload.encode_to_vec();
+    env.signature = vec![9, 9];
+    env.encode_to_vec()
+}
+
+#[test]
+fn a_duplicate_request_is_refused_without_a_signature_check() {
+    let mut c = Cluster::new();
+    let r = c.replicas.get_mut(&2).expect("replica 2");
+    assert_eq!(r.submit(envelope(1)).0, Ok(()));
+    assert_eq!(request_checks(&c, 2), 1);
+    let r = c.replicas.get_mut(&2).expect("replica 2");
+    for _ in 0..5 {
+        let (res, out) = r.submit(envelope(1));
+        assert_eq!(res, Err(RequestError::Duplicate));
+        assert!(out.is_empty());
+    }
+    // Another envelope claiming the pooled txid is refused as well and displaces nothing.
+    assert_eq!(
+        r.submit(forged_same_txid(1)).0,
+        Err(RequestError::Duplicate)
+    );
+    assert_eq!(
+        r.pool.get("tx1").map(|e| e.envelope.clone()),
+        Some(envelope(1))
+    );
+    // Forwarded duplicates cost nothing either.
+    let fwd = c.signed(
+        3,
+        Kind::Forward(ForwardRequest {
+            envelopes: vec![envelope(1), envelope(1), forged_same_txid(1)],
+        }),
+    );
+    c.replicas.get_mut(&2).expect("replica 2").receive(3, fwd);
+    assert_eq!(
+        request_checks(&c, 2),
+        1,
+        "duplicates were signature-checked"
+    );
+
+    // Once ordered, resubmitting it is a duplicate of a committed request: still no check.
+    c.submit(1, envelope(1));
+    assert!(c.run_until(200, |c| (1..=N).all(|id| c.height(id) >= 2)));
+    let before = request_checks(&c, 2);
+    let r = c.replicas.get_mut(&2).expect("replica 2");
+    assert_eq!(r.submit(envelope(1)).0, Err(RequestError::Duplicate));
+    assert_eq!(
+        r.submit(forged_same_txid(1)).0,
+        Err(RequestError::Duplicate)
+    );
+    assert_eq!(request_checks(&c, 2), before);
+}
+
+#[test]
+fn a_deep_pool_under_an_honest_busy_leader_does_not_start_a_view_change() {
+    // Overload: the leader orders full blocks as fast as it can (one per `gate` step here), and
+    // replica 2 holds requests six blocks deep. Each waits far longer than the request timeout,
+    // though the leader censors nothing.
+    let mut c = Cluster::with_config(|id| Config {
+        request_timeout_ticks: 30,
+        ..config(id)
+    });
+    let gate = Arc::new(AtomicUsize::new(1));
+    let open = gate.clone();
+    c.filter = Some(Box::new(move |_from, _to, kind| match kind {
+        // Pools stay apart, so replica 2's wait depends on the leader's pace alone.
+        Kind::Forward(_) => None,
+        Kind::PrePrepare(p) if p.seq > open.load(Ordering::Relaxed) as u64 => None,
+        k => Some(k),
+    }));
+    for i in 0..60 {
+        let (res, out) = c
+            .replicas
+            .get_mut(&2)
+            .expect("replica 2")
+            .submit(envelope(i));
+        assert_eq!(res, Ok(()));
+        c.apply(2, out);
+        c.submit(1, envelope(i));
+    }
+    c.pump();
+    for t in 1..=200 {
+        if t % 20 == 0 {
+            gate.fetch_add(1, Ordering::Relaxed);
+        }
+        c.tick();
+        assert!(
+            !c.replica(2).in_view_change(),
+            "replica 2 deposes a leader that orders full blocks (height {})",
+            c.height(2)
+        );
+        if c.replica(2).pending_requests() == 0 {
+            break;
+        }
+    }
+    assert_eq!(c.replica(2).pending_requests(), 0);
+    assert_eq!(c.replica(2).view(), 0);
+}
+
+#[test]
+fn a_leader_ordering_full_blocks_cannot_censor_a_request_forever() {
+    // The tolerance for full blocks is bounded by the pool's depth: a leader that keeps
+    // ordering others' requests and never ours is still deposed.
+    let mut c = Cluster::with_config(|id| Config {
+        request_timeout_ticks: 30,
+        ..config(id)
+    });
+    c.filter = Some(Box::new(|_from, _to, kind| match kind {
+        Kind::Forward(_) => None,
+        k => Some(k),
+    }));
+    // Replicas 2 and 3 (f+1) hold a request the leader never gets.
+    for id in [2, 3] {
+        let (res, out) = c
+            .replicas
+            .get_mut(&id)
+            .expect("replica")
+            .submit(envelope(999));
+        assert_eq!(res, Ok(()));
+        c.apply(id, out);
+    }
+    let mut next = 0;
+    let mut deposed = false;
+    for _ in 0..300 {
+        // Keep the leader busy with a full block of other requests every tick.
+        for _ in 0..10 {
+            c.submit(1, envelope(next));
+            next += 1;
+        }
+        c.tick();
+        if c.replica(2).view() > 0 {
+            deposed = true;
+            break;
+        }
+    }
+    assert!(
+        deposed,
+        "a censoring leader ordering full blocks was never deposed"
     );
 }

@@ -16,7 +16,7 @@ use medledger_common::channelconfig::{ChannelConfig, check_seek};
 use medledger_common::config::MessageLimits;
 use medledger_common::msp::Expiry;
 use medledger_common::protoutil::unpack_envelope;
-use medledger_common::refusal::{log_refusal, next_message};
+use medledger_common::refusal::{log_refusal, next_message, next_or_refuse};
 use medledger_proto::common::{Block, Envelope, Status as BlockStatus};
 use medledger_proto::medledger::consensus::consensus_client::ConsensusClient;
 use medledger_proto::medledger::consensus::consensus_server::{Consensus, ConsensusServer};
@@ -29,7 +29,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::consensus::{BatchConfig, Config, Output, Replica, RequestError};
+use crate::consensus::{
+    BatchConfig, Config, DEFAULT_MAX_POOL_BYTES, DEFAULT_MAX_POOL_REQUESTS, Output, Replica,
+    RequestError,
+};
 use crate::crypto::ConsenterCrypto;
 use crate::store::BlockStore;
 
@@ -176,6 +179,8 @@ fn consensus_config(cfg: &OrdererConfig, channel: &ChannelConfig) -> Config {
         request_timeout_ticks: ticks(6_000),
         view_change_timeout_ticks: ticks(4_000),
         retransmit_ticks: ticks(500),
+        max_pool_requests: DEFAULT_MAX_POOL_REQUESTS,
+        max_pool_bytes: DEFAULT_MAX_POOL_BYTES,
     }
 }
 
@@ -237,18 +242,14 @@ impl AtomicBroadcast for Svc {
         let svc = self.0.clone();
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
-            loop {
-                let env =
-                    match next_message(&mut inbound, "orderer.AtomicBroadcast/Broadcast", remote)
-                        .await
-                    {
-                        Ok(Some(env)) => env,
-                        Ok(None) => break,
-                        Err(refused) => {
-                            let _ = tx.send(Err(refused)).await;
-                            break;
-                        }
-                    };
+            while let Some(env) = next_or_refuse(
+                &mut inbound,
+                "orderer.AtomicBroadcast/Broadcast",
+                remote,
+                &tx,
+            )
+            .await
+            {
                 let (status, info) = match check_broadcast(&svc.channel, &env, svc.max_bytes) {
                     Err((s, info)) => (s, info),
                     Ok(()) => {
@@ -265,6 +266,14 @@ impl AtomicBroadcast for Svc {
                             (Ok(()), Ok(Err(RequestError::Duplicate))) => (
                                 BlockStatus::ServiceUnavailable,
                                 "failed to submit request: request already exists".into(),
+                            ),
+                            // Fabric's SmartBFT pool makes the client wait for room and
+                            // then gives up ("timeout submitting to request pool"); the core
+                            // cannot wait, so it refuses at once with the same status: the
+                            // client backs off and retries.
+                            (Ok(()), Ok(Err(RequestError::Overloaded))) => (
+                                BlockStatus::ServiceUnavailable,
+                                "failed to submit request: request pool is full".into(),
                             ),
                             (Ok(()), Ok(Err(RequestError::Malformed(why)))) => {
                                 (BlockStatus::BadRequest, why)
@@ -314,18 +323,9 @@ impl AtomicBroadcast for Svc {
             let status = |s: BlockStatus| DeliverResponse {
                 r#type: Some(deliver_response::Type::Status(s as i32)),
             };
-            loop {
-                let env =
-                    match next_message(&mut inbound, "orderer.AtomicBroadcast/Deliver", remote)
-                        .await
-                    {
-                        Ok(Some(env)) => env,
-                        Ok(None) => break,
-                        Err(refused) => {
-                            let _ = tx.send(Err(refused)).await;
-                            break;
-                        }
-                    };
+            while let Some(env) =
+                next_or_refuse(&mut inbound, "orderer.AtomicBroadcast/Deliver", remote, &tx).await
+            {
                 let range = match check_seek(
                     &svc.channel,
                     &env,
@@ -562,16 +562,12 @@ pub async fn start(cfg: OrdererConfig) -> Result<RunningOrderer, NodeError> {
             .collect(),
         max_bytes,
     });
-    let listener = tokio::net::TcpListener::bind(&cfg.listen_address)
+    let (listener, address) = medledger_common::ops::bind(&cfg.listen_address)
         .await
         .map_err(|e| NodeError::Listen {
             addr: cfg.listen_address.clone(),
             reason: e.to_string(),
         })?;
-    let address = listener.local_addr().map_err(|e| NodeError::Listen {
-        addr: cfg.listen_address.clone(),
-        reason: e.to_string(),
-    })?;
     let mut server_tls = tonic::transport::ServerTlsConfig::new()
         .identity(tonic::transport::Identity::from_pem(&cert, &key));
     if !roots.is_empty() {

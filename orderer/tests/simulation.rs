@@ -19,7 +19,8 @@ use medledger_common::issue::{CaSigner, IssueRequest, Usage, random_serial};
 use medledger_common::msp::{org_msp_config, unix_now};
 use medledger_common::protoutil::{block_header_hash, signed_envelope};
 use medledger_orderer::consensus::{
-    BatchConfig, Config, Crypto, Durable, Output, Replica, Restored, txid_of,
+    BatchConfig, Config, Crypto, DEFAULT_MAX_POOL_BYTES, DEFAULT_MAX_POOL_REQUESTS, Durable,
+    Output, Replica, Restored, txid_of,
 };
 use medledger_orderer::crypto::ConsenterCrypto;
 use medledger_proto::common::{Block, Consenter, HeaderType};
@@ -160,6 +161,8 @@ impl World {
             request_timeout_ticks: 90,
             view_change_timeout_ticks: 70,
             retransmit_ticks: 12,
+            max_pool_requests: DEFAULT_MAX_POOL_REQUESTS,
+            max_pool_bytes: DEFAULT_MAX_POOL_BYTES,
         }
     }
 }
