@@ -511,8 +511,9 @@ pub fn sign_block(
 
 impl ChannelConfig {
     /// Checks that a block carries valid signatures from a BFT quorum of distinct consenters
-    /// over its header, and that its data hash matches its data.
-    pub fn verify_block(&self, block: &Block) -> Result<(), ConfigError> {
+    /// over its header, and that its data hash matches its data. Returns how many signatures it
+    /// verified: at most one per consenter, however long the list a hostile orderer attached.
+    pub fn verify_block(&self, block: &Block) -> Result<usize, ConfigError> {
         let header = block
             .header
             .as_ref()
@@ -534,19 +535,26 @@ impl ChannelConfig {
             .ok_or_else(|| ConfigError::Invalid("block has no SIGNATURES metadata".into()))?;
         let md: medledger_proto::common::Metadata = decode(sigs_bytes, "SIGNATURES metadata")?;
         let header_bytes = protoutil::block_header_bytes(header);
+        let quorum = self.bft_quorum();
         let mut signers: Vec<u32> = Vec::new();
+        // One verification per consenter: repeated or padded entries cost nothing more.
+        let mut attempted: Vec<u32> = Vec::new();
         for sig in &md.signatures {
+            if signers.len() >= quorum {
+                break;
+            }
             let Ok(ih) =
                 medledger_proto::common::IdentifierHeader::decode(sig.identifier_header.as_slice())
             else {
                 continue;
             };
-            if signers.contains(&ih.identifier) {
+            if attempted.contains(&ih.identifier) {
                 continue;
             }
             let Some(c) = self.consenter(ih.identifier) else {
                 continue;
             };
+            attempted.push(ih.identifier);
             let identity = medledger_proto::msp::SerializedIdentity {
                 mspid: c.msp_id.clone(),
                 id_bytes: c.identity.clone(),
@@ -560,7 +568,6 @@ impl ChannelConfig {
                 signers.push(ih.identifier);
             }
         }
-        let quorum = self.bft_quorum();
         if signers.len() < quorum {
             return Err(ConfigError::Invalid(format!(
                 "block {} has {} valid consenter signature(s), needs {quorum}",
@@ -568,7 +575,7 @@ impl ChannelConfig {
                 signers.len()
             )));
         }
-        Ok(())
+        Ok(attempted.len())
     }
 }
 

@@ -1594,16 +1594,24 @@ impl Replica {
                 return;
             };
             let mut signers = BTreeSet::new();
+            // One verification per consenter: a padded or repeated list costs nothing more.
+            let mut attempted = BTreeSet::new();
             for sig in &md.signatures {
+                if signers.len() >= self.cfg.quorum() {
+                    break;
+                }
                 let Ok(ih) = medledger_proto::common::IdentifierHeader::decode(
                     sig.identifier_header.as_slice(),
                 ) else {
                     continue;
                 };
-                if self.cfg.consenters.contains(&ih.identifier)
-                    && self
-                        .crypto
-                        .verify_block_signature(ih.identifier, &block, &md.value, sig)
+                if !self.cfg.consenters.contains(&ih.identifier) || !attempted.insert(ih.identifier)
+                {
+                    continue;
+                }
+                if self
+                    .crypto
+                    .verify_block_signature(ih.identifier, &block, &md.value, sig)
                 {
                     signers.insert(ih.identifier);
                 }

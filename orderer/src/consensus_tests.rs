@@ -1324,3 +1324,43 @@ fn a_leader_ordering_full_blocks_cannot_censor_a_request_forever() {
         "a censoring leader ordering full blocks was never deposed"
     );
 }
+
+#[test]
+fn a_state_response_with_a_padded_signature_list_costs_one_check_per_consenter() {
+    let mut c = Cluster::new();
+    c.down.insert(4);
+    c.submit(1, envelope(1));
+    assert!(
+        c.run_until(500, |c| c.height(1) >= 2),
+        "three replicas commit"
+    );
+    // A hostile consenter serves the block with its SIGNATURES padded by repeats.
+    let mut block = c.chains[&1][1].clone();
+    let slot = block
+        .metadata
+        .as_ref()
+        .and_then(|m| m.metadata.first())
+        .cloned()
+        .expect("signatures slot");
+    let mut md = medledger_proto::common::Metadata::decode(slot.as_slice()).expect("metadata");
+    let first = md.signatures[0].clone();
+    for _ in 0..500 {
+        md.signatures.insert(0, first.clone());
+    }
+    if let Some(m) = block.metadata.as_mut() {
+        m.metadata[0] = md.encode_to_vec();
+    }
+    c.down.remove(&4);
+    c.cryptos[&4].block_checks.lock().unwrap().clear();
+    let msg = c.replica(1).state_response_message(vec![block]);
+    let out = c.deliver(1, 4, msg);
+    assert!(
+        committed(&out),
+        "replica 4 catches up from the padded block"
+    );
+    let checks = c.cryptos[&4].block_checks.lock().unwrap().len();
+    assert!(
+        checks <= N as usize,
+        "{checks} block signature checks for {N} consenters"
+    );
+}

@@ -128,6 +128,30 @@ fn genesis_block_round_trips_and_block_signatures_need_a_quorum() -> anyhow::Res
         .push(sign_block(&block, 4, &value, &orderers[3])?);
     put(&mut block, &md);
     cfg.verify_block(&block)?;
+    // A hostile orderer pads the list with thousands of copies of one consenter's signature and of
+    // a forged one: each consenter is verified at most once.
+    let forged = sign_block(&block, 3, &value, &client)?;
+    let repeated = sign_block(&block, 1, &value, &orderers[0])?;
+    let mut padded = Metadata {
+        value: value.clone(),
+        signatures: Vec::new(),
+    };
+    for _ in 0..2_000 {
+        padded.signatures.push(forged.clone());
+        padded.signatures.push(repeated.clone());
+    }
+    padded
+        .signatures
+        .push(sign_block(&block, 2, &value, &orderers[1])?);
+    padded
+        .signatures
+        .push(sign_block(&block, 4, &value, &orderers[3])?);
+    put(&mut block, &padded);
+    let verified = cfg.verify_block(&block)?;
+    assert!(
+        verified <= 4,
+        "{verified} signature verifications for 4 consenters"
+    );
     // Tampering with the data breaks the data hash.
     block.data.as_mut().unwrap().data[0] = b"evil".to_vec();
     assert!(cfg.verify_block(&block).is_err());
