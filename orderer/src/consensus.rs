@@ -23,6 +23,10 @@ use medledger_proto::medledger::consensus::{
 };
 use prost::Message;
 
+/// Ticks between two answers to one consenter's StateRequests: a faulty consenter asking in a
+/// loop must not keep the event loop reading blocks (the requester itself asks every 3 ticks).
+const STATE_SERVE_INTERVAL_TICKS: u64 = 2;
+
 /// How many views away from ours a prepare or commit may be and still be kept. Correct replicas
 /// move one view per view-change timeout and are brought back by NewView relays, so they are a
 /// few views apart; a vote further out only lets a faulty consenter fill our memory.
@@ -326,6 +330,8 @@ pub struct Replica {
     new_view_msg: Option<ConsensusMessage>,
     /// When we last sent committed blocks to each lagging consenter.
     last_help: BTreeMap<u32, u64>,
+    /// When each consenter's StateRequest was last served (one entry per consenter).
+    last_served: BTreeMap<u32, u64>,
     /// When we last relayed the current view's NewView to each consenter that missed it.
     last_relay: BTreeMap<u32, u64>,
     out: Vec<Output>,
@@ -433,6 +439,7 @@ impl Replica {
             last_retransmit: 0,
             last_state_request: 0,
             last_help: BTreeMap::new(),
+            last_served: BTreeMap::new(),
             last_relay: BTreeMap::new(),
             new_view_msg: None,
             out: Vec::new(),
@@ -711,7 +718,14 @@ impl Replica {
             Kind::ViewChange(vc) => self.on_view_change(from, msg, vc),
             Kind::NewView(nv) => self.on_new_view(msg, nv),
             Kind::StateRequest(r) => {
-                if r.from_seq < self.height {
+                // Serving reads blocks from the store on the event loop: one consenter gets at most
+                // one answer per STATE_SERVE_INTERVAL_TICKS, however fast it asks.
+                let due = self
+                    .last_served
+                    .get(&from)
+                    .is_none_or(|t| self.now.saturating_sub(*t) >= STATE_SERVE_INTERVAL_TICKS);
+                if r.from_seq < self.height && due {
+                    self.last_served.insert(from, self.now);
                     self.out.push(Output::ServeState {
                         to: from,
                         from_seq: r.from_seq,

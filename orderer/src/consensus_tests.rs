@@ -1364,3 +1364,40 @@ fn a_state_response_with_a_padded_signature_list_costs_one_check_per_consenter()
         "{checks} block signature checks for {N} consenters"
     );
 }
+
+#[test]
+fn a_consenter_flooding_state_requests_is_served_once_per_interval() {
+    let mut c = Cluster::new();
+    c.submit(1, envelope(1));
+    assert!(c.run_until(500, |c| c.height(1) >= 2), "a block to serve");
+    let mut served = 0;
+    for _ in 0..100 {
+        let msg = c.signed(2, Kind::StateRequest(StateRequest { from_seq: 0 }));
+        let out = c
+            .replicas
+            .get_mut(&1)
+            .map(|r| r.receive(2, msg))
+            .unwrap_or_default();
+        served += out
+            .iter()
+            .filter(|o| matches!(o, Output::ServeState { .. }))
+            .count();
+    }
+    assert_eq!(
+        served, 1,
+        "100 requests in one tick were served {served} times"
+    );
+    for _ in 0..STATE_SERVE_INTERVAL_TICKS {
+        c.tick();
+    }
+    let msg = c.signed(2, Kind::StateRequest(StateRequest { from_seq: 0 }));
+    let out = c
+        .replicas
+        .get_mut(&1)
+        .map(|r| r.receive(2, msg))
+        .unwrap_or_default();
+    assert!(
+        out.iter().any(|o| matches!(o, Output::ServeState { .. })),
+        "served again after the interval"
+    );
+}
