@@ -13,15 +13,24 @@
 # Succeeds when a libclang that bindgen can load is on this machine.
 libclang_present() {
   local name='libclang(-[0-9][0-9.]*)?\.so(\.[0-9]+)*'
-  if [ -n "${LIBCLANG_PATH:-}" ] && ls "$LIBCLANG_PATH" 2>/dev/null | grep -Eqx "$name"; then
-    return 0
+  # Listings are read whole before matching: `producer | grep -q` ends early on a match, the
+  # producer then dies of SIGPIPE, and under the callers' `set -o pipefail` a found library
+  # would read as missing.
+  local names
+  if [ -n "${LIBCLANG_PATH:-}" ]; then
+    names=$(ls "$LIBCLANG_PATH" 2>/dev/null || true)
+    if grep -Eqx "$name" <<<"$names"; then
+      return 0
+    fi
   fi
-  if "${LDCONFIG:-ldconfig}" -p 2>/dev/null | awk '{print $1}' | grep -Eqx "$name"; then
+  names=$("${LDCONFIG:-ldconfig}" -p 2>/dev/null | awk '{print $1}' || true)
+  if grep -Eqx "$name" <<<"$names"; then
     return 0
   fi
   local dir
   for dir in ${LIBCLANG_SEARCH_DIRS-/usr/lib/llvm-*/lib /usr/lib /usr/lib64 /usr/local/lib}; do
-    if ls "$dir" 2>/dev/null | grep -Eqx "$name"; then
+    names=$(ls "$dir" 2>/dev/null || true)
+    if grep -Eqx "$name" <<<"$names"; then
       return 0
     fi
   done

@@ -25,7 +25,8 @@ fn libclang_present_with_listing(listing: &str) -> bool {
     std::fs::create_dir(&empty).expect("empty dir");
     let status = Command::new("bash")
         .arg("-c")
-        .arg("chmod +x \"$LDCONFIG\" && source scripts/lib/deps.sh && libclang_present")
+        // As scripts/test.sh and network.sh run it.
+        .arg("set -euo pipefail; chmod +x \"$LDCONFIG\"; source scripts/lib/deps.sh; libclang_present")
         .current_dir(repo_root())
         .env("LDCONFIG", &fake_ldconfig)
         .env("LIBCLANG_SEARCH_DIRS", &empty)
@@ -57,6 +58,22 @@ fn versioned_libclang_is_found() {
 fn plain_libclang_so_is_found() {
     let listing = "\tlibclang.so (libc6,x86-64) => /usr/lib/llvm-14/lib/libclang.so";
     assert!(libclang_present_with_listing(listing));
+}
+
+/// A machine with many libraries: the match comes early in a listing far larger than a pipe's
+/// buffer. Under `pipefail`, a `| grep -q` check saw the listing's writer die of SIGPIPE and
+/// reported the library missing.
+#[test]
+fn libclang_early_in_a_long_listing_is_found() {
+    let mut listing = String::from(
+        "\tlibclang-14.so.1 (libc6,x86-64) => /lib/x86_64-linux-gnu/libclang-14.so.1\n",
+    );
+    for i in 0..20_000 {
+        listing.push_str(&format!(
+            "\tlibsomething{i}.so.1 (libc6,x86-64) => /lib/x86_64-linux-gnu/libsomething{i}.so.1\n"
+        ));
+    }
+    assert!(libclang_present_with_listing(&listing));
 }
 
 #[test]
