@@ -359,6 +359,19 @@ mod tests {
         assert!(l.transient_get("tx1", "cc", "coll").unwrap().is_empty());
         assert_eq!(l.transient_bytes(), 0);
         l.transient_put("tx2", "cc", "coll", 0, &[2; 300]).unwrap();
+        // The same write set pushed again and again is stored and counted once.
+        let once = l.transient_bytes();
+        for _ in 0..10 {
+            l.transient_put("tx2", "cc", "coll", 0, &[2; 300]).unwrap();
+        }
+        assert_eq!(l.transient_bytes(), once);
+        // A commit's delete and a purge of the same entry never wrap the count.
+        let mut batch = WriteBatch::default();
+        l.transient_delete(&mut batch, "tx2").unwrap();
+        assert_eq!(l.transient_purge(l.height(), now + 3600).unwrap(), 1);
+        l.db.write(batch).unwrap();
+        assert_eq!(l.transient_bytes(), 0);
+        l.transient_put("tx3", "cc", "coll", 0, &[3; 300]).unwrap();
     }
 
     /// Commits the next (empty) block with `c`'s private effects.

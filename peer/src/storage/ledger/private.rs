@@ -22,8 +22,11 @@ impl Ledger {
         plain: &[u8],
     ) -> Result<Vec<u8>, LedgerError> {
         let (channel, keys) = self.sealing()?;
+        // Sealing makes the key file first; the mark goes in before the caller stores anything
+        // sealed. A mark without its key would stop the ledger from opening for nothing.
+        let sealed = keys.seal(channel, ns, coll, aad, plain)?;
         self.mark_sealed(ns, coll)?;
-        Ok(keys.seal(channel, ns, coll, aad, plain)?)
+        Ok(sealed)
     }
 
     /// Records, durably and before any data sealed with it is written, that collection `coll`

@@ -64,9 +64,17 @@ impl Ledger {
         rwset: &[u8],
     ) -> Result<(), LedgerError> {
         let k = [Self::transient_prefix(txid, ns, coll), pvt_hash(rwset)].concat();
+        let store = cf(&self.db, TRANSIENT)?;
+        // The same write set again (a repeated push) changes nothing and counts nothing: the
+        // key names its hash. Otherwise repeats would inflate the size count until every put
+        // was refused.
+        if self.db.get_pinned_cf(store, &k)?.is_some() {
+            return Ok(());
+        }
         let sealed = self.seal(ns, coll, &k, rwset)?;
         let value = [&[TIMED][..], &be(endorsed_at), &be(unix_secs()), &sealed].concat();
         let size = (k.len() + value.len()) as u64;
+        // No purge here: a full store would make every refused put scan it (the timer purges).
         let max = self.transient_limits().max_bytes;
         if self
             .transient_bytes
@@ -74,19 +82,21 @@ impl Ledger {
             .saturating_add(size)
             > max
         {
-            self.transient_purge(self.height(), unix_secs())?;
-            if self
-                .transient_bytes
-                .load(Ordering::Relaxed)
-                .saturating_add(size)
-                > max
-            {
-                return Err(LedgerError::TransientFull { max });
-            }
+            return Err(LedgerError::TransientFull { max });
         }
-        self.db.put_cf(cf(&self.db, TRANSIENT)?, &k, value)?;
+        self.db.put_cf(store, &k, value)?;
         self.transient_bytes.fetch_add(size, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Takes `n` bytes off the size count, never below zero: a purge and a commit may both
+    /// delete one entry, and a wrapped count would refuse every put until a restart.
+    fn release_transient_bytes(&self, n: u64) {
+        let _ = self
+            .transient_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(n))
+            });
     }
 
     /// The write sets endorsed for a transaction's collection (more than one if endorsers
@@ -130,8 +140,7 @@ impl Ledger {
                 break;
             }
             batch.delete_cf(cf(&self.db, TRANSIENT)?, &k);
-            self.transient_bytes
-                .fetch_sub((k.len() + v.len()) as u64, Ordering::Relaxed);
+            self.release_transient_bytes((k.len() + v.len()) as u64);
         }
         Ok(())
     }
@@ -180,7 +189,7 @@ impl Ledger {
             }
         }
         self.db.write(batch)?;
-        self.transient_bytes.fetch_sub(freed, Ordering::Relaxed);
+        self.release_transient_bytes(freed);
         Ok(n)
     }
 
