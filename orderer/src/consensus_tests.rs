@@ -6,6 +6,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use medledger_common::mutation::{MutationRng, mutate};
 use medledger_common::protoutil::{BLOCK_METADATA_SLOTS, block_header_bytes, new_block};
 use medledger_proto::common::{
     Block, BlockMetadata, ChannelHeader, Envelope, Header, HeaderType, IdentifierHeader,
@@ -1009,8 +1010,6 @@ fn a_view_change_with_an_invalid_certificate_is_checked_once() {
 // ----------------------------------------------------------------------------------------------
 // Mutation fuzzing: a Byzantine consenter whose every message is mutated at the byte level and
 // re-signed (so it passes authentication and reaches the handlers).
-
-use medledger_common::mutation::{MutationRng, mutate};
 
 #[test]
 fn a_consenter_sending_mutated_messages_neither_stops_nor_forks_the_others() {
