@@ -250,45 +250,53 @@ impl AtomicBroadcast for Svc {
             )
             .await
             {
-                let (status, info) = match check_broadcast(&svc.channel, &env, svc.max_bytes) {
-                    Err((s, info)) => (s, info),
-                    Ok(()) => {
-                        let (reply, wait) = oneshot::channel();
-                        let sent = svc
-                            .events
-                            .send(Event::Request {
-                                envelope: env.encode_to_vec(),
-                                reply,
-                            })
-                            .await;
-                        match (sent, wait.await) {
-                            (Ok(()), Ok(Ok(()))) => (BlockStatus::Success, String::new()),
-                            (Ok(()), Ok(Err(RequestError::Duplicate))) => (
-                                BlockStatus::ServiceUnavailable,
-                                "failed to submit request: request already exists".into(),
-                            ),
-                            // Fabric's SmartBFT pool makes the client wait for room and
-                            // then gives up ("timeout submitting to request pool"); the core
-                            // cannot wait, so it refuses at once with the same status: the
-                            // client backs off and retries.
-                            (Ok(()), Ok(Err(RequestError::Overloaded))) => (
-                                BlockStatus::ServiceUnavailable,
-                                "failed to submit request: request pool is full".into(),
-                            ),
-                            (Ok(()), Ok(Err(RequestError::Malformed(why)))) => {
-                                (BlockStatus::BadRequest, why)
+                let (status, info, refused) =
+                    match check_broadcast(&svc.channel, &env, svc.max_bytes) {
+                        Err((s, info)) => (s, info, true),
+                        Ok(()) => {
+                            let (reply, wait) = oneshot::channel();
+                            let sent = svc
+                                .events
+                                .send(Event::Request {
+                                    envelope: env.encode_to_vec(),
+                                    reply,
+                                })
+                                .await;
+                            match (sent, wait.await) {
+                                (Ok(()), Ok(Ok(()))) => {
+                                    (BlockStatus::Success, String::new(), false)
+                                }
+                                (Ok(()), Ok(Err(RequestError::Duplicate))) => (
+                                    BlockStatus::ServiceUnavailable,
+                                    "failed to submit request: request already exists".into(),
+                                    // An answer, not a refusal: the gateway sends each transaction
+                                    // to every consenter, which also share it among themselves.
+                                    false,
+                                ),
+                                // Fabric's SmartBFT pool makes the client wait for room and
+                                // then gives up ("timeout submitting to request pool"); the core
+                                // cannot wait, so it refuses at once with the same status: the
+                                // client backs off and retries.
+                                (Ok(()), Ok(Err(RequestError::Overloaded))) => (
+                                    BlockStatus::ServiceUnavailable,
+                                    "failed to submit request: request pool is full".into(),
+                                    true,
+                                ),
+                                (Ok(()), Ok(Err(RequestError::Malformed(why)))) => {
+                                    (BlockStatus::BadRequest, why, true)
+                                }
+                                (Ok(()), Ok(Err(RequestError::Forbidden(why)))) => {
+                                    (BlockStatus::Forbidden, why, true)
+                                }
+                                _ => (
+                                    BlockStatus::ServiceUnavailable,
+                                    "the orderer is shutting down".into(),
+                                    false,
+                                ),
                             }
-                            (Ok(()), Ok(Err(RequestError::Forbidden(why)))) => {
-                                (BlockStatus::Forbidden, why)
-                            }
-                            _ => (
-                                BlockStatus::ServiceUnavailable,
-                                "the orderer is shutting down".into(),
-                            ),
                         }
-                    }
-                };
-                if status != BlockStatus::Success {
+                    };
+                if refused {
                     log_refusal(
                         "orderer.AtomicBroadcast/Broadcast",
                         remote,
@@ -335,12 +343,15 @@ impl AtomicBroadcast for Svc {
                 ) {
                     Ok(r) => r,
                     Err(s) => {
-                        log_refusal(
-                            "orderer.AtomicBroadcast/Deliver",
-                            remote,
-                            None,
-                            &s.as_str_name(),
-                        );
+                        // NOT_FOUND for a block not yet cut is a poll's answer, not a refusal.
+                        if s != BlockStatus::NotFound {
+                            log_refusal(
+                                "orderer.AtomicBroadcast/Deliver",
+                                remote,
+                                None,
+                                &s.as_str_name(),
+                            );
+                        }
                         let _ = tx.send(Ok(status(s))).await;
                         return;
                     }

@@ -106,7 +106,10 @@ async fn seek(
     ) {
         Ok(r) => r,
         Err(s) => {
-            log_refusal("protos.Deliver", None, None, &s.as_str_name());
+            // NOT_FOUND for a block not yet committed is a poll's answer, not a refusal.
+            if s != BlockStatus::NotFound {
+                log_refusal("protos.Deliver", None, None, &s.as_str_name());
+            }
             return s;
         }
     };
