@@ -528,6 +528,17 @@ impl ChannelConfig {
                 header.number
             )));
         }
+        self.verify_block_attestation(block)
+    }
+
+    /// Checks the consenter signature quorum over a block's header alone, as for a
+    /// HEADER_WITH_SIG attestation whose transactions were left out: proof that the ordering
+    /// service decided a block with this header. Returns how many signatures it verified.
+    pub fn verify_block_attestation(&self, block: &Block) -> Result<usize, ConfigError> {
+        let header = block
+            .header
+            .as_ref()
+            .ok_or_else(|| ConfigError::Invalid("block has no header".into()))?;
         let sigs_bytes = block
             .metadata
             .as_ref()
@@ -589,6 +600,8 @@ pub struct SeekRange {
     /// When the requester's certificate expires (seconds since the epoch): the stream ends with
     /// FORBIDDEN before the first block sent after it, as Fabric's deliver session does.
     pub session_end: i64,
+    /// HEADER_WITH_SIG: send each block's header and signatures without its transactions.
+    pub headers_only: bool,
 }
 
 impl SeekRange {
@@ -610,7 +623,9 @@ pub fn check_seek(
 ) -> Result<SeekRange, medledger_proto::common::Status> {
     use medledger_proto::common::Status;
     use medledger_proto::orderer::{
-        SeekInfo, seek_info::SeekBehavior, seek_position::Type as Seek,
+        SeekInfo,
+        seek_info::{SeekBehavior, SeekContentType},
+        seek_position::Type as Seek,
     };
     let u = protoutil::unpack_envelope(env).map_err(|_| Status::BadRequest)?;
     if u.channel_header.channel_id != channel.channel_id {
@@ -660,5 +675,6 @@ pub fn check_seek(
         stop,
         fail_if_not_ready,
         session_end,
+        headers_only: info.content_type == SeekContentType::HeaderWithSig as i32,
     })
 }

@@ -144,6 +144,31 @@ pub fn block_envelopes(block: &Block) -> &[Vec<u8>] {
         .unwrap_or_default()
 }
 
+/// Whether a block is a configuration block: its one envelope is a CONFIG transaction.
+pub fn is_config_block(block: &Block) -> bool {
+    let [env] = block_envelopes(block) else {
+        return false;
+    };
+    Envelope::decode(env.as_slice())
+        .ok()
+        .and_then(|e| unpack_envelope(&e).ok())
+        .is_some_and(|u| u.channel_header.r#type == HeaderType::Config as i32)
+}
+
+/// What Deliver sends for `SeekInfo.content_type = HEADER_WITH_SIG`: the header and metadata of
+/// a block, an attestation that it exists, without its transactions. A configuration block is
+/// sent whole, as Fabric does, since a reader needs it to verify what follows.
+pub fn block_attestation(block: Block) -> Block {
+    if is_config_block(&block) {
+        return block;
+    }
+    Block {
+        header: block.header,
+        data: None,
+        metadata: block.metadata,
+    }
+}
+
 /// A new block with its header hashes filled and Fabric's five empty metadata slots.
 pub fn new_block(number: u64, previous_hash: Vec<u8>, envelopes: Vec<Vec<u8>>) -> Block {
     let data = BlockData { data: envelopes };

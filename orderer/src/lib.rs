@@ -1,6 +1,7 @@
 //! The MedLedger ordering service: a BFT (PBFT as SmartBFT runs it) consensus core as a pure
 //! state machine, the crypto it needs over real identities, and the node around it.
 
+pub mod byzantine;
 pub mod cli;
 pub mod consensus;
 pub mod crypto;

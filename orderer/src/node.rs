@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::byzantine::Misbehaviour;
 use crate::consensus::{
     BatchConfig, Config, DEFAULT_MAX_POOL_BYTES, DEFAULT_MAX_POOL_REQUESTS, Output, Replica,
     RequestError,
@@ -220,6 +221,7 @@ struct Services {
     /// Consenter TLS certificates (DER) by id, to know who is on the other end.
     peers_by_cert: Vec<(Vec<u8>, u32)>,
     max_bytes: usize,
+    misbehaviour: Misbehaviour,
 }
 
 type Out<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -380,8 +382,16 @@ impl AtomicBroadcast for Svc {
                         let _ = tx.send(Ok(status(BlockStatus::Forbidden))).await;
                         return;
                     }
-                    let Ok(Some(block)) = svc.store.block(n) else {
+                    let Ok(Some(mut block)) = svc.store.block(n) else {
                         let _ = tx.send(Ok(status(BlockStatus::InternalServerError))).await;
+                        return;
+                    };
+                    if range.headers_only {
+                        block = medledger_common::protoutil::block_attestation(block);
+                    }
+                    let Some(block) = svc.misbehaviour.deliver(block, range.headers_only) else {
+                        // Withholding: hold the stream open and silent, as a censor would.
+                        tx.closed().await;
                         return;
                     };
                     if tx
@@ -507,6 +517,18 @@ fn pem_der(pem: &[u8]) -> Option<Vec<u8>> {
 
 /// Starts an orderer for the channel of its genesis block.
 pub async fn start(cfg: OrdererConfig) -> Result<RunningOrderer, NodeError> {
+    start_byzantine(cfg, Misbehaviour::default()).await
+}
+
+/// Starts an orderer that commits the faults `misbehaviour` names: for tests of how the rest
+/// of the network withstands it.
+pub async fn start_byzantine(
+    cfg: OrdererConfig,
+    misbehaviour: Misbehaviour,
+) -> Result<RunningOrderer, NodeError> {
+    if misbehaviour != Misbehaviour::default() {
+        tracing::warn!(?misbehaviour, "this orderer is Byzantine on purpose");
+    }
     let genesis = Block::decode(read(&cfg.genesis_block)?.as_slice())
         .map_err(|e| NodeError::Config(format!("genesis block: {e}")))?;
     let channel = ChannelConfig::from_block(&genesis)
@@ -572,6 +594,7 @@ pub async fn start(cfg: OrdererConfig) -> Result<RunningOrderer, NodeError> {
             .filter_map(|c| pem_der(&c.client_tls_cert).map(|d| (d, c.id)))
             .collect(),
         max_bytes,
+        misbehaviour,
     });
     let (listener, address) = medledger_common::ops::bind(&cfg.listen_address)
         .await

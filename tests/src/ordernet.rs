@@ -3,7 +3,8 @@
 
 use std::path::Path;
 
-use medledger_orderer::node::{OrdererConfig, RunningOrderer, TlsFiles, start};
+use medledger_orderer::byzantine::Misbehaviour;
+use medledger_orderer::node::{OrdererConfig, RunningOrderer, TlsFiles, start_byzantine};
 use medledger_proto::common::Consenter;
 use medledger_proto::orderer::{BroadcastResponse, atomic_broadcast_client::AtomicBroadcastClient};
 
@@ -81,9 +82,22 @@ impl OrdererSet {
 
     /// Starts all orderers in this process.
     pub async fn start_all(&self) -> anyhow::Result<Vec<Option<RunningOrderer>>> {
+        self.start_all_with(&[]).await
+    }
+
+    /// Starts all orderers in this process, orderer `id` with the faults `byzantine` gives it.
+    pub async fn start_all_with(
+        &self,
+        byzantine: &[(u32, Misbehaviour)],
+    ) -> anyhow::Result<Vec<Option<RunningOrderer>>> {
         let mut out = Vec::new();
         for c in &self.configs {
-            out.push(Some(start(c.clone()).await?));
+            let faults = byzantine
+                .iter()
+                .find(|(id, _)| *id == c.consenter_id)
+                .map(|(_, m)| *m)
+                .unwrap_or_default();
+            out.push(Some(start_byzantine(c.clone(), faults).await?));
         }
         Ok(out)
     }

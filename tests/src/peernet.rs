@@ -13,8 +13,8 @@ use medledger_common::protoutil::{Invocation, build_signed_proposal, unpack_enve
 use medledger_peer::channel::definition::ConnectionInfo;
 use medledger_peer::execution::plugins::PluginRegistry;
 use medledger_peer::node::{
-    ChaincodeConfig, ChannelJoinConfig, PeerConfig, PeerEndpointConfig, PrivateDataConfig,
-    RunningPeer, TlsFiles, start,
+    ChaincodeConfig, ChannelJoinConfig, DeliveryClientConfig, PeerConfig, PeerEndpointConfig,
+    PrivateDataConfig, RunningPeer, TlsFiles, start,
 };
 use medledger_proto::common::Envelope;
 use medledger_proto::gateway::gateway_client::GatewayClient;
@@ -63,6 +63,9 @@ pub struct NetOptions {
     /// Fabric `collections_config.json` for the chaincode.
     pub collections: Option<String>,
     pub private_data: PrivateDataConfig,
+    pub delivery_client: DeliveryClientConfig,
+    /// Orderers (by consenter id) started with faults.
+    pub byzantine_orderers: Vec<(u32, medledger_orderer::byzantine::Misbehaviour)>,
 }
 
 impl NetOptions {
@@ -75,6 +78,8 @@ impl NetOptions {
             separate_peer2: false,
             collections: None,
             private_data: PrivateDataConfig::default(),
+            delivery_client: DeliveryClientConfig::default(),
+            byzantine_orderers: Vec::new(),
         }
     }
 }
@@ -120,6 +125,8 @@ impl PeerNet {
             separate_peer2,
             collections,
             private_data,
+            delivery_client,
+            byzantine_orderers,
         } = opts;
         let policy = policy.as_str();
         let dir = tempfile::tempdir()?;
@@ -200,7 +207,7 @@ impl PeerNet {
         let genesis = genesis_block(&profile)?;
         let genesis_path = orderers.genesis_path.clone();
         std::fs::write(&genesis_path, genesis.encode_to_vec())?;
-        let running_orderers = orderers.start_all().await?;
+        let running_orderers = orderers.start_all_with(&byzantine_orderers).await?;
 
         let mut configs = Vec::new();
         for (i, org) in orgs.iter().enumerate() {
@@ -253,6 +260,7 @@ impl PeerNet {
                     }],
                 }],
                 private_data: private_data.clone(),
+                delivery_client: delivery_client.clone(),
             });
         }
         // Every peer knows every other (gateway endorsement, private data): ports are fixed first.

@@ -2,6 +2,7 @@
 //! chaincodes defined on it with their endorsement policies and plugins.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 
 use medledger_common::channelconfig::ChannelConfig;
@@ -26,6 +27,21 @@ pub struct Channel {
     pub chaincodes: RwLock<BTreeMap<String, Arc<ChaincodeDefinition>>>,
     /// The MSP id of the peer holding this channel (decides collection membership).
     pub local_msp: String,
+    /// How block delivery from the orderers has gone.
+    pub delivery: DeliveryStats,
+}
+
+/// Counts of what block delivery met on a channel: for the operations metrics, and so that a
+/// misbehaving orderer shows.
+#[derive(Debug, Default)]
+pub struct DeliveryStats {
+    /// Block sources given up because their stream failed or they sent a block that did not
+    /// verify.
+    pub source_failures: AtomicU64,
+    /// Block sources given up because they withheld a block other orderers attest.
+    pub censorship_switches: AtomicU64,
+    /// Header attestations refused because their signatures did not verify.
+    pub invalid_attestations: AtomicU64,
 }
 
 impl Channel {

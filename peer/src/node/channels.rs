@@ -1,7 +1,8 @@
 //! Opening channels (configured, previously joined, joined at run time through `cscc`) and
 //! running each one's block puller and private data reconciler.
 
-use super::puller::{BlockPuller, pull_blocks};
+use super::attestations::DeliveryTimeouts;
+use super::puller::{BlockPuller, OrdererLink, pull_blocks};
 use crate::storage::ledger::TransientLimits;
 use medledger_common::config::MessageLimits;
 
@@ -34,7 +35,9 @@ pub(super) fn open_channel(
             ledger: Arc::new(ledger),
             chaincodes: Default::default(),
             local_msp: local_msp.to_owned(),
+            delivery: Default::default(),
         };
+        let genesis = VerifiedBlock::genesis(genesis).map_err(|e| err(e.to_string()))?;
         commit_block(
             &channel,
             &PluginRegistry::default(),
@@ -98,6 +101,7 @@ pub(super) fn open_channel_with(
         ledger,
         chaincodes: Default::default(),
         local_msp: local_msp.to_owned(),
+        delivery: Default::default(),
     };
     channel.define(chaincodes);
     reload_definitions(&channel, packages)?;
@@ -147,6 +151,7 @@ pub(super) struct ChannelRunner {
     pub(super) transient: TransientLimits,
     pub(super) reconcile_interval: Duration,
     pub(super) limits: MessageLimits,
+    pub(super) delivery: DeliveryTimeouts,
     pub(super) shutdown: watch::Receiver<bool>,
     pub(super) tasks: Tasks,
 }
@@ -178,13 +183,16 @@ impl ChannelRunner {
         }
         let puller = tokio::spawn(pull_blocks(
             BlockPuller {
-                channel: ch.clone(),
+                link: Arc::new(OrdererLink {
+                    channel: ch.clone(),
+                    signer: self.signer.clone(),
+                    client_tls: self.client_tls.clone(),
+                    limits: self.limits,
+                }),
                 plugins: self.plugins.clone(),
-                signer: self.signer.clone(),
-                client_tls: self.client_tls.clone(),
                 private_data: self.private_data.clone(),
                 packages: self.packages.clone(),
-                limits: self.limits,
+                timeouts: self.delivery,
             },
             self.shutdown.clone(),
         ));

@@ -3,6 +3,7 @@
 
 use serde::Deserialize;
 
+use super::attestations::DeliveryTimeouts;
 use crate::storage::ledger::TransientLimits;
 
 use super::*;
@@ -102,6 +103,54 @@ impl PrivateDataConfig {
     }
 }
 
+/// How the peer takes blocks from the ordering service (Fabric's `peer.deliveryclient`).
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryClientConfig {
+    /// How long a block that another orderer attests may be missing from the block source before
+    /// the peer takes blocks from another orderer (Fabric's `blockCensorshipTimeoutKey`, 30 s).
+    #[serde(default = "default_censorship_timeout")]
+    pub block_censorship_timeout_ms: u64,
+    /// The first delay before reconnecting to an orderer (Fabric's `minimalReconnectInterval`).
+    #[serde(default = "default_min_reconnect")]
+    pub min_reconnect_interval_ms: u64,
+    /// The longest delay between reconnection attempts.
+    #[serde(default = "default_max_reconnect")]
+    pub max_reconnect_interval_ms: u64,
+}
+
+impl Default for DeliveryClientConfig {
+    fn default() -> Self {
+        Self {
+            block_censorship_timeout_ms: default_censorship_timeout(),
+            min_reconnect_interval_ms: default_min_reconnect(),
+            max_reconnect_interval_ms: default_max_reconnect(),
+        }
+    }
+}
+
+fn default_censorship_timeout() -> u64 {
+    30_000
+}
+fn default_min_reconnect() -> u64 {
+    100
+}
+fn default_max_reconnect() -> u64 {
+    10_000
+}
+
+impl DeliveryClientConfig {
+    /// The delivery timeouts this configuration sets (a zero is raised to a millisecond).
+    pub fn timeouts(&self) -> DeliveryTimeouts {
+        let min_retry = Duration::from_millis(self.min_reconnect_interval_ms.max(1));
+        DeliveryTimeouts {
+            censorship: Duration::from_millis(self.block_censorship_timeout_ms.max(1)),
+            min_retry,
+            max_retry: Duration::from_millis(self.max_reconnect_interval_ms).max(min_retry),
+        }
+    }
+}
+
 fn default_version() -> String {
     "1.0".into()
 }
@@ -146,6 +195,8 @@ pub struct PeerConfig {
     pub operations_address: Option<String>,
     #[serde(default)]
     pub private_data: PrivateDataConfig,
+    #[serde(default)]
+    pub delivery_client: DeliveryClientConfig,
     /// Largest gRPC message received, on every server and client of the peer (Fabric's
     /// `peer.maxRecvMsgSize`, 100 MiB).
     #[serde(default = "medledger_common::config::default_max_message_bytes")]

@@ -41,7 +41,7 @@ use crate::services::gateway::GatewayService;
 use crate::services::privdata::{PrivateDataClient, PrivateDataService, reconcile_loop};
 use crate::storage::ledger::Ledger;
 use crate::storage::sealing::CollectionKeys;
-use crate::validation::commit_block;
+use crate::validation::{VerifiedBlock, commit_block};
 use medledger_common::msp::{Msp, MspManager, load_msp_folder};
 use medledger_proto::medledger::privdata::private_data_server::PrivateDataServer;
 
@@ -74,11 +74,13 @@ fn read(path: &Path) -> Result<Vec<u8>, NodeError> {
     })
 }
 
+mod attestations;
 mod channels;
 pub mod cli;
 mod config;
 mod puller;
 
+pub use attestations::DeliveryTimeouts;
 use channels::{ChannelRunner, genesis_channel_id};
 pub use config::*;
 pub use medledger_common::config::TlsFiles;
@@ -184,6 +186,7 @@ pub async fn start(cfg: PeerConfig, plugins: PluginRegistry) -> Result<RunningPe
         transient: cfg.private_data.transient_limits(),
         reconcile_interval: Duration::from_millis(cfg.private_data.reconcile_interval_ms.max(100)),
         limits,
+        delivery: cfg.delivery_client.timeouts(),
         shutdown: shutdown_rx.clone(),
         tasks: tasks.clone(),
     });
@@ -349,19 +352,40 @@ fn channel_metrics(
     channels: Channels,
 ) -> Arc<dyn Fn() -> Vec<medledger_common::ops::Metric> + Send + Sync> {
     Arc::new(move || {
-        let ledgers: Vec<(String, Arc<Ledger>)> = channels
+        let joined: Vec<Arc<Channel>> = channels
             .try_read()
-            .map(|m| {
-                m.values()
-                    .map(|c| (c.id().to_owned(), c.ledger.clone()))
-                    .collect()
-            })
+            .map(|m| m.values().cloned().collect())
             .unwrap_or_default();
-        ledgers
+        joined
             .iter()
-            .flat_map(|(id, l)| {
-                let labels = vec![("channel".to_owned(), id.clone())];
+            .flat_map(|c| {
+                let (id, l) = (c.id().to_owned(), &c.ledger);
+                let labels = vec![("channel".to_owned(), id)];
+                let counted = |name: &str, help: &str, value: &std::sync::atomic::AtomicU64| {
+                    medledger_common::ops::Metric {
+                        name: name.into(),
+                        help: help.into(),
+                        kind: "counter",
+                        labels: labels.clone(),
+                        value: value.load(std::sync::atomic::Ordering::Relaxed) as f64,
+                    }
+                };
                 [
+                    counted(
+                        "deliver_source_failures_total",
+                        "Orderers given up as block source: stream failed or block did not verify",
+                        &c.delivery.source_failures,
+                    ),
+                    counted(
+                        "deliver_censorship_switches_total",
+                        "Orderers given up as block source for withholding an attested block",
+                        &c.delivery.censorship_switches,
+                    ),
+                    counted(
+                        "deliver_invalid_attestations_total",
+                        "Header attestations from orderers whose signatures did not verify",
+                        &c.delivery.invalid_attestations,
+                    ),
                     medledger_common::ops::Metric {
                         name: "ledger_blockchain_height".into(),
                         help: "Blocks committed on the channel".into(),

@@ -145,6 +145,7 @@ async fn seek(
             return BlockStatus::Forbidden;
         }
         let block = match ledger.block(n) {
+            Ok(Some(b)) if range.headers_only => medledger_common::protoutil::block_attestation(b),
             Ok(Some(b)) => b,
             _ => return BlockStatus::InternalServerError,
         };

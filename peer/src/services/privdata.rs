@@ -14,7 +14,6 @@ use medledger_common::SigningIdentity;
 use medledger_common::cert::Certificate;
 use medledger_common::config::MessageLimits;
 use medledger_common::msp::{Expiry, Identity, NodeRole};
-use medledger_proto::common::Block;
 use medledger_proto::kvrwset::KvrwSet;
 use medledger_proto::medledger::privdata::private_data_client::PrivateDataClient as RpcClient;
 use medledger_proto::medledger::privdata::private_data_server::PrivateData;
@@ -36,6 +35,7 @@ use crate::endorsement::Disseminator;
 use medledger_common::refusal::log_refusal;
 
 use crate::storage::ledger::{LedgerError, PvtCommit, PvtSlot, pvt_hash};
+use crate::validation::VerifiedBlock;
 
 /// How long one push or pull to one peer may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -252,9 +252,10 @@ impl PrivateDataClient {
     }
 
     /// The candidates for a block's private write sets: from the transient store, and pulled
-    /// from other members for what it lacks.
-    pub async fn gather(&self, channel: &Channel, block: &Block) -> PvtCandidates {
-        let needs = block_needs(channel, block);
+    /// from other members for what it lacks. Only for a verified block: a forged one must not
+    /// make the peer ask others for private data.
+    pub async fn gather(&self, channel: &Channel, block: &VerifiedBlock) -> PvtCandidates {
+        let needs = block_needs(channel, block.block());
         let mut found = PvtCandidates::new();
         let mut lacking = Vec::new();
         for n in needs {

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashSet};
 use medledger_common::crypto::sha256_concat;
 use medledger_common::msp::{Expiry, Identity};
 use medledger_common::protoutil::{compute_txid, unpack_envelope};
-use medledger_proto::common::{Block, BlockMetadataIndex, Envelope, HeaderType};
+use medledger_proto::common::{BlockMetadataIndex, Envelope, HeaderType};
 use medledger_proto::kvrwset::{
     HashedRwSet, KvRead, KvrwSet, Version, range_query_info::ReadsInfo,
 };
@@ -30,6 +30,9 @@ use crate::execution::plugins::{PluginRegistry, ValidationInput};
 use crate::storage::ledger::{
     BlockCommit, HashedUpdate, LedgerError, PvtCommit, PvtPurge, PvtSlot, StateUpdate,
 };
+
+mod verified;
+pub use verified::VerifiedBlock;
 
 /// The state-metadata entry holding a key-level endorsement policy.
 pub const VALIDATION_PARAMETER: &str = "VALIDATION_PARAMETER";
@@ -634,25 +637,16 @@ pub struct Committed {
     pub namespaces: std::collections::BTreeSet<String>,
 }
 
-/// Validates and commits one block (the genesis block is committed as given) with the private
-/// write sets gathered for it.
+/// Validates and commits one verified block (the genesis block is committed as given) with the
+/// private write sets gathered for it.
 pub fn commit_block(
     channel: &Channel,
     plugins: &PluginRegistry,
-    mut block: Block,
+    block: VerifiedBlock,
     pvt: &PvtCandidates,
 ) -> Result<Committed, CommitError> {
-    let number = block
-        .header
-        .as_ref()
-        .map(|h| h.number)
-        .ok_or_else(|| CommitError::BadBlock("no header".into()))?;
-    if number > 0 {
-        channel
-            .config
-            .verify_block(&block)
-            .map_err(|e| CommitError::BadBlock(e.to_string()))?;
-    }
+    let number = block.number();
+    let mut block = block.into_block();
     let envelopes = block
         .data
         .as_ref()
