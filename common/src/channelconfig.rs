@@ -294,6 +294,8 @@ pub struct ChannelConfig {
     pub batch_timeout: Duration,
     /// Anchor peers by MSP id.
     pub anchor_peers: BTreeMap<String, Vec<(String, u16)>>,
+    /// The configuration tree this was resolved from: what updates are checked against.
+    pub source: std::sync::Arc<Config>,
 }
 
 fn decode<M: Message + Default>(bytes: &[u8], what: &'static str) -> Result<M, ConfigError> {
@@ -433,6 +435,7 @@ impl ChannelConfig {
             batch_size,
             batch_timeout,
             anchor_peers,
+            source: std::sync::Arc::new(config.clone()),
         })
     }
 

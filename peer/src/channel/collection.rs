@@ -354,6 +354,7 @@ mod tests {
             batch_size: Default::default(),
             batch_timeout: std::time::Duration::from_secs(1),
             anchor_peers: BTreeMap::new(),
+            source: Default::default(),
         }
     }
 
