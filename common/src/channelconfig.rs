@@ -298,6 +298,28 @@ pub struct ChannelConfig {
     pub source: std::sync::Arc<Config>,
 }
 
+/// The configuration in force on a channel: read by every request, replaced whole when a
+/// configuration block commits, so a reader sees one configuration or the next, never a mix.
+#[derive(Debug)]
+pub struct ConfigInForce(std::sync::RwLock<std::sync::Arc<ChannelConfig>>);
+
+impl ConfigInForce {
+    pub fn new(config: ChannelConfig) -> Self {
+        Self(std::sync::RwLock::new(std::sync::Arc::new(config)))
+    }
+
+    /// The configuration in force now. Work that must see one configuration throughout (a
+    /// block's validation, one request) takes it once.
+    pub fn get(&self) -> std::sync::Arc<ChannelConfig> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Puts a newer configuration in force.
+    pub fn replace(&self, next: ChannelConfig) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(next);
+    }
+}
+
 fn decode<M: Message + Default>(bytes: &[u8], what: &'static str) -> Result<M, ConfigError> {
     M::decode(bytes).map_err(|e| ConfigError::Invalid(format!("{what}: {e}")))
 }
@@ -594,7 +616,7 @@ impl ChannelConfig {
 }
 
 /// A checked Deliver request: the blocks to send and how to wait.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeekRange {
     pub start: u64,
     pub stop: u64,
@@ -605,9 +627,36 @@ pub struct SeekRange {
     pub session_end: i64,
     /// HEADER_WITH_SIG: send each block's header and signatures without its transactions.
     pub headers_only: bool,
+    /// The requester's serialized identity and the configuration sequence it was last admitted
+    /// under: a newer configuration (a CRL, a removed organisation) admits it again or ends the
+    /// stream.
+    pub requester: Vec<u8>,
+    pub admitted_at_sequence: u64,
 }
 
 impl SeekRange {
+    /// Whether the requester may still receive blocks under `config` (checked again only when
+    /// the configuration changed since it was last admitted), as Fabric's deliver session
+    /// re-evaluates its policy on every configuration change.
+    pub fn still_admitted(&mut self, config: &ChannelConfig, policy_path: &str) -> bool {
+        if config.sequence == self.admitted_at_sequence {
+            return true;
+        }
+        let admitted = config
+            .msps
+            .deserialize(&self.requester, crate::msp::Expiry::now())
+            .ok()
+            .is_some_and(|id| {
+                config
+                    .policy(policy_path)
+                    .is_some_and(|p| p.satisfied_by(std::slice::from_ref(&id)))
+            });
+        if admitted {
+            self.admitted_at_sequence = config.sequence;
+        }
+        admitted
+    }
+
     /// Whether the session may no longer receive blocks at `now` (seconds since the epoch).
     pub fn session_expired(&self, now: i64) -> bool {
         now >= self.session_end
@@ -679,5 +728,7 @@ pub fn check_seek(
         fail_if_not_ready,
         session_end,
         headers_only: info.content_type == SeekContentType::HeaderWithSig as i32,
+        requester: u.signature_header.creator,
+        admitted_at_sequence: channel.sequence,
     })
 }

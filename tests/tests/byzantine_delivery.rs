@@ -130,7 +130,7 @@ async fn header_attestations_carry_no_transactions_and_verify_on_signatures() ->
     let mut gw = net.gateway(0, doctor).await?;
     let (_, _, block, _) = gw.submit(&["Put", "rec", "v"]).await?;
     net.wait_height(block + 1).await?;
-    let config = net.channel(0).await?.config.clone();
+    let config = net.channel(0).await?.config();
 
     let whole = deliver(&net, 2, SeekContentType::Block).await?;
     let headers = deliver(&net, 2, SeekContentType::HeaderWithSig).await?;

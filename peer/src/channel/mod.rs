@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 
-use medledger_common::channelconfig::ChannelConfig;
+use medledger_common::channelconfig::{ChannelConfig, ConfigInForce};
 
 pub mod blocks;
 pub mod collection;
@@ -21,7 +21,8 @@ pub type Channels = Arc<tokio::sync::RwLock<BTreeMap<String, Arc<Channel>>>>;
 
 /// One joined channel.
 pub struct Channel {
-    pub config: ChannelConfig,
+    id: String,
+    config: ConfigInForce,
     pub ledger: Arc<Ledger>,
     /// Definitions by name: from the peer's configuration, then from `_lifecycle`.
     pub chaincodes: RwLock<BTreeMap<String, Arc<ChaincodeDefinition>>>,
@@ -45,16 +46,40 @@ pub struct DeliveryStats {
 }
 
 impl Channel {
+    /// A channel with `config` in force over `ledger`, held by a peer of `local_msp`.
+    pub fn new(config: ChannelConfig, ledger: Arc<Ledger>, local_msp: &str) -> Self {
+        Self {
+            id: config.channel_id.clone(),
+            config: ConfigInForce::new(config),
+            ledger,
+            chaincodes: Default::default(),
+            local_msp: local_msp.to_owned(),
+            delivery: Default::default(),
+        }
+    }
+
     pub fn id(&self) -> &str {
-        &self.config.channel_id
+        &self.id
+    }
+
+    /// The configuration in force now. Work that must see one configuration throughout (a
+    /// block's validation, one request) takes it once.
+    pub fn config(&self) -> Arc<ChannelConfig> {
+        self.config.get()
+    }
+
+    /// Puts a newer configuration in force (after its configuration block committed).
+    pub fn replace_config(&self, next: ChannelConfig) {
+        self.config.replace(next);
     }
 
     /// PEM of the TLS CAs of the channel's orderer organisations.
     pub fn orderer_tls_roots(&self) -> Vec<Vec<u8>> {
-        self.config
+        let config = self.config();
+        config
             .orderer_orgs
             .iter()
-            .filter_map(|o| self.config.msps.get(o))
+            .filter_map(|o| config.msps.get(o))
             .flat_map(|m| {
                 m.tls_ca_certs()
                     .map(|c| c.to_pem().into_bytes())

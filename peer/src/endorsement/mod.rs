@@ -135,8 +135,8 @@ impl Endorser {
             .cloned()
             .ok_or_else(|| ProposalError::UnknownChannel(proposal.channel_id().to_owned()))?;
         check_time(&proposal)?;
-        let creator = channel
-            .config
+        let config = channel.config();
+        let creator = config
             .msps
             .deserialize(proposal.creator(), Expiry::now())
             .map_err(|e| ProposalError::Creator {
@@ -154,7 +154,7 @@ impl Endorser {
         {
             return Err(ProposalError::Duplicate(proposal.tx_id().to_owned()));
         }
-        let writers = channel.config.policy("/Channel/Application/Writers");
+        let writers = config.policy("/Channel/Application/Writers");
         if !writers.is_some_and(|p| p.satisfied_by(std::slice::from_ref(&creator))) {
             return Err(ProposalError::Forbidden);
         }
@@ -265,7 +265,7 @@ impl Endorser {
         let (response, event) = if def.name == LIFECYCLE {
             let r = lifecycle::execute(
                 &mut sim,
-                &c.channel.config,
+                &c.channel.config(),
                 &c.channel.local_msp,
                 &c.creator,
                 &p.input.args,

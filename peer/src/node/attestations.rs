@@ -81,6 +81,18 @@ impl Drop for AttestationMonitor {
 }
 
 impl AttestationMonitor {
+    /// Stops the header receivers and waits until they are gone (they hold the channel, and so
+    /// its ledger, until then).
+    pub(super) async fn stop(mut self) {
+        let tasks = std::mem::take(&mut self.tasks);
+        for t in &tasks {
+            t.abort();
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
     /// Starts a header receiver for each of `endpoints`.
     pub(super) fn start(
         link: &Arc<OrdererLink>,
@@ -140,7 +152,7 @@ impl AttestationMonitor {
                 continue;
             }
             if !p.verified {
-                match channel.config.verify_block_attestation(&p.block) {
+                match channel.config().verify_block_attestation(&p.block) {
                     Ok(_) => p.verified = true,
                     Err(e) => {
                         channel

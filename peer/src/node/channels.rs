@@ -30,13 +30,7 @@ pub(super) fn open_channel(
     )
     .map_err(|e| err(e.to_string()))?;
     if ledger.height() == 0 {
-        let channel = Channel {
-            config: config.clone(),
-            ledger: Arc::new(ledger),
-            chaincodes: Default::default(),
-            local_msp: local_msp.to_owned(),
-            delivery: Default::default(),
-        };
+        let channel = Channel::new(config.clone(), Arc::new(ledger), local_msp);
         let genesis = VerifiedBlock::genesis(genesis).map_err(|e| err(e.to_string()))?;
         commit_block(
             &channel,
@@ -56,6 +50,18 @@ pub(super) fn open_channel(
             "the ledger on disk belongs to another genesis block".into()
         ));
     }
+    // The configuration in force is the newest configuration block's, not the genesis block's.
+    let last_config = ledger.last_config_block().map_err(|e| err(e.to_string()))?;
+    let config = if last_config == 0 {
+        config
+    } else {
+        let block = ledger
+            .block(last_config)
+            .map_err(|e| err(e.to_string()))?
+            .ok_or_else(|| err(format!("configuration block {last_config} is missing")))?;
+        ChannelConfig::from_block(&block)
+            .map_err(|e| err(format!("configuration block {last_config}: {e}")))?
+    };
     open_channel_with(cfg, config, Arc::new(ledger), local_msp, packages)
 }
 
@@ -96,13 +102,7 @@ pub(super) fn open_channel_with(
             collections,
         });
     }
-    let channel = Channel {
-        config,
-        ledger,
-        chaincodes: Default::default(),
-        local_msp: local_msp.to_owned(),
-        delivery: Default::default(),
-    };
+    let channel = Channel::new(config, ledger, local_msp);
     channel.define(chaincodes);
     reload_definitions(&channel, packages)?;
     Ok(channel)
@@ -121,7 +121,7 @@ pub(super) fn reload_definitions(
 ) -> Result<(), NodeError> {
     let defs = committed_definitions(
         &channel.ledger,
-        &channel.config,
+        &channel.config(),
         &channel.local_msp,
         packages,
     )

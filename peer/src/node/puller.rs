@@ -85,25 +85,34 @@ enum RoundEnd {
     Failed(String),
     /// Another orderer attests a block the source has not delivered in time.
     Censored(super::attestations::Censorship),
+    /// A configuration block changed the orderers to take blocks from.
+    NewConsenters,
+}
+
+/// `host:port` of each consenter of the configuration in force.
+fn orderer_endpoints(channel: &Channel) -> Vec<String> {
+    channel
+        .config()
+        .consenters
+        .iter()
+        .map(|c| format!("{}:{}", c.host, c.port))
+        .collect()
 }
 
 /// Takes blocks from the channel's orderers and commits them, until shutdown.
 pub(super) async fn pull_blocks(puller: BlockPuller, mut shutdown: watch::Receiver<bool>) {
     let channel = puller.link.channel.clone();
-    let endpoints: Vec<String> = channel
-        .config
-        .consenters
-        .iter()
-        .map(|c| format!("{}:{}", c.host, c.port))
-        .collect();
-    if endpoints.is_empty() {
-        tracing::error!(channel = %channel.id(), "the channel configuration names no consenters: no blocks can be pulled");
-        return;
-    }
     // Peers start on different orderers so that one orderer does not feed them all.
-    let mut source = rand::random::<usize>() % endpoints.len();
+    let mut source = rand::random::<usize>();
     let mut failures = 0u32;
     while !*shutdown.borrow() {
+        // The consenters of the configuration in force: a configuration block may change them.
+        let endpoints = orderer_endpoints(&channel);
+        if endpoints.is_empty() {
+            tracing::error!(channel = %channel.id(), "the channel configuration names no consenters: no blocks can be pulled");
+            return;
+        }
+        source %= endpoints.len();
         let address = endpoints[source].clone();
         let others = endpoints
             .iter()
@@ -114,16 +123,22 @@ pub(super) async fn pull_blocks(puller: BlockPuller, mut shutdown: watch::Receiv
         let monitor = AttestationMonitor::start(&puller.link, others, puller.timeouts);
         let height_before = channel.ledger.height();
         let end = tokio::select! {
-            e = pull_from(&puller, &address) => RoundEnd::Failed(e),
-            c = monitor.censorship(&channel) => RoundEnd::Censored(c),
-            _ = shutdown.changed() => return,
+            e = pull_from(&puller, &address, &endpoints) => Some(e),
+            c = monitor.censorship(&channel) => Some(RoundEnd::Censored(c)),
+            _ = shutdown.changed() => None,
         };
-        drop(monitor);
+        monitor.stop().await;
+        let Some(end) = end else { return };
         let stats = &channel.delivery;
         match end {
             RoundEnd::Failed(e) => {
                 stats.source_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(channel = %channel.id(), orderer = %address, error = %e, "block delivery interrupted: trying the next orderer")
+            }
+            RoundEnd::NewConsenters => {
+                tracing::info!(channel = %channel.id(), "the consenter set changed: reconnecting to the new one");
+                failures = 0;
+                continue;
             }
             RoundEnd::Censored(c) => {
                 stats.censorship_switches.fetch_add(1, Ordering::Relaxed);
@@ -145,38 +160,42 @@ pub(super) async fn pull_blocks(puller: BlockPuller, mut shutdown: watch::Receiv
 }
 
 /// Pulls whole blocks from one orderer and commits them; returns why it stopped.
-async fn pull_from(puller: &BlockPuller, address: &str) -> String {
+async fn pull_from(puller: &BlockPuller, address: &str, endpoints: &[String]) -> RoundEnd {
     let channel = &puller.link.channel;
+    let failed = |e: String| RoundEnd::Failed(e);
     let mut stream = match puller
         .link
         .open(address, channel.ledger.height(), SeekContentType::Block)
         .await
     {
         Ok(s) => s,
-        Err(e) => return e,
+        Err(e) => return failed(e),
     };
     loop {
         let block = match stream.message().await {
-            Err(s) => return s.message().to_owned(),
-            Ok(None) => return "orderer closed the delivery stream".to_owned(),
+            Err(s) => return failed(s.message().to_owned()),
+            Ok(None) => return failed("orderer closed the delivery stream".to_owned()),
             Ok(Some(DeliverResponse {
                 r#type: Some(deliver_response::Type::Block(b)),
             })) => b,
             Ok(Some(DeliverResponse {
                 r#type: Some(deliver_response::Type::Status(s)),
-            })) => return format!("orderer ended delivery with status {s}"),
+            })) => return failed(format!("orderer ended delivery with status {s}")),
             Ok(Some(DeliverResponse { r#type: None })) => {
-                return "orderer sent an empty delivery response".to_owned();
+                return failed("orderer sent an empty delivery response".to_owned());
             }
         };
-        if let Err(e) = commit_pulled(puller, block).await {
-            return e;
+        match commit_pulled(puller, block).await {
+            Err(e) => return failed(e),
+            Ok(true) if orderer_endpoints(channel) != endpoints => return RoundEnd::NewConsenters,
+            Ok(_) => {}
         }
     }
 }
 
-/// Verifies a pulled block, gathers its private data and commits it.
-async fn commit_pulled(puller: &BlockPuller, block: Block) -> Result<(), String> {
+/// Verifies a pulled block, gathers its private data and commits it; says whether it put a new
+/// configuration in force.
+async fn commit_pulled(puller: &BlockPuller, block: Block) -> Result<bool, String> {
     let channel = puller.link.channel.clone();
     let ch = channel.clone();
     let verified = tokio::task::spawn_blocking(move || VerifiedBlock::check(&ch, block))
@@ -191,7 +210,9 @@ async fn commit_pulled(puller: &BlockPuller, block: Block) -> Result<(), String>
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("block {number}: {e}"))?;
-    if committed.namespaces.contains(LIFECYCLE) {
+    // Definitions resolve collection membership against the channel's organisations: a new
+    // configuration may add or remove some.
+    if committed.namespaces.contains(LIFECYCLE) || committed.config_changed {
         reload_definitions(&channel, &puller.packages).map_err(|e| e.to_string())?;
     }
     if number % 100 == 0
@@ -199,5 +220,5 @@ async fn commit_pulled(puller: &BlockPuller, block: Block) -> Result<(), String>
     {
         tracing::warn!(error = %e, "transient store purge failed");
     }
-    Ok(())
+    Ok(committed.config_changed)
 }

@@ -81,6 +81,9 @@ fn status(s: BlockStatus) -> DeliverResponse {
 }
 
 /// Serves one seek request; returns the status to send after the blocks (or instead of them).
+/// The policy a Deliver requester must satisfy.
+const READERS: &str = "/Channel/Application/Readers";
+
 async fn seek(
     channels: &Channels,
     env: Envelope,
@@ -97,11 +100,11 @@ async fn seek(
         return BlockStatus::NotFound;
     };
     let ledger = channel.ledger.clone();
-    let range = match check_seek(
-        &channel.config,
+    let mut range = match check_seek(
+        &channel.config(),
         &env,
         ledger.height(),
-        "/Channel/Application/Readers",
+        READERS,
         TIME_WINDOW.as_secs(),
     ) {
         Ok(r) => r,
@@ -117,7 +120,7 @@ async fn seek(
     // Private data goes only to a requester the collection's membership policy admits.
     let requester = unpack_envelope(&env).ok().and_then(|u| {
         channel
-            .config
+            .config()
             .msps
             .deserialize(&u.signature_header.creator, Expiry::now())
             .ok()
@@ -134,6 +137,15 @@ async fn seek(
                 _ = out.closed() => return BlockStatus::Success,
             }
             continue;
+        }
+        if !range.still_admitted(&channel.config(), READERS) {
+            log_refusal(
+                "protos.Deliver",
+                None,
+                requester.as_ref().map(|r| r.mspid.as_str()),
+                &"a configuration update no longer admits the requester",
+            );
+            return BlockStatus::Forbidden;
         }
         if range.session_expired(medledger_common::msp::unix_now()) {
             log_refusal(

@@ -397,7 +397,7 @@ impl PrivateDataService {
     ) -> Result<Identity, Status> {
         let tls_der = tls_der.ok_or_else(|| denied("private data needs mutual TLS"))?;
         let sender = channel
-            .config
+            .config()
             .msps
             .deserialize(&signed.identity, Expiry::now())
             .map_err(|e| denied(format!("sender is not valid on the channel: {e}")))?;
@@ -410,7 +410,7 @@ impl PrivateDataService {
         let tls = Certificate::from_der(&tls_der)
             .map_err(|_| denied("TLS client certificate does not parse"))?;
         let same_org = channel
-            .config
+            .config()
             .msps
             .get(&sender.mspid)
             .is_some_and(|m| m.tls_ca_certs().any(|ca| tls.is_signed_by(ca)));

@@ -8,9 +8,11 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use medledger_common::channelconfig::ChannelConfig;
+use medledger_common::configtx;
 use medledger_common::crypto::sha256_concat;
 use medledger_common::msp::{Expiry, Identity};
-use medledger_common::protoutil::{compute_txid, unpack_envelope};
+use medledger_common::protoutil::{self, compute_txid, unpack_envelope};
 use medledger_proto::common::{BlockMetadataIndex, Envelope, HeaderType};
 use medledger_proto::kvrwset::{
     HashedRwSet, KvRead, KvrwSet, Version, range_query_info::ReadsInfo,
@@ -198,7 +200,7 @@ fn validate(
         ));
     }
     let creator = channel
-        .config
+        .config()
         .msps
         .deserialize(&u.signature_header.creator, Expiry::Ignore)
         .map_err(|e| (Code::BadCreatorSignature, e.to_string()))?;
@@ -408,7 +410,7 @@ fn check_endorsement(
                 endorsements: &endorsed.endorsements,
                 chaincode_policy: &def.endorsement_policy,
                 key_policies,
-                msps: &channel.config.msps,
+                msps: &channel.config().msps,
             })
             .map_err(|c| (c, "endorsement policy not satisfied".to_owned()))?;
     }
@@ -419,7 +421,7 @@ fn check_endorsement(
                 endorsements: &endorsed.endorsements,
                 chaincode_policy: policy,
                 key_policies: Vec::new(),
-                msps: &channel.config.msps,
+                msps: &channel.config().msps,
             })
             .map_err(|c| (c, "collection endorsement policy not satisfied".to_owned()))?;
     }
@@ -635,6 +637,8 @@ pub struct Committed {
     pub codes: Vec<Code>,
     /// The chaincodes (namespaces) valid transactions of the block wrote to.
     pub namespaces: std::collections::BTreeSet<String>,
+    /// The block was a valid configuration block: a new configuration is in force.
+    pub config_changed: bool,
 }
 
 /// Validates and commits one verified block (the genesis block is committed as given) with the
@@ -661,10 +665,22 @@ pub fn commit_block(
     let mut seen = HashSet::new();
     let mut codes = Vec::with_capacity(envelopes.len());
     let mut namespaces = std::collections::BTreeSet::new();
+    // A configuration block holds one CONFIG transaction, checked against the configuration in
+    // force before it; the block after it is validated under the new one.
+    let config_verdict = (number > 0 && protoutil::is_config_block(&block))
+        .then(|| check_config_transaction(channel, envelopes.first().map(Vec::as_slice)));
     for (i, env) in envelopes.iter().enumerate() {
         let i = i as u64;
         let (code, txid) = if number == 0 {
             (Code::Valid, String::new())
+        } else if let Some(verdict) = &config_verdict {
+            match verdict {
+                Ok(_) => (Code::Valid, tx_id_of(env)),
+                Err(why) => {
+                    tracing::warn!(block = number, %why, "configuration transaction invalid");
+                    (Code::InvalidConfigTransaction, tx_id_of(env))
+                }
+            }
         } else {
             match validate(env, i, &overlay, &seen, plugins) {
                 Ok(fx) => {
@@ -675,12 +691,7 @@ pub fn commit_block(
                 }
                 Err((code, why)) => {
                     tracing::info!(block = number, tx = i, ?code, %why, "transaction invalid");
-                    let txid = Envelope::decode(env.as_slice())
-                        .ok()
-                        .and_then(|e| unpack_envelope(&e).ok())
-                        .map(|u| u.channel_header.tx_id)
-                        .unwrap_or_default();
-                    (code, txid)
+                    (code, tx_id_of(env))
                 }
             }
         };
@@ -714,6 +725,36 @@ pub fn commit_block(
         })
         .collect();
     commit.block = block;
+    let next_config = config_verdict.and_then(Result::ok);
+    commit.config_block = next_config.is_some();
     channel.ledger.commit(commit)?;
-    Ok(Committed { codes, namespaces })
+    let config_changed = next_config.is_some();
+    if let Some(next) = next_config {
+        tracing::info!(channel = %channel.id(), block = number, sequence = next.sequence, "configuration updated");
+        channel.replace_config(next);
+    }
+    Ok(Committed {
+        codes,
+        namespaces,
+        config_changed,
+    })
+}
+
+/// The transaction id an envelope's channel header names (empty if it does not decode).
+fn tx_id_of(env: &[u8]) -> String {
+    Envelope::decode(env)
+        .ok()
+        .and_then(|e| unpack_envelope(&e).ok())
+        .map(|u| u.channel_header.tx_id)
+        .unwrap_or_default()
+}
+
+/// Checks a configuration block's CONFIG transaction against the configuration in force.
+fn check_config_transaction(
+    channel: &Channel,
+    env: Option<&[u8]>,
+) -> Result<ChannelConfig, String> {
+    let env = Envelope::decode(env.unwrap_or_default()).map_err(|e| e.to_string())?;
+    let config_envelope = configtx::config_envelope_of(&env).map_err(|e| e.to_string())?;
+    configtx::check_config_envelope(&channel.config(), &config_envelope).map_err(|e| e.to_string())
 }

@@ -36,7 +36,7 @@ impl VerifiedBlock {
             )));
         }
         channel
-            .config
+            .config()
             .verify_block(&block)
             .map_err(|e| CommitError::BadBlock(e.to_string()))?;
         Ok(Self { block, number })

@@ -70,7 +70,7 @@ impl GatewayService {
                 signature: &e.signature,
             })
             .collect();
-        verified_signers(&signed, &channel.config.msps, Expiry::now())
+        verified_signers(&signed, &channel.config().msps, Expiry::now())
     }
 
     /// Evaluate: runs the proposal on this peer only and returns the result.
@@ -158,7 +158,7 @@ impl GatewayService {
             if wanted.is_empty() && satisfied(&endorsements) {
                 break;
             }
-            let eligible = channel.config.application_orgs.contains(&peer.msp_id)
+            let eligible = channel.config().application_orgs.contains(&peer.msp_id)
                 && !endorsed_orgs.contains(&peer.msp_id)
                 && (wanted.is_empty() || wanted.contains(&peer.msp_id));
             if !eligible {

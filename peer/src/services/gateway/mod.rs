@@ -125,7 +125,7 @@ impl GatewayService {
             .await
             .ok_or_else(|| Status::not_found(format!("channel '{channel_id}' not found")))?;
         let id = channel
-            .config
+            .config()
             .msps
             .deserialize(identity, Expiry::now())
             .map_err(|e| {
@@ -134,7 +134,7 @@ impl GatewayService {
         id.verify(request, signature)
             .map_err(|_| Status::permission_denied("request signature does not verify"))?;
         if !channel
-            .config
+            .config()
             .policy("/Channel/Application/Readers")
             .is_some_and(|p| p.satisfied_by(std::slice::from_ref(&id)))
         {

@@ -6,7 +6,7 @@ impl GatewayService {
     pub(super) async fn broadcast(&self, channel: &Channel, env: &Envelope) -> Result<(), Status> {
         let roots = channel.orderer_tls_roots();
         let mut tasks = Vec::new();
-        for c in &channel.config.consenters {
+        for c in &channel.config().consenters {
             let address = format!("{}:{}", c.host, c.port);
             let env = env.clone();
             let conn = self.connect(&address, &roots).await;
@@ -34,7 +34,7 @@ impl GatewayService {
                 Ok::<_, String>((address, resp))
             }));
         }
-        let quorum = channel.config.bft_quorum();
+        let quorum = channel.config().bft_quorum();
         let mut ok = 0;
         let mut details = Vec::new();
         for t in tasks {

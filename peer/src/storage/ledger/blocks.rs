@@ -15,6 +15,19 @@ impl Ledger {
             .unwrap_or_default())
     }
 
+    /// The number of the newest configuration block (0, the genesis block, until another
+    /// commits).
+    pub fn last_config_block(&self) -> Result<u64, LedgerError> {
+        match self.db.get_cf(cf(&self.db, META)?, LAST_CONFIG_KEY)? {
+            None => Ok(0),
+            Some(b) => b
+                .as_slice()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| LedgerError::Corrupt("last config block number".into())),
+        }
+    }
+
     /// The block at `number`.
     pub fn block(&self, number: u64) -> Result<Option<Block>, LedgerError> {
         self.db

@@ -33,6 +33,8 @@ pub(super) const TRANSIENT: &str = "transient";
 pub(super) const SEALED_MARK_PREFIX: &[u8] = b"sealed\0";
 pub(super) const HEIGHT_KEY: &[u8] = b"height";
 pub(super) const LAST_HASH_KEY: &[u8] = b"last_hash";
+/// The number of the newest configuration block (absent: the genesis block).
+pub(super) const LAST_CONFIG_KEY: &[u8] = b"last_config";
 
 pub(super) fn be(n: u64) -> [u8; 8] {
     n.to_be_bytes()

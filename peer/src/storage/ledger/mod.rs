@@ -113,6 +113,8 @@ pub struct BlockCommit {
     pub pvt_purges: Vec<PvtPurge>,
     /// Transactions whose transient write sets are no longer needed.
     pub transient_done: Vec<String>,
+    /// The block is a valid configuration block: it becomes the channel's last config.
+    pub config_block: bool,
 }
 
 /// One channel's ledger.
@@ -268,6 +270,9 @@ impl Ledger {
         let meta = cf(db, META)?;
         batch.put_cf(&meta, HEIGHT_KEY, (height + 1).to_be_bytes());
         batch.put_cf(&meta, LAST_HASH_KEY, hash);
+        if c.config_block {
+            batch.put_cf(&meta, LAST_CONFIG_KEY, header.number.to_be_bytes());
+        }
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         self.db.write_opt(batch, &wo)?;
