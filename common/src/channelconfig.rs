@@ -463,26 +463,38 @@ impl ChannelConfig {
 
     /// Resolves the configuration carried by a config block (e.g. the genesis block).
     pub fn from_block(block: &Block) -> Result<Self, ConfigError> {
-        let data = block
-            .data
-            .as_ref()
-            .and_then(|d| d.data.first())
-            .ok_or_else(|| ConfigError::NotConfig("block has no envelope".into()))?;
-        let env: medledger_proto::common::Envelope = decode(data, "Envelope")?;
-        let u = protoutil::unpack_envelope(&env)?;
-        if u.channel_header.r#type != HeaderType::Config as i32 {
-            return Err(ConfigError::NotConfig(format!(
-                "header type {} is not CONFIG",
-                u.channel_header.r#type
-            )));
-        }
-        let ce: ConfigEnvelope = decode(&u.payload.data, "ConfigEnvelope")?;
-        let config = ce
-            .config
-            .ok_or_else(|| ConfigError::NotConfig("config envelope is empty".into()))?;
-        Self::from_config(&u.channel_header.channel_id, &config)
+        let (channel_id, config) = channel_config_of_block(block)?;
+        Self::from_config(&channel_id, &config)
     }
+}
 
+/// The configuration (`common.Config`) a configuration block carries.
+pub fn config_of_block(block: &Block) -> Result<Config, ConfigError> {
+    channel_config_of_block(block).map(|(_, c)| c)
+}
+
+fn channel_config_of_block(block: &Block) -> Result<(String, Config), ConfigError> {
+    let data = block
+        .data
+        .as_ref()
+        .and_then(|d| d.data.first())
+        .ok_or_else(|| ConfigError::NotConfig("block has no envelope".into()))?;
+    let env: medledger_proto::common::Envelope = decode(data, "Envelope")?;
+    let u = protoutil::unpack_envelope(&env)?;
+    if u.channel_header.r#type != HeaderType::Config as i32 {
+        return Err(ConfigError::NotConfig(format!(
+            "header type {} is not CONFIG",
+            u.channel_header.r#type
+        )));
+    }
+    let ce: ConfigEnvelope = decode(&u.payload.data, "ConfigEnvelope")?;
+    let config = ce
+        .config
+        .ok_or_else(|| ConfigError::NotConfig("config envelope is empty".into()))?;
+    Ok((u.channel_header.channel_id, config))
+}
+
+impl ChannelConfig {
     /// The policy at `path`.
     pub fn policy(&self, path: &str) -> Option<&Policy> {
         self.policies.get(path)

@@ -279,13 +279,17 @@ fn update_signatures(env: &ConfigUpdateEnvelope) -> Result<Vec<UpdateSignature>,
 }
 
 /// Checks a configuration update against the configuration in force and computes the
-/// configuration it leads to (sequence + 1), as Fabric's `ProposeConfigUpdate` does.
+/// configuration it leads to (sequence + 1), as Fabric's `ProposeConfigUpdate` does. Signers'
+/// certificates are checked for expiry as `expiry` says: against the clock when the update is
+/// submitted, never when a block carrying it is validated (every node, whenever it validates,
+/// must reach the same verdict).
 pub fn propose_update(
     current: &ChannelConfig,
     update_envelope: &Envelope,
+    expiry: Expiry,
 ) -> Result<ConfigEnvelope, ConfigTxError> {
     let decoded = decode_update(update_envelope)?;
-    let channel_group = authorize(current, &decoded)?;
+    let channel_group = authorize(current, &decoded, expiry)?;
     let config = Config {
         sequence: current.sequence.saturating_add(1),
         channel_group: Some(channel_group),
@@ -298,7 +302,11 @@ pub fn propose_update(
     })
 }
 
-fn authorize(current: &ChannelConfig, d: &DecodedUpdate) -> Result<ConfigGroup, ConfigTxError> {
+fn authorize(
+    current: &ChannelConfig,
+    d: &DecodedUpdate,
+    expiry: Expiry,
+) -> Result<ConfigGroup, ConfigTxError> {
     if d.update.channel_id != current.channel_id {
         return Err(refused(format!(
             "ConfigUpdate for channel {:?} but this is channel {:?}",
@@ -349,7 +357,7 @@ fn authorize(current: &ChannelConfig, d: &DecodedUpdate) -> Result<ConfigGroup, 
         .collect();
     // Each distinct signer is verified once, against the MSPs in force, whatever the number of
     // elements the update changes.
-    let signers = verified_signers(&signed, &current.msps, Expiry::now());
+    let signers = verified_signers(&signed, &current.msps, expiry);
     for (key, value) in &delta {
         let m = value.mod_policy();
         let trimmed = m.strip_prefix('/').unwrap_or(m);
@@ -438,6 +446,7 @@ fn check_runnable(channel_id: &str, config: &Config) -> Result<ChannelConfig, Co
 /// Checks a CONFIG transaction's `ConfigEnvelope` against the configuration in force, as every
 /// orderer and peer does before a configuration block takes effect (Fabric's `Validate`): the
 /// sequence is the next one, and replaying its last update yields exactly its configuration.
+/// The clock is not consulted.
 /// Returns the configuration it puts in force.
 pub fn check_config_envelope(
     current: &ChannelConfig,
@@ -457,7 +466,7 @@ pub fn check_config_envelope(
         .last_update
         .as_ref()
         .ok_or_else(|| refused("config envelope has no last update".into()))?;
-    let proposed = propose_update(current, last_update)?;
+    let proposed = propose_update(current, last_update, Expiry::Ignore)?;
     if proposed.config.as_ref() != Some(config) {
         return Err(refused(
             "the configuration does not match what its last update produces".into(),

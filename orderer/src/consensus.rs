@@ -73,6 +73,15 @@ pub trait Crypto: Send + Sync {
     /// Validates a client request (envelope bytes): form, channel, txid, creator, signature,
     /// Writers. Returns its transaction id, or why it is refused (never `Duplicate`).
     fn check_request(&self, envelope: &[u8]) -> Result<String, RequestError>;
+    /// Whether a request is a CONFIG transaction, which is ordered in a block of its own.
+    fn is_config_request(&self, _envelope: &[u8]) -> bool {
+        false
+    }
+    /// Puts in force the configuration a decided configuration block carries, before anything
+    /// after it is validated; returns its block cutting settings.
+    fn apply_config_block(&self, _block: &Block) -> Option<BatchConfig> {
+        None
+    }
 }
 
 /// Block cutting settings (from the channel's BatchSize / BatchTimeout).
@@ -123,14 +132,55 @@ impl Config {
     }
 }
 
-/// State a replica writes ahead before acting on it, restored after a crash.
+/// State a replica writes ahead before acting on it, restored after a crash. It holds at most
+/// one proposal and one certificate: only the sequence in flight (and the certificate of the
+/// last committed block, which view changes carry) matters after a restart.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Durable {
     pub view: u64,
     /// The (view, seq, digest) this replica last voted for: never vote for another digest there.
     pub voted: Option<(u64, u64, Vec<u8>)>,
+    /// The signed pre-prepare of that vote. A restarted replica resumes this proposal: a leader
+    /// cutting a new block from its rebuilt pool (another order, more requests) would propose a
+    /// second block for the slot, and a follower could not re-send its vote.
+    pub accepted: Option<ConsensusMessage>,
+    /// The highest-view prepared certificate for the block in flight or, once that block is
+    /// committed, for the last committed block. Without it a restarted replica's view change
+    /// would not carry a block that may be committed elsewhere, and a new leader could replace it.
+    pub prepared: Option<PreparedCertificate>,
+    /// The NewView that installed `view`. After a restart the replica still knows which block
+    /// the view must re-propose (a faulty leader could otherwise get another one accepted) and
+    /// can still bring replicas that missed the view change into it.
+    pub new_view: Option<ConsensusMessage>,
     /// Requests accepted and not yet ordered, by txid.
     pub pending: BTreeMap<String, Vec<u8>>,
+}
+
+/// Sizes of what a replica holds that other consenters' messages can grow (`Replica::held`),
+/// or the bounds on them (`Replica::held_bound`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Held {
+    /// (view, seq) slots with votes.
+    pub vote_slots: usize,
+    /// Prepares and commits stored.
+    pub votes: usize,
+    pub view_changes: usize,
+    pub refused_view_changes: usize,
+    /// The largest per-consenter rate-limit map.
+    pub per_consenter: usize,
+    pub new_views_sent: usize,
+}
+
+impl Held {
+    /// Whether every size is within `bound`'s.
+    pub fn within(&self, bound: &Held) -> bool {
+        self.vote_slots <= bound.vote_slots
+            && self.votes <= bound.votes
+            && self.view_changes <= bound.view_changes
+            && self.refused_view_changes <= bound.refused_view_changes
+            && self.per_consenter <= bound.per_consenter
+            && self.new_views_sent <= bound.new_views_sent
+    }
 }
 
 /// Where a restarted replica stands.
@@ -148,7 +198,20 @@ pub struct Restored {
 #[derive(Debug, Clone, PartialEq)]
 pub enum WalOp {
     View(u64),
-    Voted(u64, u64, Vec<u8>),
+    /// The signed NewView that installed the view written with it (replacing any earlier one).
+    NewView(ConsensusMessage),
+    /// A proposal was accepted: this replica votes for `digest` at (`view`, `seq`), proposed by
+    /// the signed `pre_prepare`, and for nothing else there.
+    Accepted {
+        view: u64,
+        seq: u64,
+        digest: Vec<u8>,
+        pre_prepare: ConsensusMessage,
+    },
+    /// The prepared certificate to keep (replacing any other), or none.
+    Prepared(Option<PreparedCertificate>),
+    /// The block at this sequence is committed: the vote and proposal for it are done with.
+    Decided(u64),
     /// A request was accepted (by txid).
     Pending(String, Vec<u8>),
     /// These requests are in a committed block.
@@ -160,7 +223,23 @@ impl Durable {
     pub fn apply(&mut self, op: &WalOp) {
         match op {
             WalOp::View(v) => self.view = *v,
-            WalOp::Voted(v, s, d) => self.voted = Some((*v, *s, d.clone())),
+            WalOp::NewView(m) => self.new_view = Some(m.clone()),
+            WalOp::Accepted {
+                view,
+                seq,
+                digest,
+                pre_prepare,
+            } => {
+                self.voted = Some((*view, *seq, digest.clone()));
+                self.accepted = Some(pre_prepare.clone());
+            }
+            WalOp::Prepared(c) => self.prepared = c.clone(),
+            WalOp::Decided(seq) => {
+                if self.voted.as_ref().is_some_and(|(_, s, _)| s <= seq) {
+                    self.voted = None;
+                    self.accepted = None;
+                }
+            }
             WalOp::Pending(t, e) => {
                 self.pending.insert(t.clone(), e.clone());
             }
@@ -234,6 +313,8 @@ pub enum InvalidBlock {
     Duplicate(String),
     #[error("does not re-propose the prepared block")]
     NotRequired,
+    #[error("a CONFIG transaction shares its block with other transactions")]
+    ConfigNotAlone,
 }
 
 struct Proposal {
@@ -280,6 +361,8 @@ impl Votes {
 
 struct PoolEntry {
     envelope: Vec<u8>,
+    /// A CONFIG transaction: ordered alone.
+    config: bool,
     /// When the censorship timer (`request_timeout_ticks`) last started.
     arrived: u64,
     forwarded: u64,
@@ -291,6 +374,9 @@ struct PoolEntry {
 pub struct Replica {
     cfg: Config,
     crypto: Arc<dyn Crypto>,
+    /// The number of the newest configuration block: what LAST_CONFIG and the signed block
+    /// metadata name.
+    last_config: u64,
     durable: Durable,
     height: u64,
     last_hash: Vec<u8>,
@@ -337,11 +423,12 @@ pub struct Replica {
     out: Vec<Output>,
 }
 
-/// The SIGNATURES metadata value every replica signs for block `seq`: deterministic, so all
-/// signatures of one block cover the same bytes.
-pub fn block_value(seq: u64) -> Vec<u8> {
+/// The SIGNATURES metadata value every replica signs for block `seq` when the newest
+/// configuration block is `last_config`: deterministic, so all signatures of one block cover the
+/// same bytes.
+pub fn block_value(seq: u64, last_config: u64) -> Vec<u8> {
     OrdererBlockMetadata {
-        last_config: Some(LastConfig { index: 0 }),
+        last_config: Some(LastConfig { index: last_config }),
         consenter_metadata: seq.to_be_bytes().to_vec(),
     }
     .encode_to_vec()
@@ -380,6 +467,7 @@ fn seal_block(
     mut block: Block,
     value: Vec<u8>,
     signatures: Vec<MetadataSignature>,
+    last_config: u64,
 ) -> Result<Block, InvalidBlock> {
     let slots = &mut block
         .metadata
@@ -401,12 +489,35 @@ fn seal_block(
         .ok_or_else(|| missing.clone())? = Metadata { value, signatures }.encode_to_vec();
     *slots
         .get_mut(BlockMetadataIndex::LastConfig as usize)
-        .ok_or(missing)? = Metadata {
-        value: LastConfig { index: 0 }.encode_to_vec(),
+        .ok_or(missing)? = last_config_metadata(last_config);
+    Ok(block)
+}
+
+/// The LAST_CONFIG slot of a committed block: the newest configuration block's number.
+fn last_config_metadata(last_config: u64) -> Vec<u8> {
+    Metadata {
+        value: LastConfig { index: last_config }.encode_to_vec(),
         signatures: vec![],
     }
-    .encode_to_vec();
-    Ok(block)
+    .encode_to_vec()
+}
+
+/// Whether a block's metadata, SIGNATURES aside, is what `seal_block` makes: the leader's
+/// slots, LAST_CONFIG as sealed, the others empty. Block signatures cover the header only, so a
+/// consenter serving a block by state transfer could otherwise rewrite the rest.
+fn sealed_form(block: &Block, last_config: u64) -> bool {
+    let Some(md) = block.metadata.as_ref() else {
+        return false;
+    };
+    let signatures = BlockMetadataIndex::Signatures as usize;
+    let last_config_slot = BlockMetadataIndex::LastConfig as usize;
+    md.metadata.len() == BLOCK_METADATA_SLOTS
+        && md.metadata.get(last_config_slot) == Some(&last_config_metadata(last_config))
+        && md
+            .metadata
+            .iter()
+            .enumerate()
+            .all(|(i, m)| i == signatures || i == last_config_slot || m.is_empty())
 }
 
 impl Replica {
@@ -415,6 +526,7 @@ impl Replica {
         let mut r = Self {
             cfg,
             crypto,
+            last_config: 0,
             durable: Durable::default(),
             height: restored.height,
             last_hash: restored.last_hash,
@@ -454,6 +566,7 @@ impl Replica {
                 r.pool.insert(
                     txid.clone(),
                     PoolEntry {
+                        config: r.crypto.is_config_request(&env),
                         envelope: env,
                         arrived: 0,
                         forwarded: 0,
@@ -463,7 +576,75 @@ impl Replica {
                 r.pool_order.push_back(txid);
             }
         }
+        r.resume_view(restored.durable.new_view);
+        r.resume(restored.durable.accepted, restored.durable.prepared);
         r
+    }
+
+    /// Takes back what the NewView of our view established (the blocks it requires, the height
+    /// it showed decided) and the proof itself, to relay. It is checked again as if received:
+    /// the store is ours, but a record that does not prove our view must not steer us.
+    fn resume_view(&mut self, new_view: Option<ConsensusMessage>) {
+        let Some(msg) = new_view else { return };
+        let Some(Kind::NewView(nv)) = self.open(&msg) else {
+            return;
+        };
+        if nv.view != self.durable.view {
+            return;
+        }
+        if let Some((certs, decided)) = self.new_view_proof(&msg, &nv) {
+            self.view_certs = certs;
+            self.decided_up_to = decided;
+            self.new_view_msg = Some(msg);
+        }
+    }
+
+    /// Takes up the round a crash interrupted: the prepared certificate (for our height, or for
+    /// the block we committed last) and the proposal we voted for, with its prepares. What this
+    /// queues (our vote again, a commit if we were prepared) goes out with the first tick.
+    fn resume(
+        &mut self,
+        accepted: Option<ConsensusMessage>,
+        prepared: Option<PreparedCertificate>,
+    ) {
+        if let Some(c) = prepared
+            && let Some((cv, cs, cd)) = cert_slot(&c)
+            && self.valid_certificate(&c)
+        {
+            if cs == self.height {
+                self.prepared_cert = Some((cv, c));
+            } else if cs.checked_add(1) == Some(self.height) && cd == self.last_hash {
+                self.committed_cert = Some(c);
+            }
+        }
+        let Some(msg) = accepted else { return };
+        let Some(Kind::PrePrepare(pp)) = self.open(&msg) else {
+            return;
+        };
+        // A proposal of an earlier view was abandoned by a view change; one at another height
+        // was decided. Neither is resumed (the vote guard still holds).
+        if pp.view != self.durable.view || pp.seq != self.height || msg.sender != self.leader() {
+            return;
+        }
+        let Some(block) = pp.block else { return };
+        let d = digest(&block);
+        let chained = block
+            .header
+            .as_ref()
+            .is_some_and(|h| h.number == self.height && h.previous_hash == self.last_hash);
+        if !chained || self.voted_other(pp.view, pp.seq, &d) {
+            return;
+        }
+        // The prepares of our own certificate for this very proposal count again.
+        if let Some((cv, c)) = &self.prepared_cert
+            && cert_slot(c).is_some_and(|(_, s, cd)| *cv == pp.view && s == pp.seq && cd == d)
+        {
+            let slot = self.votes.entry((pp.view, pp.seq)).or_default();
+            for m in &c.prepares {
+                slot.prepares.insert(m.sender, (d.clone(), m.clone()));
+            }
+        }
+        self.accept(pp.view, block, msg);
     }
 
     pub fn view(&self) -> u64 {
@@ -483,6 +664,50 @@ impl Replica {
     }
     pub fn pending_requests(&self) -> usize {
         self.pool.len()
+    }
+
+    /// How much this replica holds of what other consenters' messages can grow.
+    pub fn held(&self) -> Held {
+        Held {
+            vote_slots: self.votes.len(),
+            votes: self
+                .votes
+                .values()
+                .map(|v| v.prepares.len().saturating_add(v.commits.len()))
+                .sum(),
+            view_changes: self.view_changes.values().map(BTreeMap::len).sum(),
+            refused_view_changes: self.refused_view_changes.len(),
+            per_consenter: self
+                .last_help
+                .len()
+                .max(self.last_served.len())
+                .max(self.last_relay.len()),
+            new_views_sent: self.new_view_sent.len(),
+        }
+    }
+
+    /// The most `held` can be, from the windows: votes for views within `VOTE_VIEW_WINDOW` of
+    /// ours and sequences within `VOTE_SEQ_WINDOW` of our height, one prepare and one commit
+    /// per consenter each; view changes within `VIEW_CHANGE_WINDOW` of our target, one per
+    /// consenter each.
+    pub fn held_bound(&self) -> Held {
+        let n = self.cfg.n();
+        let views = usize::try_from(VOTE_VIEW_WINDOW.saturating_mul(2).saturating_add(1))
+            .unwrap_or(usize::MAX);
+        let seqs = usize::try_from(VOTE_SEQ_WINDOW.saturating_add(1)).unwrap_or(usize::MAX);
+        let slots = views.saturating_mul(seqs);
+        let vc_views = usize::try_from(VIEW_CHANGE_WINDOW.saturating_mul(2).saturating_add(1))
+            .unwrap_or(usize::MAX);
+        Held {
+            vote_slots: slots,
+            votes: slots.saturating_mul(n).saturating_mul(2),
+            view_changes: vc_views.saturating_mul(n),
+            refused_view_changes: vc_views.saturating_mul(n),
+            per_consenter: n,
+            // Views we led and sent a NewView for, from the one we are in on (older ones are
+            // pruned when a view is installed), within the view-change window.
+            new_views_sent: vc_views,
+        }
     }
 
     fn wal(&mut self, op: WalOp) {
@@ -601,6 +826,7 @@ impl Replica {
         self.pool.insert(
             txid.clone(),
             PoolEntry {
+                config: self.crypto.is_config_request(&envelope),
                 envelope: envelope.clone(),
                 arrived: self.now,
                 forwarded: self.now,
@@ -694,6 +920,11 @@ impl Replica {
             Kind::Heartbeat(h) => {
                 if h.view == self.durable.view && from == self.leader() {
                     self.last_leader_activity = self.now;
+                } else if h.view < self.durable.view {
+                    // A leader that missed our NewView. It never suspects itself, so it never
+                    // sends the view change we would otherwise answer with the proof: it would
+                    // lead its old view forever, holding requests nobody else has.
+                    self.relay_new_view(from);
                 }
                 self.hint_height(from, h.seq);
             }
@@ -857,6 +1088,9 @@ impl Replica {
         if block_data_hash(data).as_slice() != h.data_hash.as_slice() {
             return Err(InvalidBlock::DataHash);
         }
+        if data.data.len() > 1 && data.data.iter().any(|e| self.crypto.is_config_request(e)) {
+            return Err(InvalidBlock::ConfigNotAlone);
+        }
         let mut seen = HashSet::new();
         for env in &data.data {
             // A request already in our pool with the same bytes was checked when it arrived.
@@ -877,6 +1111,10 @@ impl Replica {
     }
 
     fn on_pre_prepare(&mut self, from: u32, msg: ConsensusMessage, pp: PrePrepare) {
+        if pp.view < self.durable.view {
+            // Proposing in a view we left: the sender missed the NewView (see Heartbeat).
+            self.relay_new_view(from);
+        }
         if pp.seq > self.height {
             self.hint_height(from, pp.seq);
             return;
@@ -912,26 +1150,41 @@ impl Replica {
             self.start_view_change(self.durable.view.saturating_add(1));
             return;
         }
-        if let Some((v, s, vd)) = &self.durable.voted
-            && *v == pp.view
-            && *s == pp.seq
-            && *vd != d
-        {
+        if self.voted_other(pp.view, pp.seq, &d) {
             return;
         }
         self.accept(pp.view, block, msg);
     }
 
+    /// Whether we voted for another block than `d` at (view, seq): a replica that votes twice
+    /// in one slot (after a restart, say) is an equivocating one.
+    fn voted_other(&self, view: u64, seq: u64, d: &[u8]) -> bool {
+        self.durable
+            .voted
+            .as_ref()
+            .is_some_and(|(v, s, vd)| *v == view && *s == seq && vd.as_slice() != d)
+    }
+
     fn accept(&mut self, view: u64, block: Block, pre_prepare: ConsensusMessage) {
         let seq = self.height;
         let d = digest(&block);
+        if self.voted_other(view, seq, &d) {
+            tracing::error!(view, seq, "refusing to vote twice in one slot");
+            return;
+        }
         self.durable.voted = Some((view, seq, d.clone()));
-        self.wal(WalOp::Voted(view, seq, d.clone()));
+        let last_config = self.config_index_of(&block, seq);
+        self.wal(WalOp::Accepted {
+            view,
+            seq,
+            digest: d.clone(),
+            pre_prepare: pre_prepare.clone(),
+        });
         self.proposal = Some(Proposal {
             view,
             block,
             digest: d.clone(),
-            value: block_value(seq),
+            value: block_value(seq, last_config),
             pre_prepare,
             sent_commit: false,
             accepted_at: self.now,
@@ -950,19 +1203,30 @@ impl Replica {
         self.check_quorums();
     }
 
+    /// Replaces the prepared certificate, writing it ahead: the view change it may have to go
+    /// into can come after a restart.
+    fn set_prepared_cert(&mut self, cert: Option<(u64, PreparedCertificate)>) {
+        self.wal(WalOp::Prepared(cert.as_ref().map(|(_, c)| c.clone())));
+        self.prepared_cert = cert;
+    }
+
     fn check_quorums(&mut self) {
         let q = self.cfg.quorum();
         let seq = self.height;
         let Some(p) = &self.proposal else { return };
-        let (view, d) = (p.view, p.digest.clone());
+        let (view, d, sent_commit) = (p.view, p.digest.clone(), p.sent_commit);
         let Some(votes) = self.votes.get(&(view, seq)) else {
             return;
         };
         let prepared = votes.prepares.values().filter(|(pd, _)| *pd == d).count() >= q;
         if prepared && self.prepared_cert.as_ref().is_none_or(|(v, _)| *v < view) {
-            self.prepared_cert = self.prepared_certificate().map(|c| (view, c));
+            let cert = self.prepared_certificate().map(|c| (view, c));
+            self.set_prepared_cert(cert);
         }
-        if prepared && !p.sent_commit {
+        if prepared
+            && !sent_commit
+            && let Some(p) = &self.proposal
+        {
             let (block, value) = (p.block.clone(), p.value.clone());
             if let Some(sig) = self.crypto.sign_block(&block, &value) {
                 if let Some(p) = self.proposal.as_mut() {
@@ -1026,10 +1290,12 @@ impl Replica {
             return;
         }
         let view = p.view;
+        let last_config = self.config_index_of(&p.block, seq);
         match seal_block(
             p.block.clone(),
             p.value.clone(),
             valid.into_values().collect(),
+            last_config,
         ) {
             Ok(block) => self.commit(block),
             Err(why) => {
@@ -1037,7 +1303,7 @@ impl Replica {
                 // re-proposal): refuse it like an invalid proposal, without its certificate.
                 tracing::error!(seq, view, %why, "prepared block cannot be finalized: changing view");
                 self.proposal = None;
-                self.prepared_cert = None;
+                self.set_prepared_cert(None);
                 self.start_view_change(self.durable.view.saturating_add(1));
             }
         }
@@ -1073,6 +1339,15 @@ impl Replica {
             .take()
             .map(|(_, c)| c)
             .filter(|c| cert_slot(c).is_some_and(|(_, _, cd)| cd == d));
+        let seq = self.height;
+        if self.is_config_block(&block) {
+            self.last_config = seq;
+            // The next block is cut and validated under the new configuration.
+            if let Some(batch) = self.crypto.apply_config_block(&block) {
+                self.cfg.batch = batch;
+            }
+            self.prune_pool();
+        }
         self.height += 1;
         self.last_hash = d;
         self.proposal = None;
@@ -1081,7 +1356,58 @@ impl Replica {
         self.last_leader_activity = self.now;
         self.out.push(Output::Commit(block));
         self.wal(WalOp::Done(txids));
+        // Before any proposal for the next sequence, which the store must keep.
+        self.wal(WalOp::Decided(seq));
         self.maybe_propose();
+    }
+
+    /// Whether a block carries a CONFIG transaction (alone, as validation requires).
+    fn is_config_block(&self, block: &Block) -> bool {
+        block
+            .data
+            .as_ref()
+            .is_some_and(|d| d.data.len() == 1 && self.crypto.is_config_request(&d.data[0]))
+    }
+
+    /// The LAST_CONFIG index block `seq` carries: its own number for a configuration block.
+    fn config_index_of(&self, block: &Block, seq: u64) -> u64 {
+        if self.is_config_block(block) {
+            seq
+        } else {
+            self.last_config
+        }
+    }
+
+    /// Drops pooled requests the configuration now in force refuses (a revoked creator, a
+    /// configuration update made stale by the one just committed): proposing them would only
+    /// have the proposal refused.
+    fn prune_pool(&mut self) {
+        let refused: Vec<String> = self
+            .pool
+            .iter()
+            .filter(|(_, e)| self.crypto.check_request(&e.envelope).is_err())
+            .map(|(t, _)| t.clone())
+            .collect();
+        if refused.is_empty() {
+            return;
+        }
+        tracing::info!(
+            dropped = refused.len(),
+            "requests refused by the new configuration left the pool"
+        );
+        for t in &refused {
+            if let Some(e) = self.pool.remove(t) {
+                self.pool_bytes = self.pool_bytes.saturating_sub(e.envelope.len());
+            }
+        }
+        self.pool_order.retain(|t| self.pool.contains_key(t));
+        self.wal(WalOp::Done(refused));
+    }
+
+    /// The newest configuration block's number (the node reads it from its store at start).
+    pub fn with_last_config(mut self, last_config: u64) -> Self {
+        self.last_config = last_config;
+        self
     }
 
     /// Whether a block is as full as the leader cuts them: at the transaction count limit, or
@@ -1109,6 +1435,9 @@ impl Replica {
             return;
         }
         if let Some(required) = self.required_at(seq) {
+            if self.voted_other(self.durable.view, seq, &digest(&required)) {
+                return;
+            }
             let msg = self.broadcast(Kind::PrePrepare(PrePrepare {
                 view: self.durable.view,
                 seq,
@@ -1130,6 +1459,13 @@ impl Replica {
             let Some(e) = self.pool.get(txid) else {
                 continue;
             };
+            if e.config {
+                // A CONFIG transaction goes in a block of its own.
+                if batch.is_empty() {
+                    batch.push(e.envelope.clone());
+                }
+                break;
+            }
             if batch.len() >= self.cfg.batch.max_message_count
                 || (!batch.is_empty()
                     && bytes + e.envelope.len() > self.cfg.batch.preferred_max_bytes)
@@ -1140,6 +1476,11 @@ impl Replica {
             batch.push(e.envelope.clone());
         }
         let block = new_block(seq, self.last_hash.clone(), batch);
+        if self.voted_other(self.durable.view, seq, &digest(&block)) {
+            // Our proposal for this slot was lost (a restart without it): proposing another
+            // would equivocate. The followers' timeout moves us on to the next view.
+            return;
+        }
         let msg = self.broadcast(Kind::PrePrepare(PrePrepare {
             view: self.durable.view,
             seq,
@@ -1328,22 +1669,29 @@ impl Replica {
         signers.len() >= self.cfg.quorum()
     }
 
+    /// Sends `to`, which showed it is still in a view before ours, the NewView that installed
+    /// ours (rate-limited per consenter). It carries its own proof, so one relay suffices.
+    fn relay_new_view(&mut self, to: u32) {
+        if self.in_view_change.is_some() {
+            return;
+        }
+        let Some(nv) = self.new_view_msg.clone() else {
+            return;
+        };
+        let last = self.last_relay.get(&to).copied().unwrap_or(0);
+        if self.now == 0 || self.now.saturating_sub(last) >= 5 {
+            self.last_relay.insert(to, self.now);
+            self.out.push(Output::Send {
+                to: Some(to),
+                msg: nv,
+            });
+        }
+    }
+
     fn on_view_change(&mut self, from: u32, msg: ConsensusMessage, vc: ViewChange) {
         self.hint_height(from, vc.last_committed_seq);
         if vc.next_view <= self.durable.view {
-            // The sender missed the view change we already went through: relay its proof.
-            if self.in_view_change.is_none()
-                && let Some(nv) = self.new_view_msg.clone()
-            {
-                let last = self.last_relay.get(&from).copied().unwrap_or(0);
-                if self.now == 0 || self.now.saturating_sub(last) >= 5 {
-                    self.last_relay.insert(from, self.now);
-                    self.out.push(Output::Send {
-                        to: Some(from),
-                        msg: nv,
-                    });
-                }
-            }
+            self.relay_new_view(from);
             return;
         }
         let horizon = self.in_view_change.unwrap_or(self.durable.view);
@@ -1492,9 +1840,24 @@ impl Replica {
         {
             return;
         }
-        let from = msg.sender;
-        if from != self.cfg.leader(nv.view) {
+        let Some((certs, decided)) = self.new_view_proof(&msg, &nv) else {
             return;
+        };
+        let from = msg.sender;
+        self.install_view(nv.view, certs, decided, msg);
+        self.hint_height(from, decided);
+    }
+
+    /// What a NewView proves, if it proves anything: signed by the leader of its view, with a
+    /// quorum of view changes for that view whose certificates are all valid. Returns those
+    /// certificates and the height the view changes show decided.
+    fn new_view_proof(
+        &self,
+        msg: &ConsensusMessage,
+        nv: &NewView,
+    ) -> Option<(Vec<PreparedCertificate>, u64)> {
+        if msg.sender != self.cfg.leader(nv.view) {
+            return None;
         }
         // One view change per sender (the first): a sender's second one must not count twice
         // toward the quorum or the claimed heights.
@@ -1509,7 +1872,7 @@ impl Replica {
             {
                 if let Some(c) = &vc.prepared {
                     if !self.valid_certificate(c) {
-                        return;
+                        return None;
                     }
                     certs.push(c.clone());
                 }
@@ -1517,11 +1880,10 @@ impl Replica {
             }
         }
         if claims.len() < self.cfg.quorum() {
-            return;
+            return None;
         }
         let decided = self.backed_height(claims.into_values(), &certs);
-        self.install_view(nv.view, certs, decided, msg);
-        self.hint_height(from, decided);
+        Some((certs, decided))
     }
 
     fn install_view(
@@ -1531,6 +1893,7 @@ impl Replica {
         decided_up_to: u64,
         proof: ConsensusMessage,
     ) {
+        self.wal(WalOp::NewView(proof.clone()));
         self.new_view_msg = Some(proof);
         self.durable.view = v;
         self.in_view_change = None;
@@ -1544,7 +1907,7 @@ impl Replica {
         if let Some((cv, _, c)) = best
             && self.prepared_cert.as_ref().is_none_or(|(ov, _)| *ov < cv)
         {
-            self.prepared_cert = Some((cv, c.clone()));
+            self.set_prepared_cert(Some((cv, c.clone())));
         }
         self.view_certs = certs;
         self.decided_up_to = decided_up_to;
@@ -1561,6 +1924,9 @@ impl Replica {
         // toward joining a view change nobody wants). Senders still changing view retransmit.
         self.view_changes.clear();
         self.refused_view_changes.clear();
+        // Only views from ours on can still need a NewView from us; one per view we ever led
+        // would grow for as long as the channel lives.
+        self.new_view_sent.retain(|nv| *nv >= v);
         self.votes
             .retain(|(view, _), _| view.saturating_add(VOTE_VIEW_WINDOW) >= v);
         self.wal(WalOp::View(v));
@@ -1598,7 +1964,10 @@ impl Replica {
             let Some(data) = block.data.as_ref() else {
                 return;
             };
-            if block_data_hash(data).as_slice() != h.data_hash.as_slice() {
+            let last_config = self.config_index_of(&block, h.number);
+            if block_data_hash(data).as_slice() != h.data_hash.as_slice()
+                || !sealed_form(&block, last_config)
+            {
                 return;
             }
             let Some(md) = block.metadata.as_ref().and_then(|m| m.metadata.first()) else {

@@ -2,16 +2,22 @@
 //! by the channel's consenters, and client requests checked against the channel configuration.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
 
 use medledger_common::SigningIdentity;
-use medledger_common::channelconfig::{ChannelConfig, sign_block};
+use medledger_common::channelconfig::{ChannelConfig, ConfigInForce, sign_block};
+use medledger_common::configtx::{
+    ConfigTxError, check_config_envelope, config_envelope_of, propose_update,
+};
 use medledger_common::msp::{Expiry, Identity};
-use medledger_common::protoutil::{block_header_bytes, compute_txid, unpack_envelope};
+use medledger_common::protoutil::{
+    block_header_bytes, compute_txid, is_config_block, signed_envelope, unpack_envelope,
+};
 use medledger_proto::common::{Block, Envelope, HeaderType, IdentifierHeader, MetadataSignature};
 use medledger_proto::msp::SerializedIdentity;
 use prost::Message;
 
-use crate::consensus::{Crypto, RequestError};
+use crate::consensus::{BatchConfig, Crypto, RequestError};
 
 /// Errors building the consenters' identities.
 #[derive(Debug, thiserror::Error)]
@@ -28,8 +34,34 @@ pub enum CryptoSetupError {
 pub struct ConsenterCrypto {
     self_id: u32,
     signer: SigningIdentity,
-    config: ChannelConfig,
-    consenters: BTreeMap<u32, Identity>,
+    /// The consensus core's clock period, to turn a new batch timeout into ticks.
+    tick_ms: u64,
+    config: Arc<ConfigInForce>,
+    consenters: RwLock<Arc<BTreeMap<u32, Identity>>>,
+}
+
+/// The consenters' identities as `config` names them.
+fn consenter_identities(
+    config: &ChannelConfig,
+) -> Result<BTreeMap<u32, Identity>, CryptoSetupError> {
+    let mut consenters = BTreeMap::new();
+    for c in &config.consenters {
+        let serialized = SerializedIdentity {
+            mspid: c.msp_id.clone(),
+            id_bytes: c.identity.clone(),
+        }
+        .encode_to_vec();
+        let id = config
+            .msps
+            .deserialize(&serialized, Expiry::Ignore)
+            .map_err(|e| CryptoSetupError::Consenter {
+                id: c.id,
+                msp: c.msp_id.clone(),
+                reason: e.to_string(),
+            })?;
+        consenters.insert(c.id, id);
+    }
+    Ok(consenters)
 }
 
 impl ConsenterCrypto {
@@ -38,34 +70,137 @@ impl ConsenterCrypto {
         signer: SigningIdentity,
         config: ChannelConfig,
     ) -> Result<Self, CryptoSetupError> {
-        let mut consenters = BTreeMap::new();
-        for c in &config.consenters {
-            let serialized = SerializedIdentity {
-                mspid: c.msp_id.clone(),
-                id_bytes: c.identity.clone(),
-            }
-            .encode_to_vec();
-            let id = config
-                .msps
-                .deserialize(&serialized, Expiry::Ignore)
-                .map_err(|e| CryptoSetupError::Consenter {
-                    id: c.id,
-                    msp: c.msp_id.clone(),
-                    reason: e.to_string(),
-                })?;
-            consenters.insert(c.id, id);
-        }
+        Self::sharing(self_id, signer, Arc::new(ConfigInForce::new(config)), 20)
+    }
+
+    /// Crypto over a configuration the node shares with its other services.
+    pub fn sharing(
+        self_id: u32,
+        signer: SigningIdentity,
+        config: Arc<ConfigInForce>,
+        tick_ms: u64,
+    ) -> Result<Self, CryptoSetupError> {
+        let consenters = consenter_identities(&config.get())?;
         Ok(Self {
             self_id,
             signer,
+            tick_ms,
             config,
-            consenters,
+            consenters: RwLock::new(Arc::new(consenters)),
         })
     }
 
     /// The channel configuration requests are checked against.
-    pub fn config(&self) -> &ChannelConfig {
-        &self.config
+    pub fn config(&self) -> Arc<ChannelConfig> {
+        self.config.get()
+    }
+
+    /// Turns a client's CONFIG_UPDATE envelope into the CONFIG transaction to order, as Fabric's
+    /// broadcast handler does: the submitter must be a channel writer, the update must be
+    /// authorised and valid against the configuration in force, and the CONFIG envelope (the
+    /// whole new configuration and the update) is signed by this orderer.
+    pub fn config_transaction(&self, update: &Envelope) -> Result<Envelope, RequestError> {
+        let config = self.config();
+        let u = unpack_envelope(update).map_err(|e| RequestError::Malformed(e.to_string()))?;
+        let submitter = config
+            .msps
+            .deserialize(&u.signature_header.creator, Expiry::now())
+            .map_err(|e| RequestError::Forbidden(format!("submitter: {e}")))?;
+        submitter
+            .verify(&update.payload, &update.signature)
+            .map_err(|_| RequestError::Forbidden("envelope signature does not verify".into()))?;
+        let writers = config
+            .policy("/Channel/Writers")
+            .ok_or_else(|| RequestError::Forbidden("channel has no Writers policy".into()))?;
+        if !writers.satisfied_by(std::slice::from_ref(&submitter)) {
+            return Err(RequestError::Forbidden(
+                "submitter is not allowed to write to the channel (Writers policy)".into(),
+            ));
+        }
+        let envelope = propose_update(&config, update, Expiry::now()).map_err(config_refusal)?;
+        same_consenters(&config, &envelope)?;
+        signed_envelope(
+            HeaderType::Config,
+            &config.channel_id,
+            envelope.encode_to_vec(),
+            &self.signer,
+        )
+        .map_err(|e| RequestError::Malformed(format!("signing the configuration: {e}")))
+    }
+
+    /// Puts the configuration a decided configuration block carries in force (the consensus
+    /// core validated it before the block was decided). Returns it.
+    pub fn put_in_force(&self, block: &Block) -> Option<Arc<ChannelConfig>> {
+        if !is_config_block(block) {
+            return None;
+        }
+        let next = match ChannelConfig::from_block(block) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "a decided configuration block does not resolve");
+                return None;
+            }
+        };
+        match consenter_identities(&next) {
+            Ok(ids) => *self.consenters.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ids),
+            Err(e) => {
+                tracing::error!(error = %e, "a decided configuration names an invalid consenter");
+                return None;
+            }
+        }
+        tracing::info!(sequence = next.sequence, "configuration updated");
+        self.config.replace(next);
+        Some(self.config())
+    }
+
+    fn consenter(&self, id: u32) -> Option<Identity> {
+        self.consenters
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned()
+    }
+}
+
+/// The consensus core's block cutting settings from a channel configuration.
+pub fn batch_settings(channel: &ChannelConfig, tick_ms: u64) -> BatchConfig {
+    let ticks = |ms: u64| (ms / tick_ms.max(1)).max(1);
+    BatchConfig {
+        max_message_count: channel.batch_size.max_message_count.max(1) as usize,
+        preferred_max_bytes: channel.batch_size.preferred_max_bytes as usize,
+        absolute_max_bytes: channel.batch_size.absolute_max_bytes as usize,
+        timeout_ticks: ticks(u64::try_from(channel.batch_timeout.as_millis()).unwrap_or(u64::MAX)),
+    }
+}
+
+/// Refuses a configuration that changes the consenter set: the consensus core runs with the
+/// consenters it started with, so such a change is refused rather than half applied.
+fn same_consenters(
+    current: &ChannelConfig,
+    next: &medledger_proto::common::ConfigEnvelope,
+) -> Result<(), RequestError> {
+    let next = next
+        .config
+        .as_ref()
+        .map(|c| ChannelConfig::from_config(&current.channel_id, c))
+        .transpose()
+        .map_err(|e| RequestError::Malformed(e.to_string()))?;
+    if next.is_some_and(|n| n.consenters != current.consenters) {
+        return Err(RequestError::Malformed(
+            "configuration update refused: changing the consenter set is not supported yet".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// How a refused configuration update is answered: an update whose signatures do not satisfy
+/// the policies is FORBIDDEN, anything else (stale, malformed, invalid result) BAD_REQUEST.
+fn config_refusal(e: ConfigTxError) -> RequestError {
+    match &e {
+        ConfigTxError::Refused(why) if why.contains("not satisfied") => {
+            RequestError::Forbidden(e.to_string())
+        }
+        _ => RequestError::Malformed(e.to_string()),
     }
 }
 
@@ -75,8 +210,7 @@ impl Crypto for ConsenterCrypto {
     }
 
     fn verify(&self, signer: u32, msg: &[u8], sig: &[u8]) -> bool {
-        self.consenters
-            .get(&signer)
+        self.consenter(signer)
             .is_some_and(|id| id.verify(msg, sig).is_ok())
     }
 
@@ -113,11 +247,15 @@ impl Crypto for ConsenterCrypto {
         }
         let u = unpack_envelope(&env).map_err(|e| malformed(e.to_string()))?;
         let ch = &u.channel_header;
-        if ch.channel_id != self.config.channel_id {
+        let config = self.config();
+        if ch.channel_id != config.channel_id {
             return Err(malformed(format!(
                 "envelope is for channel {:?}, not {:?}",
-                ch.channel_id, self.config.channel_id
+                ch.channel_id, config.channel_id
             )));
+        }
+        if ch.r#type == HeaderType::Config as i32 {
+            return self.check_config_request(&env, &u, &config);
         }
         if ch.r#type != HeaderType::EndorserTransaction as i32 {
             return Err(malformed(format!(
@@ -132,15 +270,13 @@ impl Crypto for ConsenterCrypto {
             ));
         }
         // Commit-time rule: the clock is not consulted, so every replica reaches the same verdict.
-        let id = self
-            .config
+        let id = config
             .msps
             .deserialize(creator, Expiry::Ignore)
             .map_err(|e| RequestError::Forbidden(format!("creator: {e}")))?;
         id.verify(&env.payload, &env.signature)
             .map_err(|_| RequestError::Forbidden("envelope signature does not verify".into()))?;
-        let writers = self
-            .config
+        let writers = config
             .policy("/Channel/Writers")
             .ok_or_else(|| RequestError::Forbidden("channel has no Writers policy".into()))?;
         if !writers.satisfied_by(std::slice::from_ref(&id)) {
@@ -148,6 +284,56 @@ impl Crypto for ConsenterCrypto {
                 "creator is not allowed to write to the channel (Writers policy)".into(),
             ));
         }
+        Ok(ch.tx_id.clone())
+    }
+
+    fn apply_config_block(&self, block: &Block) -> Option<BatchConfig> {
+        self.put_in_force(block)
+            .map(|c| batch_settings(&c, self.tick_ms))
+    }
+
+    fn is_config_request(&self, envelope: &[u8]) -> bool {
+        Envelope::decode(envelope)
+            .ok()
+            .and_then(|e| unpack_envelope(&e).ok())
+            .is_some_and(|u| u.channel_header.r#type == HeaderType::Config as i32)
+    }
+}
+
+impl ConsenterCrypto {
+    /// A CONFIG transaction is ordered only as a consenter made it from an authorised update:
+    /// signed by a consenter, and exactly what its last update yields from the configuration in
+    /// force (every replica checks this itself).
+    fn check_config_request(
+        &self,
+        env: &Envelope,
+        u: &medledger_common::protoutil::UnpackedEnvelope,
+        config: &ChannelConfig,
+    ) -> Result<String, RequestError> {
+        let ch = &u.channel_header;
+        let creator = &u.signature_header.creator;
+        if ch.tx_id.is_empty() || ch.tx_id != compute_txid(&u.signature_header.nonce, creator) {
+            return Err(RequestError::Malformed(
+                "transaction id is not SHA-256(nonce || creator)".into(),
+            ));
+        }
+        let consenters = self
+            .consenters
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let signer = consenters
+            .values()
+            .find(|c| c.serialized == *creator)
+            .ok_or_else(|| {
+                RequestError::Forbidden("a CONFIG transaction must come from a consenter".into())
+            })?;
+        signer
+            .verify(&env.payload, &env.signature)
+            .map_err(|_| RequestError::Forbidden("envelope signature does not verify".into()))?;
+        let config_envelope = config_envelope_of(env).map_err(config_refusal)?;
+        check_config_envelope(config, &config_envelope).map_err(config_refusal)?;
+        same_consenters(config, &config_envelope)?;
         Ok(ch.tx_id.clone())
     }
 }

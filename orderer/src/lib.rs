@@ -5,6 +5,7 @@ pub mod byzantine;
 pub mod cli;
 pub mod consensus;
 pub mod crypto;
+pub mod faults;
 pub mod genesis;
 pub mod node;
 pub mod store;

@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use futures::Stream;
 use medledger_common::SigningIdentity;
-use medledger_common::channelconfig::{ChannelConfig, check_seek};
+use medledger_common::channelconfig::{ChannelConfig, ConfigInForce, check_seek};
 use medledger_common::config::MessageLimits;
 use medledger_common::msp::Expiry;
 use medledger_common::protoutil::unpack_envelope;
 use medledger_common::refusal::{log_refusal, next_message, next_or_refuse};
-use medledger_proto::common::{Block, Envelope, Status as BlockStatus};
+use medledger_proto::common::{Block, Envelope, HeaderType, Status as BlockStatus};
 use medledger_proto::medledger::consensus::consensus_client::ConsensusClient;
 use medledger_proto::medledger::consensus::consensus_server::{Consensus, ConsensusServer};
 use medledger_proto::medledger::consensus::{Ack, ConsensusMessage};
@@ -31,10 +31,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::byzantine::Misbehaviour;
 use crate::consensus::{
-    BatchConfig, Config, DEFAULT_MAX_POOL_BYTES, DEFAULT_MAX_POOL_REQUESTS, Output, Replica,
-    RequestError,
+    Config, DEFAULT_MAX_POOL_BYTES, DEFAULT_MAX_POOL_REQUESTS, Output, Replica, RequestError,
 };
-use crate::crypto::ConsenterCrypto;
+use crate::crypto::{ConsenterCrypto, batch_settings};
 use crate::store::BlockStore;
 
 /// Errors starting an orderer.
@@ -169,12 +168,7 @@ fn consensus_config(cfg: &OrdererConfig, channel: &ChannelConfig) -> Config {
         channel_id: channel.channel_id.clone(),
         self_id: cfg.consenter_id,
         consenters: ids,
-        batch: BatchConfig {
-            max_message_count: channel.batch_size.max_message_count.max(1) as usize,
-            preferred_max_bytes: channel.batch_size.preferred_max_bytes as usize,
-            absolute_max_bytes: channel.batch_size.absolute_max_bytes as usize,
-            timeout_ticks: ticks(channel.batch_timeout.as_millis() as u64),
-        },
+        batch: batch_settings(channel, cfg.tick_ms),
         heartbeat_ticks: ticks(250),
         leader_timeout_ticks: ticks(2_500),
         request_timeout_ticks: ticks(6_000),
@@ -183,6 +177,42 @@ fn consensus_config(cfg: &OrdererConfig, channel: &ChannelConfig) -> Config {
         max_pool_requests: DEFAULT_MAX_POOL_REQUESTS,
         max_pool_bytes: DEFAULT_MAX_POOL_BYTES,
     }
+}
+
+/// The configuration in force and its block's number: the newest configuration block, which the
+/// last block's LAST_CONFIG names (the genesis configuration until another commits).
+fn config_in_force(
+    store: &BlockStore,
+    genesis: ChannelConfig,
+) -> Result<(ChannelConfig, u64), NodeError> {
+    let corrupt = |why: String| NodeError::Config(format!("block store: {why}"));
+    let height = store.height();
+    if height <= 1 {
+        return Ok((genesis, 0));
+    }
+    let last = store
+        .block(height - 1)?
+        .ok_or_else(|| corrupt(format!("block {} is missing", height - 1)))?;
+    let index = last
+        .metadata
+        .as_ref()
+        .and_then(|m| {
+            m.metadata
+                .get(medledger_proto::common::BlockMetadataIndex::LastConfig as usize)
+        })
+        .and_then(|b| medledger_proto::common::Metadata::decode(b.as_slice()).ok())
+        .and_then(|m| medledger_proto::common::LastConfig::decode(m.value.as_slice()).ok())
+        .map(|l| l.index)
+        .ok_or_else(|| corrupt("the last block has no LAST_CONFIG".into()))?;
+    if index == 0 {
+        return Ok((genesis, 0));
+    }
+    let block = store
+        .block(index)?
+        .ok_or_else(|| corrupt(format!("configuration block {index} is missing")))?;
+    let config = ChannelConfig::from_block(&block)
+        .map_err(|e| corrupt(format!("configuration block {index}: {e}")))?;
+    Ok((config, index))
 }
 
 /// The checks only Broadcast makes, before the consensus core checks the request (form,
@@ -214,8 +244,71 @@ fn check_broadcast(
     Ok(())
 }
 
+/// Orders one envelope from Broadcast: Broadcast's own checks, a configuration update turned
+/// into the CONFIG transaction it leads to, then the consensus core's verdict. Returns the status,
+/// its message, and whether it is a refusal worth logging.
+async fn order(svc: &Services, env: Envelope) -> (BlockStatus, String, bool) {
+    if let Err((s, info)) = check_broadcast(&svc.config.get(), &env, svc.max_bytes) {
+        return (s, info, true);
+    }
+    let is_update = unpack_envelope(&env)
+        .is_ok_and(|u| u.channel_header.r#type == HeaderType::ConfigUpdate as i32);
+    let env = if is_update {
+        match svc.crypto.config_transaction(&env) {
+            Ok(config) => config,
+            Err(e) => return request_verdict(Some(Err(e))),
+        }
+    } else {
+        env
+    };
+    let (reply, wait) = oneshot::channel();
+    let sent = svc
+        .events
+        .send(Event::Request {
+            envelope: env.encode_to_vec(),
+            reply,
+        })
+        .await;
+    match sent {
+        Ok(()) => request_verdict(wait.await.ok()),
+        Err(_) => request_verdict(None),
+    }
+}
+
+/// Fabric's Broadcast answer for the consensus core's verdict on a request (`None`: the core
+/// is gone).
+fn request_verdict(verdict: Option<Result<(), RequestError>>) -> (BlockStatus, String, bool) {
+    match verdict {
+        Some(Ok(())) => (BlockStatus::Success, String::new(), false),
+        Some(Err(RequestError::Duplicate)) => (
+            BlockStatus::ServiceUnavailable,
+            "failed to submit request: request already exists".into(),
+            // An answer, not a refusal: the gateway sends each transaction to every
+            // consenter, which also share it among themselves.
+            false,
+        ),
+        // Fabric's SmartBFT pool makes the client wait for room and then gives up ("timeout
+        // submitting to request pool"); the core cannot wait, so it refuses at once with the
+        // same status: the client backs off and retries.
+        Some(Err(RequestError::Overloaded)) => (
+            BlockStatus::ServiceUnavailable,
+            "failed to submit request: request pool is full".into(),
+            true,
+        ),
+        Some(Err(RequestError::Malformed(why))) => (BlockStatus::BadRequest, why, true),
+        Some(Err(RequestError::Forbidden(why))) => (BlockStatus::Forbidden, why, true),
+        None => (
+            BlockStatus::ServiceUnavailable,
+            "the orderer is shutting down".into(),
+            false,
+        ),
+    }
+}
+
 struct Services {
-    channel: ChannelConfig,
+    /// The channel configuration in force, shared with the consensus core's crypto.
+    config: Arc<ConfigInForce>,
+    crypto: Arc<ConsenterCrypto>,
     store: Arc<BlockStore>,
     events: mpsc::Sender<Event>,
     /// Consenter TLS certificates (DER) by id, to know who is on the other end.
@@ -252,52 +345,7 @@ impl AtomicBroadcast for Svc {
             )
             .await
             {
-                let (status, info, refused) =
-                    match check_broadcast(&svc.channel, &env, svc.max_bytes) {
-                        Err((s, info)) => (s, info, true),
-                        Ok(()) => {
-                            let (reply, wait) = oneshot::channel();
-                            let sent = svc
-                                .events
-                                .send(Event::Request {
-                                    envelope: env.encode_to_vec(),
-                                    reply,
-                                })
-                                .await;
-                            match (sent, wait.await) {
-                                (Ok(()), Ok(Ok(()))) => {
-                                    (BlockStatus::Success, String::new(), false)
-                                }
-                                (Ok(()), Ok(Err(RequestError::Duplicate))) => (
-                                    BlockStatus::ServiceUnavailable,
-                                    "failed to submit request: request already exists".into(),
-                                    // An answer, not a refusal: the gateway sends each transaction
-                                    // to every consenter, which also share it among themselves.
-                                    false,
-                                ),
-                                // Fabric's SmartBFT pool makes the client wait for room and
-                                // then gives up ("timeout submitting to request pool"); the core
-                                // cannot wait, so it refuses at once with the same status: the
-                                // client backs off and retries.
-                                (Ok(()), Ok(Err(RequestError::Overloaded))) => (
-                                    BlockStatus::ServiceUnavailable,
-                                    "failed to submit request: request pool is full".into(),
-                                    true,
-                                ),
-                                (Ok(()), Ok(Err(RequestError::Malformed(why)))) => {
-                                    (BlockStatus::BadRequest, why, true)
-                                }
-                                (Ok(()), Ok(Err(RequestError::Forbidden(why)))) => {
-                                    (BlockStatus::Forbidden, why, true)
-                                }
-                                _ => (
-                                    BlockStatus::ServiceUnavailable,
-                                    "the orderer is shutting down".into(),
-                                    false,
-                                ),
-                            }
-                        }
-                    };
+                let (status, info, refused) = order(&svc, env).await;
                 if refused {
                     log_refusal(
                         "orderer.AtomicBroadcast/Broadcast",
@@ -336,8 +384,8 @@ impl AtomicBroadcast for Svc {
             while let Some(env) =
                 next_or_refuse(&mut inbound, "orderer.AtomicBroadcast/Deliver", remote, &tx).await
             {
-                let range = match check_seek(
-                    &svc.channel,
+                let mut range = match check_seek(
+                    &svc.config.get(),
                     &env,
                     svc.store.height(),
                     "/Channel/Readers",
@@ -371,6 +419,16 @@ impl AtomicBroadcast for Svc {
                             _ = tx.closed() => return,
                         }
                         continue;
+                    }
+                    if !range.still_admitted(&svc.config.get(), "/Channel/Readers") {
+                        log_refusal(
+                            "orderer.AtomicBroadcast/Deliver",
+                            remote,
+                            None,
+                            &"a configuration update no longer admits the requester",
+                        );
+                        let _ = tx.send(Ok(status(BlockStatus::Forbidden))).await;
+                        return;
                     }
                     if range.session_expired(medledger_common::msp::unix_now()) {
                         log_refusal(
@@ -547,8 +605,10 @@ pub async fn start_byzantine(
         &cfg.data_dir.join("chains").join(&channel.channel_id),
     )?);
     join_channel(&store, &genesis)?;
+    let (channel, last_config) = config_in_force(&store, channel)?;
+    let config = Arc::new(ConfigInForce::new(channel.clone()));
     let crypto = Arc::new(
-        ConsenterCrypto::new(cfg.consenter_id, signer, channel.clone())
+        ConsenterCrypto::sharing(cfg.consenter_id, signer, config.clone(), cfg.tick_ms)
             .map_err(|e| NodeError::Config(e.to_string()))?,
     );
     let tls = cfg.tls.clone().ok_or_else(|| {
@@ -562,7 +622,8 @@ pub async fn start_byzantine(
     );
     let ccfg = consensus_config(&cfg, &channel);
     let max_bytes = ccfg.batch.absolute_max_bytes;
-    let mut replica = Replica::new(ccfg, crypto, store.restore()?);
+    let mut replica =
+        Replica::new(ccfg, crypto.clone(), store.restore()?).with_last_config(last_config);
 
     let (events_tx, mut events) = mpsc::channel::<Event>(4096);
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -585,7 +646,8 @@ pub async fn start_byzantine(
         )));
     }
     let services = Arc::new(Services {
-        channel: channel.clone(),
+        config,
+        crypto,
         store: store.clone(),
         events: events_tx,
         peers_by_cert: channel

@@ -1,12 +1,13 @@
 //! The orderer's RocksDB store for one channel: committed blocks (with their quorum signatures)
-//! and the consensus core's write-ahead state (view, last vote, accepted requests). Every write
-//! is synced before the node acts on it.
+//! and the consensus core's write-ahead state (view with the NewView that installed it, last
+//! vote with its proposal, prepared certificate, accepted requests). Every write is synced before the node acts on it.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 use medledger_common::protoutil::block_header_hash;
 use medledger_proto::common::Block;
+use medledger_proto::medledger::consensus::{ConsensusMessage, PreparedCertificate};
 use prost::Message;
 use rocksdb::{ColumnFamilyDescriptor, DB, Options, WriteBatch, WriteOptions};
 
@@ -28,6 +29,9 @@ const WAL: &str = "wal";
 
 const VIEW: &[u8] = b"view";
 const VOTED: &[u8] = b"voted";
+const ACCEPTED: &[u8] = b"accepted";
+const PREPARED: &[u8] = b"prepared";
+const NEW_VIEW: &[u8] = b"new_view";
 const PENDING_PREFIX: &[u8] = b"pending/";
 
 /// Blocks and write-ahead state.
@@ -89,14 +93,39 @@ impl BlockStore {
     pub fn write(&self, ops: &[WalOp], blocks: &[Block]) -> Result<(), StoreError> {
         let wal = cf(&self.db, WAL)?;
         let mut batch = WriteBatch::default();
+        // The sequence of the vote as it stands after the ops so far (outer `None`: as stored).
+        let mut voted_seq: Option<Option<u64>> = None;
         for op in ops {
             match op {
                 WalOp::View(v) => batch.put_cf(wal, VIEW, v.to_be_bytes()),
-                WalOp::Voted(v, s, digest) => {
-                    let mut b = v.to_be_bytes().to_vec();
-                    b.extend_from_slice(&s.to_be_bytes());
+                WalOp::NewView(m) => batch.put_cf(wal, NEW_VIEW, m.encode_to_vec()),
+                WalOp::Accepted {
+                    view,
+                    seq,
+                    digest,
+                    pre_prepare,
+                } => {
+                    let mut b = view.to_be_bytes().to_vec();
+                    b.extend_from_slice(&seq.to_be_bytes());
                     b.extend_from_slice(digest);
                     batch.put_cf(wal, VOTED, b);
+                    batch.put_cf(wal, ACCEPTED, pre_prepare.encode_to_vec());
+                    voted_seq = Some(Some(*seq));
+                }
+                WalOp::Prepared(Some(c)) => batch.put_cf(wal, PREPARED, c.encode_to_vec()),
+                WalOp::Prepared(None) => batch.delete_cf(wal, PREPARED),
+                WalOp::Decided(seq) => {
+                    let current = match voted_seq {
+                        Some(s) => s,
+                        None => self.voted()?.map(|(_, s, _)| s),
+                    };
+                    // Only a vote at or below the decided sequence is done with; a later one
+                    // (never written before this op by the core, but cheap to honour) stays.
+                    if current.is_some_and(|s| s <= *seq) {
+                        batch.delete_cf(wal, VOTED);
+                        batch.delete_cf(wal, ACCEPTED);
+                        voted_seq = Some(None);
+                    }
                 }
                 WalOp::Pending(txid, env) => {
                     batch.put_cf(wal, [PENDING_PREFIX, txid.as_bytes()].concat(), env)
@@ -140,6 +169,29 @@ impl BlockStore {
             .transpose()
     }
 
+    /// The written-ahead vote: (view, seq, digest).
+    fn voted(&self) -> Result<Option<(u64, u64, Vec<u8>)>, StoreError> {
+        let wal = cf(&self.db, WAL)?;
+        Ok(self.db.get_cf(wal, VOTED)?.and_then(|b| {
+            let v = u64::from_be_bytes(b.get(..8)?.try_into().ok()?);
+            let s = u64::from_be_bytes(b.get(8..16)?.try_into().ok()?);
+            Some((v, s, b.get(16..)?.to_vec()))
+        }))
+    }
+
+    /// A written-ahead protobuf record, refused as corrupt if it does not decode.
+    fn record<M: Message + Default>(&self, key: &[u8]) -> Result<Option<M>, StoreError> {
+        let wal = cf(&self.db, WAL)?;
+        self.db
+            .get_cf(wal, key)?
+            .map(|b| {
+                M::decode(b.as_slice()).map_err(|e| {
+                    StoreError::Corrupt(format!("{}: {e}", String::from_utf8_lossy(key)))
+                })
+            })
+            .transpose()
+    }
+
     /// What a restarting replica resumes from.
     pub fn restore(&self) -> Result<Restored, StoreError> {
         let wal = cf(&self.db, WAL)?;
@@ -149,13 +201,10 @@ impl BlockStore {
             .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
             .map(u64::from_be_bytes)
             .unwrap_or(0);
-        let voted = self.db.get_cf(wal, VOTED)?.and_then(|b| {
-            (b.len() >= 16).then(|| {
-                let v = u64::from_be_bytes(b[..8].try_into().unwrap_or_default());
-                let s = u64::from_be_bytes(b[8..16].try_into().unwrap_or_default());
-                (v, s, b[16..].to_vec())
-            })
-        });
+        let voted = self.voted()?;
+        let accepted = self.record::<ConsensusMessage>(ACCEPTED)?;
+        let prepared = self.record::<PreparedCertificate>(PREPARED)?;
+        let new_view = self.record::<ConsensusMessage>(NEW_VIEW)?;
         let mut pending = BTreeMap::new();
         for item in self.db.prefix_iterator_cf(wal, PENDING_PREFIX) {
             let (k, v) = item?;
@@ -198,11 +247,121 @@ impl BlockStore {
             durable: Durable {
                 view,
                 voted,
+                accepted,
+                prepared,
+                new_view,
                 pending,
             },
             height,
             last_hash,
             committed_txids: committed,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use medledger_common::protoutil::new_block;
+    use medledger_proto::medledger::consensus::{Body, PrePrepare, body::Kind};
+
+    use super::*;
+
+    /// A fresh store in a directory removed on drop.
+    struct TempStore(std::path::PathBuf);
+
+    impl TempStore {
+        fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!(
+                "medledger-orderer-store-{name}-{}",
+                std::process::id()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            Self(dir)
+        }
+        fn open(&self) -> BlockStore {
+            BlockStore::open(&self.0).expect("open store")
+        }
+    }
+
+    impl Drop for TempStore {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn pre_prepare(seq: u64) -> ConsensusMessage {
+        let body = Body {
+            kind: Some(Kind::PrePrepare(PrePrepare {
+                view: 2,
+                seq,
+                block: Some(new_block(seq, vec![1; 32], vec![b"tx".to_vec()])),
+            })),
+        };
+        ConsensusMessage {
+            sender: 3,
+            channel_id: "ch".into(),
+            body: body.encode_to_vec(),
+            signature: vec![7],
+        }
+    }
+
+    fn accepted(seq: u64) -> WalOp {
+        WalOp::Accepted {
+            view: 2,
+            seq,
+            digest: vec![seq as u8; 32],
+            pre_prepare: pre_prepare(seq),
+        }
+    }
+
+    #[test]
+    fn the_accepted_proposal_and_certificate_survive_a_reopen_and_go_once_decided() {
+        let dir = TempStore::new("wal");
+        let cert = PreparedCertificate {
+            pre_prepare: Some(pre_prepare(1)),
+            prepares: vec![pre_prepare(1)],
+        };
+        {
+            let store = dir.open();
+            store
+                .write(
+                    &[
+                        accepted(1),
+                        WalOp::Prepared(Some(cert.clone())),
+                        WalOp::NewView(pre_prepare(9)),
+                    ],
+                    &[],
+                )
+                .expect("write");
+        }
+        let store = dir.open();
+        let d = store.restore().expect("restore").durable;
+        assert_eq!(d.voted, Some((2, 1, vec![1; 32])));
+        assert_eq!(d.accepted, Some(pre_prepare(1)));
+        assert_eq!(d.prepared, Some(cert.clone()));
+        assert_eq!(d.new_view, Some(pre_prepare(9)));
+        // Deciding seq 1 drops its vote and proposal, in the same batch as the next vote too;
+        // the certificate stays (it is the last committed block's).
+        store
+            .write(&[WalOp::Decided(1), accepted(2), WalOp::Decided(1)], &[])
+            .expect("write");
+        let d = store.restore().expect("restore").durable;
+        assert_eq!(d.voted, Some((2, 2, vec![2; 32])));
+        assert_eq!(d.accepted, Some(pre_prepare(2)));
+        assert_eq!(d.prepared, Some(cert));
+        store
+            .write(&[WalOp::Decided(2), WalOp::Prepared(None)], &[])
+            .expect("write");
+        let d = store.restore().expect("restore").durable;
+        assert_eq!((d.voted, d.accepted, d.prepared), (None, None, None));
+    }
+
+    #[test]
+    fn a_corrupt_accepted_record_is_an_error_not_a_panic() {
+        let dir = TempStore::new("corrupt");
+        let store = dir.open();
+        let wal = cf(&store.db, WAL).expect("wal");
+        store.db.put_cf(wal, ACCEPTED, [0xff, 0xff]).expect("put");
+        assert!(matches!(store.restore(), Err(StoreError::Corrupt(_))));
     }
 }

@@ -20,6 +20,14 @@ use prost::Message;
 
 const CHANNEL: &str = "medchannel";
 
+/// An update as the orderer's Broadcast checks it (certificates against the clock).
+fn propose(
+    current: &ChannelConfig,
+    env: &Envelope,
+) -> Result<medledger_proto::common::ConfigEnvelope, ConfigTxError> {
+    propose_update(current, env, Expiry::now())
+}
+
 struct Net {
     h1: TestOrg,
     h2: TestOrg,
@@ -136,7 +144,7 @@ fn an_organisation_revokes_its_own_member_with_its_admin_signature() -> anyhow::
 
     let update = compute_update(CHANNEL, &net.config.source, &revoking(&net, &doctor)?)?;
     let env = signed(&update, &[&admin1])?;
-    let proposed = propose_update(&net.config, &env)?;
+    let proposed = propose(&net.config, &env)?;
     let next = check_config_envelope(&net.config, &proposed)?;
     assert_eq!(next.sequence, 1);
     assert!(
@@ -154,13 +162,13 @@ fn an_organisation_revokes_its_own_member_with_its_admin_signature() -> anyhow::
 
     // Another organisation's admin may not change Hospital1's MSP.
     let admin2 = net.h2.identity("admin2", "admin", &[])?;
-    let e = refusal(propose_update(&net.config, &signed(&update, &[&admin2])?));
+    let e = refusal(propose(&net.config, &signed(&update, &[&admin2])?));
     assert!(e.contains("Hospital1MSP/Admins"), "{e}");
     // Nor may Hospital1's client.
-    assert!(propose_update(&net.config, &signed(&update, &[&nurse])?).is_err());
+    assert!(propose(&net.config, &signed(&update, &[&nurse])?).is_err());
 
     // Replayed against the configuration it produced, the update is stale.
-    let e = refusal(propose_update(&next, &env));
+    let e = refusal(propose(&next, &env));
     assert!(e.contains("version"), "{e}");
     Ok(())
 }
@@ -209,12 +217,12 @@ fn adding_an_organisation_needs_a_majority_of_application_admins() -> anyhow::Re
     let admin1 = net.h1.identity("admin1", "admin", &[])?;
     let admin2 = net.h2.identity("admin2", "admin", &[])?;
 
-    let e = refusal(propose_update(&net.config, &signed(&update, &[&admin1])?));
+    let e = refusal(propose(&net.config, &signed(&update, &[&admin1])?));
     assert!(e.contains("/Channel/Application/Admins"), "{e}");
     // The same admin twice is still one signer.
-    assert!(propose_update(&net.config, &signed(&update, &[&admin1, &admin1])?).is_err());
+    assert!(propose(&net.config, &signed(&update, &[&admin1, &admin1])?).is_err());
 
-    let proposed = propose_update(&net.config, &signed(&update, &[&admin1, &admin2])?)?;
+    let proposed = propose(&net.config, &signed(&update, &[&admin1, &admin2])?)?;
     let after = check_config_envelope(&net.config, &proposed)?;
     assert!(after.application_orgs.contains(&"Hospital3MSP".to_owned()));
     let h3_peer = h3.identity("peer0", "peer", &[])?;
@@ -249,26 +257,26 @@ fn stale_jumped_garbage_and_empty_updates_change_nothing() -> anyhow::Result<()>
         .and_then(|g| g.groups.get_mut("Hospital1MSP"))
         .expect("org");
     h1.values.get_mut("MSP").expect("MSP").version = 2;
-    let e = refusal(propose_update(&net.config, &signed(&jumped, &[&admin1])?));
+    let e = refusal(propose(&net.config, &signed(&jumped, &[&admin1])?));
     assert!(e.contains("version 2"), "{e}");
 
     // A read set that expects a newer version than the channel has.
     let mut stale = good.clone();
     stale.read_set.as_mut().expect("read set").version = 7;
-    let e = refusal(propose_update(&net.config, &signed(&stale, &[&admin1])?));
+    let e = refusal(propose(&net.config, &signed(&stale, &[&admin1])?));
     assert!(e.contains("read set") || e.contains("version 7"), "{e}");
 
     // An MSP that does not parse.
     let mut garbage = tree(&net.config);
     *msp_value(&mut garbage, "Hospital1MSP") = b"\xff\x01 not an MSP".to_vec();
     let update = compute_update(CHANNEL, &net.config.source, &garbage)?;
-    let r = propose_update(&net.config, &signed(&update, &[&admin1])?);
+    let r = propose(&net.config, &signed(&update, &[&admin1])?);
     assert!(matches!(r, Err(ConfigTxError::InvalidResult(_))), "{r:?}");
 
     // Another channel's update.
     let mut other = good.clone();
     other.channel_id = "otherchannel".into();
-    assert!(propose_update(&net.config, &signed(&other, &[&admin1])?).is_err());
+    assert!(propose(&net.config, &signed(&other, &[&admin1])?).is_err());
 
     // Nothing to change.
     assert!(compute_update(CHANNEL, &net.config.source, &net.config.source).is_err());
@@ -278,7 +286,7 @@ fn stale_jumped_garbage_and_empty_updates_change_nothing() -> anyhow::Result<()>
         write_set: good.read_set.clone(),
         ..Default::default()
     };
-    let e = refusal(propose_update(&net.config, &signed(&empty, &[&admin1])?));
+    let e = refusal(propose(&net.config, &signed(&empty, &[&admin1])?));
     assert!(e.contains("no effect"), "{e}");
     Ok(())
 }
@@ -305,10 +313,10 @@ fn a_config_envelope_must_be_exactly_what_its_update_produces() -> anyhow::Resul
     .encode_to_vec();
     let update = compute_update(CHANNEL, &net.config.source, &next)?;
     let admin1 = net.h1.identity("admin1", "admin", &[])?;
-    let e = refusal(propose_update(&net.config, &signed(&update, &[&admin1])?));
+    let e = refusal(propose(&net.config, &signed(&update, &[&admin1])?));
     assert!(e.contains("/Channel/Orderer/Admins"), "{e}");
 
-    let proposed = propose_update(&net.config, &signed(&update, &[&orderer_admin])?)?;
+    let proposed = propose(&net.config, &signed(&update, &[&orderer_admin])?)?;
     assert_eq!(
         check_config_envelope(&net.config, &proposed)?
             .batch_size

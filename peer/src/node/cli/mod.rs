@@ -56,9 +56,13 @@ enum Command {
     /// Fabric 2 chaincode lifecycle.
     #[command(subcommand)]
     Lifecycle(LifecycleCommand),
-    /// Join the peer to channels and list them.
+    /// Join the peer to channels and list them; fetch blocks and update a channel's
+    /// configuration through the ordering service.
     #[command(subcommand)]
     Channel(ChannelCommand),
+    /// Work on channel configurations (what Fabric users do with configtxlator).
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -84,6 +88,47 @@ enum ChannelCommand {
     List {
         #[command(flatten)]
         target: PeerTarget,
+    },
+    /// Fetch a block from the ordering service: newest, oldest, config (the newest
+    /// configuration block) or a block number.
+    #[command(
+        after_help = "Example:\n  medledger-peer channel fetch config config_block.pb -o localhost:7050 -c medchannel \\\n    \
+        --cafile organizations/orderer/tlsca/tlsca-cert.pem"
+    )]
+    Fetch {
+        /// newest, oldest, config, or a block number.
+        which: String,
+        /// Where to write the block.
+        output: PathBuf,
+        #[command(flatten)]
+        target: config::OrdererTarget,
+    },
+    /// Add your signature (as an organisation's admin) to a configuration update file, in place.
+    #[command(
+        after_help = "Example:\n  CORE_PEER_LOCALMSPID=Hospital2MSP CORE_PEER_MSPCONFIGPATH=organizations/hospital2/users/admin/msp \\\n  \
+        medledger-peer channel signconfigtx -f update.pb"
+    )]
+    Signconfigtx {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// The channel (read from the update when not given).
+        #[arg(short = 'c', long = "channelID")]
+        channel: Option<String>,
+        #[arg(long, env = "CORE_PEER_MSPCONFIGPATH")]
+        mspdir: PathBuf,
+        #[arg(long, env = "CORE_PEER_LOCALMSPID")]
+        mspid: String,
+    },
+    /// Sign a configuration update and submit it to the ordering service.
+    #[command(
+        after_help = "Example:\n  CORE_PEER_LOCALMSPID=Hospital1MSP CORE_PEER_MSPCONFIGPATH=organizations/hospital1/users/admin/msp \\\n  \
+        medledger-peer channel update -f update.pb -c medchannel -o localhost:7050 --cafile tlsca-cert.pem"
+    )]
+    Update {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        #[command(flatten)]
+        target: config::OrdererTarget,
     },
 }
 
@@ -138,6 +183,7 @@ struct DefinitionArgs {
     collections_config: Option<PathBuf>,
 }
 
+mod config;
 mod lifecycle;
 use lifecycle::lifecycle;
 
@@ -588,6 +634,18 @@ async fn channel(cmd: ChannelCommand) -> Result<(), NodeError> {
             println!("Successfully submitted proposal to join channel");
             Ok(())
         }
+        ChannelCommand::Fetch {
+            which,
+            output,
+            target,
+        } => config::fetch(which, output, target).await,
+        ChannelCommand::Signconfigtx {
+            file,
+            channel,
+            mspdir,
+            mspid,
+        } => config::sign_config_tx(file, channel, mspdir, mspid),
+        ChannelCommand::Update { file, target } => config::update(file, target).await,
         ChannelCommand::List { target } => {
             let resp = Session::open(&target)
                 .await?
@@ -638,5 +696,6 @@ pub async fn run(cli: Cli) -> Result<(), NodeError> {
         Command::Chaincode(ChaincodeCommand::Query(a)) => call(a, false).await,
         Command::Lifecycle(LifecycleCommand::Chaincode(c)) => lifecycle(c).await,
         Command::Channel(c) => channel(c).await,
+        Command::Config(c) => config::config(c),
     }
 }

@@ -1,0 +1,390 @@
+//! Changing a channel's configuration from the command line, as Fabric's tools do it:
+//! `channel fetch` (a block from the ordering service), `channel signconfigtx` (an admin's
+//! signature on an update), `channel update` (submit it), and `config` (what Fabric users do with
+//! `configtxlator`: take the configuration out of a block, compute the update between two
+//! configurations, add a CRL to an organisation).
+
+use std::path::{Path, PathBuf};
+
+use medledger_common::configtx::{compute_update, sign_config_update, update_envelope};
+use medledger_proto::common::{
+    Block, BlockMetadataIndex, Config, ConfigUpdate, ConfigUpdateEnvelope, Envelope, HeaderType,
+    LastConfig, Metadata, Status as BlockStatus,
+};
+use medledger_proto::msp::{FabricMspConfig, MspConfig};
+use medledger_proto::orderer::atomic_broadcast_client::AtomicBroadcastClient;
+use medledger_proto::orderer::{
+    SeekInfo, SeekNewest, SeekOldest, SeekPosition, SeekSpecified, deliver_response,
+    seek_info::SeekBehavior, seek_position,
+};
+
+use super::*;
+
+/// The ordering service node to talk to and who signs.
+#[derive(Args, Debug, Clone)]
+pub(super) struct OrdererTarget {
+    /// The orderer (host:port).
+    #[arg(short = 'o', long = "orderer")]
+    orderer: String,
+    /// The TLS CA certificate of the orderer; without it the connection is plain TCP.
+    #[arg(long = "cafile")]
+    cafile: Option<PathBuf>,
+    /// The channel.
+    #[arg(short = 'c', long = "channelID")]
+    channel: String,
+    /// MSP folder of the signing identity.
+    #[arg(long, env = "CORE_PEER_MSPCONFIGPATH")]
+    mspdir: PathBuf,
+    /// MSP id of the signing identity.
+    #[arg(long, env = "CORE_PEER_LOCALMSPID")]
+    mspid: String,
+}
+
+/// `medledger-peer config ...`: the configtxlator steps, on binary protobuf files.
+#[derive(Subcommand, Debug)]
+pub(super) enum ConfigCommand {
+    /// Write the configuration (common.Config) a configuration block carries.
+    #[command(
+        after_help = "Example:\n  medledger-peer config from-block --block config_block.pb --output config.pb"
+    )]
+    FromBlock {
+        #[arg(long)]
+        block: PathBuf,
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// Write the update (common.ConfigUpdate) that turns one configuration into another, as
+    /// `configtxlator compute_update` does.
+    #[command(
+        after_help = "Example:\n  medledger-peer config compute-update --channel_id medchannel \\\n    \
+        --original config.pb --updated modified_config.pb --output update.pb"
+    )]
+    ComputeUpdate {
+        #[arg(long = "channel_id")]
+        channel_id: String,
+        #[arg(long)]
+        original: PathBuf,
+        #[arg(long)]
+        updated: PathBuf,
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// Write a configuration whose organisation `--org` also carries the CRL in `--crl` (PEM, as
+    /// `medledger-ca gencrl` writes it): the certificates it lists are revoked on the channel
+    /// once the update commits.
+    #[command(
+        after_help = "Example:\n  medledger-peer config add-crl --config config.pb --org Hospital1MSP \\\n    \
+        --crl organizations/hospital1/ca/crl.pem --output modified_config.pb"
+    )]
+    AddCrl {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        crl: PathBuf,
+        #[arg(long)]
+        output: PathBuf,
+    },
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, NodeError> {
+    std::fs::read(path).map_err(|e| NodeError::File {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
+    std::fs::write(path, bytes).map_err(|e| NodeError::File {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+fn decode_file<M: Message + Default>(path: &Path, what: &str) -> Result<M, NodeError> {
+    M::decode(read_file(path)?.as_slice()).map_err(|e| NodeError::File {
+        path: path.to_path_buf(),
+        reason: format!("not a {what}: {e}"),
+    })
+}
+
+fn load_signer(mspdir: &Path, mspid: &str) -> Result<SigningIdentity, NodeError> {
+    SigningIdentity::load(mspdir, mspid).map_err(|e| NodeError::File {
+        path: mspdir.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// Runs one `config` subcommand.
+pub(super) fn config(cmd: ConfigCommand) -> Result<(), NodeError> {
+    match cmd {
+        ConfigCommand::FromBlock { block, output } => {
+            let block: Block = decode_file(&block, "block")?;
+            let config = medledger_common::channelconfig::config_of_block(&block)
+                .map_err(|e| NodeError::Failed(e.to_string()))?;
+            write_file(&output, &config.encode_to_vec())
+        }
+        ConfigCommand::ComputeUpdate {
+            channel_id,
+            original,
+            updated,
+            output,
+        } => {
+            let original: Config = decode_file(&original, "common.Config")?;
+            let updated: Config = decode_file(&updated, "common.Config")?;
+            let update = compute_update(&channel_id, &original, &updated)
+                .map_err(|e| NodeError::Failed(e.to_string()))?;
+            write_file(&output, &update.encode_to_vec())
+        }
+        ConfigCommand::AddCrl {
+            config,
+            org,
+            crl,
+            output,
+        } => {
+            let mut config: Config = decode_file(&config, "common.Config")?;
+            let crl = read_file(&crl)?;
+            add_crl(&mut config, &org, crl)?;
+            write_file(&output, &config.encode_to_vec())
+        }
+    }
+}
+
+/// Adds a CRL to organisation `org`'s MSP in `config` (application or orderer organisation).
+fn add_crl(config: &mut Config, org: &str, crl: Vec<u8>) -> Result<(), NodeError> {
+    let value = config
+        .channel_group
+        .as_mut()
+        .and_then(|root| {
+            root.groups
+                .values_mut()
+                .find_map(|section| section.groups.get_mut(org))
+        })
+        .and_then(|g| g.values.get_mut("MSP"))
+        .ok_or_else(|| NodeError::Failed(format!("the configuration has no organisation {org}")))?;
+    let mut msp = MspConfig::decode(value.value.as_slice())
+        .map_err(|e| NodeError::Failed(format!("{org}'s MSP: {e}")))?;
+    let mut fabric = FabricMspConfig::decode(msp.config.as_slice())
+        .map_err(|e| NodeError::Failed(format!("{org}'s MSP: {e}")))?;
+    if !fabric.revocation_list.contains(&crl) {
+        fabric.revocation_list.push(crl);
+    }
+    msp.config = fabric.encode_to_vec();
+    value.value = msp.encode_to_vec();
+    Ok(())
+}
+
+/// Which block `channel fetch` takes.
+fn seek_position(which: &str, newest_config: Option<u64>) -> Result<SeekPosition, NodeError> {
+    let kind = match (which, newest_config) {
+        (_, Some(n)) => seek_position::Type::Specified(SeekSpecified { number: n }),
+        ("newest" | "config", None) => seek_position::Type::Newest(SeekNewest {}),
+        ("oldest", None) => seek_position::Type::Oldest(SeekOldest {}),
+        (n, None) => seek_position::Type::Specified(SeekSpecified {
+            number: n.parse().map_err(|_| {
+                NodeError::Usage(format!(
+                    "fetch takes newest, oldest, config or a block number, not {n:?}"
+                ))
+            })?,
+        }),
+    };
+    Ok(SeekPosition { r#type: Some(kind) })
+}
+
+/// One block from the orderer's Deliver service.
+async fn fetch_one(
+    t: &OrdererTarget,
+    signer: &SigningIdentity,
+    position: SeekPosition,
+) -> Result<Block, NodeError> {
+    let roots = match &t.cafile {
+        Some(p) => vec![read_file(p)?],
+        None => vec![],
+    };
+    let ch = crate::comm::dial(&t.orderer, &roots, None)
+        .await
+        .map_err(|e| NodeError::Peer {
+            address: t.orderer.clone(),
+            reason: e,
+        })?;
+    let seek = SeekInfo {
+        start: Some(position),
+        stop: Some(position),
+        behavior: SeekBehavior::FailIfNotReady as i32,
+        ..Default::default()
+    };
+    let env = medledger_common::protoutil::signed_envelope(
+        HeaderType::DeliverSeekInfo,
+        &t.channel,
+        seek.encode_to_vec(),
+        signer,
+    )
+    .map_err(|e| NodeError::Failed(e.to_string()))?;
+    let failed = |reason: String| NodeError::Peer {
+        address: t.orderer.clone(),
+        reason,
+    };
+    let mut stream = AtomicBroadcastClient::new(ch)
+        .deliver(tokio_stream::once(env))
+        .await
+        .map_err(|s| failed(s.message().to_owned()))?
+        .into_inner();
+    match stream
+        .message()
+        .await
+        .map_err(|s| failed(s.message().to_owned()))?
+    {
+        Some(m) => match m.r#type {
+            Some(deliver_response::Type::Block(b)) => Ok(b),
+            Some(deliver_response::Type::Status(s)) => Err(failed(format!(
+                "the orderer answered {}",
+                BlockStatus::try_from(s)
+                    .map(|s| s.as_str_name().to_owned())
+                    .unwrap_or_else(|_| s.to_string())
+            ))),
+            None => Err(failed("empty answer".into())),
+        },
+        None => Err(failed("the orderer closed the stream".into())),
+    }
+}
+
+/// The newest configuration block's number, as a block's LAST_CONFIG names it.
+fn last_config_index(block: &Block) -> Option<u64> {
+    let slot = block
+        .metadata
+        .as_ref()?
+        .metadata
+        .get(BlockMetadataIndex::LastConfig as usize)?;
+    let md = Metadata::decode(slot.as_slice()).ok()?;
+    LastConfig::decode(md.value.as_slice())
+        .ok()
+        .map(|l| l.index)
+}
+
+/// `channel fetch newest|oldest|config|N <file>`.
+pub(super) async fn fetch(
+    which: String,
+    output: PathBuf,
+    t: OrdererTarget,
+) -> Result<(), NodeError> {
+    let signer = load_signer(&t.mspdir, &t.mspid)?;
+    let mut block = fetch_one(&t, &signer, seek_position(&which, None)?).await?;
+    if which == "config" {
+        let index = last_config_index(&block).ok_or_else(|| {
+            NodeError::Failed("the newest block names no configuration block".into())
+        })?;
+        block = fetch_one(&t, &signer, seek_position(&which, Some(index))?).await?;
+    }
+    let number = block.header.as_ref().map(|h| h.number).unwrap_or_default();
+    write_file(&output, &block.encode_to_vec())?;
+    println!("Received block: {number}");
+    Ok(())
+}
+
+/// What an update file holds: a CONFIG_UPDATE envelope, or (for convenience) the bare
+/// `ConfigUpdate` that `config compute-update` writes.
+fn read_update(path: &Path, channel: &str) -> Result<ConfigUpdateEnvelope, NodeError> {
+    let bytes = read_file(path)?;
+    if let Ok(env) = Envelope::decode(bytes.as_slice())
+        && let Ok(d) = medledger_common::configtx::decode_update(&env)
+    {
+        return Ok(d.envelope);
+    }
+    let update = ConfigUpdate::decode(bytes.as_slice())
+        .ok()
+        .filter(|u| u.channel_id == channel && u.write_set.is_some())
+        .ok_or_else(|| NodeError::File {
+            path: path.to_path_buf(),
+            reason: format!(
+                "neither a CONFIG_UPDATE envelope nor a configuration update for channel {channel}"
+            ),
+        })?;
+    Ok(ConfigUpdateEnvelope {
+        config_update: update.encode_to_vec(),
+        signatures: vec![],
+    })
+}
+
+/// Adds the local identity's signature to an update (once).
+fn add_signature(
+    envelope: &mut ConfigUpdateEnvelope,
+    signer: &SigningIdentity,
+) -> Result<(), NodeError> {
+    let already = envelope.signatures.iter().any(|s| {
+        medledger_proto::common::SignatureHeader::decode(s.signature_header.as_slice())
+            .is_ok_and(|h| h.creator == signer.serialized())
+    });
+    if !already {
+        envelope.signatures.push(
+            sign_config_update(&envelope.config_update, signer)
+                .map_err(|e| NodeError::Failed(e.to_string()))?,
+        );
+    }
+    Ok(())
+}
+
+/// `channel signconfigtx -f file`: adds the local admin's signature, in place.
+pub(super) fn sign_config_tx(
+    file: PathBuf,
+    channel: Option<String>,
+    mspdir: PathBuf,
+    mspid: String,
+) -> Result<(), NodeError> {
+    let signer = load_signer(&mspdir, &mspid)?;
+    let probe = ConfigUpdate::decode(read_file(&file)?.as_slice()).ok();
+    let channel = channel
+        .or_else(|| probe.map(|u| u.channel_id))
+        .unwrap_or_default();
+    let mut envelope = read_update(&file, &channel)?;
+    add_signature(&mut envelope, &signer)?;
+    let env = update_envelope(&channel_of(&envelope)?, &envelope, &signer)
+        .map_err(|e| NodeError::Failed(e.to_string()))?;
+    write_file(&file, &env.encode_to_vec())
+}
+
+fn channel_of(envelope: &ConfigUpdateEnvelope) -> Result<String, NodeError> {
+    ConfigUpdate::decode(envelope.config_update.as_slice())
+        .map(|u| u.channel_id)
+        .map_err(|e| NodeError::Failed(format!("configuration update: {e}")))
+}
+
+/// `channel update -f file`: signs as the local identity and submits to the orderer.
+pub(super) async fn update(file: PathBuf, t: OrdererTarget) -> Result<(), NodeError> {
+    let signer = load_signer(&t.mspdir, &t.mspid)?;
+    let mut envelope = read_update(&file, &t.channel)?;
+    add_signature(&mut envelope, &signer)?;
+    let env = update_envelope(&t.channel, &envelope, &signer)
+        .map_err(|e| NodeError::Failed(e.to_string()))?;
+    let roots = match &t.cafile {
+        Some(p) => vec![read_file(p)?],
+        None => vec![],
+    };
+    let failed = |reason: String| NodeError::Peer {
+        address: t.orderer.clone(),
+        reason,
+    };
+    let ch = crate::comm::dial(&t.orderer, &roots, None)
+        .await
+        .map_err(failed)?;
+    let answer = AtomicBroadcastClient::new(ch)
+        .broadcast(tokio_stream::once(env))
+        .await
+        .map_err(|s| failed(s.message().to_owned()))?
+        .into_inner()
+        .message()
+        .await
+        .map_err(|s| failed(s.message().to_owned()))?
+        .ok_or_else(|| failed("no answer".into()))?;
+    if answer.status != BlockStatus::Success as i32 {
+        let status = BlockStatus::try_from(answer.status)
+            .map(|s| s.as_str_name().to_owned())
+            .unwrap_or_else(|_| answer.status.to_string());
+        return Err(NodeError::Failed(format!(
+            "the orderer refused the update: {status}: {}",
+            answer.info
+        )));
+    }
+    println!("Successfully submitted channel update");
+    Ok(())
+}
