@@ -5,6 +5,11 @@
 
 use medledger_common::protoutil;
 use medledger_proto::common::Block;
+use medledger_proto::medledger::consensus::{Body, ConsensusMessage};
+use prost::Message;
+
+use crate::consensus::Crypto;
+use crate::faults::Mutator;
 
 /// How far ahead of the truth a false attestation claims to be.
 const FALSE_ATTESTATION_LEAD: u64 = 1_000;
@@ -20,6 +25,35 @@ pub struct Misbehaviour {
     /// Header attestations claim blocks far beyond the height (their signatures then cannot
     /// verify): an attempt to make peers abandon an honest block source.
     pub false_attestations: bool,
+    /// Every outgoing consensus message is rewritten with one small-scope or byte-level fault
+    /// (`crate::faults::Mutator`: view or sequence ±1, replayed proposals, stripped or padded
+    /// block metadata, forged `last_committed_seq`...) and re-signed, so it passes
+    /// authentication and reaches the other replicas' handlers.
+    pub mutate_consensus: bool,
+}
+
+/// The consensus side of a Byzantine orderer: rewrites its outgoing messages when told to.
+pub struct ConsensusFaults {
+    mutator: Option<(Mutator, std::sync::Arc<dyn Crypto>)>,
+}
+
+impl ConsensusFaults {
+    /// The message to send in place of `msg` (`None`: it is lost).
+    pub fn outgoing(&mut self, msg: ConsensusMessage) -> Option<ConsensusMessage> {
+        let Some((mutator, crypto)) = self.mutator.as_mut() else {
+            return Some(msg);
+        };
+        let kind = Body::decode(msg.body.as_slice()).ok()?.kind?;
+        let body = Body {
+            kind: Some(mutator.rewrite(kind)?),
+        }
+        .encode_to_vec();
+        Some(ConsensusMessage {
+            signature: crypto.sign(&body),
+            body,
+            ..msg
+        })
+    }
 }
 
 impl Misbehaviour {
@@ -31,15 +65,29 @@ impl Misbehaviour {
                 "withhold-blocks" => m.withhold_blocks = true,
                 "forge-blocks" => m.forge_blocks = true,
                 "false-attestations" => m.false_attestations = true,
+                "mutate-consensus" => m.mutate_consensus = true,
                 other => {
                     return Err(format!(
                         "unknown fault {other:?} (known: withhold-blocks, forge-blocks, \
-                         false-attestations)"
+                         false-attestations, mutate-consensus)"
                     ));
                 }
             }
         }
         Ok(m)
+    }
+
+    /// What rewrites this orderer's consensus messages (nothing unless `mutate_consensus`).
+    pub fn consensus_faults(
+        &self,
+        consenter: u32,
+        crypto: std::sync::Arc<dyn Crypto>,
+    ) -> ConsensusFaults {
+        ConsensusFaults {
+            mutator: self
+                .mutate_consensus
+                .then(|| (Mutator::new(u64::from(consenter)), crypto)),
+        }
     }
 
     /// The block a Deliver stream sends in place of `block`, an attestation when `headers_only`

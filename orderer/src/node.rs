@@ -645,6 +645,7 @@ pub async fn start_byzantine(
             shutdown_rx.clone(),
         )));
     }
+    let mut faulty = misbehaviour.consensus_faults(cfg.consenter_id, crypto.clone());
     let services = Arc::new(Services {
         config,
         crypto,
@@ -797,6 +798,7 @@ pub async fn start_byzantine(
             for o in rest {
                 match o {
                     Output::Send { to, msg } => {
+                        let Some(msg) = faulty.outgoing(msg) else { continue };
                         for (peer, link) in &links {
                             if to.is_none_or(|t| t == *peer) {
                                 let _ = link.try_send(msg.clone());

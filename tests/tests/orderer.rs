@@ -1,6 +1,8 @@
 //! The BFT ordering service with real nodes on loopback over TLS: four orderer processes survive
 //! SIGKILL of the leader mid-load (no acknowledged transaction lost or duplicated, the restarted
-//! leader catches up to the same block hashes), and bad input is refused while ordering goes on.
+//! leader catches up to the same block hashes), a Byzantine leader process (every consensus
+//! message mutated and re-signed, blocks withheld from peers) neither stops nor fools the other
+//! three nor a peer, and bad input is refused while ordering goes on.
 
 use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
@@ -106,10 +108,19 @@ impl Drop for Proc {
 }
 
 fn spawn(bin: &std::path::Path, config: &std::path::Path) -> anyhow::Result<Proc> {
+    spawn_with(bin, config, &[])
+}
+
+fn spawn_with(
+    bin: &std::path::Path,
+    config: &std::path::Path,
+    env: &[(&str, &str)],
+) -> anyhow::Result<Proc> {
     Ok(Proc(
         Command::new(bin)
             .args(["start", "--config"])
             .arg(config)
+            .envs(env.iter().copied())
             .env("MEDLEDGER_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -382,5 +393,143 @@ async fn bad_input_is_refused_and_ordering_goes_on() -> anyhow::Result<()> {
         "{metrics}"
     );
     assert!(metrics.contains("consensus_bft_view"), "{metrics}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_byzantine_orderer_process_neither_stops_nor_fools_the_others() -> anyhow::Result<()> {
+    let (bin, byzantine) = tokio::task::spawn_blocking(|| {
+        anyhow::Ok((
+            workspace_binary("medledger-orderer", "medledger-orderer")?,
+            workspace_binary("medledger-tests", "byzantine-orderer")?,
+        ))
+    })
+    .await??;
+    let dir = tempfile::tempdir()?;
+    let app = TestOrg::new("Hospital1MSP")?;
+    let orderers = OrdererSet::prepare(dir.path(), 4, &[app.tls_ca.cert_pem()])?;
+    let (_, cfg) = channel(&orderers, &app)?;
+    let mut procs = Vec::new();
+    for c in &orderers.configs {
+        let path = dir.path().join(format!("orderer{}.yaml", c.consenter_id));
+        std::fs::write(&path, serde_yaml::to_string(c)?)?;
+        // Consenter 1 leads view 0: the Byzantine one starts as the leader.
+        procs.push(if c.consenter_id == 1 {
+            spawn_with(
+                &byzantine,
+                &path,
+                &[("MEDLEDGER_BYZANTINE", "mutate-consensus,withhold-blocks")],
+            )?
+        } else {
+            spawn(&bin, &path)?
+        });
+    }
+    for id in 1..=4 {
+        wait_listening(&orderers.address(id)).await?;
+    }
+
+    // A hospital peer pulling blocks; it may start on the withholding orderer.
+    let home = dir.path().join("peer0");
+    let peer_id = app.identity("peer0", "peer", &[])?;
+    app.write_msp(&home.join("msp"), &peer_id)?;
+    let peer = medledger_peer::node::start(
+        medledger_peer::node::PeerConfig {
+            id: "peer0.hospital1".into(),
+            msp_id: app.mspid.clone(),
+            msp_dir: home.join("msp"),
+            listen_address: "127.0.0.1:0".into(),
+            data_dir: home.join("data"),
+            tls: None,
+            gateway_peers: vec![],
+            chaincode_execute_timeout_ms: 5_000,
+            channels: vec![medledger_peer::node::ChannelJoinConfig {
+                genesis_block: orderers.genesis_path.clone(),
+                chaincodes: vec![],
+            }],
+            operations_address: None,
+            private_data: Default::default(),
+            delivery_client: medledger_peer::node::DeliveryClientConfig {
+                block_censorship_timeout_ms: 2_000,
+                min_reconnect_interval_ms: 50,
+                max_reconnect_interval_ms: 1_000,
+            },
+            max_recv_msg_size: medledger_common::config::DEFAULT_MAX_MESSAGE_BYTES,
+            max_send_msg_size: medledger_common::config::DEFAULT_MAX_MESSAGE_BYTES,
+        },
+        medledger_peer::execution::plugins::PluginRegistry::default(),
+    )
+    .await?;
+
+    let client = app.identity("app", "client", &[])?;
+    let mut acked = Vec::new();
+    for i in 0..40u32 {
+        let env = signed_envelope(
+            HeaderType::EndorserTransaction,
+            CHANNEL,
+            format!("tx {i}").into_bytes(),
+            &client,
+        )?;
+        let txid = txid_of(&env.encode_to_vec()).expect("txid");
+        if let Ok(r) = orderers.broadcast(2 + i % 3, env).await
+            && r.status == BlockStatus::Success as i32
+        {
+            acked.push(txid);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(acked.len(), 40, "the honest orderers refused broadcasts");
+
+    // The three honest orderers order everything, once, in the same blocks.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let reference = loop {
+        let blocks = blocks_of(&orderers, 2, &client).await?;
+        let ordered: HashSet<String> = txids(&blocks).into_iter().collect();
+        if acked.iter().all(|t| ordered.contains(t)) {
+            break blocks;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "a Byzantine leader stopped the ordering service"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    for id in 3..=4 {
+        let blocks = blocks_of(&orderers, id, &client).await?;
+        for (a, b) in blocks.iter().zip(&reference) {
+            assert_eq!(
+                block_header_hash(a.header.as_ref().expect("header")),
+                block_header_hash(b.header.as_ref().expect("header")),
+                "orderers 2 and {id} disagree"
+            );
+        }
+    }
+    for b in reference.iter().skip(1) {
+        cfg.verify_block(b)?;
+    }
+    let ids = txids(&reference);
+    let unique: HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "a transaction was ordered twice");
+
+    // The peer keeps up with the honest orderers' chain.
+    let ch = peer.channel(CHANNEL).await.expect("channel");
+    let height = reference.len() as u64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while ch.ledger.height() < height {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the peer fell behind at {} of {height}",
+            ch.ledger.height()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (n, b) in reference.iter().enumerate() {
+        let mine = ch.ledger.block(n as u64)?.expect("committed");
+        assert_eq!(
+            block_header_hash(mine.header.as_ref().expect("header")),
+            block_header_hash(b.header.as_ref().expect("header"))
+        );
+    }
+    peer.stop().await;
+    drop(procs);
     Ok(())
 }
