@@ -9,6 +9,11 @@
 #                                   lifecycle (package, install on both peers, approve per
 #                                   organisation, commit with policy and collections), then a smoke
 #                                   invoke (a medical record, its content private) and query
+#   ./network/network.sh revoke hospital1 nurse1
+#                                   the organisation's CA revokes the user and writes a CRL; its
+#                                   admin puts the CRL on the channel (fetch config, add the CRL,
+#                                   compute the update, channel update); waits until both peers
+#                                   have the new configuration in force
 #   ./network/network.sh down       stop everything started (by PID) and remove generated files
 #
 # Ports (override with the environment): CAs 7054/8054/9054, TLS CAs 7154/8154/9154,
@@ -342,9 +347,60 @@ deploy_cc() {
   say "chaincodes deployed: medical (records, consent, certificates) and $CC_NAME"
 }
 
+admin_cli() { # org-index command... : medledger-peer as the admin of hospital <org-index>
+  local i=$1; shift
+  CORE_PEER_LOCALMSPID=${ORG_MSPS[$i]} CORE_PEER_MSPCONFIGPATH="$ORGS/${ORG_NAMES[$i]}/users/admin/msp" \
+    "$BIN/medledger-peer" "$@"
+}
+
+metric() { # ops-port name -> the metric's value for the channel (empty if absent)
+  local reply
+  reply=$(exec 3<>"/dev/tcp/127.0.0.1/$1" && printf 'GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' >&3 && cat <&3) || return 0
+  printf '%s\n' "$reply" | awk -v m="$2{channel=\"$CHANNEL\"}" '$1 == m { print $2 }'
+}
+
+revoke() { # org user: the organisation's CA revokes the user; its admin puts the CRL on the channel
+  is_up || die "the network is not up (run ./network/network.sh up first)"
+  local i
+  case "${1:-}" in
+    hospital1|Hospital1MSP) i=0 ;;
+    hospital2|Hospital2MSP) i=1 ;;
+    *) die "usage: $0 revoke hospital1|hospital2 <user>" ;;
+  esac
+  local user=${2:-} org=${ORG_NAMES[$i]} mspid=${ORG_MSPS[$i]}
+  [ -n "$user" ] || die "usage: $0 revoke hospital1|hospital2 <user>"
+  [ -d "$ORGS/$org/users/$user" ] || die "$mspid has no user $user"
+  local o="$ORGS/$org" work="$ART/revoke-$org-$user" before
+  local ord=(-o "localhost:${ORDERER_PORTS[0]}" -c "$CHANNEL" --cafile "$ORGS/orderer/tlsca/tlsca-cert.pem")
+  mkdir -p "$work" "$o/msp/crls"
+  say "revoking $user at the $mspid CA and generating its CRL"
+  ca revoke -u "https://localhost:${CA_PORTS[$i]}" --tls-certfiles "$ORGS/fabric-ca/$org/tls-cert.pem" \
+    --mspdir "$o/ca-admin/msp" --mspid "$mspid" --revoke.name "$user" --revoke.reason keycompromise --gencrl >/dev/null
+  cp "$o/ca-admin/msp/crls/crl.pem" "$o/msp/crls/crl.pem"
+  say "updating channel $CHANNEL: $mspid's MSP gets the CRL (the update signed by the $mspid admin)"
+  before=$(metric $((OPS_BASE + 4)) channel_config_sequence)
+  admin_cli "$i" channel fetch config "$work/config_block.pb" "${ord[@]}"
+  "$BIN/medledger-peer" config from-block --block "$work/config_block.pb" --output "$work/config.pb"
+  "$BIN/medledger-peer" config add-crl --config "$work/config.pb" --org "$mspid" \
+    --crl "$o/msp/crls/crl.pem" --output "$work/modified_config.pb"
+  "$BIN/medledger-peer" config compute-update --channel_id "$CHANNEL" --original "$work/config.pb" \
+    --updated "$work/modified_config.pb" --output "$work/update.pb"
+  admin_cli "$i" channel update -f "$work/update.pb" "${ord[@]}"
+  local p n
+  for p in 0 1; do
+    for n in $(seq 1 100); do
+      [ "$(metric $((OPS_BASE + 4 + p)) channel_config_sequence)" != "${before:-0}" ] && break
+      [ "$n" = 100 ] && die "peer0.${ORG_NAMES[$p]} did not take the new configuration"
+      sleep 0.1
+    done
+  done
+  echo "    $user@$mspid is revoked on every node of $CHANNEL (configuration $(metric $((OPS_BASE + 4)) channel_config_sequence))"
+}
+
 case "${1:-}" in
   up) up ;;
   deployCC) deploy_cc ;;
+  revoke) shift; revoke "$@" ;;
   down) say "stopping the network"; down_quiet; echo "    stopped and cleaned" ;;
-  *) echo "usage: $0 up|deployCC|down"; exit 2 ;;
+  *) echo "usage: $0 up|deployCC|revoke <org> <user>|down"; exit 2 ;;
 esac

@@ -28,8 +28,8 @@ fn run(bin_dir: &std::path::Path, arg: &str) -> (bool, String) {
     )
 }
 
-/// Runs the first bash block of the README's section `title` as written, with `BIN` pointing at
-/// these binaries.
+/// Runs the first bash block of the README's section `title` as written, with `BIN` (and
+/// `network.sh`'s `MEDLEDGER_BIN`) pointing at these binaries.
 fn readme_block(bin_dir: &std::path::Path, title: &str) -> (bool, String) {
     let root = script()
         .parent()
@@ -59,6 +59,7 @@ fn readme_block(bin_dir: &std::path::Path, title: &str) -> (bool, String) {
         .join("\n");
     let out = Command::new("bash")
         .args(["-euo", "pipefail", "-c", &script])
+        .env("MEDLEDGER_BIN", bin_dir)
         .current_dir(&root)
         .output()
         .expect("bash runs");
@@ -128,6 +129,7 @@ fn network_up_deploy_invoke_and_down() {
     let readme = readme_block(&bin_dir, "Using the network");
     let walkthrough = readme_block(&bin_dir, "Walkthrough");
     let ca_block = readme_block(&bin_dir, "The certificate authority");
+    let (revoke_ok, revoke_out) = readme_block(&bin_dir, "Changing the channel: revoking a member");
     let (down_ok, down_out) = run(&bin_dir, "down");
     let (readme_ok, readme_out) = readme;
     let (walk_ok, walk_out) = walkthrough;
@@ -137,6 +139,13 @@ fn network_up_deploy_invoke_and_down() {
         "the README's CA commands failed:\n{ca_out}"
     );
     assert!(walk_ok, "the README walkthrough failed:\n{walk_out}");
+    assert!(
+        revoke_ok
+            && revoke_out.contains("nurse1@Hospital1MSP is revoked on every node")
+            && revoke_out.contains("nurse1 refused after revocation")
+            && revoke_out.contains("revoked"),
+        "revoking a member through a channel update:\n{revoke_out}"
+    );
     for (what, needle) in [
         (
             "the record, the consent, the share, the access and the certificate commit",

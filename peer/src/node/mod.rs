@@ -387,6 +387,13 @@ fn channel_metrics(
                         &c.delivery.invalid_attestations,
                     ),
                     medledger_common::ops::Metric {
+                        name: "channel_config_sequence".into(),
+                        help: "Sequence of the channel configuration in force".into(),
+                        kind: "gauge",
+                        labels: labels.clone(),
+                        value: c.config().sequence as f64,
+                    },
+                    medledger_common::ops::Metric {
                         name: "ledger_blockchain_height".into(),
                         help: "Blocks committed on the channel".into(),
                         kind: "gauge",
