@@ -370,3 +370,170 @@ async fn the_fabric_tool_flow_revokes_a_member_from_the_command_line() -> anyhow
     assert!(!out.contains("Received block: 0"), "{out}");
     Ok(())
 }
+
+/// Calls a system chaincode on peer `i` through the Endorser, as Fabric's `peer channel getinfo`
+/// does (channel named in the arguments, `header_channel` in the header: empty for the CLI).
+async fn system_query(
+    net: &PeerNet,
+    i: usize,
+    who: &SigningIdentity,
+    header_channel: &str,
+    chaincode: &str,
+    args: &[&[u8]],
+) -> anyhow::Result<medledger_proto::protos::Response> {
+    let root = net.orgs[i].tls_ca.cert_pem().as_bytes().to_vec();
+    let ch = medledger_peer::comm::dial(&net.address(i), &[root], None)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let (sp, _) = medledger_common::protoutil::build_signed_proposal(
+        &medledger_common::protoutil::Invocation {
+            channel: header_channel.into(),
+            chaincode: chaincode.into(),
+            args: args.iter().map(|a| a.to_vec()).collect(),
+            transient: Default::default(),
+            is_init: false,
+        },
+        who,
+    )?;
+    let r = medledger_proto::protos::endorser_client::EndorserClient::new(ch)
+        .process_proposal(sp)
+        .await?
+        .into_inner();
+    r.response.ok_or_else(|| anyhow::anyhow!("no response"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn qscc_and_cscc_answer_fabric_tools_for_channel_readers() -> anyhow::Result<()> {
+    use medledger_proto::common::{Block, BlockchainInfo};
+    use medledger_proto::protos::ProcessedTransaction;
+    let net = PeerNet::start(BOTH, 5_000).await?;
+    let doctor = net.orgs[0].identity("doctor1", "client", &[("role", "doctor")])?;
+    let mut gw = net.gateway(0, doctor.clone()).await?;
+    let (txid, _, block, _) = gw.submit(&["Put", "rec-1", "v1"]).await?;
+    net.wait_height(block + 1).await?;
+    let ledger = &net.channel(1).await?.ledger;
+    let ch = CHANNEL.as_bytes();
+
+    for header in ["", CHANNEL] {
+        let r = system_query(&net, 1, &doctor, header, "qscc", &[b"GetChainInfo", ch]).await?;
+        assert_eq!(r.status, 200, "{}", r.message);
+        let info = BlockchainInfo::decode(r.payload.as_slice())?;
+        assert_eq!(info.height, ledger.height());
+        assert_eq!(info.current_block_hash, ledger.last_hash()?);
+    }
+    let number = block.to_string();
+    let r = system_query(
+        &net,
+        1,
+        &doctor,
+        "",
+        "qscc",
+        &[b"GetBlockByNumber", ch, number.as_bytes()],
+    )
+    .await?;
+    let by_number = Block::decode(r.payload.as_slice())?;
+    assert_eq!(Some(by_number.clone()), ledger.block(block)?);
+    let hash =
+        medledger_common::protoutil::block_header_hash(by_number.header.as_ref().expect("header"));
+    let r = system_query(
+        &net,
+        1,
+        &doctor,
+        "",
+        "qscc",
+        &[b"GetBlockByHash", ch, &hash],
+    )
+    .await?;
+    assert_eq!(Block::decode(r.payload.as_slice())?, by_number);
+    let r = system_query(
+        &net,
+        1,
+        &doctor,
+        "",
+        "qscc",
+        &[b"GetBlockByTxID", ch, txid.as_bytes()],
+    )
+    .await?;
+    assert_eq!(Block::decode(r.payload.as_slice())?, by_number);
+    let r = system_query(
+        &net,
+        1,
+        &doctor,
+        "",
+        "qscc",
+        &[b"GetTransactionByID", ch, txid.as_bytes()],
+    )
+    .await?;
+    let tx = ProcessedTransaction::decode(r.payload.as_slice())?;
+    assert_eq!(tx.validation_code, TxValidationCode::Valid as i32);
+    assert!(tx.transaction_envelope.is_some());
+
+    let r = system_query(&net, 1, &doctor, "", "cscc", &[b"GetConfigBlock", ch]).await?;
+    assert_eq!(Some(Block::decode(r.payload.as_slice())?), ledger.block(0)?);
+    let r = system_query(&net, 1, &doctor, "", "cscc", &[b"GetChannelConfig", ch]).await?;
+    assert_eq!(
+        Config::decode(r.payload.as_slice())?,
+        *net.channel(1).await?.config().source
+    );
+
+    // Refusals: an unknown channel, a missing or bad argument, an unknown transaction, a client
+    // of a CA the channel does not know, and the revoked client.
+    let r = system_query(
+        &net,
+        1,
+        &doctor,
+        "",
+        "qscc",
+        &[b"GetChainInfo", b"nochannel"],
+    )
+    .await?;
+    assert!(
+        r.status == 500 && r.message.contains("Invalid chain ID"),
+        "{}",
+        r.message
+    );
+    let r = system_query(
+        &net,
+        1,
+        &doctor,
+        "",
+        "qscc",
+        &[b"GetBlockByNumber", ch, b"-1"],
+    )
+    .await?;
+    assert_eq!(r.status, 500, "{}", r.message);
+    let r = system_query(&net, 1, &doctor, "", "qscc", &[b"GetBlockByNumber", ch]).await?;
+    assert_eq!(r.status, 500, "{}", r.message);
+    let r = system_query(
+        &net,
+        1,
+        &doctor,
+        "",
+        "qscc",
+        &[b"GetTransactionByID", ch, b"nope"],
+    )
+    .await?;
+    assert_eq!(r.status, 500, "{}", r.message);
+    let stranger = medledger_tests::TestOrg::new("Hospital1MSP")?.identity("x", "client", &[])?;
+    let r = system_query(&net, 1, &stranger, "", "qscc", &[b"GetChainInfo", ch]).await?;
+    assert!(
+        r.status == 500 && r.message.contains("access denied"),
+        "{}",
+        r.message
+    );
+    let r = system_query(
+        &net,
+        1,
+        &net.revoked_client,
+        "",
+        "cscc",
+        &[b"GetConfigBlock", ch],
+    )
+    .await?;
+    assert!(
+        r.status == 500 && r.message.contains("access denied"),
+        "{}",
+        r.message
+    );
+    Ok(())
+}

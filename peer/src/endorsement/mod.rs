@@ -1,6 +1,8 @@
 //! The endorser: checks a signed proposal (header rules, time window, creator valid in a channel
 //! MSP, signature, not a replay, channel Writers), simulates the chaincode, and signs the result.
 
+pub mod queries;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -186,6 +188,21 @@ impl Endorser {
         proposal: &UnpackedProposal,
     ) -> Result<ProposalResponse, ProposalError> {
         check_time(proposal)?;
+        let args = &proposal.input.args;
+        let function = args.first().map(Vec::as_slice).unwrap_or_default();
+        if queries::is_channel_query(&proposal.chaincode_name, function) {
+            // Fabric's tools name the channel in the second argument, not the header.
+            let name = String::from_utf8_lossy(args.get(1).map(Vec::as_slice).unwrap_or_default());
+            let answer = match self.channels.read().await.get(name.as_ref()).cloned() {
+                Some(channel) => queries::answer(&channel, sp, proposal),
+                None => response(500, format!("Invalid chain ID, {name}"), Vec::new()),
+            };
+            return Ok(ProposalResponse {
+                version: 1,
+                response: Some(answer),
+                ..Default::default()
+            });
+        }
         let creator = self
             .local_msp
             .deserialize(proposal.creator(), Expiry::now())
@@ -196,8 +213,6 @@ impl Endorser {
         creator
             .verify(&sp.proposal_bytes, &sp.signature)
             .map_err(|_| ProposalError::Signature)?;
-        let args = &proposal.input.args;
-        let function = args.first().map(Vec::as_slice).unwrap_or_default();
         let response = match (proposal.chaincode_name.as_str(), function) {
             (LIFECYCLE, _) => lifecycle::install(&self.packages, &creator, args),
             ("cscc", b"JoinChain") if creator.role != NodeRole::Admin => response(
@@ -247,6 +262,15 @@ impl Endorser {
         c: &CheckedProposal,
     ) -> ProposalResponse {
         let p = &c.proposal;
+        let function = p.input.args.first().map(Vec::as_slice).unwrap_or_default();
+        if queries::is_channel_query(&p.chaincode_name, function) {
+            // Read-only and answered from the ledger: nothing to endorse.
+            return ProposalResponse {
+                version: 1,
+                response: Some(queries::answer(&c.channel, sp, p)),
+                ..Default::default()
+            };
+        }
         let Some(def) = c.channel.chaincode(&p.chaincode_name) else {
             return error_response(
                 500,
