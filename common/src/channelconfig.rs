@@ -5,12 +5,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use medledger_proto::common::OrdererAddresses;
 use medledger_proto::common::{
     Block, Config, ConfigEnvelope, ConfigGroup, ConfigPolicy, ConfigValue, Consenter, HeaderType,
     ImplicitMetaPolicy, Orderers, Payload, Policy as PolicyProto, SignaturePolicyEnvelope,
     implicit_meta_policy::Rule, msp_role::MspRoleType, policy::PolicyType,
 };
 use medledger_proto::msp::{FabricMspConfig, MspConfig};
+use medledger_proto::orderer::smartbft::Options as BftOptions;
 use medledger_proto::orderer::{BatchSize, BatchTimeout, ConsensusType};
 use medledger_proto::protos::{AnchorPeer, AnchorPeers};
 use prost::Message;
@@ -49,6 +51,143 @@ pub struct ChannelProfile {
     pub consenters: Vec<Consenter>,
     pub batch_size: BatchSize,
     pub batch_timeout: Duration,
+}
+
+/// The capabilities a MedLedger channel carries, as a Fabric 3 BFT channel does; a configuration
+/// naming any other is refused (nodes must not run rules they do not implement).
+const CHANNEL_CAPABILITY: &str = "V3_0";
+const ORDERER_CAPABILITY: &str = "V2_0";
+const APPLICATION_CAPABILITY: &str = "V2_5";
+const CAPABILITIES: &str = "Capabilities";
+/// The orderer organisation value listing its orderers' addresses.
+const ENDPOINTS: &str = "Endpoints";
+
+fn capabilities(name: &str) -> ConfigValue {
+    value(&medledger_proto::common::Capabilities {
+        capabilities: HashMap::from([(name.to_owned(), medledger_proto::common::Capability {})]),
+    })
+}
+
+/// Refuses a group whose Capabilities name one this node does not implement: `supported` or
+/// older (`V1_*`, `V2_0`...), as Fabric refuses to run a channel with unknown capabilities.
+fn check_capabilities(group: &ConfigGroup, path: &str, supported: &str) -> Result<(), ConfigError> {
+    let Some(v) = group.values.get(CAPABILITIES) else {
+        return Ok(());
+    };
+    let caps: medledger_proto::common::Capabilities = decode(&v.value, "Capabilities")?;
+    let version = |name: &str| -> Option<(u32, u32)> {
+        let mut parts = name.strip_prefix('V')?.split('_');
+        let major = parts.next()?.parse().ok()?;
+        let minor = parts.next()?.parse().ok()?;
+        Some((major, minor))
+    };
+    let limit = version(supported);
+    for name in caps.capabilities.keys() {
+        if version(name).is_none_or(|v| Some(v) > limit) {
+            return Err(ConfigError::Invalid(format!(
+                "{path} requires capability {name}, which this node does not support (up to {supported})"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The BFT options a new channel carries: what the orderers run with (their timeouts, the
+/// request pool bound) and the block cutting settings of the profile.
+fn default_bft_options(profile: &ChannelProfile) -> BftOptions {
+    BftOptions {
+        request_batch_max_count: u64::from(profile.batch_size.max_message_count),
+        request_batch_max_bytes: u64::from(profile.batch_size.absolute_max_bytes),
+        request_batch_max_interval: format!("{}ms", profile.batch_timeout.as_millis()),
+        incoming_message_buffer_size: 200,
+        request_pool_size: 20_000,
+        request_forward_timeout: "2s".into(),
+        request_complain_timeout: "6s".into(),
+        request_auto_remove_timeout: "3m0s".into(),
+        request_max_bytes: u64::from(profile.batch_size.absolute_max_bytes),
+        view_change_resend_interval: "500ms".into(),
+        view_change_timeout: "4s".into(),
+        leader_heartbeat_timeout: "2500ms".into(),
+        leader_heartbeat_count: 10,
+        collect_timeout: "1s".into(),
+        sync_on_start: false,
+        speed_up_view_change: false,
+        leader_rotation: medledger_proto::orderer::smartbft::options::Rotation::Off as i32,
+        decisions_per_leader: 0,
+    }
+}
+
+/// The timeouts and bounds of the BFT ordering service, as the channel configuration sets them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BftSettings {
+    /// A leader silent this long is replaced (`leader_heartbeat_timeout`).
+    pub leader_timeout: Duration,
+    /// How often a leader sends a heartbeat (the timeout / `leader_heartbeat_count`).
+    pub heartbeat_interval: Duration,
+    /// A request not ordered in this time makes its holder complain (`request_complain_timeout`).
+    pub request_complain_timeout: Duration,
+    /// A view change that has not completed in this time moves to the next view.
+    pub view_change_timeout: Duration,
+    /// How often view change messages are sent again (`view_change_resend_interval`).
+    pub view_change_resend_interval: Duration,
+    /// Requests a replica holds at most (`request_pool_size`).
+    pub request_pool_size: usize,
+}
+
+impl Default for BftSettings {
+    /// What a channel without BFT options runs with (a new channel's defaults).
+    fn default() -> Self {
+        let profile = ChannelProfile {
+            channel_id: String::new(),
+            application_orgs: vec![],
+            orderer_orgs: vec![],
+            consenters: vec![],
+            batch_size: BatchSize::default(),
+            batch_timeout: Duration::from_secs(2),
+        };
+        // The defaults are constants that parse; a failure here is a bug caught by the tests.
+        Self::from_options(&default_bft_options(&profile)).unwrap_or(Self {
+            leader_timeout: Duration::from_millis(2_500),
+            heartbeat_interval: Duration::from_millis(250),
+            request_complain_timeout: Duration::from_secs(6),
+            view_change_timeout: Duration::from_secs(4),
+            view_change_resend_interval: Duration::from_millis(500),
+            request_pool_size: 20_000,
+        })
+    }
+}
+
+impl BftSettings {
+    fn from_options(o: &BftOptions) -> Result<Self, ConfigError> {
+        let duration = |name: &str, text: &str| {
+            parse_duration(text)
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    ConfigError::Invalid(format!("BFT option {name}: bad duration {text:?}"))
+                })
+        };
+        let leader_timeout = duration("LeaderHeartbeatTimeout", &o.leader_heartbeat_timeout)?;
+        let count = u32::try_from(o.leader_heartbeat_count.max(1)).unwrap_or(u32::MAX);
+        Ok(Self {
+            leader_timeout,
+            heartbeat_interval: leader_timeout / count,
+            request_complain_timeout: duration(
+                "RequestComplainTimeout",
+                &o.request_complain_timeout,
+            )?,
+            view_change_timeout: duration("ViewChangeTimeout", &o.view_change_timeout)?,
+            view_change_resend_interval: duration(
+                "ViewChangeResendInterval",
+                &o.view_change_resend_interval,
+            )?,
+            request_pool_size: usize::try_from(o.request_pool_size)
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| {
+                    ConfigError::Invalid("BFT option RequestPoolSize must not be 0".into())
+                })?,
+        })
+    }
 }
 
 const CHANNEL: &str = "Channel";
@@ -196,16 +335,32 @@ pub fn genesis_block(profile: &ChannelProfile) -> Result<Block, ConfigError> {
         ]),
         mod_policy: "Admins".into(),
     };
+    let mut application = application;
+    application.values.insert(
+        CAPABILITIES.to_owned(),
+        capabilities(APPLICATION_CAPABILITY),
+    );
     let orderer = ConfigGroup {
         version: 0,
         groups: profile
             .orderer_orgs
             .iter()
             .map(|o| {
-                (
-                    o.msp.name.clone(),
-                    org_group(o, &[MspRoleType::Member], MspRoleType::Orderer),
-                )
+                let mut group = org_group(o, &[MspRoleType::Member], MspRoleType::Orderer);
+                // Where clients and peers reach this organisation's orderers (Fabric's
+                // per-organisation OrdererEndpoints).
+                let addresses: Vec<String> = profile
+                    .consenters
+                    .iter()
+                    .filter(|c| c.msp_id == o.msp.name)
+                    .map(|c| format!("{}:{}", c.host, c.port))
+                    .collect();
+                if !addresses.is_empty() {
+                    group
+                        .values
+                        .insert(ENDPOINTS.into(), value(&OrdererAddresses { addresses }));
+                }
+                (o.msp.name.clone(), group)
             })
             .collect(),
         values: HashMap::from([
@@ -213,10 +368,11 @@ pub fn genesis_block(profile: &ChannelProfile) -> Result<Block, ConfigError> {
                 "ConsensusType".to_owned(),
                 value(&ConsensusType {
                     r#type: "BFT".into(),
-                    metadata: Vec::new(),
+                    metadata: default_bft_options(profile).encode_to_vec(),
                     state: 0,
                 }),
             ),
+            (CAPABILITIES.to_owned(), capabilities(ORDERER_CAPABILITY)),
             ("BatchSize".to_owned(), value(&profile.batch_size)),
             (
                 "BatchTimeout".to_owned(),
@@ -240,12 +396,19 @@ pub fn genesis_block(profile: &ChannelProfile) -> Result<Block, ConfigError> {
             (APPLICATION.to_owned(), application),
             (ORDERER.to_owned(), orderer),
         ]),
-        values: HashMap::from([(
-            "HashingAlgorithm".to_owned(),
-            value(&medledger_proto::common::HashingAlgorithm {
-                name: "SHA256".into(),
-            }),
-        )]),
+        values: HashMap::from([
+            (
+                "HashingAlgorithm".to_owned(),
+                value(&medledger_proto::common::HashingAlgorithm {
+                    name: "SHA256".into(),
+                }),
+            ),
+            (
+                "BlockDataHashingStructure".to_owned(),
+                value(&medledger_proto::common::BlockDataHashingStructure { width: u32::MAX }),
+            ),
+            (CAPABILITIES.to_owned(), capabilities(CHANNEL_CAPABILITY)),
+        ]),
         policies: standard_policies(&[]),
         mod_policy: "Admins".into(),
     };
@@ -296,6 +459,11 @@ pub struct ChannelConfig {
     pub anchor_peers: BTreeMap<String, Vec<(String, u16)>>,
     /// The configuration tree this was resolved from: what updates are checked against.
     pub source: std::sync::Arc<Config>,
+    /// The BFT ordering service's timeouts and bounds (from ConsensusType metadata; the
+    /// defaults of a new channel when it carries none).
+    pub bft: BftSettings,
+    /// Where each orderer organisation's orderers are reached (its `Endpoints`).
+    pub orderer_endpoints: BTreeMap<String, Vec<String>>,
 }
 
 /// The configuration in force on a channel: read by every request, replaced whole when a
@@ -324,18 +492,40 @@ fn decode<M: Message + Default>(bytes: &[u8], what: &'static str) -> Result<M, C
     M::decode(bytes).map_err(|e| ConfigError::Invalid(format!("{what}: {e}")))
 }
 
-fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    if let Some(ms) = s.strip_suffix("ms") {
-        return ms.parse().ok().map(Duration::from_millis);
+/// Parses a duration as Fabric writes them (Go's `time.Duration` text): `250ms`, `2s`, `1.5s`,
+/// `1m0s`, `3m`, `1h30m`; units ns, us, µs, ms, s, m, h. `None` for anything else, a negative
+/// or an overflowing value.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let mut rest = text.trim();
+    if rest == "0" {
+        return Some(Duration::ZERO);
     }
-    if let Some(sec) = s.strip_suffix('s') {
-        return sec.parse::<f64>().ok().map(Duration::from_secs_f64);
+    if rest.is_empty() {
+        return None;
     }
-    if let Some(m) = s.strip_suffix('m') {
-        return m.parse::<u64>().ok().map(|m| Duration::from_secs(m * 60));
+    let mut total = Duration::ZERO;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .filter(|&i| i > 0)?;
+        let value: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let seconds_per_unit = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total = total.checked_add(Duration::try_from_secs_f64(value * seconds_per_unit).ok()?)?;
     }
-    None
+    Some(total)
 }
 
 /// Resolves a group's policies (and its sub-groups'), implicit meta policies referring to the
@@ -439,6 +629,47 @@ impl ChannelConfig {
             }
             None => Duration::from_secs(2),
         };
+        check_capabilities(root, &format!("/{CHANNEL}"), CHANNEL_CAPABILITY)?;
+        check_capabilities(
+            orderer,
+            &format!("/{CHANNEL}/{ORDERER}"),
+            ORDERER_CAPABILITY,
+        )?;
+        if let Some(app_group) = root.groups.get(APPLICATION) {
+            check_capabilities(
+                app_group,
+                &format!("/{CHANNEL}/{APPLICATION}"),
+                APPLICATION_CAPABILITY,
+            )?;
+        }
+        let bft = match orderer.values.get("ConsensusType") {
+            Some(v) => {
+                let ct: ConsensusType = decode(&v.value, "ConsensusType")?;
+                if ct.r#type != "BFT" {
+                    return Err(ConfigError::Invalid(format!(
+                        "consensus type {:?} is not supported (BFT only)",
+                        ct.r#type
+                    )));
+                }
+                if ct.metadata.is_empty() {
+                    None
+                } else {
+                    Some(decode::<BftOptions>(&ct.metadata, "BFT options")?)
+                }
+            }
+            None => None,
+        };
+        let bft = match bft {
+            Some(options) => BftSettings::from_options(&options)?,
+            None => BftSettings::default(),
+        };
+        let mut orderer_endpoints = BTreeMap::new();
+        for (name, org) in &orderer.groups {
+            if let Some(v) = org.values.get(ENDPOINTS) {
+                let a: OrdererAddresses = decode(&v.value, "orderer Endpoints")?;
+                orderer_endpoints.insert(name.clone(), a.addresses);
+            }
+        }
         let anchor_peers = app
             .iter()
             .map(|(id, _, a)| (id.clone(), a.clone()))
@@ -458,6 +689,8 @@ impl ChannelConfig {
             batch_timeout,
             anchor_peers,
             source: std::sync::Arc::new(config.clone()),
+            bft,
+            orderer_endpoints,
         })
     }
 
@@ -743,4 +976,64 @@ pub fn check_seek(
         requester: u.signature_header.creator,
         admitted_at_sequence: channel.sequence,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_fabric_writes_them() {
+        let ms = Duration::from_millis;
+        for (text, want) in [
+            ("250ms", Some(ms(250))),
+            ("2s", Some(ms(2_000))),
+            ("1.5s", Some(ms(1_500))),
+            ("1m0s", Some(ms(60_000))),
+            ("3m", Some(ms(180_000))),
+            ("1h30m", Some(ms(5_400_000))),
+            ("0", Some(Duration::ZERO)),
+            ("", None),
+            ("5", None),
+            ("-1s", None),
+            ("1d", None),
+            ("s", None),
+            ("99999999999999999999h", None),
+        ] {
+            assert_eq!(parse_duration(text), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn capabilities_beyond_what_the_node_runs_are_refused() {
+        let group = |cap: &str| ConfigGroup {
+            values: HashMap::from([(CAPABILITIES.to_owned(), capabilities(cap))]),
+            ..Default::default()
+        };
+        assert!(check_capabilities(&group("V3_0"), "/Channel", "V3_0").is_ok());
+        assert!(check_capabilities(&group("V2_0"), "/Channel", "V3_0").is_ok());
+        let e = check_capabilities(&group("V3_1"), "/Channel", "V3_0").unwrap_err();
+        assert!(e.to_string().contains("V3_1"), "{e}");
+        assert!(check_capabilities(&group("Vfoo"), "/Channel", "V3_0").is_err());
+    }
+
+    #[test]
+    fn bft_options_with_bad_timeouts_are_refused() {
+        let mut o = default_bft_options(&ChannelProfile {
+            channel_id: String::new(),
+            application_orgs: vec![],
+            orderer_orgs: vec![],
+            consenters: vec![],
+            batch_size: BatchSize::default(),
+            batch_timeout: Duration::from_secs(1),
+        });
+        assert_eq!(
+            BftSettings::from_options(&o).ok(),
+            Some(BftSettings::default())
+        );
+        o.view_change_timeout = "soon".into();
+        assert!(BftSettings::from_options(&o).is_err());
+        o.view_change_timeout = "0s".into();
+        assert!(BftSettings::from_options(&o).is_err());
+    }
 }

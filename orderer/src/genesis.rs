@@ -2,7 +2,6 @@
 //! endpoints and certificates, batch settings) turned into a channel's genesis block.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use medledger_common::channelconfig::{ChannelProfile, OrgProfile, genesis_block};
 use medledger_common::msp::load_msp_folder;
@@ -80,17 +79,6 @@ fn read(base: &Path, p: &Path) -> Result<Vec<u8>, GenesisError> {
     })
 }
 
-fn parse_duration(s: &str) -> Option<Duration> {
-    if let Some(ms) = s.strip_suffix("ms") {
-        return ms.trim().parse().ok().map(Duration::from_millis);
-    }
-    s.strip_suffix('s')?
-        .trim()
-        .parse::<f64>()
-        .ok()
-        .map(Duration::from_secs_f64)
-}
-
 /// Builds the genesis block described by the `configtx.yaml` at `path` (relative paths in it are
 /// relative to its folder).
 pub fn from_configtx(path: &Path) -> Result<Block, GenesisError> {
@@ -153,9 +141,10 @@ pub fn from_configtx(path: &Path) -> Result<Block, GenesisError> {
             absolute_max_bytes: tx.batch.absolute_max_bytes,
             preferred_max_bytes: tx.batch.preferred_max_bytes,
         },
-        batch_timeout: parse_duration(&tx.batch.timeout).ok_or_else(|| {
-            GenesisError::Config(format!("bad batch timeout {:?}", tx.batch.timeout))
-        })?,
+        batch_timeout: medledger_common::channelconfig::parse_duration(&tx.batch.timeout)
+            .ok_or_else(|| {
+                GenesisError::Config(format!("bad batch timeout {:?}", tx.batch.timeout))
+            })?,
     };
     genesis_block(&profile).map_err(|e| GenesisError::Config(e.to_string()))
 }

@@ -30,9 +30,7 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::byzantine::Misbehaviour;
-use crate::consensus::{
-    Config, DEFAULT_MAX_POOL_BYTES, DEFAULT_MAX_POOL_REQUESTS, Output, Replica, RequestError,
-};
+use crate::consensus::{Config, DEFAULT_MAX_POOL_BYTES, Output, Replica, RequestError};
 use crate::crypto::{ConsenterCrypto, batch_settings};
 use crate::store::BlockStore;
 
@@ -160,8 +158,11 @@ pub fn join_channel(store: &BlockStore, genesis: &Block) -> Result<(), NodeError
     Ok(())
 }
 
+/// The consensus core's settings: the channel's BFT options and batch settings, in ticks.
 fn consensus_config(cfg: &OrdererConfig, channel: &ChannelConfig) -> Config {
     let ticks = |ms: u64| (ms / cfg.tick_ms.max(1)).max(1);
+    let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let bft = &channel.bft;
     let mut ids: Vec<u32> = channel.consenters.iter().map(|c| c.id).collect();
     ids.sort_unstable();
     Config {
@@ -169,12 +170,12 @@ fn consensus_config(cfg: &OrdererConfig, channel: &ChannelConfig) -> Config {
         self_id: cfg.consenter_id,
         consenters: ids,
         batch: batch_settings(channel, cfg.tick_ms),
-        heartbeat_ticks: ticks(250),
-        leader_timeout_ticks: ticks(2_500),
-        request_timeout_ticks: ticks(6_000),
-        view_change_timeout_ticks: ticks(4_000),
-        retransmit_ticks: ticks(500),
-        max_pool_requests: DEFAULT_MAX_POOL_REQUESTS,
+        heartbeat_ticks: ticks(millis(bft.heartbeat_interval)),
+        leader_timeout_ticks: ticks(millis(bft.leader_timeout)),
+        request_timeout_ticks: ticks(millis(bft.request_complain_timeout)),
+        view_change_timeout_ticks: ticks(millis(bft.view_change_timeout)),
+        retransmit_ticks: ticks(millis(bft.view_change_resend_interval)),
+        max_pool_requests: bft.request_pool_size,
         max_pool_bytes: DEFAULT_MAX_POOL_BYTES,
     }
 }

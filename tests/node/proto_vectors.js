@@ -4,6 +4,7 @@
 //   node proto_vectors.js encode            -> JSON of hex-encoded messages and their fields
 //   node proto_vectors.js decode <json>     -> JSON of the fields Node reads from our bytes
 //   node proto_vectors.js headerhash <json> -> block header hash computed with jsrsasign's DER
+//   node proto_vectors.js config <json>     -> what Fabric's tools read from a configuration block
 'use strict';
 
 const { common, peer, msp, orderer } = require('@hyperledger/fabric-protos');
@@ -166,11 +167,43 @@ function headerHash(input) {
     return { der: der.toString('hex'), hash: sha256(der).toString('hex') };
 }
 
+// What Fabric's tools read from a channel's configuration block.
+function config(input) {
+    const block = common.Block.deserializeBinary(unhex(input.block));
+    const env = common.Envelope.deserializeBinary(block.getData().getDataList_asU8()[0]);
+    const payload = common.Payload.deserializeBinary(env.getPayload_asU8());
+    const ce = common.ConfigEnvelope.deserializeBinary(payload.getData_asU8());
+    const root = ce.getConfig().getChannelGroup();
+    const caps = (group) => common.Capabilities.deserializeBinary(
+        group.getValuesMap().get('Capabilities').getValue_asU8()).getCapabilitiesMap().toArray().map(([k]) => k);
+    const ord = root.getGroupsMap().get('Orderer');
+    const ct = orderer.ConsensusType.deserializeBinary(ord.getValuesMap().get('ConsensusType').getValue_asU8());
+    const opts = orderer.smartbft.Options.deserializeBinary(ct.getMetadata_asU8());
+    const endpoints = {};
+    ord.getGroupsMap().forEach((org, name) => {
+        const v = org.getValuesMap().get('Endpoints');
+        if (v) endpoints[name] = common.OrdererAddresses.deserializeBinary(v.getValue_asU8()).getAddressesList();
+    });
+    return {
+        channel_capabilities: caps(root),
+        orderer_capabilities: caps(ord),
+        application_capabilities: caps(root.getGroupsMap().get('Application')),
+        consensus_type: ct.getType(),
+        request_batch_max_count: opts.getRequestBatchMaxCount(),
+        leader_heartbeat_timeout: opts.getLeaderHeartbeatTimeout(),
+        leader_heartbeat_count: opts.getLeaderHeartbeatCount(),
+        request_complain_timeout: opts.getRequestComplainTimeout(),
+        request_pool_size: opts.getRequestPoolSize(),
+        endpoints,
+    };
+}
+
 const [mode, arg] = process.argv.slice(2);
 let result;
 if (mode === 'encode') result = encode();
 else if (mode === 'decode') result = decode(JSON.parse(arg));
 else if (mode === 'headerhash') result = JSON.parse(arg).map(headerHash);
+else if (mode === 'config') result = config(JSON.parse(arg));
 else {
     console.error('usage: proto_vectors.js encode|decode <json>|headerhash <json>');
     process.exit(2);

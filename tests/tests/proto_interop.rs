@@ -293,3 +293,64 @@ fn field_numbers_match_fabric_protos() -> anyhow::Result<()> {
     assert!(compared > 100, "only {compared} messages compared");
     Ok(())
 }
+
+#[test]
+fn fabric_reads_capabilities_bft_options_and_orderer_endpoints_from_our_genesis_block()
+-> anyhow::Result<()> {
+    use medledger_common::channelconfig::{ChannelProfile, OrgProfile, genesis_block};
+    let dir = tempfile::tempdir()?;
+    let h1 = TestOrg::new("Hospital1MSP")?;
+    let orderers = medledger_tests::ordernet::OrdererSet::prepare(dir.path(), 4, &[])?;
+    let genesis = genesis_block(&ChannelProfile {
+        channel_id: "medchannel".into(),
+        application_orgs: vec![OrgProfile {
+            msp: h1.msp_config(),
+            anchor_peers: vec![],
+        }],
+        orderer_orgs: vec![OrgProfile {
+            msp: orderers.org.msp_config(),
+            anchor_peers: vec![],
+        }],
+        consenters: orderers.consenters.clone(),
+        batch_size: medledger_proto::orderer::BatchSize {
+            max_message_count: 100,
+            absolute_max_bytes: 1 << 20,
+            preferred_max_bytes: 512 << 10,
+        },
+        batch_timeout: std::time::Duration::from_millis(250),
+    })?;
+    let got: Value = serde_json::from_str(&run_node(
+        "proto_vectors.js",
+        &[
+            "config",
+            &json!({ "block": hex::encode(genesis.encode_to_vec()) }).to_string(),
+        ],
+    )?)?;
+    assert_eq!(got["channel_capabilities"], json!(["V3_0"]));
+    assert_eq!(got["orderer_capabilities"], json!(["V2_0"]));
+    assert_eq!(got["application_capabilities"], json!(["V2_5"]));
+    assert_eq!(got["consensus_type"], "BFT");
+    assert_eq!(got["request_batch_max_count"], 100);
+    assert_eq!(got["leader_heartbeat_timeout"], "2500ms");
+    assert_eq!(got["leader_heartbeat_count"], 10);
+    assert_eq!(got["request_complain_timeout"], "6s");
+    assert_eq!(got["request_pool_size"], 20000);
+    let endpoints: Vec<String> = orderers
+        .consenters
+        .iter()
+        .map(|c| format!("{}:{}", c.host, c.port))
+        .collect();
+    assert_eq!(got["endpoints"]["OrdererMSP"], json!(endpoints));
+    // And we read back what the orderers run with.
+    let cfg = medledger_common::channelconfig::ChannelConfig::from_block(&genesis)?;
+    assert_eq!(
+        cfg.bft.leader_timeout,
+        std::time::Duration::from_millis(2500)
+    );
+    assert_eq!(
+        cfg.bft.heartbeat_interval,
+        std::time::Duration::from_millis(250)
+    );
+    assert_eq!(cfg.orderer_endpoints["OrdererMSP"], endpoints);
+    Ok(())
+}

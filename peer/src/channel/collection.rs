@@ -355,6 +355,8 @@ mod tests {
             batch_timeout: std::time::Duration::from_secs(1),
             anchor_peers: BTreeMap::new(),
             source: Default::default(),
+            bft: Default::default(),
+            orderer_endpoints: BTreeMap::new(),
         }
     }
 
