@@ -216,6 +216,25 @@ async fn a_revocation_reaches_every_node_through_a_configuration_block() -> anyh
     let mut gw2 = net.gateway(1, doctor.clone()).await?;
     let e = gw2.evaluate(&["Get", "rec-1"]).await.unwrap_err();
     assert!(e.message().contains("revoked"), "{e}");
+
+    // A peer that starts over from the genesis block replays the configuration block and ends
+    // with the same configuration and state as the others.
+    net.stop_peer(1).await;
+    std::fs::remove_dir_all(medledger_tests::peernet::data_dir(&net, 1))?;
+    net.start_peer(1).await?;
+    let height = net.channel(0).await?.ledger.height();
+    net.wait_height(height).await?;
+    let (a, b) = (net.channel(0).await?, net.channel(1).await?);
+    assert_eq!(b.config().sequence, 1);
+    assert_eq!(b.config().source, a.config().source);
+    assert_eq!(b.ledger.state_hash()?, a.ledger.state_hash()?);
+    assert_eq!(b.ledger.last_hash()?, a.ledger.last_hash()?);
+    assert!(
+        b.config()
+            .msps
+            .deserialize(doctor.serialized(), medledger_common::msp::Expiry::now())
+            .is_err()
+    );
     Ok(())
 }
 
