@@ -227,6 +227,79 @@ async fn package_install_approve_commit_then_invoke() -> anyhow::Result<()> {
         out.contains("Hospital1MSP: true, Hospital2MSP: true"),
         "{out}"
     );
+    // Without -n: every committed definition.
+    let (ok, out) = cli.run(
+        &net,
+        1,
+        "Hospital2MSP",
+        &admins[1],
+        &["lifecycle", "chaincode", "querycommitted", "-C", CHANNEL],
+    );
+    assert!(
+        ok && out.contains("Name: medical, Version: 1.0, Sequence: 1"),
+        "{out}"
+    );
+    // What Hospital1 approved, with the package it runs.
+    let (ok, out) = cli.run(
+        &net,
+        0,
+        "Hospital1MSP",
+        &admins[0],
+        &[
+            "lifecycle",
+            "chaincode",
+            "queryapproved",
+            "-C",
+            CHANNEL,
+            "-n",
+            "medical",
+        ],
+    );
+    assert!(
+        ok && out.contains("sequence: 1, version: 1.0")
+            && out.contains(&format!("package-id: {package_id}")),
+        "{out}"
+    );
+    let (ok, out) = cli.run(
+        &net,
+        0,
+        "Hospital1MSP",
+        &admins[0],
+        &[
+            "lifecycle",
+            "chaincode",
+            "queryapproved",
+            "-C",
+            CHANNEL,
+            "-n",
+            "nosuchchaincode",
+        ],
+    );
+    assert!(!ok && out.contains("could not fetch approved"), "{out}");
+    // The installed package, byte for byte.
+    let fetched = dir.join("fetched");
+    std::fs::create_dir_all(&fetched)?;
+    let fetched_dir = fetched.to_string_lossy().into_owned();
+    let (ok, out) = cli.run(
+        &net,
+        0,
+        "Hospital1MSP",
+        &admins[0],
+        &[
+            "lifecycle",
+            "chaincode",
+            "getinstalledpackage",
+            "--package-id",
+            &package_id,
+            "--output-directory",
+            &fetched_dir,
+        ],
+    );
+    assert!(ok, "{out}");
+    assert_eq!(
+        std::fs::read(fetched.join(format!("{package_id}.tar.gz")))?,
+        std::fs::read(&package)?
+    );
 
     // The committed definition is in force on both peers: a doctor creates a record through it.
     let doctor_msp = dir.join("doctor/msp");

@@ -235,11 +235,18 @@ impl PackageStore {
 
     /// An installed package by id.
     pub fn get(&self, package_id: &str) -> Result<Option<InstalledPackage>, LifecycleError> {
+        self.bytes(package_id)?
+            .map(|b| parse_package(&b))
+            .transpose()
+    }
+
+    /// The bytes of an installed package, as installed.
+    pub fn bytes(&self, package_id: &str) -> Result<Option<Vec<u8>>, LifecycleError> {
         if package_id.contains('/') || package_id.contains("..") {
             return Ok(None);
         }
         match std::fs::read(self.path(package_id)) {
-            Ok(bytes) => parse_package(&bytes).map(Some),
+            Ok(bytes) => Ok(Some(bytes)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(LifecycleError::Store {
                 path: self.path(package_id),
@@ -469,6 +476,8 @@ pub fn execute(
         "CheckCommitReadiness" => check_commit_readiness(sim, config, input),
         "CommitChaincodeDefinition" => commit(sim, config, local_msp, input),
         "QueryChaincodeDefinition" => query(sim, config, input),
+        "QueryChaincodeDefinitions" => query_all(sim),
+        "QueryApprovedChaincodeDefinition" => query_approved(sim, local_msp, input),
         "InstallChaincode" => Err(
             "InstallChaincode is addressed to a peer, not a channel (use `lifecycle chaincode install`)".into(),
         ),
@@ -654,8 +663,93 @@ fn query(sim: &mut TxSimulator, config: &ChannelConfig, input: &[u8]) -> Result<
     .encode_to_vec())
 }
 
-/// Answers a `_lifecycle` proposal addressed to this peer (no channel): `InstallChaincode`
-/// and `QueryInstalledChaincodes`, for admins of the peer's organisation.
+/// Every committed definition on the channel (`peer lifecycle chaincode querycommitted` without
+/// `-n`).
+fn query_all(sim: &mut TxSimulator) -> Result<Vec<u8>, String> {
+    use medledger_proto::lifecycle::QueryChaincodeDefinitionsResult;
+    use medledger_proto::lifecycle::query_chaincode_definitions_result::ChaincodeDefinition;
+    let end = format!("{DEFINITION_PREFIX}\u{10FFFF}");
+    let (defs, _) = sim
+        .range(LIFECYCLE, DEFINITION_PREFIX, &end, None)
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::with_capacity(defs.len());
+    for (_, bytes) in defs {
+        let d = decode::<CommitChaincodeDefinitionArgs>(&bytes, "committed definition")?;
+        out.push(ChaincodeDefinition {
+            name: d.name,
+            sequence: d.sequence,
+            version: d.version,
+            endorsement_plugin: d.endorsement_plugin,
+            validation_plugin: d.validation_plugin,
+            validation_parameter: d.validation_parameter,
+            collections: d.collections,
+            init_required: d.init_required,
+        });
+    }
+    Ok(QueryChaincodeDefinitionsResult {
+        chaincode_definitions: out,
+    }
+    .encode_to_vec())
+}
+
+/// What this peer's organisation approved for a chaincode (`peer lifecycle chaincode
+/// queryapproved`): at `sequence`, or with 0 the newest approval (the next sequence if approved,
+/// else the committed one).
+fn query_approved(sim: &mut TxSimulator, local_msp: &str, input: &[u8]) -> Result<Vec<u8>, String> {
+    use medledger_proto::lifecycle::{
+        ChaincodeSource, QueryApprovedChaincodeDefinitionArgs,
+        QueryApprovedChaincodeDefinitionResult, chaincode_source,
+    };
+    let a: QueryApprovedChaincodeDefinitionArgs = decode(input, "queryapproved arguments")?;
+    let coll = implicit(local_msp);
+    let (committed, _) = committed_sequence(sim, &a.name)?;
+    let candidates = if a.sequence > 0 {
+        vec![a.sequence]
+    } else {
+        vec![committed.saturating_add(1), committed]
+    };
+    for sequence in candidates.into_iter().filter(|s| *s > 0) {
+        let Some(bytes) = sim
+            .get_private_data(LIFECYCLE, &coll, &approval_key(&a.name, sequence))
+            .map_err(|e| e.to_string())?
+        else {
+            continue;
+        };
+        let d = decode::<CommitChaincodeDefinitionArgs>(&bytes, "approved definition")?;
+        let package_id = sim
+            .get_private_data(LIFECYCLE, &coll, &source_key(&a.name, sequence))
+            .map_err(|e| e.to_string())?
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .filter(|p| p != "-");
+        let source = Some(ChaincodeSource {
+            r#type: Some(match package_id {
+                Some(package_id) => {
+                    chaincode_source::Type::LocalPackage(chaincode_source::Local { package_id })
+                }
+                None => chaincode_source::Type::Unavailable(chaincode_source::Unavailable {}),
+            }),
+        });
+        return Ok(QueryApprovedChaincodeDefinitionResult {
+            sequence: d.sequence,
+            version: d.version,
+            endorsement_plugin: d.endorsement_plugin,
+            validation_plugin: d.validation_plugin,
+            validation_parameter: d.validation_parameter,
+            collections: d.collections,
+            init_required: d.init_required,
+            source,
+        }
+        .encode_to_vec());
+    }
+    Err(format!(
+        "could not fetch approved chaincode definition (name: '{}', sequence: '{}') on channel",
+        a.name, a.sequence
+    ))
+}
+
+/// Answers a `_lifecycle` proposal addressed to this peer (no channel): `InstallChaincode`,
+/// `QueryInstalledChaincodes` and `GetInstalledChaincodePackage`, for admins of the peer's
+/// organisation.
 pub fn install(packages: &PackageStore, creator: &Identity, args: &[Vec<u8>]) -> Response {
     if creator.role != NodeRole::Admin {
         return fail("only an admin of the peer's organisation may install or list chaincode");
@@ -676,9 +770,32 @@ pub fn install(packages: &PackageStore, creator: &Identity, args: &[Vec<u8>]) ->
             Err(e) => fail(e.to_string()),
         };
     }
+    if args.first().map(Vec::as_slice) == Some(b"GetInstalledChaincodePackage".as_slice()) {
+        use medledger_proto::lifecycle::{
+            GetInstalledChaincodePackageArgs, GetInstalledChaincodePackageResult,
+        };
+        let a: GetInstalledChaincodePackageArgs = match decode(
+            args.get(1).map(Vec::as_slice).unwrap_or_default(),
+            "getinstalledpackage arguments",
+        ) {
+            Ok(a) => a,
+            Err(e) => return fail(e),
+        };
+        return match packages.bytes(&a.package_id) {
+            Ok(Some(bytes)) => ok(GetInstalledChaincodePackageResult {
+                chaincode_install_package: bytes,
+            }
+            .encode_to_vec()),
+            Ok(None) => fail(format!(
+                "could not load cc install package: chaincode install package '{}' not found",
+                a.package_id
+            )),
+            Err(e) => fail(e.to_string()),
+        };
+    }
     if args.first().map(Vec::as_slice) != Some(b"InstallChaincode".as_slice()) {
         return fail(
-            "only InstallChaincode and QueryInstalledChaincodes are addressed to a peer without a channel",
+            "only InstallChaincode, QueryInstalledChaincodes and GetInstalledChaincodePackage are addressed to a peer without a channel",
         );
     }
     let a: medledger_proto::lifecycle::InstallChaincodeArgs = match decode(

@@ -26,9 +26,25 @@ pub(super) async fn lifecycle(cmd: LifecycleChaincode) -> Result<(), NodeError> 
         LifecycleChaincode::Commit { def, target } => commit(def, target).await,
         LifecycleChaincode::Querycommitted {
             channel,
-            name,
+            name: Some(name),
             target,
         } => query_committed(channel, name, target).await,
+        LifecycleChaincode::Querycommitted {
+            channel,
+            name: None,
+            target,
+        } => query_all_committed(channel, target).await,
+        LifecycleChaincode::Queryapproved {
+            channel,
+            name,
+            sequence,
+            target,
+        } => query_approved(channel, name, sequence, target).await,
+        LifecycleChaincode::Getinstalledpackage {
+            package_id,
+            output_directory,
+            target,
+        } => get_installed_package(package_id, output_directory, target).await,
     }
 }
 
@@ -227,6 +243,101 @@ async fn query_committed(
         r.collections.map(|c| c.config.len()).unwrap_or(0),
         approvals.join(", ")
     );
+    Ok(())
+}
+
+/// Every committed definition on a channel.
+async fn query_all_committed(channel: String, target: PeerTarget) -> Result<(), NodeError> {
+    use medledger_proto::lifecycle::{
+        QueryChaincodeDefinitionsArgs, QueryChaincodeDefinitionsResult,
+    };
+    let out = Session::open(&target)
+        .await?
+        .evaluate(&lifecycle_invocation(
+            &channel,
+            "QueryChaincodeDefinitions",
+            QueryChaincodeDefinitionsArgs {}.encode_to_vec(),
+        ))
+        .await?;
+    let r = QueryChaincodeDefinitionsResult::decode(out.as_slice())
+        .map_err(|e| NodeError::Failed(format!("query result: {e}")))?;
+    println!("Committed chaincode definitions on channel '{channel}':");
+    for d in r.chaincode_definitions {
+        println!(
+            "Name: {}, Version: {}, Sequence: {}, Endorsement Plugin: {}, Validation Plugin: {}",
+            d.name, d.version, d.sequence, d.endorsement_plugin, d.validation_plugin
+        );
+    }
+    Ok(())
+}
+
+/// What the signer's organisation approved.
+async fn query_approved(
+    channel: String,
+    name: String,
+    sequence: i64,
+    target: PeerTarget,
+) -> Result<(), NodeError> {
+    use medledger_proto::lifecycle::{
+        QueryApprovedChaincodeDefinitionArgs, QueryApprovedChaincodeDefinitionResult,
+        chaincode_source,
+    };
+    let out = Session::open(&target)
+        .await?
+        .evaluate(&lifecycle_invocation(
+            &channel,
+            "QueryApprovedChaincodeDefinition",
+            QueryApprovedChaincodeDefinitionArgs {
+                name: name.clone(),
+                sequence,
+            }
+            .encode_to_vec(),
+        ))
+        .await?;
+    let r = QueryApprovedChaincodeDefinitionResult::decode(out.as_slice())
+        .map_err(|e| NodeError::Failed(format!("query result: {e}")))?;
+    let package = match r.source.and_then(|s| s.r#type) {
+        Some(chaincode_source::Type::LocalPackage(l)) => l.package_id,
+        _ => "<unavailable>".into(),
+    };
+    println!("Approved chaincode definition for chaincode '{name}' on channel '{channel}':");
+    println!(
+        "sequence: {}, version: {}, init-required: {}, package-id: {package}, endorsement plugin: {}, validation plugin: {}",
+        r.sequence, r.version, r.init_required, r.endorsement_plugin, r.validation_plugin
+    );
+    Ok(())
+}
+
+/// Writes an installed package to `<dir>/<package id>.tar.gz`, as Fabric's CLI does.
+async fn get_installed_package(
+    package_id: String,
+    dir: PathBuf,
+    target: PeerTarget,
+) -> Result<(), NodeError> {
+    use medledger_proto::lifecycle::{
+        GetInstalledChaincodePackageArgs, GetInstalledChaincodePackageResult,
+    };
+    let resp = Session::open(&target)
+        .await?
+        .ask_peer(
+            crate::execution::lifecycle::LIFECYCLE,
+            vec![
+                b"GetInstalledChaincodePackage".to_vec(),
+                GetInstalledChaincodePackageArgs {
+                    package_id: package_id.clone(),
+                }
+                .encode_to_vec(),
+            ],
+        )
+        .await?;
+    let r = GetInstalledChaincodePackageResult::decode(resp.payload.as_slice())
+        .map_err(|e| NodeError::Failed(format!("installed package: {e}")))?;
+    let path = dir.join(format!("{package_id}.tar.gz"));
+    std::fs::write(&path, &r.chaincode_install_package).map_err(|e| NodeError::File {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    println!("Package written to {}", path.display());
     Ok(())
 }
 

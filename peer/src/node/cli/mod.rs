@@ -272,8 +272,37 @@ enum LifecycleChaincode {
     Querycommitted {
         #[arg(short = 'C', long = "channelID")]
         channel: String,
+        /// The chaincode; every committed definition when left out.
+        #[arg(short = 'n', long = "name")]
+        name: Option<String>,
+        #[command(flatten)]
+        target: PeerTarget,
+    },
+    /// Show what your organisation approved for a chaincode (the newest approval, or `--sequence`).
+    #[command(
+        after_help = "Example:\n  medledger-peer lifecycle chaincode queryapproved -C medchannel -n medical \\\n    \
+        --peerAddresses localhost:7051 --tlsRootCertFiles tlsca.pem"
+    )]
+    Queryapproved {
+        #[arg(short = 'C', long = "channelID")]
+        channel: String,
         #[arg(short = 'n', long = "name")]
         name: String,
+        #[arg(long, default_value_t = 0)]
+        sequence: i64,
+        #[command(flatten)]
+        target: PeerTarget,
+    },
+    /// Write an installed package to a folder (as an admin of the peer's organisation).
+    #[command(
+        after_help = "Example:\n  medledger-peer lifecycle chaincode getinstalledpackage --package-id medical_1.0:3f2a... \\\n    \
+        --output-directory . --peerAddresses localhost:7051 --tlsRootCertFiles tlsca.pem"
+    )]
+    Getinstalledpackage {
+        #[arg(long = "package-id")]
+        package_id: String,
+        #[arg(long = "output-directory", default_value = ".")]
+        output_directory: PathBuf,
         #[command(flatten)]
         target: PeerTarget,
     },
