@@ -330,7 +330,7 @@ deploy_cc() {
   CORE_PEER_LOCALMSPID=Hospital1MSP CORE_PEER_MSPCONFIGPATH="$ORGS/hospital1/users/doctor1/msp" \
   "$BIN/medledger-peer" chaincode invoke -C "$CHANNEL" -n medical \
     -c '{"function":"CreateRecord","Args":["{\"id\":\"R-0001\",\"patientId\":\"P-0042\",\"resourceType\":\"Observation\"}"]}' \
-    --transient "{\"content\":\"$content\"}" \
+    --transient "{\"content\":\"$content\",\"salt\":\"$(head -c 32 /dev/urandom | base64 | tr -d '\n')\"}" \
     --peerAddresses "localhost:${PEER_PORTS[0]}" --tlsRootCertFiles "$ORGS/hospital1/tlsca/tlsca-cert.pem"
   say "smoke query on Hospital2's peer as doctor1@Hospital2MSP: the record's public entry"
   CORE_PEER_LOCALMSPID=Hospital2MSP CORE_PEER_MSPCONFIGPATH="$ORGS/hospital2/users/doctor1/msp" \

@@ -210,7 +210,10 @@ async fn main() -> anyhow::Result<()> {
             (
                 "medical".to_owned(),
                 vec!["CreateRecord".to_owned(), body],
-                HashMap::from([("content".to_owned(), content.to_vec())]),
+                HashMap::from([
+                    ("content".to_owned(), content.to_vec()),
+                    ("salt".to_owned(), rand::random::<[u8; 32]>().to_vec()),
+                ]),
             )
         }),
     )

@@ -325,7 +325,7 @@ async fn package_install_approve_commit_then_invoke() -> anyhow::Result<()> {
             "-c",
             r#"{"function":"CreateRecord","Args":["{\"id\":\"R-1\",\"patientId\":\"P-1\",\"resourceType\":\"Observation\"}"]}"#,
             "--transient",
-            &format!(r#"{{"content":"{content}"}}"#),
+            &format!(r#"{{"content":"{content}","salt":"{}"}}"#, "A".repeat(43) + "="),
         ],
     );
     assert!(ok && out.contains("Chaincode invoke successful"), "{out}");

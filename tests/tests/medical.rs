@@ -76,7 +76,11 @@ async fn record_shared_under_consent_then_revoked_with_full_provenance() -> anyh
 
     let mut h1 = net.gateway(0, doctor1.clone()).await?;
     let record = r#"{"id":"R-1","patientId":"P-0042","resourceType":"Observation"}"#;
-    let transient = HashMap::from([("content".to_owned(), CONTENT.as_bytes().to_vec())]);
+    let salt: [u8; 32] = rand::random();
+    let transient = HashMap::from([
+        ("content".to_owned(), CONTENT.as_bytes().to_vec()),
+        ("salt".to_owned(), salt.to_vec()),
+    ]);
     let (create_tx, _, create_block, out) =
         h1.submit_with(&["CreateRecord", record], transient).await?;
     assert_eq!(json(&out)?["custodian"], "Hospital1MSP");
@@ -97,9 +101,11 @@ async fn record_shared_under_consent_then_revoked_with_full_provenance() -> anyh
         .submit(&["RequestAccess", "R-1", "second opinion"])
         .await?;
     let read = json(&h2.evaluate(&["ReadSharedRecord", "R-1", &ticket]).await?)?;
+    assert_eq!(read["content"], CONTENT, "the exact bytes recorded");
     assert_eq!(
-        read["content"]["valueString"],
-        "7.9 percent, poorly controlled"
+        medledger_common::crypto::sha256_concat(&[&salt, CONTENT.as_bytes()]).to_vec(),
+        hex::decode(read["record"]["contentHash"].as_str().unwrap_or_default())?,
+        "the shared copy carries the salt that proves it against the ledger"
     );
     // Hospital3 has no share and no copy.
     let doctor3 = net.orgs[2].identity("doctor3", "client", &[("role", "doctor")])?;

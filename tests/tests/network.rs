@@ -153,6 +153,10 @@ fn network_up_deploy_invoke_and_down() {
         ),
         ("Hospital2 reads the shared record", "7.9 %"),
         (
+            "the shared copy proves against the ledger's salted commitment",
+            "content proven against the ledger",
+        ),
+        (
             "the read after revocation is refused",
             "refused, as it should be",
         ),

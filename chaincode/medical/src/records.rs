@@ -53,7 +53,7 @@ pub struct RecordEntry {
     pub resource_type: String,
     /// MSP id of the organisation that holds the content.
     pub custodian: String,
-    /// Lowercase hex SHA-256 of the current version's content.
+    /// The current version's commitment: lowercase hex SHA-256 of its salt and content.
     pub content_hash: String,
     pub version: u32,
     pub author_msp: String,
@@ -82,13 +82,46 @@ pub struct AccessEntry {
     pub via: String,
 }
 
-/// What `ReadRecord` returns.
+/// What `ReadRecord` returns. `content` is the FHIR resource exactly as it was recorded (the
+/// same bytes, as a JSON string), `salt` the version's salt (hex): anyone holding both checks
+/// `sha256(salt ‖ content) == contentHash` on the ledger.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RecordContent {
     pub record: RecordEntry,
     pub version: u32,
-    pub content: serde_json::Value,
+    pub content: String,
+    pub salt: String,
+}
+
+/// A version's content as the private collection keeps it: the exact bytes recorded with the
+/// salt of their commitment. Stored as this JSON, so the private value's hash in the block is
+/// as unguessable as the salt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SealedContent {
+    /// 32 random bytes, hex, chosen by the client for this version.
+    pub salt: String,
+    /// The FHIR resource, byte for byte as recorded.
+    pub content: String,
+}
+
+/// Bytes of salt per version.
+pub const SALT_BYTES: usize = 32;
+
+/// The public commitment to a version's content: lowercase hex SHA-256 of `salt ‖ content`.
+pub fn commitment(salt: &[u8], content: &[u8]) -> String {
+    hex::encode(medledger_common::crypto::sha256_concat(&[salt, content]))
+}
+
+impl SealedContent {
+    /// The commitment this content and salt make (`None` if the salt is not 32 hex bytes).
+    pub fn commitment(&self) -> Option<String> {
+        let salt = hex::decode(&self.salt)
+            .ok()
+            .filter(|s| s.len() == SALT_BYTES)?;
+        Some(commitment(&salt, self.content.as_bytes()))
+    }
 }
 
 /// A page of `ListRecordsByPatient`.
@@ -154,6 +187,7 @@ fn is_doctor(c: &Caller) -> bool {
     c.role.as_deref() == Some("doctor")
 }
 
+#[cfg(test)]
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(medledger_common::crypto::sha256(bytes))
 }
@@ -173,6 +207,34 @@ fn parse<T: serde::de::DeserializeOwned>(what: &str, json: &str) -> Result<T, Co
 
 pub(crate) fn ledger(e: String) -> ContractError {
     ContractError::Ledger(e)
+}
+
+/// The version to record from the transient map: `content` (a FHIR resource whose
+/// `resourceType` is `expected`) and `salt` (32 fresh random bytes, 64 hex characters). The
+/// salt is the client's: endorsing peers must agree, so the chaincode cannot draw it.
+fn sealed_from_transient<C: Ctx>(ctx: &C, expected: &str) -> Result<SealedContent, ContractError> {
+    let content = content_from_transient(ctx, expected)?;
+    // The 32 bytes themselves, or their 64 hex characters.
+    let salt = ctx
+        .transient("salt")
+        .and_then(|s| match s.len() {
+            SALT_BYTES => Some(s),
+            n if n == 2 * SALT_BYTES => hex::decode(&s).ok(),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            ContractError::Invalid(format!(
+                "the transient map needs \"salt\": {SALT_BYTES} fresh random bytes (or their {} \
+                 hex characters); the content's commitment on the ledger is SHA-256(salt || content)",
+                SALT_BYTES * 2
+            ))
+        })?;
+    let content = String::from_utf8(content)
+        .map_err(|_| ContractError::Invalid("content must be UTF-8 JSON".into()))?;
+    Ok(SealedContent {
+        salt: hex::encode(salt),
+        content,
+    })
 }
 
 /// The FHIR content from the transient map: a JSON object whose `resourceType` is `expected`.
@@ -250,14 +312,18 @@ pub async fn create<C: Ctx>(ctx: &mut C, json: &str) -> Result<RecordEntry, Cont
             req.id
         )));
     }
-    let content = content_from_transient(ctx, &req.resource_type)?;
+    let sealed = sealed_from_transient(ctx, &req.resource_type)?;
+    let content_hash = sealed
+        .commitment()
+        .ok_or_else(|| ContractError::Invalid("bad salt".into()))?;
+    let content = serde_json::to_vec(&sealed).map_err(|e| ledger(e.to_string()))?;
     let now = ctx.now();
     let entry = RecordEntry {
         id: req.id.clone(),
         patient_id: req.patient_id.clone(),
         resource_type: req.resource_type,
         custodian: caller.mspid.clone(),
-        content_hash: sha256_hex(&content),
+        content_hash,
         version: 1,
         author_msp: caller.mspid.clone(),
         author_subject: caller.subject.clone(),
@@ -306,9 +372,12 @@ pub async fn amend<C: Ctx>(
         )));
     }
     check_text("reason", reason, 512)?;
-    let content = content_from_transient(ctx, &entry.resource_type)?;
+    let sealed = sealed_from_transient(ctx, &entry.resource_type)?;
+    entry.content_hash = sealed
+        .commitment()
+        .ok_or_else(|| ContractError::Invalid("bad salt".into()))?;
+    let content = serde_json::to_vec(&sealed).map_err(|e| ledger(e.to_string()))?;
     entry.version += 1;
-    entry.content_hash = sha256_hex(&content);
     entry.author_msp = caller.mspid.clone();
     entry.author_subject = caller.subject.clone();
     entry.updated_at = ctx.now();
@@ -485,8 +554,10 @@ pub async fn read<C: Ctx>(
         &format!("content of record {id} version {version}"),
     )
     .await?;
+    let sealed = parse_content(&bytes)?;
     Ok(RecordContent {
-        content: parse_content(&bytes)?,
+        content: sealed.content,
+        salt: sealed.salt,
         record,
         version,
     })
@@ -505,16 +576,18 @@ pub(crate) async fn private_content<C: Ctx>(
         .await
         .map_err(ledger)?
         .ok_or_else(|| ContractError::NotFound(what.to_owned()))?;
-    if expected_hash.is_some_and(|h| sha256_hex(&bytes) != h) {
+    if let Some(h) = expected_hash
+        && parse_content(&bytes)?.commitment().as_deref() != Some(h)
+    {
         return Err(ledger(format!(
-            "{what} does not match its hash on the ledger"
+            "{what} does not match its commitment on the ledger"
         )));
     }
     Ok(bytes)
 }
 
-/// Stored content as JSON (it was checked to be a FHIR resource when written).
-pub(crate) fn parse_content(bytes: &[u8]) -> Result<serde_json::Value, ContractError> {
+/// Stored content with its salt (it was checked to be a FHIR resource when written).
+pub(crate) fn parse_content(bytes: &[u8]) -> Result<SealedContent, ContractError> {
     serde_json::from_slice(bytes).map_err(|e| ledger(format!("stored content: {e}")))
 }
 
@@ -632,12 +705,25 @@ pub(crate) mod tests {
     ) -> Result<serde_json::Value, ContractError> {
         let mut ctx = MemoryCtx::new(l, caller, tx, NOW);
         if let Some(c) = content {
-            ctx = ctx.with_transient("content", c.as_bytes());
+            ctx = ctx
+                .with_transient("content", c.as_bytes())
+                .with_transient("salt", test_salt(tx).as_bytes());
         }
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let out = invoke(&mut ctx, f, &args).await?;
         ctx.commit();
         Ok(serde_json::from_slice(&out).unwrap_or(serde_json::Value::Null))
+    }
+
+    /// The salt the test client sends with transaction `tx` (hex).
+    pub fn test_salt(tx: &str) -> String {
+        sha256_hex(format!("salt of {tx}").as_bytes())
+    }
+
+    /// The FHIR content a read returned, parsed.
+    pub fn content_of(read: &serde_json::Value) -> serde_json::Value {
+        serde_json::from_str(read["content"].as_str().expect("content is a string"))
+            .expect("content is JSON")
     }
 
     /// RequestAccess (committed), then the evaluated read `f` with its ticket.
@@ -676,20 +762,22 @@ pub(crate) mod tests {
         let r = create(&mut l, "R-1").await.unwrap();
         assert_eq!(r["custodian"], "Hospital1MSP");
         assert_eq!(r["version"], 1);
-        assert_eq!(r["contentHash"], sha256_hex(OBSERVATION.as_bytes()));
+        let salt = hex::decode(test_salt("tx-R-1")).unwrap();
+        assert_eq!(r["contentHash"], commitment(&salt, OBSERVATION.as_bytes()));
         // Content is private, the entry public, the custodian's peer must endorse changes.
         assert!(
             !l.state
                 .values()
                 .any(|v| String::from_utf8_lossy(v).contains("150/95"))
         );
-        assert_eq!(
-            l.private[&(
+        let stored: SealedContent = serde_json::from_slice(
+            &l.private[&(
                 "_implicit_org_Hospital1MSP".to_owned(),
-                "record/R-1/v1".to_owned()
+                "record/R-1/v1".to_owned(),
             )],
-            OBSERVATION.as_bytes()
-        );
+        )
+        .unwrap();
+        assert_eq!(stored.content, OBSERVATION);
         assert_eq!(l.key_policies["record/R-1"], "OR('Hospital1MSP.peer')");
 
         let v2 = r#"{"resourceType":"Observation","status":"amended","valueString":"140/90"}"#;
@@ -713,7 +801,7 @@ pub(crate) mod tests {
         )
         .await
         .unwrap();
-        assert_eq!(current["content"]["valueString"], "140/90");
+        assert_eq!(content_of(&current)["valueString"], "140/90");
         let old = read_as(
             &mut l,
             nurse("Hospital1MSP"),
@@ -750,7 +838,7 @@ pub(crate) mod tests {
         let e = read(&mut later, "R-1", "tx-r2", None).await.unwrap_err();
         assert!(e.to_string().contains("expired"), "{e}");
         drop(later);
-        assert_eq!(old["content"]["valueString"], "150/95");
+        assert_eq!(content_of(&old)["valueString"], "150/95");
         let p = call(
             &mut l,
             patient("Hospital1MSP", "P-0042"),
@@ -1011,5 +1099,121 @@ pub(crate) mod tests {
         .await
         .unwrap_err();
         assert!(matches!(e, ContractError::NotFound(_)), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_reader_gets_the_exact_bytes_recorded_and_can_check_them_against_the_ledger() {
+        let mut l = ledger();
+        // Unsorted keys, odd whitespace, non-ASCII text: any re-serialisation would change them.
+        let exact = "{ \"status\":\"final\",\n  \"resourceType\" : \"Observation\",\"note\":\"Blutdruck erhöht – 心拍\"  }";
+        let body = r#"{"id":"R-9","patientId":"P-0042","resourceType":"Observation"}"#;
+        let entry = call(
+            &mut l,
+            doctor("Hospital1MSP"),
+            "tx-9",
+            "CreateRecord",
+            &[body],
+            Some(exact),
+        )
+        .await
+        .unwrap();
+        let read = read_as(
+            &mut l,
+            nurse("Hospital1MSP"),
+            "tx-r9",
+            "ReadRecord",
+            &["R-9", "care"],
+        )
+        .await
+        .unwrap();
+        assert_eq!(read["content"], exact);
+        let salt = hex::decode(read["salt"].as_str().unwrap()).unwrap();
+        assert_eq!(salt.len(), SALT_BYTES);
+        assert_eq!(
+            commitment(&salt, read["content"].as_str().unwrap().as_bytes()),
+            entry["contentHash"].as_str().unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_version_without_a_fresh_salt_is_refused() {
+        let mut l = ledger();
+        let body = r#"{"id":"R-8","patientId":"P-0042","resourceType":"Observation"}"#;
+        for salt in [
+            None,
+            Some("00"),
+            Some("zz".repeat(32).as_str()),
+            Some(&"ab".repeat(33)[..]),
+        ] {
+            let mut ctx = MemoryCtx::new(&mut l, doctor("Hospital1MSP"), "tx-8", NOW)
+                .with_transient("content", OBSERVATION.as_bytes());
+            if let Some(s) = salt {
+                ctx = ctx.with_transient("salt", s.as_bytes());
+            }
+            let e = invoke(&mut ctx, "CreateRecord", &[body.to_owned()])
+                .await
+                .unwrap_err();
+            assert!(e.to_string().contains("salt"), "{e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_non_member_cannot_confirm_a_guess_from_anything_on_the_ledger() {
+        let mut l = ledger();
+        let body = r#"{"id":"R-7","patientId":"P-0042","resourceType":"Observation"}"#;
+        let template = |bp: &str| {
+            format!(
+                r#"{{"resourceType":"Observation","status":"final","code":{{"text":"blood pressure"}},"valueString":"{bp}"}}"#
+            )
+        };
+        let truth = template("128/82");
+        call(
+            &mut l,
+            doctor("Hospital1MSP"),
+            "tx-7",
+            "CreateRecord",
+            &[body],
+            Some(&truth),
+        )
+        .await
+        .unwrap();
+        // Everything a non-member sees: the public state, and the hash of every private value
+        // (what the block's hashed write sets carry).
+        let mut visible: Vec<String> = l
+            .state
+            .values()
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect();
+        visible.extend(l.private.values().map(|v| sha256_hex(v)));
+        // A guesser who knows the exact structure tries every plausible reading, the true one
+        // included, hashed as the old contract did and as JSON with an empty salt.
+        let mut confirmed = 0;
+        for sys in 90..200 {
+            for dia in 50..120 {
+                let guess = template(&format!("{sys}/{dia}"));
+                let plain = sha256_hex(guess.as_bytes());
+                let unsalted = sha256_hex(
+                    &serde_json::to_vec(&SealedContent {
+                        salt: String::new(),
+                        content: guess.clone(),
+                    })
+                    .unwrap(),
+                );
+                if visible
+                    .iter()
+                    .any(|v| v.contains(&plain) || v.contains(&unsalted))
+                {
+                    confirmed += 1;
+                }
+            }
+        }
+        assert_eq!(confirmed, 0, "a guess matched something on the ledger");
+        // The member, who holds the salt, confirms the true content.
+        let salt = hex::decode(test_salt("tx-7")).unwrap();
+        assert!(
+            visible
+                .iter()
+                .any(|v| v.contains(&commitment(&salt, truth.as_bytes())))
+        );
     }
 }

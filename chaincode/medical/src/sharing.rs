@@ -405,8 +405,10 @@ pub async fn read_shared<C: Ctx>(
         &format!("shared copy of record {record_id}"),
     )
     .await?;
+    let sealed = records::parse_content(&bytes)?;
     Ok(RecordContent {
-        content: records::parse_content(&bytes)?,
+        content: sealed.content,
+        salt: sealed.salt,
         version: share.version,
         record,
     })
@@ -470,7 +472,10 @@ mod tests {
         )
         .await
         .unwrap();
-        assert_eq!(r["content"]["valueString"], "150/95");
+        assert_eq!(
+            crate::records::tests::content_of(&r)["valueString"],
+            "150/95"
+        );
         // The read is in the provenance, with who and why.
         let prov = call(
             &mut l,
