@@ -14,6 +14,7 @@ pub mod msp;
 pub mod mutation;
 pub mod ops;
 pub mod policy;
+pub mod proof;
 pub mod protoutil;
 pub mod refusal;
 

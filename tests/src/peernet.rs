@@ -546,3 +546,48 @@ impl Gateway {
 pub fn data_dir(net: &PeerNet, i: usize) -> PathBuf {
     net.configs[i].data_dir.clone()
 }
+
+/// The collections the medical chaincode uses: one shared collection per pair of hospitals
+/// (each hospital's implicit collection holds its own records).
+pub fn medical_collections(orgs: usize) -> String {
+    let mut entries = Vec::new();
+    for a in 1..=orgs {
+        for b in a + 1..=orgs {
+            let (x, y) = (format!("Hospital{a}MSP"), format!("Hospital{b}MSP"));
+            entries.push(serde_json::json!({
+                "name": format!("shared_{x}_{y}"),
+                "policy": format!("OR('{x}.member', '{y}.member')"),
+                "requiredPeerCount": 1, "maxPeerCount": 1, "blockToLive": 0,
+                "memberOnlyRead": true, "memberOnlyWrite": true
+            }));
+        }
+    }
+    serde_json::Value::Array(entries).to_string()
+}
+
+/// A network of `orgs` hospitals running the medical chaincode (as chaincode [`CHAINCODE`]),
+/// endorsed by any one hospital's peer.
+pub async fn start_medical(orgs: usize) -> anyhow::Result<PeerNet> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?.to_string();
+    let package = "medical_0.1:5e1f";
+    tokio::spawn(medledger_shim::serve_with_listener(
+        listener,
+        package.into(),
+        None,
+        medledger_medical_chaincode::MedicalChaincode,
+        std::future::pending(),
+    ));
+    let policy = (1..=orgs)
+        .map(|i| format!("'Hospital{i}MSP.peer'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    PeerNet::build(NetOptions {
+        orgs,
+        external: Some((address, package.into())),
+        collections: Some(medical_collections(orgs)),
+        execute_timeout_ms: 10_000,
+        ..NetOptions::new(&format!("OR({policy})"))
+    })
+    .await
+}

@@ -8,48 +8,13 @@
 use std::collections::HashMap;
 
 use medledger_common::SigningIdentity;
-use medledger_tests::peernet::{NetOptions, PeerNet};
+use medledger_tests::peernet::PeerNet;
 use serde_json::Value;
 
 const HASH: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
 
-/// The collections the medical chaincode uses: one shared collection per pair of hospitals
-/// (each hospital's implicit collection holds its own records).
-pub fn medical_collections(orgs: usize) -> String {
-    let mut entries = Vec::new();
-    for a in 1..=orgs {
-        for b in a + 1..=orgs {
-            let (x, y) = (format!("Hospital{a}MSP"), format!("Hospital{b}MSP"));
-            entries.push(serde_json::json!({
-                "name": format!("shared_{x}_{y}"),
-                "policy": format!("OR('{x}.member', '{y}.member')"),
-                "requiredPeerCount": 1, "maxPeerCount": 1, "blockToLive": 0,
-                "memberOnlyRead": true, "memberOnlyWrite": true
-            }));
-        }
-    }
-    Value::Array(entries).to_string()
-}
-
 async fn network() -> anyhow::Result<PeerNet> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let address = listener.local_addr()?.to_string();
-    let package = "medical_0.1:5e1f";
-    tokio::spawn(medledger_shim::serve_with_listener(
-        listener,
-        package.into(),
-        None,
-        medledger_medical_chaincode::MedicalChaincode,
-        std::future::pending(),
-    ));
-    PeerNet::build(NetOptions {
-        orgs: 3,
-        external: Some((address, package.into())),
-        collections: Some(medical_collections(3)),
-        execute_timeout_ms: 10_000,
-        ..NetOptions::new("OR('Hospital1MSP.peer', 'Hospital2MSP.peer', 'Hospital3MSP.peer')")
-    })
-    .await
+    medledger_tests::peernet::start_medical(3).await
 }
 
 fn json(bytes: &[u8]) -> anyhow::Result<Value> {

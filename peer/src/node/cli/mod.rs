@@ -63,6 +63,9 @@ enum Command {
     /// Work on channel configurations (what Fabric users do with configtxlator).
     #[command(subcommand)]
     Config(config::ConfigCommand),
+    /// Export a record's provenance as a proof bundle, and verify one offline.
+    #[command(subcommand)]
+    Proof(proof::ProofCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -185,6 +188,7 @@ struct DefinitionArgs {
 
 mod config;
 mod lifecycle;
+mod proof;
 use lifecycle::lifecycle;
 
 #[derive(Subcommand, Debug)]
@@ -726,5 +730,6 @@ pub async fn run(cli: Cli) -> Result<(), NodeError> {
         Command::Lifecycle(LifecycleCommand::Chaincode(c)) => lifecycle(c).await,
         Command::Channel(c) => channel(c).await,
         Command::Config(c) => config::config(c),
+        Command::Proof(p) => proof::proof(p).await,
     }
 }

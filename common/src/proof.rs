@@ -1,0 +1,320 @@
+//! Provenance proofs a third party checks offline, with nothing but the channel's genesis block:
+//! a bundle of configuration blocks (how the channel's membership and consenters evolved), the
+//! blocks holding the transactions of interest, and claims of what those transactions wrote. The
+//! verifier trusts no peer: every block must carry a BFT quorum of signatures from the consenters
+//! of the configuration in force, every configuration must be an authorised update of the one
+//! before, every claimed write must be in a transaction signed by a channel member and endorsed
+//! by channel peers.
+
+use medledger_proto::common::{
+    Block, BlockMetadataIndex, Envelope, HeaderType, LastConfig, Metadata,
+};
+use medledger_proto::protos::{
+    ChaincodeAction, ChaincodeActionPayload, ProposalResponsePayload, Transaction, TxValidationCode,
+};
+use medledger_proto::rwset::TxReadWriteSet;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+
+use crate::channelconfig::ChannelConfig;
+use crate::configtx::{check_config_envelope, config_envelope_of};
+use crate::msp::{Expiry, NodeRole};
+use crate::protoutil::{block_envelopes, block_header_hash, is_config_block, unpack_envelope};
+
+/// The bundle format this module writes and reads.
+pub const FORMAT: &str = "medledger-proof/1";
+
+/// A self-contained provenance proof.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProofBundle {
+    pub format: String,
+    pub channel: String,
+    /// The genesis block and every later configuration block up to the newest one the
+    /// transactions' blocks name, oldest first (hex of `common.Block`).
+    pub config_blocks: Vec<String>,
+    /// The blocks holding the claimed transactions (hex of `common.Block`).
+    pub blocks: Vec<String>,
+    pub claims: Vec<WriteClaim>,
+}
+
+/// "Transaction `tx_id` in block `block` wrote `value` to `key` of chaincode `namespace`."
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WriteClaim {
+    pub block: u64,
+    pub tx_id: String,
+    pub namespace: String,
+    pub key: String,
+    /// The value written (UTF-8), as the chaincode stored it.
+    pub value: String,
+}
+
+/// What the verifier established about one claim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProvenClaim {
+    pub claim: WriteClaim,
+    /// Seconds since the epoch, from the transaction's header.
+    pub timestamp: i64,
+    pub creator_msp: String,
+    pub creator_subject: String,
+    /// `subject@msp` of each valid endorsement.
+    pub endorsers: Vec<String>,
+    /// Consenter ids whose signatures on the block verified.
+    pub block_signers: usize,
+}
+
+/// Why a bundle does not prove what it claims.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProofError {
+    #[error("malformed bundle: {0}")]
+    Malformed(String),
+    #[error("the bundle starts from another channel's genesis block")]
+    WrongGenesis,
+    #[error("configuration block {block}: {reason}")]
+    Config { block: u64, reason: String },
+    #[error("block {block}: {reason}")]
+    Block { block: u64, reason: String },
+    #[error("transaction {tx_id} in block {block}: {reason}")]
+    Transaction {
+        block: u64,
+        tx_id: String,
+        reason: String,
+    },
+}
+
+fn block_of(hex_block: &str) -> Result<Block, ProofError> {
+    let bytes = hex::decode(hex_block).map_err(|e| ProofError::Malformed(e.to_string()))?;
+    Block::decode(bytes.as_slice()).map_err(|e| ProofError::Malformed(format!("block: {e}")))
+}
+
+fn number(block: &Block) -> Result<u64, ProofError> {
+    block
+        .header
+        .as_ref()
+        .map(|h| h.number)
+        .ok_or_else(|| ProofError::Malformed("a block without a header".into()))
+}
+
+/// The LAST_CONFIG index a block's metadata names (covered by the consenters' signatures through
+/// the SIGNATURES value, which carries the same index).
+fn last_config(block: &Block) -> Option<u64> {
+    let slot = block
+        .metadata
+        .as_ref()?
+        .metadata
+        .get(BlockMetadataIndex::Signatures as usize)?;
+    let md = Metadata::decode(slot.as_slice()).ok()?;
+    medledger_proto::common::OrdererBlockMetadata::decode(md.value.as_slice())
+        .ok()?
+        .last_config
+        .map(|l: LastConfig| l.index)
+}
+
+/// Checks a bundle against the channel's genesis block, as someone trusting nothing else would.
+pub fn verify(bundle: &ProofBundle, genesis: &Block) -> Result<Vec<ProvenClaim>, ProofError> {
+    if bundle.format != FORMAT {
+        return Err(ProofError::Malformed(format!(
+            "format {:?} is not {FORMAT}",
+            bundle.format
+        )));
+    }
+    let configs = configurations(bundle, genesis)?;
+    let mut blocks = Vec::with_capacity(bundle.blocks.len());
+    for b in &bundle.blocks {
+        let block = block_of(b)?;
+        let n = number(&block)?;
+        let fail = |reason: String| ProofError::Block { block: n, reason };
+        let index = last_config(&block).ok_or_else(|| fail("no signed LAST_CONFIG".into()))?;
+        let (in_force, config) = configs
+            .iter()
+            .rev()
+            .find(|(c, _)| *c <= n)
+            .ok_or_else(|| fail("precedes the genesis block".into()))?;
+        if index != *in_force {
+            return Err(fail(format!(
+                "names configuration block {index}, but the bundle's configuration in force is block {in_force}"
+            )));
+        }
+        let signers = config
+            .verify_block(&block)
+            .map_err(|e| fail(e.to_string()))?;
+        blocks.push((n, block, config.clone(), signers));
+    }
+    bundle
+        .claims
+        .iter()
+        .map(|claim| {
+            let (_, block, config, signers) = blocks
+                .iter()
+                .find(|(n, ..)| *n == claim.block)
+                .ok_or_else(|| ProofError::Block {
+                    block: claim.block,
+                    reason: "is not in the bundle".into(),
+                })?;
+            prove_write(claim, block, config, *signers)
+        })
+        .collect()
+}
+
+/// Replays the configuration history: the genesis block must be the one the verifier holds;
+/// each later configuration block must be signed by the consenters of the configuration before
+/// it and be an authorised update of it.
+fn configurations(
+    bundle: &ProofBundle,
+    genesis: &Block,
+) -> Result<Vec<(u64, ChannelConfig)>, ProofError> {
+    let mut blocks = bundle.config_blocks.iter();
+    let first = block_of(
+        blocks
+            .next()
+            .ok_or_else(|| ProofError::Malformed("no genesis block".into()))?,
+    )?;
+    let (Some(a), Some(b)) = (first.header.as_ref(), genesis.header.as_ref()) else {
+        return Err(ProofError::WrongGenesis);
+    };
+    if block_header_hash(a) != block_header_hash(b) || first.data != genesis.data {
+        return Err(ProofError::WrongGenesis);
+    }
+    let genesis_config = ChannelConfig::from_block(genesis).map_err(|e| ProofError::Config {
+        block: 0,
+        reason: e.to_string(),
+    })?;
+    if genesis_config.channel_id != bundle.channel {
+        return Err(ProofError::WrongGenesis);
+    }
+    let mut out = vec![(0, genesis_config)];
+    for b in blocks {
+        let block = block_of(b)?;
+        let n = number(&block)?;
+        let fail = |reason: String| ProofError::Config { block: n, reason };
+        let (previous, config) = out.last().ok_or(ProofError::WrongGenesis)?;
+        if n <= *previous {
+            return Err(fail("configuration blocks are out of order".into()));
+        }
+        if !is_config_block(&block) {
+            return Err(fail("is not a configuration block".into()));
+        }
+        config
+            .verify_block(&block)
+            .map_err(|e| fail(e.to_string()))?;
+        let env = Envelope::decode(block_envelopes(&block)[0].as_slice())
+            .map_err(|e| fail(e.to_string()))?;
+        let ce = config_envelope_of(&env).map_err(|e| fail(e.to_string()))?;
+        let next = check_config_envelope(config, &ce).map_err(|e| fail(e.to_string()))?;
+        out.push((n, next));
+    }
+    Ok(out)
+}
+
+/// Checks one claimed write in a verified block.
+fn prove_write(
+    claim: &WriteClaim,
+    block: &Block,
+    config: &ChannelConfig,
+    block_signers: usize,
+) -> Result<ProvenClaim, ProofError> {
+    let fail = |reason: String| ProofError::Transaction {
+        block: claim.block,
+        tx_id: claim.tx_id.clone(),
+        reason,
+    };
+    let envelopes = block_envelopes(block);
+    let (index, env, u) = envelopes
+        .iter()
+        .enumerate()
+        .find_map(|(i, e)| {
+            let env = Envelope::decode(e.as_slice()).ok()?;
+            let u = unpack_envelope(&env).ok()?;
+            (u.channel_header.tx_id == claim.tx_id).then_some((i, env, u))
+        })
+        .ok_or_else(|| fail("is not in the block".into()))?;
+    // The validation flags are the committing peer's verdict (not covered by the orderers'
+    // signatures): a transaction marked anything but VALID proves nothing.
+    let flag = block
+        .metadata
+        .as_ref()
+        .and_then(|m| {
+            m.metadata
+                .get(BlockMetadataIndex::TransactionsFilter as usize)
+        })
+        .and_then(|f| f.get(index))
+        .copied();
+    if flag != Some(TxValidationCode::Valid as u8) {
+        return Err(fail(format!(
+            "is not marked VALID (flag {flag:?}): it wrote nothing"
+        )));
+    }
+    if u.channel_header.r#type != HeaderType::EndorserTransaction as i32 {
+        return Err(fail("is not an endorser transaction".into()));
+    }
+    let creator = config
+        .msps
+        .deserialize(&u.signature_header.creator, Expiry::Ignore)
+        .map_err(|e| fail(format!("creator: {e}")))?;
+    creator
+        .verify(&env.payload, &env.signature)
+        .map_err(|_| fail("the creator's signature does not verify".into()))?;
+    let tx = Transaction::decode(u.payload.data.as_slice()).map_err(|e| fail(e.to_string()))?;
+    let action = tx
+        .actions
+        .first()
+        .ok_or_else(|| fail("has no action".into()))?;
+    let cap = ChaincodeActionPayload::decode(action.payload.as_slice())
+        .map_err(|e| fail(e.to_string()))?;
+    let endorsed = cap
+        .action
+        .ok_or_else(|| fail("has no endorsed action".into()))?;
+    let prp = ProposalResponsePayload::decode(endorsed.proposal_response_payload.as_slice())
+        .map_err(|e| fail(e.to_string()))?;
+    let mut endorsers = Vec::new();
+    for e in &endorsed.endorsements {
+        let who = config
+            .msps
+            .deserialize(&e.endorser, Expiry::Ignore)
+            .map_err(|err| fail(format!("endorser: {err}")))?;
+        let msg = [endorsed.proposal_response_payload.as_slice(), &e.endorser].concat();
+        who.verify(&msg, &e.signature)
+            .map_err(|_| fail(format!("an endorsement by {} does not verify", who.mspid)))?;
+        if who.role != NodeRole::Peer || !config.application_orgs.contains(&who.mspid) {
+            return Err(fail(format!(
+                "endorsed by {}@{}, not a peer of a channel organisation",
+                who.cert.subject, who.mspid
+            )));
+        }
+        endorsers.push(format!("{}@{}", who.cert.subject, who.mspid));
+    }
+    if endorsers.is_empty() {
+        return Err(fail("has no endorsement".into()));
+    }
+    let cc = ChaincodeAction::decode(prp.extension.as_slice()).map_err(|e| fail(e.to_string()))?;
+    let rwset = TxReadWriteSet::decode(cc.results.as_slice()).map_err(|e| fail(e.to_string()))?;
+    let written = rwset
+        .ns_rwset
+        .iter()
+        .filter(|ns| ns.namespace == claim.namespace)
+        .filter_map(|ns| medledger_proto::kvrwset::KvrwSet::decode(ns.rwset.as_slice()).ok())
+        .flat_map(|kv| kv.writes)
+        .find(|w| w.key == claim.key)
+        .ok_or_else(|| {
+            fail(format!(
+                "wrote nothing to {}/{}",
+                claim.namespace, claim.key
+            ))
+        })?;
+    if written.is_delete || written.value != claim.value.as_bytes() {
+        return Err(fail(format!(
+            "wrote another value to {}/{} than the claim says",
+            claim.namespace, claim.key
+        )));
+    }
+    Ok(ProvenClaim {
+        claim: claim.clone(),
+        timestamp: u.channel_header.timestamp.unwrap_or_default().seconds,
+        creator_msp: creator.mspid.clone(),
+        creator_subject: creator.cert.subject.clone(),
+        endorsers,
+        block_signers,
+    })
+}

@@ -1,0 +1,283 @@
+//! `medledger-peer proof export|verify`: a record's provenance as a self-contained bundle
+//! (`medledger_common::proof`), and its offline verification against the channel's genesis
+//! block, trusting no peer.
+
+use std::path::PathBuf;
+
+use medledger_common::proof::{FORMAT, ProofBundle, WriteClaim, verify};
+use medledger_common::protoutil::{block_envelopes, unpack_envelope};
+use medledger_proto::common::{Block, BlockMetadataIndex, Envelope, LastConfig, Metadata};
+
+use super::*;
+
+/// `medledger-peer proof ...`.
+#[derive(Subcommand, Debug)]
+pub(super) enum ProofCommand {
+    /// Export a medical record's versions as a proof bundle (JSON), as an identity allowed to
+    /// read its provenance (staff, or the patient).
+    #[command(
+        after_help = "Example:\n  medledger-peer proof export --record R-100 -C medchannel -n medical --output proof.json \\\n    \
+        --peerAddresses localhost:7051 --tlsRootCertFiles tlsca.pem"
+    )]
+    Export {
+        #[arg(long)]
+        record: String,
+        #[arg(short = 'C', long = "channelID")]
+        channel: String,
+        #[arg(short = 'n', long = "name", default_value = "medical")]
+        chaincode: String,
+        #[arg(long)]
+        output: PathBuf,
+        #[command(flatten)]
+        target: PeerTarget,
+    },
+    /// Verify a bundle with nothing but the channel's genesis block; with `--content` and
+    /// `--salt`, also that this content is what the newest version committed to.
+    #[command(
+        after_help = "Example:\n  medledger-peer proof verify --bundle proof.json --genesis channel-artifacts/medchannel.block"
+    )]
+    Verify {
+        #[arg(long)]
+        bundle: PathBuf,
+        #[arg(long)]
+        genesis: PathBuf,
+        /// A file with the content exactly as recorded.
+        #[arg(long)]
+        content: Option<PathBuf>,
+        /// The version's salt (hex), as ReadRecord returns it.
+        #[arg(long)]
+        salt: Option<String>,
+    },
+}
+
+fn read_file(path: &std::path::Path) -> Result<Vec<u8>, NodeError> {
+    std::fs::read(path).map_err(|e| NodeError::File {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// Runs one `proof` subcommand.
+pub(super) async fn proof(cmd: ProofCommand) -> Result<(), NodeError> {
+    match cmd {
+        ProofCommand::Export {
+            record,
+            channel,
+            chaincode,
+            output,
+            target,
+        } => {
+            let bundle = export(&record, &channel, &chaincode, &target).await?;
+            let json =
+                serde_json::to_vec_pretty(&bundle).map_err(|e| NodeError::Failed(e.to_string()))?;
+            std::fs::write(&output, json).map_err(|e| NodeError::File {
+                path: output.clone(),
+                reason: e.to_string(),
+            })?;
+            println!(
+                "Proof of record {record}: {} version(s) in {} block(s), {} configuration block(s), written to {}",
+                bundle.claims.len(),
+                bundle.blocks.len(),
+                bundle.config_blocks.len(),
+                output.display()
+            );
+            Ok(())
+        }
+        ProofCommand::Verify {
+            bundle,
+            genesis,
+            content,
+            salt,
+        } => verify_bundle(bundle, genesis, content, salt),
+    }
+}
+
+fn last_config(block: &Block) -> u64 {
+    block
+        .metadata
+        .as_ref()
+        .and_then(|m| m.metadata.get(BlockMetadataIndex::LastConfig as usize))
+        .and_then(|b| Metadata::decode(b.as_slice()).ok())
+        .and_then(|m| LastConfig::decode(m.value.as_slice()).ok())
+        .map_or(0, |l| l.index)
+}
+
+async fn export(
+    record: &str,
+    channel: &str,
+    chaincode: &str,
+    target: &PeerTarget,
+) -> Result<ProofBundle, NodeError> {
+    let mut session = Session::open(target).await?;
+    let provenance = session
+        .evaluate(&Invocation {
+            channel: channel.to_owned(),
+            chaincode: chaincode.to_owned(),
+            args: vec![b"GetRecordProvenance".to_vec(), record.as_bytes().to_vec()],
+            transient: HashMap::new(),
+            is_init: false,
+        })
+        .await?;
+    let provenance: serde_json::Value = serde_json::from_slice(&provenance)
+        .map_err(|e| NodeError::Failed(format!("provenance: {e}")))?;
+    let versions = provenance["versions"]
+        .as_array()
+        .ok_or_else(|| NodeError::Failed("provenance without versions".into()))?;
+    let fetch = |n: u64| {
+        let session = &session;
+        async move {
+            let resp = session
+                .ask_peer(
+                    "qscc",
+                    vec![
+                        b"GetBlockByNumber".to_vec(),
+                        channel.as_bytes().to_vec(),
+                        n.to_string().into_bytes(),
+                    ],
+                )
+                .await?;
+            Block::decode(resp.payload.as_slice())
+                .map_err(|e| NodeError::Failed(format!("block {n}: {e}")))
+        }
+    };
+    let key = format!("record/{record}");
+    let mut blocks: Vec<Block> = Vec::new();
+    let mut claims = Vec::new();
+    for v in versions {
+        let (Some(tx_id), Some(n)) = (v["txId"].as_str(), v["block"].as_u64()) else {
+            return Err(NodeError::Failed("a version without txId or block".into()));
+        };
+        if !blocks
+            .iter()
+            .any(|b| b.header.as_ref().is_some_and(|h| h.number == n))
+        {
+            blocks.push(fetch(n).await?);
+        }
+        let block = blocks
+            .iter()
+            .find(|b| b.header.as_ref().is_some_and(|h| h.number == n))
+            .ok_or_else(|| NodeError::Failed(format!("block {n} missing")))?;
+        claims.push(WriteClaim {
+            block: n,
+            tx_id: tx_id.to_owned(),
+            namespace: chaincode.to_owned(),
+            value: written_value(block, tx_id, chaincode, &key)
+                .ok_or_else(|| NodeError::Failed(format!("transaction {tx_id} wrote no {key}")))?,
+            key: key.clone(),
+        });
+    }
+    // Configuration history: follow LAST_CONFIG back from the newest the blocks name.
+    let mut config_numbers = Vec::new();
+    let mut next = blocks.iter().map(last_config).max().unwrap_or(0);
+    while next > 0 {
+        config_numbers.push(next);
+        next = last_config(&fetch(next - 1).await?);
+    }
+    config_numbers.push(0);
+    config_numbers.reverse();
+    let mut config_blocks = Vec::new();
+    for n in config_numbers {
+        config_blocks.push(hex::encode(fetch(n).await?.encode_to_vec()));
+    }
+    Ok(ProofBundle {
+        format: FORMAT.to_owned(),
+        channel: channel.to_owned(),
+        config_blocks,
+        blocks: blocks
+            .iter()
+            .map(|b| hex::encode(b.encode_to_vec()))
+            .collect(),
+        claims,
+    })
+}
+
+/// The value transaction `tx_id` of `block` wrote to `key` of `namespace`.
+fn written_value(block: &Block, tx_id: &str, namespace: &str, key: &str) -> Option<String> {
+    use medledger_proto::protos::{
+        ChaincodeAction, ChaincodeActionPayload, ProposalResponsePayload, Transaction,
+    };
+    block_envelopes(block).iter().find_map(|e| {
+        let env = Envelope::decode(e.as_slice()).ok()?;
+        let u = unpack_envelope(&env).ok()?;
+        if u.channel_header.tx_id != tx_id {
+            return None;
+        }
+        let tx = Transaction::decode(u.payload.data.as_slice()).ok()?;
+        let cap = ChaincodeActionPayload::decode(tx.actions.first()?.payload.as_slice()).ok()?;
+        let prp = ProposalResponsePayload::decode(cap.action?.proposal_response_payload.as_slice())
+            .ok()?;
+        let cc = ChaincodeAction::decode(prp.extension.as_slice()).ok()?;
+        let rw = medledger_proto::rwset::TxReadWriteSet::decode(cc.results.as_slice()).ok()?;
+        rw.ns_rwset
+            .iter()
+            .filter(|ns| ns.namespace == namespace)
+            .filter_map(|ns| medledger_proto::kvrwset::KvrwSet::decode(ns.rwset.as_slice()).ok())
+            .flat_map(|kv| kv.writes)
+            .find(|w| w.key == key)
+            .and_then(|w| String::from_utf8(w.value).ok())
+    })
+}
+
+fn verify_bundle(
+    bundle: PathBuf,
+    genesis: PathBuf,
+    content: Option<PathBuf>,
+    salt: Option<String>,
+) -> Result<(), NodeError> {
+    let b: ProofBundle =
+        serde_json::from_slice(&read_file(&bundle)?).map_err(|e| NodeError::File {
+            path: bundle.clone(),
+            reason: format!("not a proof bundle: {e}"),
+        })?;
+    let genesis_block =
+        Block::decode(read_file(&genesis)?.as_slice()).map_err(|e| NodeError::File {
+            path: genesis.clone(),
+            reason: format!("not a block: {e}"),
+        })?;
+    let proven =
+        verify(&b, &genesis_block).map_err(|e| NodeError::Failed(format!("proof refused: {e}")))?;
+    println!(
+        "Verified against the genesis block of channel {} and {} later configuration block(s):",
+        b.channel,
+        b.config_blocks.len().saturating_sub(1)
+    );
+    for p in &proven {
+        println!(
+            "  block {} (signed by {} consenters) tx {} at {}: {} by {}@{}, endorsed by {}",
+            p.claim.block,
+            p.block_signers,
+            p.claim.tx_id,
+            p.timestamp,
+            p.claim.key,
+            p.creator_subject,
+            p.creator_msp,
+            p.endorsers.join(", ")
+        );
+        println!("    wrote {}", p.claim.value);
+    }
+    if let (Some(content), Some(salt)) = (content, salt) {
+        let newest = proven
+            .last()
+            .ok_or_else(|| NodeError::Failed("the bundle proves no version".into()))?;
+        let entry: serde_json::Value = serde_json::from_str(&newest.claim.value)
+            .map_err(|e| NodeError::Failed(format!("record entry: {e}")))?;
+        let salt =
+            hex::decode(salt.trim()).map_err(|e| NodeError::Usage(format!("--salt: {e}")))?;
+        let hash = hex::encode(medledger_common::crypto::sha256_concat(&[
+            &salt,
+            &read_file(&content)?,
+        ]));
+        if entry["contentHash"].as_str() != Some(hash.as_str()) {
+            return Err(NodeError::Failed(format!(
+                "proof refused: the content and salt hash to {hash}, not to the committed contentHash {}",
+                entry["contentHash"]
+            )));
+        }
+        println!(
+            "  the content is what version {} committed to ({hash})",
+            entry["version"]
+        );
+    }
+    println!("Proof verified.");
+    Ok(())
+}
