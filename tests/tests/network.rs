@@ -166,6 +166,7 @@ fn network_up_deploy_invoke_and_down() {
             "\"readerMsp\":\"Hospital2MSP\"",
         ),
         ("the certificate verifies", "\"status\":\"valid\""),
+        ("the record's proof verifies offline", "Proof verified."),
     ] {
         assert!(walk_out.contains(needle), "{what}:\n{walk_out}");
     }
