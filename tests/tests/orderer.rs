@@ -533,3 +533,136 @@ async fn a_byzantine_orderer_process_neither_stops_nor_fools_the_others() -> any
     drop(procs);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_configuration_update_survives_killing_an_orderer_mid_update() -> anyhow::Result<()> {
+    use medledger_common::configtx::{compute_update, sign_config_update, update_envelope};
+    use medledger_common::protoutil::is_config_block;
+    use medledger_proto::common::ConfigUpdateEnvelope;
+    let bin =
+        tokio::task::spawn_blocking(|| workspace_binary("medledger-orderer", "medledger-orderer"))
+            .await??;
+    let dir = tempfile::tempdir()?;
+    let app = TestOrg::new("Hospital1MSP")?;
+    let orderers = OrdererSet::prepare(dir.path(), 4, &[app.tls_ca.cert_pem()])?;
+    let (_, cfg) = channel(&orderers, &app)?;
+    let mut procs: HashMap<u32, Proc> = HashMap::new();
+    let mut configs = HashMap::new();
+    for c in &orderers.configs {
+        let path = dir.path().join(format!("orderer{}.yaml", c.consenter_id));
+        std::fs::write(&path, serde_yaml::to_string(c)?)?;
+        procs.insert(c.consenter_id, spawn(&bin, &path)?);
+        configs.insert(c.consenter_id, path);
+    }
+    for id in 1..=4 {
+        wait_listening(&orderers.address(id)).await?;
+    }
+    let client = app.identity("app", "client", &[])?;
+
+    // The orderer organisation's admin raises the batch size; orderer 2 is killed (SIGKILL)
+    // right after accepting the update, before it can have finished ordering it.
+    let mut next = (*cfg.source).clone();
+    let mut batch = cfg.batch_size;
+    batch.max_message_count = 50;
+    next.channel_group
+        .as_mut()
+        .and_then(|g| g.groups.get_mut("Orderer"))
+        .and_then(|o| o.values.get_mut("BatchSize"))
+        .ok_or_else(|| anyhow::anyhow!("no BatchSize"))?
+        .value = batch.encode_to_vec();
+    let update = compute_update(CHANNEL, &cfg.source, &next)?;
+    let admin = orderers.org.identity("oadmin", "admin", &[])?;
+    let bytes = update.encode_to_vec();
+    let env = update_envelope(
+        CHANNEL,
+        &ConfigUpdateEnvelope {
+            signatures: vec![sign_config_update(&bytes, &admin)?],
+            config_update: bytes,
+        },
+        &admin,
+    )?;
+    let r = orderers.broadcast(2, env).await?;
+    assert_eq!(r.status, BlockStatus::Success as i32, "{}", r.info);
+    let mut p = procs.remove(&2).expect("orderer 2");
+    let _ = p.0.kill();
+    let _ = p.0.wait();
+
+    // Ordering goes on: the update (written ahead and shared before the answer) is ordered by
+    // the three others, and transactions after it too.
+    let mut acked = Vec::new();
+    for i in 0..10u32 {
+        let env = signed_envelope(
+            HeaderType::EndorserTransaction,
+            CHANNEL,
+            format!("after {i}").into_bytes(),
+            &client,
+        )?;
+        let txid = txid_of(&env.encode_to_vec()).expect("txid");
+        if let Ok(r) = orderers.broadcast(1 + 2 * (i % 2), env).await
+            && r.status == BlockStatus::Success as i32
+        {
+            acked.push(txid);
+        }
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let reference = loop {
+        let blocks = blocks_of(&orderers, 3, &client).await?;
+        let ordered: HashSet<String> = txids(&blocks).into_iter().collect();
+        if blocks.iter().any(is_config_block) && acked.iter().all(|t| ordered.contains(t)) {
+            break blocks;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the update or later transactions were lost with orderer 2"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(acked.len(), 10);
+    assert_eq!(
+        reference.iter().filter(|b| is_config_block(b)).count(),
+        2,
+        "genesis and exactly one update"
+    );
+
+    // Orderer 2 restarts, catches up to the same chain, and runs the new configuration.
+    procs.insert(2, spawn(&bin, &configs[&2])?);
+    wait_listening(&orderers.address(2)).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let theirs = blocks_of(&orderers, 2, &client).await.unwrap_or_default();
+        if theirs.len() >= reference.len() {
+            for (a, b) in theirs.iter().zip(&reference) {
+                assert_eq!(
+                    block_header_hash(a.header.as_ref().expect("header")),
+                    block_header_hash(b.header.as_ref().expect("header"))
+                );
+            }
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "orderer 2 did not catch up after the update"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let env = signed_envelope(
+        HeaderType::EndorserTransaction,
+        CHANNEL,
+        b"after the restart".to_vec(),
+        &client,
+    )?;
+    let r = orderers.broadcast(2, env).await?;
+    assert_eq!(r.status, BlockStatus::Success as i32, "{}", r.info);
+    // The same update again is stale on every orderer, the restarted one included.
+    let stale = update_envelope(
+        CHANNEL,
+        &ConfigUpdateEnvelope {
+            signatures: vec![sign_config_update(&update.encode_to_vec(), &admin)?],
+            config_update: update.encode_to_vec(),
+        },
+        &admin,
+    )?;
+    let r = orderers.broadcast(2, stale).await?;
+    assert_eq!(r.status, BlockStatus::BadRequest as i32, "{}", r.info);
+    Ok(())
+}
