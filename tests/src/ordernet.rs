@@ -18,10 +18,19 @@ pub struct OrdererSet {
     pub genesis_path: std::path::PathBuf,
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// A port for a node that binds it later. Ports the kernel hands out for `:0` come from the
+/// ephemeral range, which every outgoing connection also draws its source port from: between
+/// choosing and binding, another test's client can take it ("Address already in use"). Ports
+/// below that range are only taken by listeners.
+pub fn free_port() -> anyhow::Result<u16> {
+    const BELOW_EPHEMERAL: std::ops::Range<u16> = 20_000..32_000;
+    for _ in 0..200 {
+        let port = rand::Rng::gen_range(&mut rand::thread_rng(), BELOW_EPHEMERAL);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free port below the ephemeral range")
 }
 
 impl OrdererSet {

@@ -265,9 +265,7 @@ impl PeerNet {
         }
         // Every peer knows every other (gateway endorsement, private data): ports are fixed first.
         for c in &mut configs {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")?
-                .local_addr()?
-                .port();
+            let port = crate::ordernet::free_port()?;
             c.listen_address = format!("127.0.0.1:{port}");
         }
         for i in 0..configs.len() {
