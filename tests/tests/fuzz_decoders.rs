@@ -1,4 +1,5 @@
-//! Property tests over every decoder of outside bytes: hostile variants (small-scope mutations)
+//! Property tests over every decoder of outside bytes (blocks, proposals, envelopes, identities,
+//! certificates, policies, configuration updates, proof bundles): hostile variants (small-scope mutations)
 //! of valid messages and of random bytes must give a typed error or a value, never a panic or a
 //! hang. `MEDLEDGER_FUZZ_ITERATIONS` sets the inputs per target (CI runs the default; the long
 //! run is in the README); each target prints its inputs/s.
@@ -9,16 +10,20 @@ use medledger_common::cert::{Certificate, CertificateRequest, RevocationList};
 use medledger_common::channelconfig::{
     ChannelConfig, ChannelProfile, OrgProfile, check_seek, genesis_block,
 };
+use medledger_common::configtx::{
+    check_config_envelope, compute_update, propose_update, sign_config_update, update_envelope,
+};
 use medledger_common::msp::Expiry;
 use medledger_common::mutation::{MutationRng, iterations, mutate};
 use medledger_common::policy::{
     decode_implicit_meta, decode_signature_policy, parse_signature_policy,
 };
+use medledger_common::proof::{ProofBundle, WriteClaim};
 use medledger_common::protoutil::{
     Invocation, block_envelopes, build_signed_proposal, signed_envelope, unpack_envelope,
     unpack_proposal,
 };
-use medledger_proto::common::{Block, Envelope, HeaderType};
+use medledger_proto::common::{Block, ConfigEnvelope, ConfigUpdateEnvelope, Envelope, HeaderType};
 use medledger_proto::orderer::{BatchSize, SeekInfo};
 use medledger_proto::protos::SignedProposal;
 use medledger_tests::TestOrg;
@@ -176,5 +181,72 @@ fn decoders_of_outside_bytes_never_panic() -> anyhow::Result<()> {
             let _ = decode_implicit_meta(b);
         },
     );
+
+    // Configuration updates as Broadcast receives them, and CONFIG envelopes as every orderer
+    // and peer checks them.
+    let mut next = (*config.source).clone();
+    if let Some(v) = next
+        .channel_group
+        .as_mut()
+        .and_then(|g| g.groups.get_mut("Orderer"))
+        .and_then(|o| o.values.get_mut("BatchSize"))
+    {
+        v.value = BatchSize {
+            max_message_count: 20,
+            absolute_max_bytes: 1 << 20,
+            preferred_max_bytes: 1 << 19,
+        }
+        .encode_to_vec();
+    }
+    let update = compute_update("fuzzchannel", &config.source, &next)?;
+    let admin = orderers.org.identity("oadmin", "admin", &[])?;
+    let update_bytes = update.encode_to_vec();
+    let update_env = update_envelope(
+        "fuzzchannel",
+        &ConfigUpdateEnvelope {
+            signatures: vec![sign_config_update(&update_bytes, &admin)?],
+            config_update: update_bytes,
+        },
+        &admin,
+    )?;
+    let proposed = propose_update(&config, &update_env, Expiry::now())?;
+    run(
+        "CONFIG_UPDATE Envelope + propose_update",
+        &[update_env.encode_to_vec()],
+        &mut |b| {
+            if let Ok(env) = Envelope::decode(b) {
+                let _ = propose_update(&config, &env, Expiry::Ignore);
+            }
+        },
+    );
+    run(
+        "ConfigEnvelope + check_config_envelope",
+        &[proposed.encode_to_vec()],
+        &mut |b| {
+            if let Ok(ce) = ConfigEnvelope::decode(b) {
+                let _ = check_config_envelope(&config, &ce);
+            }
+        },
+    );
+
+    // Proof bundles, as a verifier receives them from anyone.
+    let bundle = serde_json::to_vec(&ProofBundle {
+        format: medledger_common::proof::FORMAT.into(),
+        channel: "fuzzchannel".into(),
+        config_blocks: vec![hex::encode(genesis.encode_to_vec())],
+        blocks: vec![hex::encode(genesis.encode_to_vec())],
+        claims: vec![WriteClaim {
+            block: 0,
+            tx_id: "t".into(),
+            namespace: "medical".into(),
+            key: "record/R-1".into(),
+            value: "{}".into(),
+        }],
+    })?;
+    run("ProofBundle JSON + proof::verify", &[bundle], &mut |b| {
+        if let Ok(bundle) = serde_json::from_slice::<ProofBundle>(b) {
+            let _ = medledger_common::proof::verify(&bundle, &genesis);
+        }
+    });
     Ok(())
 }

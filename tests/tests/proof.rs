@@ -181,6 +181,49 @@ async fn a_record_proof_verifies_offline_and_every_tampering_is_caught() -> anyh
     let (ok, out) = run(verify_args(&forged, &salt2));
     assert!(!ok && out.contains("proof refused"), "other content: {out}");
 
+    // Any transaction's public writes: a medical certificate's issuance, by its transaction id.
+    let now = medledger_common::msp::unix_now();
+    let cert = serde_json::json!({
+        "id": "SL-1", "patientId": "P-0042", "type": "sick_leave",
+        "contentHash": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        "validFrom": now - 60, "validUntil": now + 86400
+    })
+    .to_string();
+    let (cert_tx, _, cert_block, _) = gw.submit(&["IssueCertificate", &cert]).await?;
+    net.wait_height(cert_block + 1).await?;
+    let cert_bundle = dir.path().join("cert-proof.json");
+    let (ok, out) = cli(
+        &bin,
+        "Hospital1MSP",
+        &msp,
+        &[
+            "proof",
+            "export",
+            "--tx",
+            &cert_tx,
+            "-C",
+            CHANNEL,
+            "-n",
+            CHAINCODE,
+            "--output",
+            &cert_bundle.to_string_lossy(),
+            "--peerAddresses",
+            &net.address(0),
+            "--tlsRootCertFiles",
+            &tls.to_string_lossy(),
+        ],
+    );
+    assert!(ok, "{out}");
+    let cert_proof: ProofBundle = serde_json::from_slice(&std::fs::read(&cert_bundle)?)?;
+    let proven = verify(&cert_proof, &genesis)?;
+    assert!(
+        proven
+            .iter()
+            .any(|p| p.claim.value.contains(r#""id":"SL-1""#)
+                && p.creator_subject.contains("doctor1")),
+        "{proven:?}"
+    );
+
     // Every single tampering is caught.
     let other_genesis = {
         let mut b = genesis.clone();

@@ -20,8 +20,13 @@ pub(super) enum ProofCommand {
         --peerAddresses localhost:7051 --tlsRootCertFiles tlsca.pem"
     )]
     Export {
-        #[arg(long)]
-        record: String,
+        /// A medical record: every version of its entry.
+        #[arg(long, required_unless_present = "tx")]
+        record: Option<String>,
+        /// A transaction (a consent, an access request, a certificate...): every public write
+        /// it made. Repeat for several.
+        #[arg(long = "tx")]
+        tx: Vec<String>,
         #[arg(short = 'C', long = "channelID")]
         channel: String,
         #[arg(short = 'n', long = "name", default_value = "medical")]
@@ -62,12 +67,13 @@ pub(super) async fn proof(cmd: ProofCommand) -> Result<(), NodeError> {
     match cmd {
         ProofCommand::Export {
             record,
+            tx,
             channel,
             chaincode,
             output,
             target,
         } => {
-            let bundle = export(&record, &channel, &chaincode, &target).await?;
+            let bundle = export(record.as_deref(), &tx, &channel, &chaincode, &target).await?;
             let json =
                 serde_json::to_vec_pretty(&bundle).map_err(|e| NodeError::Failed(e.to_string()))?;
             std::fs::write(&output, json).map_err(|e| NodeError::File {
@@ -75,7 +81,7 @@ pub(super) async fn proof(cmd: ProofCommand) -> Result<(), NodeError> {
                 reason: e.to_string(),
             })?;
             println!(
-                "Proof of record {record}: {} version(s) in {} block(s), {} configuration block(s), written to {}",
+                "Proof of {} write(s) in {} block(s), {} configuration block(s), written to {}",
                 bundle.claims.len(),
                 bundle.blocks.len(),
                 bundle.config_blocks.len(),
@@ -103,26 +109,53 @@ fn last_config(block: &Block) -> u64 {
 }
 
 async fn export(
-    record: &str,
+    record: Option<&str>,
+    txs: &[String],
     channel: &str,
     chaincode: &str,
     target: &PeerTarget,
 ) -> Result<ProofBundle, NodeError> {
     let mut session = Session::open(target).await?;
-    let provenance = session
-        .evaluate(&Invocation {
-            channel: channel.to_owned(),
-            chaincode: chaincode.to_owned(),
-            args: vec![b"GetRecordProvenance".to_vec(), record.as_bytes().to_vec()],
-            transient: HashMap::new(),
-            is_init: false,
-        })
-        .await?;
-    let provenance: serde_json::Value = serde_json::from_slice(&provenance)
-        .map_err(|e| NodeError::Failed(format!("provenance: {e}")))?;
-    let versions = provenance["versions"]
-        .as_array()
-        .ok_or_else(|| NodeError::Failed("provenance without versions".into()))?;
+    // (transaction, block, the one key claimed or every public write)
+    let mut wanted: Vec<(String, u64, Option<String>)> = Vec::new();
+    if let Some(record) = record {
+        let provenance = session
+            .evaluate(&Invocation {
+                channel: channel.to_owned(),
+                chaincode: chaincode.to_owned(),
+                args: vec![b"GetRecordProvenance".to_vec(), record.as_bytes().to_vec()],
+                transient: HashMap::new(),
+                is_init: false,
+            })
+            .await?;
+        let provenance: serde_json::Value = serde_json::from_slice(&provenance)
+            .map_err(|e| NodeError::Failed(format!("provenance: {e}")))?;
+        let versions = provenance["versions"]
+            .as_array()
+            .ok_or_else(|| NodeError::Failed("provenance without versions".into()))?;
+        for v in versions {
+            let (Some(tx_id), Some(n)) = (v["txId"].as_str(), v["block"].as_u64()) else {
+                return Err(NodeError::Failed("a version without txId or block".into()));
+            };
+            wanted.push((tx_id.to_owned(), n, Some(format!("record/{record}"))));
+        }
+    }
+    for tx_id in txs {
+        let resp = session
+            .ask_peer(
+                "qscc",
+                vec![
+                    b"GetBlockByTxID".to_vec(),
+                    channel.as_bytes().to_vec(),
+                    tx_id.as_bytes().to_vec(),
+                ],
+            )
+            .await?;
+        let block = Block::decode(resp.payload.as_slice())
+            .map_err(|e| NodeError::Failed(format!("block of {tx_id}: {e}")))?;
+        let n = block.header.as_ref().map(|h| h.number).unwrap_or_default();
+        wanted.push((tx_id.clone(), n, None));
+    }
     let fetch = |n: u64| {
         let session = &session;
         async move {
@@ -140,13 +173,9 @@ async fn export(
                 .map_err(|e| NodeError::Failed(format!("block {n}: {e}")))
         }
     };
-    let key = format!("record/{record}");
     let mut blocks: Vec<Block> = Vec::new();
     let mut claims = Vec::new();
-    for v in versions {
-        let (Some(tx_id), Some(n)) = (v["txId"].as_str(), v["block"].as_u64()) else {
-            return Err(NodeError::Failed("a version without txId or block".into()));
-        };
+    for (tx_id, n, key) in wanted {
         if !blocks
             .iter()
             .any(|b| b.header.as_ref().is_some_and(|h| h.number == n))
@@ -157,14 +186,26 @@ async fn export(
             .iter()
             .find(|b| b.header.as_ref().is_some_and(|h| h.number == n))
             .ok_or_else(|| NodeError::Failed(format!("block {n} missing")))?;
-        claims.push(WriteClaim {
-            block: n,
-            tx_id: tx_id.to_owned(),
-            namespace: chaincode.to_owned(),
-            value: written_value(block, tx_id, chaincode, &key)
-                .ok_or_else(|| NodeError::Failed(format!("transaction {tx_id} wrote no {key}")))?,
-            key: key.clone(),
-        });
+        let writes = writes_of(block, &tx_id, chaincode);
+        let chosen: Vec<(String, String)> = match &key {
+            Some(k) => writes.into_iter().filter(|(wk, _)| wk == k).collect(),
+            None => writes,
+        };
+        if chosen.is_empty() {
+            return Err(NodeError::Failed(format!(
+                "transaction {tx_id} wrote nothing to {}",
+                key.as_deref().unwrap_or("the chaincode's public state")
+            )));
+        }
+        for (key, value) in chosen {
+            claims.push(WriteClaim {
+                block: n,
+                tx_id: tx_id.clone(),
+                namespace: chaincode.to_owned(),
+                key,
+                value,
+            });
+        }
     }
     // Configuration history: follow LAST_CONFIG back from the newest the blocks name.
     let mut config_numbers = Vec::new();
@@ -191,8 +232,12 @@ async fn export(
     })
 }
 
-/// The value transaction `tx_id` of `block` wrote to `key` of `namespace`.
-fn written_value(block: &Block, tx_id: &str, namespace: &str, key: &str) -> Option<String> {
+/// The public writes (key, UTF-8 value) transaction `tx_id` of `block` made to `namespace`.
+fn writes_of(block: &Block, tx_id: &str, namespace: &str) -> Vec<(String, String)> {
+    written(block, tx_id, namespace).unwrap_or_default()
+}
+
+fn written(block: &Block, tx_id: &str, namespace: &str) -> Option<Vec<(String, String)>> {
     use medledger_proto::protos::{
         ChaincodeAction, ChaincodeActionPayload, ProposalResponsePayload, Transaction,
     };
@@ -208,13 +253,18 @@ fn written_value(block: &Block, tx_id: &str, namespace: &str, key: &str) -> Opti
             .ok()?;
         let cc = ChaincodeAction::decode(prp.extension.as_slice()).ok()?;
         let rw = medledger_proto::rwset::TxReadWriteSet::decode(cc.results.as_slice()).ok()?;
-        rw.ns_rwset
-            .iter()
-            .filter(|ns| ns.namespace == namespace)
-            .filter_map(|ns| medledger_proto::kvrwset::KvrwSet::decode(ns.rwset.as_slice()).ok())
-            .flat_map(|kv| kv.writes)
-            .find(|w| w.key == key)
-            .and_then(|w| String::from_utf8(w.value).ok())
+        Some(
+            rw.ns_rwset
+                .iter()
+                .filter(|ns| ns.namespace == namespace)
+                .filter_map(|ns| {
+                    medledger_proto::kvrwset::KvrwSet::decode(ns.rwset.as_slice()).ok()
+                })
+                .flat_map(|kv| kv.writes)
+                .filter(|w| !w.is_delete)
+                .filter_map(|w| Some((w.key, String::from_utf8(w.value).ok()?)))
+                .collect(),
+        )
     })
 }
 
