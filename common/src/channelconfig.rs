@@ -676,6 +676,18 @@ impl ChannelConfig {
             .collect();
         let application_orgs = app.iter().map(|(id, _, _)| id.clone()).collect();
         let orderer_orgs = ord.iter().map(|(id, _, _)| id.clone()).collect();
+        let mut ids: Vec<&str> = app
+            .iter()
+            .chain(&ord)
+            .map(|(id, _, _)| id.as_str())
+            .collect();
+        ids.sort_unstable();
+        if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
+            return Err(ConfigError::Invalid(format!(
+                "two organisations have MSP id {}",
+                w[0]
+            )));
+        }
         let msps = MspManager::new(app.into_iter().chain(ord).map(|(_, m, _)| m));
         Ok(Self {
             channel_id: channel_id.to_owned(),

@@ -13,7 +13,6 @@ use prost::Message;
 
 use crate::channelconfig::{ChannelConfig, ConfigError};
 use crate::msp::Expiry;
-use crate::policy::{SignedData, verified_signers};
 use crate::protoutil;
 
 /// Why a configuration update or configuration transaction was refused.
@@ -131,6 +130,12 @@ fn map_config<'a>(
     Ok(out)
 }
 
+/// How deep a configuration tree may nest (Fabric's is 4 deep: Channel / Application / Org /
+/// values); deeper trees are refused before they are flattened.
+pub const MAX_CONFIG_DEPTH: usize = 8;
+/// How many elements a configuration (or an update's read or write set) may hold.
+pub const MAX_CONFIG_ELEMENTS: usize = 20_000;
+
 fn recurse<'a>(
     out: &mut ConfigMap<'a>,
     parent: Vec<&'a str>,
@@ -138,6 +143,17 @@ fn recurse<'a>(
     group: &'a ConfigGroup,
 ) -> Result<(), ConfigTxError> {
     check_config_id(key)?;
+    if parent.len() >= MAX_CONFIG_DEPTH {
+        return Err(refused(format!(
+            "the configuration nests deeper than {MAX_CONFIG_DEPTH} groups"
+        )));
+    }
+    let members = group.groups.len() + group.values.len() + group.policies.len();
+    if out.len().saturating_add(members) >= MAX_CONFIG_ELEMENTS {
+        return Err(refused(format!(
+            "the configuration has more than {MAX_CONFIG_ELEMENTS} elements"
+        )));
+    }
     out.insert(
         full_key(GROUP, &parent, key),
         Element {
@@ -255,27 +271,42 @@ pub fn decode_update(env: &Envelope) -> Result<DecodedUpdate, ConfigTxError> {
     })
 }
 
-/// One signature of an update: the signed bytes, the signer's serialized identity, the signature.
-struct UpdateSignature {
-    data: Vec<u8>,
-    creator: Vec<u8>,
-    signature: Vec<u8>,
-}
+/// Distinct signers an update may carry: more than any channel has admins to collect. Beyond it
+/// the update is refused before any signature is checked.
+pub const MAX_CONFIG_SIGNERS: usize = 64;
 
-/// The update's signatures: each over `signature_header ‖ config_update`.
-fn update_signatures(env: &ConfigUpdateEnvelope) -> Result<Vec<UpdateSignature>, ConfigTxError> {
-    env.signatures
-        .iter()
-        .map(|s| {
-            let h = SignatureHeader::decode(s.signature_header.as_slice())
-                .map_err(|e| malformed("ConfigSignature header", e))?;
-            Ok(UpdateSignature {
-                data: [s.signature_header.as_slice(), &env.config_update].concat(),
-                creator: h.creator,
-                signature: s.signature.clone(),
-            })
-        })
-        .collect()
+/// The update's distinct valid signers under the MSPs in force. Each signature is over
+/// `signature_header ‖ config_update`; a creator is checked once, however often it appears
+/// (repeated bad signatures cost nothing more), and the signed bytes are built one signature at a
+/// time (an update with many signatures must not multiply its size in memory).
+fn update_signers(
+    env: &ConfigUpdateEnvelope,
+    current: &ChannelConfig,
+    expiry: Expiry,
+) -> Result<Vec<crate::msp::Identity>, ConfigTxError> {
+    let mut tried: Vec<Vec<u8>> = Vec::new();
+    let mut signers = Vec::new();
+    for s in &env.signatures {
+        let h = SignatureHeader::decode(s.signature_header.as_slice())
+            .map_err(|e| malformed("ConfigSignature header", e))?;
+        if tried.contains(&h.creator) {
+            continue;
+        }
+        if tried.len() >= MAX_CONFIG_SIGNERS {
+            return Err(refused(format!(
+                "the update carries more than {MAX_CONFIG_SIGNERS} distinct signers"
+            )));
+        }
+        tried.push(h.creator.clone());
+        let Ok(id) = current.msps.deserialize(&h.creator, expiry) else {
+            continue;
+        };
+        let data = [s.signature_header.as_slice(), &env.config_update].concat();
+        if id.verify(&data, &s.signature).is_ok() {
+            signers.push(id);
+        }
+    }
+    Ok(signers)
 }
 
 /// Checks a configuration update against the configuration in force and computes the
@@ -346,18 +377,10 @@ fn authorize(
             "delta set was empty: the update would have no effect".into(),
         ));
     }
-    let signatures = update_signatures(&d.envelope)?;
-    let signed: Vec<SignedData<'_>> = signatures
-        .iter()
-        .map(|s| SignedData {
-            data: &s.data,
-            identity: &s.creator,
-            signature: &s.signature,
-        })
-        .collect();
     // Each distinct signer is verified once, against the MSPs in force, whatever the number of
     // elements the update changes.
-    let signers = verified_signers(&signed, &current.msps, expiry);
+    let signers = update_signers(&d.envelope, current, expiry)?;
+    let signature_count = d.envelope.signatures.len();
     for (key, value) in &delta {
         let m = value.mod_policy();
         let trimmed = m.strip_prefix('/').unwrap_or(m);
@@ -390,7 +413,7 @@ fn authorize(
             return Err(refused(format!(
                 "policy {path} for {key} not satisfied: {} valid distinct signer(s) of {} signature(s)",
                 signers.len(),
-                signed.len()
+                signature_count
             )));
         }
     }
@@ -403,13 +426,59 @@ fn authorize(
             )));
         }
     }
-    rebuild(&format!("/{ROOT}"), &merged)
+    let rebuilt = rebuild(&format!("/{ROOT}"), &merged)?;
+    if &rebuilt == root {
+        // A write set element no changed group lists is dropped on rebuild: without this, an
+        // unsigned update could make a configuration block that changes nothing.
+        return Err(refused(
+            "the update would not change the configuration".into(),
+        ));
+    }
+    Ok(rebuilt)
 }
 
 /// Checks that a configuration resolves (MSPs, policies, orderer settings) and that its
 /// consensus settings can run a BFT ordering service.
 fn check_runnable(channel_id: &str, config: &Config) -> Result<ChannelConfig, ConfigTxError> {
     let next = ChannelConfig::from_config(channel_id, config)?;
+    // An organisation's group is named by its MSP id: otherwise one organisation's admin could
+    // give its MSP another organisation's id and sign as that organisation.
+    if let Some(root) = config.channel_group.as_ref() {
+        for section in root.groups.values() {
+            for (name, org) in &section.groups {
+                if let Some(v) = org.values.get("MSP") {
+                    let msp = crate::msp::from_msp_config(
+                        &medledger_proto::msp::MspConfig::decode(v.value.as_slice())
+                            .map_err(|e| malformed("MSP", e))?,
+                    )
+                    .map_err(ConfigError::from)?;
+                    if msp.id() != name {
+                        return Err(refused(format!(
+                            "organisation group {name} holds the MSP of {}: an organisation's MSP id must be its group's name",
+                            msp.id()
+                        )));
+                    }
+                }
+            }
+        }
+    }
+    // Every consenter must stay a valid identity: a configuration that revokes one (a CRL, a new
+    // root) without replacing it would leave the orderers unable to check its signatures.
+    for c in &next.consenters {
+        let serialized = medledger_proto::msp::SerializedIdentity {
+            mspid: c.msp_id.clone(),
+            id_bytes: c.identity.clone(),
+        }
+        .encode_to_vec();
+        next.msps
+            .deserialize(&serialized, Expiry::Ignore)
+            .map_err(|e| {
+                refused(format!(
+                    "consenter {} would no longer be a valid identity: {e}",
+                    c.id
+                ))
+            })?;
+    }
     if next.consenters.is_empty() {
         return Err(refused("the configuration names no consenters".into()));
     }

@@ -153,7 +153,7 @@ pub fn verify(bundle: &ProofBundle, genesis: &Block) -> Result<Vec<ProvenClaim>,
                     block: claim.block,
                     reason: "is not in the bundle".into(),
                 })?;
-            prove_write(claim, block, config, *signers)
+            prove_write(&bundle.channel, claim, block, config, *signers)
         })
         .collect()
 }
@@ -210,6 +210,7 @@ fn configurations(
 
 /// Checks one claimed write in a verified block.
 fn prove_write(
+    channel: &str,
     claim: &WriteClaim,
     block: &Block,
     config: &ChannelConfig,
@@ -249,6 +250,19 @@ fn prove_write(
     if u.channel_header.r#type != HeaderType::EndorserTransaction as i32 {
         return Err(fail("is not an endorser transaction".into()));
     }
+    // Consenters' signatures do not name the channel: a block of another channel with the same
+    // consenters must not stand in for one of this channel.
+    if u.channel_header.channel_id != channel {
+        return Err(fail(format!(
+            "belongs to channel {:?}",
+            u.channel_header.channel_id
+        )));
+    }
+    if u.channel_header.tx_id
+        != crate::protoutil::compute_txid(&u.signature_header.nonce, &u.signature_header.creator)
+    {
+        return Err(fail("its id is not SHA-256(nonce || creator)".into()));
+    }
     let creator = config
         .msps
         .deserialize(&u.signature_header.creator, Expiry::Ignore)
@@ -268,6 +282,21 @@ fn prove_write(
         .ok_or_else(|| fail("has no endorsed action".into()))?;
     let prp = ProposalResponsePayload::decode(endorsed.proposal_response_payload.as_slice())
         .map_err(|e| fail(e.to_string()))?;
+    // The endorsements must be for this very proposal: an endorsed response copied from
+    // another transaction into a new one (which peers then mark invalid) proves nothing.
+    let header = u
+        .payload
+        .header
+        .as_ref()
+        .ok_or_else(|| fail("no header".into()))?;
+    let expected = crate::crypto::sha256_concat(&[
+        &header.channel_header,
+        &action.header,
+        &cap.chaincode_proposal_payload,
+    ]);
+    if prp.proposal_hash != expected || action.header != header.signature_header {
+        return Err(fail("its endorsements are for another proposal".into()));
+    }
     let mut endorsers = Vec::new();
     for e in &endorsed.endorsements {
         let who = config

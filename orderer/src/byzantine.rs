@@ -30,6 +30,9 @@ pub struct Misbehaviour {
     /// block metadata, forged `last_committed_seq`...) and re-signed, so it passes
     /// authentication and reaches the other replicas' handlers.
     pub mutate_consensus: bool,
+    /// Deliver sends blocks whose unsigned metadata slots are padded or rewritten (a false
+    /// LAST_CONFIG, junk in empty slots): what the signatures do not cover.
+    pub pad_metadata: bool,
 }
 
 /// The consensus side of a Byzantine orderer: rewrites its outgoing messages when told to.
@@ -66,10 +69,11 @@ impl Misbehaviour {
                 "forge-blocks" => m.forge_blocks = true,
                 "false-attestations" => m.false_attestations = true,
                 "mutate-consensus" => m.mutate_consensus = true,
+                "pad-metadata" => m.pad_metadata = true,
                 other => {
                     return Err(format!(
                         "unknown fault {other:?} (known: withhold-blocks, forge-blocks, \
-                         false-attestations, mutate-consensus)"
+                         false-attestations, mutate-consensus, pad-metadata)"
                     ));
                 }
             }
@@ -104,6 +108,14 @@ impl Misbehaviour {
         }
         if self.forge_blocks && block.header.as_ref().is_some_and(|h| h.number > 0) {
             return Some(forged(block));
+        }
+        if self.pad_metadata && block.header.as_ref().is_some_and(|h| h.number > 0) {
+            if let Some(m) = block.metadata.as_mut()
+                && let Some(slot) = m.metadata.get_mut(3)
+            {
+                *slot = vec![0xAB; 4096];
+            }
+            return Some(block);
         }
         Some(block)
     }

@@ -84,6 +84,24 @@ async fn peers_refuse_forged_blocks_and_take_the_true_ones() -> anyhow::Result<(
     peers_follow_the_honest_orderer(&net).await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn peers_refuse_blocks_with_padded_unsigned_metadata() -> anyhow::Result<()> {
+    let net = network_with("pad-metadata").await?;
+    peers_follow_the_honest_orderer(&net).await?;
+    for peer in 0..2 {
+        let ledger = &net.channel(peer).await?.ledger;
+        for n in 1..ledger.height() {
+            let b = ledger.block(n)?.expect("committed");
+            let md = b.metadata.expect("metadata");
+            assert!(
+                md.metadata[3].is_empty(),
+                "peer {peer} stored padded block {n}"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// What orderer `id` sends for a Deliver of all its blocks with `content`.
 async fn deliver(net: &PeerNet, id: u32, content: SeekContentType) -> anyhow::Result<Vec<Block>> {
     let root = net.orderers.org.tls_ca.cert_pem().as_bytes().to_vec();

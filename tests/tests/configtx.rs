@@ -347,3 +347,117 @@ fn a_config_envelope_must_be_exactly_what_its_update_produces() -> anyhow::Resul
     assert!(check_config_envelope(&net.config, &skipped).is_err());
     Ok(())
 }
+
+#[test]
+fn an_organisation_admin_cannot_take_another_organisations_msp_id() -> anyhow::Result<()> {
+    let net = net()?;
+    let admin1 = net.h1.identity("admin1", "admin", &[])?;
+    let mut next = tree(&net.config);
+    let value = msp_value(&mut next, "Hospital1MSP");
+    let mut msp = MspConfig::decode(value.as_slice())?;
+    let mut fabric = medledger_proto::msp::FabricMspConfig::decode(msp.config.as_slice())?;
+    fabric.name = "Hospital2MSP".into();
+    msp.config = fabric.encode_to_vec();
+    *value = msp.encode_to_vec();
+    let update = compute_update(CHANNEL, &net.config.source, &next)?;
+    let e = refusal(propose(&net.config, &signed(&update, &[&admin1])?));
+    assert!(e.contains("Hospital2MSP"), "{e}");
+    Ok(())
+}
+
+#[test]
+fn an_update_that_would_revoke_a_consenter_is_refused() -> anyhow::Result<()> {
+    let net = net()?;
+    let orderer_admin = net.orderers.org.identity("oadmin", "admin", &[])?;
+    let consenter = &net.orderers.consenters[0];
+    let cert = medledger_common::cert::Certificate::from_pem(&consenter.identity)?;
+    let crl = net.orderers.org.ca.crl(
+        &[(cert.serial.clone(), medledger_common::msp::unix_now() - 10)],
+        1,
+        3600,
+    )?;
+    let mut next = tree(&net.config);
+    let value = &mut next
+        .channel_group
+        .as_mut()
+        .and_then(|g| g.groups.get_mut("Orderer"))
+        .and_then(|g| g.groups.get_mut("OrdererMSP"))
+        .and_then(|g| g.values.get_mut("MSP"))
+        .expect("orderer MSP")
+        .value;
+    let mut msp = MspConfig::decode(value.as_slice())?;
+    let mut fabric = medledger_proto::msp::FabricMspConfig::decode(msp.config.as_slice())?;
+    fabric.revocation_list.push(crl.into_bytes());
+    msp.config = fabric.encode_to_vec();
+    *value = msp.encode_to_vec();
+    let update = compute_update(CHANNEL, &net.config.source, &next)?;
+    let e = refusal(propose(&net.config, &signed(&update, &[&orderer_admin])?));
+    assert!(e.contains("consenter 1"), "{e}");
+    Ok(())
+}
+
+#[test]
+fn hostile_updates_are_refused_cheaply() -> anyhow::Result<()> {
+    let net = net()?;
+    let admin1 = net.h1.identity("admin1", "admin", &[])?;
+    let doctor = net.h1.identity("doctor", "client", &[])?;
+    let good = compute_update(CHANNEL, &net.config.source, &revoking(&net, &doctor)?)?;
+
+    // The same signer many times with bad signatures, around one good signature: each creator
+    // is checked once, and the update still applies.
+    let bytes = good.encode_to_vec();
+    let admin2 = net.h2.identity("admin2", "admin", &[])?;
+    let mut bad = sign_config_update(&bytes, &admin2)?;
+    bad.signature[10] ^= 1;
+    let mut signatures = vec![bad; 5_000];
+    signatures.push(sign_config_update(&bytes, &admin1)?);
+    let env = update_envelope(
+        CHANNEL,
+        &ConfigUpdateEnvelope {
+            signatures,
+            config_update: bytes.clone(),
+        },
+        &admin1,
+    )?;
+    assert!(propose(&net.config, &env).is_ok());
+
+    // More distinct signers than any channel has admins.
+    let many: Vec<SigningIdentity> = (0..65)
+        .map(|i| net.h1.identity(&format!("a{i}"), "admin", &[]))
+        .collect::<Result<_, _>>()?;
+    let e = refusal(propose(
+        &net.config,
+        &signed(&good, &many.iter().collect::<Vec<_>>())?,
+    ));
+    assert!(e.contains("distinct signers"), "{e}");
+
+    // A write set nested far deeper than any configuration.
+    let mut deep = good.clone();
+    let mut g = deep.write_set.as_mut().expect("write set");
+    for i in 0..12 {
+        g = g.groups.entry(format!("g{i}")).or_default();
+    }
+    let e = refusal(propose(&net.config, &signed(&deep, &[&admin1])?));
+    assert!(e.contains("deeper"), "{e}");
+
+    // An update whose write set adds an element no changed group lists: it would change nothing
+    // (and needs no signature), so it is refused rather than ordered as an empty config block.
+    let mut noop = good.clone();
+    let root = noop.write_set.as_mut().expect("write set");
+    root.groups.clear();
+    root.values.insert(
+        "Unlisted".into(),
+        medledger_proto::common::ConfigValue {
+            version: 0,
+            value: b"x".to_vec(),
+            mod_policy: "Admins".into(),
+        },
+    );
+    noop.read_set = Some(medledger_proto::common::ConfigGroup {
+        version: 0,
+        ..Default::default()
+    });
+    let e = refusal(propose(&net.config, &signed(&noop, &[&doctor])?));
+    assert!(e.contains("would not change"), "{e}");
+    Ok(())
+}

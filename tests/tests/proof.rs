@@ -224,6 +224,64 @@ async fn a_record_proof_verifies_offline_and_every_tampering_is_caught() -> anyh
         "{proven:?}"
     );
 
+    // A client copies an endorsed response into a transaction of its own (a new id): the
+    // orderers order it, the peers mark it invalid, and a bundle that claims it as VALID (the
+    // flag is not signed) still proves nothing.
+    let amend = transient(V1, &salt1);
+    let (_, prepared) = gw
+        .endorse_with(&["AmendRecord", "R-1", "forged"], amend)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let payload = medledger_proto::common::Payload::decode(prepared.payload.as_slice())?;
+    let header = payload.header.clone().expect("header");
+    let mut ch = medledger_proto::common::ChannelHeader::decode(header.channel_header.as_slice())?;
+    let nonce = medledger_common::protoutil::new_nonce();
+    ch.tx_id = medledger_common::protoutil::compute_txid(&nonce, doctor.serialized());
+    let copied = medledger_proto::common::Payload {
+        header: Some(medledger_proto::common::Header {
+            channel_header: ch.encode_to_vec(),
+            signature_header: medledger_proto::common::SignatureHeader {
+                creator: doctor.serialized().to_vec(),
+                nonce,
+            }
+            .encode_to_vec(),
+        }),
+        data: payload.data.clone(),
+    };
+    let forged_tx = medledger_common::protoutil::sign_envelope(&copied, &doctor)?;
+    let r = net.orderers.broadcast(1, forged_tx).await?;
+    assert_eq!(r.status, Status::Success as i32, "{}", r.info);
+    let ledger = &net.channel(0).await?.ledger;
+    let found = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            if let Ok(Some(loc)) = ledger.tx_location(&ch.tx_id) {
+                return loc;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await?;
+    assert_ne!(
+        found.validation_code,
+        medledger_proto::protos::TxValidationCode::Valid as i32,
+        "the peers refuse the copy"
+    );
+    let mut flipped = ledger.block(found.block_num)?.expect("block");
+    if let Some(m) = flipped.metadata.as_mut() {
+        m.metadata[2][found.tx_num as usize] = 0;
+    }
+    let mut lying = bundle.clone();
+    lying.blocks.push(hex::encode(flipped.encode_to_vec()));
+    lying.claims.push(medledger_common::proof::WriteClaim {
+        block: found.block_num,
+        tx_id: ch.tx_id.clone(),
+        namespace: CHAINCODE.into(),
+        key: "record/R-1".into(),
+        value: "{}".into(),
+    });
+    let e = verify(&lying, &genesis).expect_err("a copied endorsement proves nothing");
+    assert!(e.to_string().contains("another proposal"), "{e}");
+
     // Every single tampering is caught.
     let other_genesis = {
         let mut b = genesis.clone();

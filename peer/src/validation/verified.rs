@@ -35,10 +35,12 @@ impl VerifiedBlock {
                 "block {number} does not link to the ledger's last block"
             )));
         }
-        channel
-            .config()
+        let config = channel.config();
+        config
             .verify_block(&block)
             .map_err(|e| CommitError::BadBlock(e.to_string()))?;
+        check_sealed_metadata(&block, config.consenters.len())
+            .map_err(|why| CommitError::BadBlock(format!("block {number}: {why}")))?;
         Ok(Self { block, number })
     }
 
@@ -76,4 +78,51 @@ impl VerifiedBlock {
     pub(super) fn into_block(self) -> Block {
         self.block
     }
+}
+
+/// The metadata the orderers seal a block with, and nothing else: the consenters' signatures
+/// cover only the header and their signed value, so a block source could otherwise store
+/// anything in the other slots (a false LAST_CONFIG that misleads `channel fetch config` and
+/// proofs, or megabytes of padding on every peer's disk).
+fn check_sealed_metadata(block: &Block, consenters: usize) -> Result<(), String> {
+    use medledger_proto::common::{BlockMetadataIndex, LastConfig, Metadata, OrdererBlockMetadata};
+    use prost::Message;
+    let slots = &block.metadata.as_ref().ok_or("no metadata")?.metadata;
+    if slots.len() != protoutil::BLOCK_METADATA_SLOTS {
+        return Err(format!(
+            "{} metadata slots, not {}",
+            slots.len(),
+            protoutil::BLOCK_METADATA_SLOTS
+        ));
+    }
+    let signatures_slot = BlockMetadataIndex::Signatures as usize;
+    let last_config_slot = BlockMetadataIndex::LastConfig as usize;
+    if let Some(i) = (0..slots.len())
+        .filter(|i| *i != signatures_slot && *i != last_config_slot)
+        .find(|i| !slots[*i].is_empty())
+    {
+        return Err(format!("metadata slot {i} is filled by the orderer"));
+    }
+    let signed = Metadata::decode(slots[signatures_slot].as_slice())
+        .map_err(|e| format!("SIGNATURES: {e}"))?;
+    if signed.signatures.len() > consenters {
+        return Err(format!(
+            "{} signatures from {consenters} consenters",
+            signed.signatures.len()
+        ));
+    }
+    let index = OrdererBlockMetadata::decode(signed.value.as_slice())
+        .ok()
+        .and_then(|m| m.last_config)
+        .map(|l| l.index)
+        .ok_or("the signed metadata names no last configuration block")?;
+    let expected = Metadata {
+        value: LastConfig { index }.encode_to_vec(),
+        signatures: vec![],
+    }
+    .encode_to_vec();
+    if slots[last_config_slot] != expected {
+        return Err("LAST_CONFIG differs from the signed last configuration".into());
+    }
+    Ok(())
 }

@@ -306,13 +306,18 @@ fn verify_bundle(
         println!("    wrote {}", p.claim.value);
     }
     if let (Some(content), Some(salt)) = (content, salt) {
+        // The newest version the bundle proves (a bundle cannot prove that no newer one exists).
         let newest = proven
-            .last()
-            .ok_or_else(|| NodeError::Failed("the bundle proves no version".into()))?;
+            .iter()
+            .filter(|p| p.claim.key.starts_with("record/") && !p.claim.key[7..].contains('/'))
+            .max_by_key(|p| p.claim.block)
+            .ok_or_else(|| NodeError::Failed("the bundle proves no record version".into()))?;
         let entry: serde_json::Value = serde_json::from_str(&newest.claim.value)
             .map_err(|e| NodeError::Failed(format!("record entry: {e}")))?;
-        let salt =
-            hex::decode(salt.trim()).map_err(|e| NodeError::Usage(format!("--salt: {e}")))?;
+        let salt = hex::decode(salt.trim())
+            .ok()
+            .filter(|s| s.len() == 32)
+            .ok_or_else(|| NodeError::Usage("--salt takes 32 bytes as 64 hex characters".into()))?;
         let hash = hex::encode(medledger_common::crypto::sha256_concat(&[
             &salt,
             &read_file(&content)?,
@@ -324,7 +329,7 @@ fn verify_bundle(
             )));
         }
         println!(
-            "  the content is what version {} committed to ({hash})",
+            "  the content is what version {} (the newest in the bundle) committed to ({hash})",
             entry["version"]
         );
     }
