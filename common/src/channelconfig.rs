@@ -541,7 +541,11 @@ fn resolve_group(
         resolve_group(&format!("{path}/{name}"), &group.groups[*name], out)?;
     }
     for (name, cp) in &group.policies {
-        let Some(p) = &cp.policy else { continue };
+        let Some(p) = &cp.policy else {
+            return Err(ConfigError::Invalid(format!(
+                "policy {path}/{name} has no rule"
+            )));
+        };
         let resolved = match PolicyType::try_from(p.r#type) {
             Ok(PolicyType::Signature) => Policy::Signature(decode(&p.value, "signature policy")?),
             Ok(PolicyType::ImplicitMeta) => {
@@ -549,9 +553,16 @@ fn resolve_group(
                 let rule = Rule::try_from(meta.rule).map_err(|_| {
                     ConfigError::Invalid(format!("bad implicit meta rule at {path}/{name}"))
                 })?;
+                // A sub-group without the named policy counts as one that refuses (as in
+                // Fabric): an organisation deleting its own sub-policy must not lower the
+                // threshold the others have to meet.
                 let sub_policies = names
                     .iter()
-                    .filter_map(|g| out.get(&format!("{path}/{g}/{}", meta.sub_policy)).cloned())
+                    .map(|g| {
+                        out.get(&format!("{path}/{g}/{}", meta.sub_policy))
+                            .cloned()
+                            .unwrap_or_else(Policy::reject)
+                    })
                     .collect();
                 Policy::ImplicitMeta { rule, sub_policies }
             }

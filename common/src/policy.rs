@@ -364,6 +364,14 @@ pub enum Policy {
 }
 
 impl Policy {
+    /// A policy no set of signers satisfies.
+    pub fn reject() -> Self {
+        Policy::ImplicitMeta {
+            rule: Rule::Any,
+            sub_policies: Vec::new(),
+        }
+    }
+
     /// Evaluates against verified signers.
     pub fn satisfied_by(&self, signers: &[Identity]) -> bool {
         self.satisfied(signers.len(), &|k, p| signers[k].satisfies(p))

@@ -461,3 +461,45 @@ fn hostile_updates_are_refused_cheaply() -> anyhow::Result<()> {
     assert!(e.contains("would not change"), "{e}");
     Ok(())
 }
+
+#[test]
+fn an_organisation_deleting_its_own_admins_policy_does_not_lower_the_majority() -> anyhow::Result<()>
+{
+    let net = net()?;
+    let admin1 = net.h1.identity("admin1", "admin", &[])?;
+    let admin2 = net.h2.identity("admin2", "admin", &[])?;
+    // Hospital1's admin deletes Hospital1's Admins policy (Hospital1's own group, its own right).
+    let mut next = tree(&net.config);
+    next.channel_group
+        .as_mut()
+        .and_then(|g| g.groups.get_mut("Application"))
+        .and_then(|g| g.groups.get_mut("Hospital1MSP"))
+        .expect("org")
+        .policies
+        .remove("Admins");
+    let update = compute_update(CHANNEL, &net.config.source, &next)?;
+    let after = check_config_envelope(
+        &net.config,
+        &propose(&net.config, &signed(&update, &[&admin1])?)?,
+    )?;
+    // Hospital2's admin alone is still not a majority of the two hospitals' admins.
+    let mut change = (*after.source).clone();
+    change
+        .channel_group
+        .as_mut()
+        .and_then(|g| g.groups.get_mut("Application"))
+        .expect("application")
+        .values
+        .insert(
+            "ACLs".into(),
+            medledger_proto::common::ConfigValue {
+                version: 0,
+                value: Vec::new(),
+                mod_policy: "Admins".into(),
+            },
+        );
+    let update = compute_update(CHANNEL, &after.source, &change)?;
+    let e = refusal(propose(&after, &signed(&update, &[&admin2])?));
+    assert!(e.contains("/Channel/Application/Admins"), "{e}");
+    Ok(())
+}
