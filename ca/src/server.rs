@@ -39,10 +39,34 @@ fn fail(e: CaError) -> Response {
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     if status.is_server_error() {
         tracing::error!(error = %e, "request failed");
-    } else {
-        tracing::info!(error = %e, "request refused");
     }
-    (status, axum::Json(e.to_json())).into_response()
+    let mut response = (status, axum::Json(e.to_json())).into_response();
+    response.extensions_mut().insert(Refusal(e.to_string()));
+    response
+}
+
+/// Where a request came from (set per connection).
+#[derive(Clone, Copy)]
+struct Remote(SocketAddr);
+
+/// Why a request was refused, for the refusal log.
+#[derive(Clone)]
+struct Refusal(String);
+
+/// Logs every refused request (4xx) at WARN with the remote address, the endpoint and the
+/// reason, rate-limited like every node's refusals (`log_refusal`).
+async fn log_refusals(req: Request, next: axum::middleware::Next) -> Response {
+    let remote = req.extensions().get::<Remote>().map(|r| r.0);
+    let service = format!("ca {} {}", req.method(), req.uri().path());
+    let response = next.run(req).await;
+    if response.status().is_client_error() {
+        let reason = response
+            .extensions()
+            .get::<Refusal>()
+            .map_or_else(|| response.status().to_string(), |r| r.0.clone());
+        medledger_common::refusal::log_refusal(&service, remote, None, &reason);
+    }
+    response
 }
 
 /// The request pieces the handlers need, with the body read under the size limit.
@@ -226,6 +250,7 @@ pub fn router(authority: Arc<Authority>) -> Router {
         .route("/api/v1/identities", get(identities))
         .route("/api/v1/identities/{id}", get(identity))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(log_refusals))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(AppState { authority })
 }
@@ -269,7 +294,7 @@ pub async fn serve(
                 }
             },
         };
-        let app = app.clone();
+        let app = app.clone().layer(axum::Extension(Remote(peer)));
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let service = TowerToHyperService::new(app);

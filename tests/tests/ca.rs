@@ -2,136 +2,17 @@
 //! client and by the real npm `fabric-ca-client`; the identities it issues checked by the MSP
 //! code the nodes use.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::path::Path;
 
 use base64::Engine;
-use medledger_ca::authority::{AttrRequest, EnrollRequest, RegisterRequest, RevokeRequest};
-use medledger_ca::client::{EnrollOptions, auth_token, enroll_to_msp};
-use medledger_ca::store::Attribute;
-use medledger_ca::{
-    Authority, AuthorityConfig, CaClient, CaError, CaHome, CaUrl, ClientError, server,
-};
+use medledger_ca::authority::{EnrollRequest, RegisterRequest, RevokeRequest};
+use medledger_ca::client::auth_token;
+use medledger_ca::{CaError, CaHome, ClientError};
 use medledger_common::cert::Certificate;
 use medledger_common::msp::{Expiry, Msp, MspError, MspManager, NodeRole, load_msp_folder};
 use medledger_common::{PrivateKey, SigningIdentity};
+use medledger_tests::ca_net::{MSPID, RunningCa};
 use medledger_tests::run_node;
-
-const MSPID: &str = "Hospital1MSP";
-
-struct RunningCa {
-    client: CaClient,
-    port: u16,
-    home: PathBuf,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl RunningCa {
-    async fn start(home: &Path) -> anyhow::Result<Self> {
-        let h = CaHome::new(home);
-        let mut cfg = AuthorityConfig::new("ca-hospital1");
-        cfg.affiliations = ["hospital1", "hospital1.cardiology", "hospital1.nursing"]
-            .map(String::from)
-            .to_vec();
-        Authority::init_root(&h, &cfg)?;
-        h.ensure_tls(&h.load_signer()?, &["localhost".into(), "127.0.0.1".into()])?;
-        // RocksDB's lock may outlive a stopped server for a moment.
-        let mut attempt = 0;
-        let authority = loop {
-            match Authority::open(&h, cfg.clone(), Some(("admin", "adminpw"))) {
-                Ok(a) => break Arc::new(a),
-                Err(_) if attempt < 50 => {
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let port = listener.local_addr()?.port();
-        let tls = server::tls_config(&h.tls_cert(), &h.tls_key())?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(server::serve(listener, Some(tls), authority, async {
-            let _ = rx.await;
-        }));
-        let client = CaClient::new(
-            &CaUrl::parse(&format!("https://localhost:{port}"))?,
-            Some(&std::fs::read(h.cert())?),
-        )?;
-        Ok(Self {
-            client,
-            port,
-            home: home.to_path_buf(),
-            stop: Some(tx),
-            task,
-        })
-    }
-
-    async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        let _ = (&mut self.task).await;
-    }
-
-    fn ca_pem(&self) -> Vec<u8> {
-        std::fs::read(CaHome::new(&self.home).cert()).expect("CA certificate")
-    }
-
-    async fn enroll(
-        &self,
-        dir: &Path,
-        id: &str,
-        secret: &str,
-        attrs: &[&str],
-    ) -> Result<SigningIdentity, ClientError> {
-        let opts = EnrollOptions {
-            attr_reqs: attrs
-                .iter()
-                .map(|a| AttrRequest {
-                    name: a.to_string(),
-                    optional: false,
-                })
-                .collect(),
-            ..Default::default()
-        };
-        let msp = dir.join(id).join("msp");
-        enroll_to_msp(&self.client, id, secret, &opts, &msp).await?;
-        Ok(SigningIdentity::load(&msp, MSPID).expect("enrolled MSP folder loads"))
-    }
-
-    async fn register(
-        &self,
-        registrar: &SigningIdentity,
-        id: &str,
-        kind: &str,
-        aff: &str,
-        attrs: &[(&str, &str)],
-    ) -> Result<String, ClientError> {
-        self.client
-            .register(
-                registrar,
-                &RegisterRequest {
-                    id: id.into(),
-                    kind: Some(kind.into()),
-                    secret: Some(format!("{id}pw")),
-                    max_enrollments: 0,
-                    affiliation: aff.into(),
-                    attrs: attrs
-                        .iter()
-                        .map(|(n, v)| Attribute {
-                            name: n.to_string(),
-                            value: v.to_string(),
-                            ecert: true,
-                        })
-                        .collect(),
-                },
-            )
-            .await
-    }
-}
 
 fn refused<T: std::fmt::Debug>(r: Result<T, ClientError>) -> CaError {
     match r {

@@ -2,43 +2,10 @@
 //! non-OK status (Fabric: `13 INTERNAL grpc: failed to unmarshal the received message`), never
 //! with a clean end that a client would take for success.
 
-use std::sync::{Arc, Mutex};
-
+use medledger_tests::LogCapture;
 use medledger_tests::peernet::PeerNet;
 use medledger_tests::raw_grpc::stream_call;
 use tonic::Code;
-
-/// The log lines the nodes of this test process write.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if let Ok(mut b) = self.0.lock() {
-            b.extend_from_slice(buf);
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Capture {
-        self.clone()
-    }
-}
-
-impl Capture {
-    fn text(&self) -> String {
-        self.0
-            .lock()
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
-    }
-}
 
 /// Bytes that are no protobuf message: field 0 is invalid in every message.
 fn undecodable() -> Vec<u8> {
@@ -52,7 +19,7 @@ fn big_garbage() -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undecodable_frames_end_streams_with_an_error_status() -> anyhow::Result<()> {
-    let log = Capture::default();
+    let log = LogCapture::default();
     tracing_subscriber::fmt()
         .with_writer(log.clone())
         .with_ansi(false)
