@@ -590,6 +590,14 @@ fn org_msps(group: Option<&ConfigGroup>) -> Result<Vec<OrgEntry>, ConfigError> {
             .get("MSP")
             .ok_or_else(|| ConfigError::Invalid(format!("organisation {name} has no MSP")))?;
         let msp = from_msp_config(&decode::<MspConfig>(&v.value, "MSP")?)?;
+        // An organisation's group is named by its MSP id: otherwise one organisation's admin
+        // could give its MSP another organisation's id and sign as that organisation.
+        if msp.id() != name {
+            return Err(ConfigError::Invalid(format!(
+                "organisation group {name} holds the MSP of {}: an organisation's MSP id must be its group's name",
+                msp.id()
+            )));
+        }
         let anchors = match org.values.get("AnchorPeers") {
             Some(v) => decode::<AnchorPeers>(&v.value, "AnchorPeers")?
                 .anchor_peers

@@ -441,27 +441,6 @@ fn authorize(
 /// consensus settings can run a BFT ordering service.
 fn check_runnable(channel_id: &str, config: &Config) -> Result<ChannelConfig, ConfigTxError> {
     let next = ChannelConfig::from_config(channel_id, config)?;
-    // An organisation's group is named by its MSP id: otherwise one organisation's admin could
-    // give its MSP another organisation's id and sign as that organisation.
-    if let Some(root) = config.channel_group.as_ref() {
-        for section in root.groups.values() {
-            for (name, org) in &section.groups {
-                if let Some(v) = org.values.get("MSP") {
-                    let msp = crate::msp::from_msp_config(
-                        &medledger_proto::msp::MspConfig::decode(v.value.as_slice())
-                            .map_err(|e| malformed("MSP", e))?,
-                    )
-                    .map_err(ConfigError::from)?;
-                    if msp.id() != name {
-                        return Err(refused(format!(
-                            "organisation group {name} holds the MSP of {}: an organisation's MSP id must be its group's name",
-                            msp.id()
-                        )));
-                    }
-                }
-            }
-        }
-    }
     // Every consenter must stay a valid identity: a configuration that revokes one (a CRL, a new
     // root) without replacing it would leave the orderers unable to check its signatures.
     for c in &next.consenters {

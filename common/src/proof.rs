@@ -6,9 +6,7 @@
 //! before, every claimed write must be in a transaction signed by a channel member and endorsed
 //! by channel peers.
 
-use medledger_proto::common::{
-    Block, BlockMetadataIndex, Envelope, HeaderType, LastConfig, Metadata,
-};
+use medledger_proto::common::{Block, BlockMetadataIndex, Envelope, HeaderType};
 use medledger_proto::protos::{
     ChaincodeAction, ChaincodeActionPayload, ProposalResponsePayload, Transaction, TxValidationCode,
 };
@@ -19,7 +17,9 @@ use serde::{Deserialize, Serialize};
 use crate::channelconfig::ChannelConfig;
 use crate::configtx::{check_config_envelope, config_envelope_of};
 use crate::msp::{Expiry, NodeRole};
-use crate::protoutil::{block_envelopes, block_header_hash, is_config_block, unpack_envelope};
+use crate::protoutil::{
+    block_envelopes, block_header_hash, is_config_block, signed_last_config, unpack_envelope,
+};
 
 /// The bundle format this module writes and reads.
 pub const FORMAT: &str = "medledger-proof/1";
@@ -97,21 +97,6 @@ fn number(block: &Block) -> Result<u64, ProofError> {
         .ok_or_else(|| ProofError::Malformed("a block without a header".into()))
 }
 
-/// The LAST_CONFIG index a block's metadata names (covered by the consenters' signatures through
-/// the SIGNATURES value, which carries the same index).
-fn last_config(block: &Block) -> Option<u64> {
-    let slot = block
-        .metadata
-        .as_ref()?
-        .metadata
-        .get(BlockMetadataIndex::Signatures as usize)?;
-    let md = Metadata::decode(slot.as_slice()).ok()?;
-    medledger_proto::common::OrdererBlockMetadata::decode(md.value.as_slice())
-        .ok()?
-        .last_config
-        .map(|l: LastConfig| l.index)
-}
-
 /// Checks a bundle against the channel's genesis block, as someone trusting nothing else would.
 pub fn verify(bundle: &ProofBundle, genesis: &Block) -> Result<Vec<ProvenClaim>, ProofError> {
     if bundle.format != FORMAT {
@@ -126,7 +111,8 @@ pub fn verify(bundle: &ProofBundle, genesis: &Block) -> Result<Vec<ProvenClaim>,
         let block = block_of(b)?;
         let n = number(&block)?;
         let fail = |reason: String| ProofError::Block { block: n, reason };
-        let index = last_config(&block).ok_or_else(|| fail("no signed LAST_CONFIG".into()))?;
+        let index =
+            signed_last_config(&block).ok_or_else(|| fail("no signed LAST_CONFIG".into()))?;
         let (in_force, config) = configs
             .iter()
             .rev()

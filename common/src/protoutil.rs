@@ -144,6 +144,25 @@ pub fn block_envelopes(block: &Block) -> &[Vec<u8>] {
         .unwrap_or_default()
 }
 
+/// The newest configuration block's number as the consenters signed it into a block (the
+/// `last_config` of the SIGNATURES value; sealed blocks carry the same in LAST_CONFIG, which
+/// no signature covers). The genesis block, unsigned, is its own. `None` for a block without it.
+pub fn signed_last_config(block: &Block) -> Option<u64> {
+    if block.header.as_ref()?.number == 0 {
+        return Some(0);
+    }
+    let slot = block
+        .metadata
+        .as_ref()?
+        .metadata
+        .get(medledger_proto::common::BlockMetadataIndex::Signatures as usize)?;
+    let md = medledger_proto::common::Metadata::decode(slot.as_slice()).ok()?;
+    medledger_proto::common::OrdererBlockMetadata::decode(md.value.as_slice())
+        .ok()?
+        .last_config
+        .map(|l| l.index)
+}
+
 /// Whether a block is a configuration block: its one envelope is a CONFIG transaction.
 pub fn is_config_block(block: &Block) -> bool {
     let [env] = block_envelopes(block) else {

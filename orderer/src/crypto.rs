@@ -118,7 +118,16 @@ impl ConsenterCrypto {
             ));
         }
         let envelope = propose_update(&config, update, Expiry::now()).map_err(config_refusal)?;
-        same_consenters(&config, &envelope)?;
+        let next = envelope
+            .config
+            .as_ref()
+            .map(|c| ChannelConfig::from_config(&config.channel_id, c))
+            .transpose()
+            .map_err(|e| RequestError::Malformed(e.to_string()))?
+            .ok_or_else(|| {
+                RequestError::Malformed("the update produced no configuration".into())
+            })?;
+        same_consenters(&config, &next)?;
         signed_envelope(
             HeaderType::Config,
             &config.channel_id,
@@ -175,17 +184,8 @@ pub fn batch_settings(channel: &ChannelConfig, tick_ms: u64) -> BatchConfig {
 
 /// Refuses a configuration that changes the consenter set: the consensus core runs with the
 /// consenters it started with, so such a change is refused rather than half applied.
-fn same_consenters(
-    current: &ChannelConfig,
-    next: &medledger_proto::common::ConfigEnvelope,
-) -> Result<(), RequestError> {
-    let next = next
-        .config
-        .as_ref()
-        .map(|c| ChannelConfig::from_config(&current.channel_id, c))
-        .transpose()
-        .map_err(|e| RequestError::Malformed(e.to_string()))?;
-    if next.is_some_and(|n| n.consenters != current.consenters) {
+fn same_consenters(current: &ChannelConfig, next: &ChannelConfig) -> Result<(), RequestError> {
+    if next.consenters != current.consenters {
         return Err(RequestError::Malformed(
             "configuration update refused: changing the consenter set is not supported yet".into(),
         ));
@@ -332,8 +332,8 @@ impl ConsenterCrypto {
             .verify(&env.payload, &env.signature)
             .map_err(|_| RequestError::Forbidden("envelope signature does not verify".into()))?;
         let config_envelope = config_envelope_of(env).map_err(config_refusal)?;
-        check_config_envelope(config, &config_envelope).map_err(config_refusal)?;
-        same_consenters(config, &config_envelope)?;
+        let next = check_config_envelope(config, &config_envelope).map_err(config_refusal)?;
+        same_consenters(config, &next)?;
         Ok(ch.tx_id.clone())
     }
 }

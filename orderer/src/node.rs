@@ -194,17 +194,8 @@ fn config_in_force(
     let last = store
         .block(height - 1)?
         .ok_or_else(|| corrupt(format!("block {} is missing", height - 1)))?;
-    let index = last
-        .metadata
-        .as_ref()
-        .and_then(|m| {
-            m.metadata
-                .get(medledger_proto::common::BlockMetadataIndex::LastConfig as usize)
-        })
-        .and_then(|b| medledger_proto::common::Metadata::decode(b.as_slice()).ok())
-        .and_then(|m| medledger_proto::common::LastConfig::decode(m.value.as_slice()).ok())
-        .map(|l| l.index)
-        .ok_or_else(|| corrupt("the last block has no LAST_CONFIG".into()))?;
+    let index = medledger_common::protoutil::signed_last_config(&last)
+        .ok_or_else(|| corrupt("the last block names no configuration block".into()))?;
     if index == 0 {
         return Ok((genesis, 0));
     }

@@ -122,6 +122,62 @@ impl OrdererSet {
         format!("localhost:{port}")
     }
 
+    /// Every block orderer `id` has, oldest to newest, as a Deliver of them returns them (whole
+    /// blocks or HEADER_WITH_SIG attestations), read as `reader`.
+    pub async fn deliver(
+        &self,
+        id: u32,
+        reader: &medledger_common::SigningIdentity,
+        content: medledger_proto::orderer::seek_info::SeekContentType,
+    ) -> anyhow::Result<Vec<medledger_proto::common::Block>> {
+        use medledger_proto::orderer::seek_position::Type as Seek;
+        use medledger_proto::orderer::{
+            SeekInfo, SeekNewest, SeekOldest, SeekPosition, deliver_response,
+            seek_info::SeekBehavior,
+        };
+        let root = self.org.tls_ca.cert_pem().as_bytes().to_vec();
+        let ch = medledger_peer::comm::dial(&self.address(id), &[root], None)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let seek = SeekInfo {
+            start: Some(SeekPosition {
+                r#type: Some(Seek::Oldest(SeekOldest {})),
+            }),
+            stop: Some(SeekPosition {
+                r#type: Some(Seek::Newest(SeekNewest {})),
+            }),
+            behavior: SeekBehavior::FailIfNotReady as i32,
+            content_type: content as i32,
+            ..Default::default()
+        };
+        let env = medledger_common::protoutil::signed_envelope(
+            medledger_proto::common::HeaderType::DeliverSeekInfo,
+            &self.channel_id()?,
+            prost::Message::encode_to_vec(&seek),
+            reader,
+        )?;
+        let mut stream = AtomicBroadcastClient::new(ch)
+            .deliver(tokio_stream::once(env))
+            .await?
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(m) = stream.message().await? {
+            match m.r#type {
+                Some(deliver_response::Type::Block(b)) => out.push(b),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// The channel the genesis block at `genesis_path` is for.
+    fn channel_id(&self) -> anyhow::Result<String> {
+        let block = <medledger_proto::common::Block as prost::Message>::decode(
+            std::fs::read(&self.genesis_path)?.as_slice(),
+        )?;
+        Ok(medledger_common::channelconfig::ChannelConfig::from_block(&block)?.channel_id)
+    }
+
     /// A Broadcast of one envelope to orderer `id`; its single answer.
     pub async fn broadcast(
         &self,

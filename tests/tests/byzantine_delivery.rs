@@ -5,17 +5,13 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use medledger_common::protoutil::{block_header_hash, signed_envelope};
+use medledger_common::protoutil::block_header_hash;
 use medledger_orderer::byzantine::Misbehaviour;
 use medledger_peer::node::DeliveryClientConfig;
-use medledger_proto::common::{Block, HeaderType};
-use medledger_proto::orderer::atomic_broadcast_client::AtomicBroadcastClient;
-use medledger_proto::orderer::seek_info::{SeekBehavior, SeekContentType};
-use medledger_proto::orderer::seek_position::Type as Seek;
-use medledger_proto::orderer::{SeekInfo, SeekNewest, SeekOldest, SeekPosition, deliver_response};
+use medledger_proto::common::Block;
+use medledger_proto::orderer::seek_info::SeekContentType;
 use medledger_proto::protos::TxValidationCode;
-use medledger_tests::peernet::{CHANNEL, NetOptions, PeerNet};
-use prost::Message;
+use medledger_tests::peernet::{NetOptions, PeerNet};
 
 const BOTH: &str = "AND('Hospital1MSP.peer', 'Hospital2MSP.peer')";
 
@@ -104,40 +100,8 @@ async fn peers_refuse_blocks_with_padded_unsigned_metadata() -> anyhow::Result<(
 
 /// What orderer `id` sends for a Deliver of all its blocks with `content`.
 async fn deliver(net: &PeerNet, id: u32, content: SeekContentType) -> anyhow::Result<Vec<Block>> {
-    let root = net.orderers.org.tls_ca.cert_pem().as_bytes().to_vec();
-    let ch = medledger_peer::comm::dial(&net.orderers.address(id), &[root], None)
-        .await
-        .map_err(anyhow::Error::msg)?;
-    let seek = SeekInfo {
-        start: Some(SeekPosition {
-            r#type: Some(Seek::Oldest(SeekOldest {})),
-        }),
-        stop: Some(SeekPosition {
-            r#type: Some(Seek::Newest(SeekNewest {})),
-        }),
-        behavior: SeekBehavior::FailIfNotReady as i32,
-        content_type: content as i32,
-        ..Default::default()
-    };
     let reader = net.orgs[0].identity("reader", "client", &[])?;
-    let env = signed_envelope(
-        HeaderType::DeliverSeekInfo,
-        CHANNEL,
-        seek.encode_to_vec(),
-        &reader,
-    )?;
-    let mut stream = AtomicBroadcastClient::new(ch)
-        .deliver(tokio_stream::once(env))
-        .await?
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(m) = stream.message().await? {
-        match m.r#type {
-            Some(deliver_response::Type::Block(b)) => out.push(b),
-            _ => break,
-        }
-    }
-    Ok(out)
+    net.orderers.deliver(id, &reader, content).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

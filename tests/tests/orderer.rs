@@ -13,12 +13,7 @@ use medledger_common::channelconfig::{ChannelConfig, ChannelProfile, OrgProfile,
 use medledger_common::protoutil::{block_header_hash, signed_envelope};
 use medledger_orderer::consensus::txid_of;
 use medledger_proto::common::{Block, HeaderType, Status as BlockStatus};
-use medledger_proto::orderer::atomic_broadcast_client::AtomicBroadcastClient;
-use medledger_proto::orderer::seek_info::SeekBehavior;
-use medledger_proto::orderer::{
-    BatchSize, SeekInfo, SeekNewest, SeekOldest, SeekPosition, deliver_response,
-    seek_position::Type as Seek,
-};
+use medledger_proto::orderer::BatchSize;
 use medledger_tests::ordernet::OrdererSet;
 use medledger_tests::{TestOrg, workspace_binary};
 use prost::Message;
@@ -55,38 +50,13 @@ async fn blocks_of(
     id: u32,
     reader: &SigningIdentity,
 ) -> anyhow::Result<Vec<Block>> {
-    let root = orderers.org.tls_ca.cert_pem().as_bytes().to_vec();
-    let ch = medledger_peer::comm::dial(&orderers.address(id), &[root], None)
+    orderers
+        .deliver(
+            id,
+            reader,
+            medledger_proto::orderer::seek_info::SeekContentType::Block,
+        )
         .await
-        .map_err(anyhow::Error::msg)?;
-    let seek = SeekInfo {
-        start: Some(SeekPosition {
-            r#type: Some(Seek::Oldest(SeekOldest {})),
-        }),
-        stop: Some(SeekPosition {
-            r#type: Some(Seek::Newest(SeekNewest {})),
-        }),
-        behavior: SeekBehavior::FailIfNotReady as i32,
-        ..Default::default()
-    };
-    let env = signed_envelope(
-        HeaderType::DeliverSeekInfo,
-        CHANNEL,
-        seek.encode_to_vec(),
-        reader,
-    )?;
-    let mut stream = AtomicBroadcastClient::new(ch)
-        .deliver(tokio_stream::once(env))
-        .await?
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(m) = stream.message().await? {
-        match m.r#type {
-            Some(deliver_response::Type::Block(b)) => out.push(b),
-            _ => break,
-        }
-    }
-    Ok(out)
 }
 
 fn txids(blocks: &[Block]) -> Vec<String> {

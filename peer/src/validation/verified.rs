@@ -85,7 +85,7 @@ impl VerifiedBlock {
 /// anything in the other slots (a false LAST_CONFIG that misleads `channel fetch config` and
 /// proofs, or megabytes of padding on every peer's disk).
 fn check_sealed_metadata(block: &Block, consenters: usize) -> Result<(), String> {
-    use medledger_proto::common::{BlockMetadataIndex, LastConfig, Metadata, OrdererBlockMetadata};
+    use medledger_proto::common::{BlockMetadataIndex, LastConfig, Metadata};
     use prost::Message;
     let slots = &block.metadata.as_ref().ok_or("no metadata")?.metadata;
     if slots.len() != protoutil::BLOCK_METADATA_SLOTS {
@@ -111,10 +111,7 @@ fn check_sealed_metadata(block: &Block, consenters: usize) -> Result<(), String>
             signed.signatures.len()
         ));
     }
-    let index = OrdererBlockMetadata::decode(signed.value.as_slice())
-        .ok()
-        .and_then(|m| m.last_config)
-        .map(|l| l.index)
+    let index = protoutil::signed_last_config(block)
         .ok_or("the signed metadata names no last configuration block")?;
     let expected = Metadata {
         value: LastConfig { index }.encode_to_vec(),

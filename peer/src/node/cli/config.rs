@@ -8,8 +8,7 @@ use std::path::{Path, PathBuf};
 
 use medledger_common::configtx::{compute_update, sign_config_update, update_envelope};
 use medledger_proto::common::{
-    Block, BlockMetadataIndex, Config, ConfigUpdate, ConfigUpdateEnvelope, Envelope, HeaderType,
-    LastConfig, Metadata, Status as BlockStatus,
+    Block, Config, ConfigUpdate, ConfigUpdateEnvelope, Envelope, HeaderType, Status as BlockStatus,
 };
 use medledger_proto::msp::{FabricMspConfig, MspConfig};
 use medledger_proto::orderer::atomic_broadcast_client::AtomicBroadcastClient;
@@ -88,13 +87,6 @@ pub(super) enum ConfigCommand {
     },
 }
 
-fn read_file(path: &Path) -> Result<Vec<u8>, NodeError> {
-    std::fs::read(path).map_err(|e| NodeError::File {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })
-}
-
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
     std::fs::write(path, bytes).map_err(|e| NodeError::File {
         path: path.to_path_buf(),
@@ -103,7 +95,7 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
 }
 
 fn decode_file<M: Message + Default>(path: &Path, what: &str) -> Result<M, NodeError> {
-    M::decode(read_file(path)?.as_slice()).map_err(|e| NodeError::File {
+    M::decode(super::super::read(path)?.as_slice()).map_err(|e| NodeError::File {
         path: path.to_path_buf(),
         reason: format!("not a {what}: {e}"),
     })
@@ -144,7 +136,7 @@ pub(super) fn config(cmd: ConfigCommand) -> Result<(), NodeError> {
             output,
         } => {
             let mut config: Config = decode_file(&config, "common.Config")?;
-            let crl = read_file(&crl)?;
+            let crl = super::super::read(&crl)?;
             add_crl(&mut config, &org, crl)?;
             write_file(&output, &config.encode_to_vec())
         }
@@ -199,7 +191,7 @@ async fn fetch_one(
     position: SeekPosition,
 ) -> Result<Block, NodeError> {
     let roots = match &t.cafile {
-        Some(p) => vec![read_file(p)?],
+        Some(p) => vec![super::super::read(p)?],
         None => vec![],
     };
     let ch = crate::comm::dial(&t.orderer, &roots, None)
@@ -249,19 +241,6 @@ async fn fetch_one(
     }
 }
 
-/// The newest configuration block's number, as a block's LAST_CONFIG names it.
-fn last_config_index(block: &Block) -> Option<u64> {
-    let slot = block
-        .metadata
-        .as_ref()?
-        .metadata
-        .get(BlockMetadataIndex::LastConfig as usize)?;
-    let md = Metadata::decode(slot.as_slice()).ok()?;
-    LastConfig::decode(md.value.as_slice())
-        .ok()
-        .map(|l| l.index)
-}
-
 /// `channel fetch newest|oldest|config|N <file>`.
 pub(super) async fn fetch(
     which: String,
@@ -271,7 +250,7 @@ pub(super) async fn fetch(
     let signer = load_signer(&t.mspdir, &t.mspid)?;
     let mut block = fetch_one(&t, &signer, seek_position(&which, None)?).await?;
     if which == "config" {
-        let index = last_config_index(&block).ok_or_else(|| {
+        let index = medledger_common::protoutil::signed_last_config(&block).ok_or_else(|| {
             NodeError::Failed("the newest block names no configuration block".into())
         })?;
         block = fetch_one(&t, &signer, seek_position(&which, Some(index))?).await?;
@@ -285,7 +264,7 @@ pub(super) async fn fetch(
 /// What an update file holds: a CONFIG_UPDATE envelope, or (for convenience) the bare
 /// `ConfigUpdate` that `config compute-update` writes.
 fn read_update(path: &Path, channel: &str) -> Result<ConfigUpdateEnvelope, NodeError> {
-    let bytes = read_file(path)?;
+    let bytes = super::super::read(path)?;
     if let Ok(env) = Envelope::decode(bytes.as_slice())
         && let Ok(d) = medledger_common::configtx::decode_update(&env)
     {
@@ -332,7 +311,7 @@ pub(super) fn sign_config_tx(
     mspid: String,
 ) -> Result<(), NodeError> {
     let signer = load_signer(&mspdir, &mspid)?;
-    let probe = ConfigUpdate::decode(read_file(&file)?.as_slice()).ok();
+    let probe = ConfigUpdate::decode(super::super::read(&file)?.as_slice()).ok();
     let channel = channel
         .or_else(|| probe.map(|u| u.channel_id))
         .unwrap_or_default();
@@ -357,7 +336,7 @@ pub(super) async fn update(file: PathBuf, t: OrdererTarget) -> Result<(), NodeEr
     let env = update_envelope(&t.channel, &envelope, &signer)
         .map_err(|e| NodeError::Failed(e.to_string()))?;
     let roots = match &t.cafile {
-        Some(p) => vec![read_file(p)?],
+        Some(p) => vec![super::super::read(p)?],
         None => vec![],
     };
     let failed = |reason: String| NodeError::Peer {

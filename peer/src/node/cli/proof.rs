@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 
 use medledger_common::proof::{FORMAT, ProofBundle, WriteClaim, verify};
-use medledger_common::protoutil::{block_envelopes, unpack_envelope};
-use medledger_proto::common::{Block, BlockMetadataIndex, Envelope, LastConfig, Metadata};
+use medledger_common::protoutil::{block_envelopes, signed_last_config};
+use medledger_proto::common::Block;
 
 use super::*;
 
@@ -55,13 +55,6 @@ pub(super) enum ProofCommand {
     },
 }
 
-fn read_file(path: &std::path::Path) -> Result<Vec<u8>, NodeError> {
-    std::fs::read(path).map_err(|e| NodeError::File {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })
-}
-
 /// Runs one `proof` subcommand.
 pub(super) async fn proof(cmd: ProofCommand) -> Result<(), NodeError> {
     match cmd {
@@ -96,16 +89,6 @@ pub(super) async fn proof(cmd: ProofCommand) -> Result<(), NodeError> {
             salt,
         } => verify_bundle(bundle, genesis, content, salt),
     }
-}
-
-fn last_config(block: &Block) -> u64 {
-    block
-        .metadata
-        .as_ref()
-        .and_then(|m| m.metadata.get(BlockMetadataIndex::LastConfig as usize))
-        .and_then(|b| Metadata::decode(b.as_slice()).ok())
-        .and_then(|m| LastConfig::decode(m.value.as_slice()).ok())
-        .map_or(0, |l| l.index)
 }
 
 async fn export(
@@ -209,10 +192,14 @@ async fn export(
     }
     // Configuration history: follow LAST_CONFIG back from the newest the blocks name.
     let mut config_numbers = Vec::new();
-    let mut next = blocks.iter().map(last_config).max().unwrap_or(0);
+    let mut next = blocks
+        .iter()
+        .filter_map(signed_last_config)
+        .max()
+        .unwrap_or(0);
     while next > 0 {
         config_numbers.push(next);
-        next = last_config(&fetch(next - 1).await?);
+        next = signed_last_config(&fetch(next - 1).await?).unwrap_or(0);
     }
     config_numbers.push(0);
     config_numbers.reverse();
@@ -234,38 +221,21 @@ async fn export(
 
 /// The public writes (key, UTF-8 value) transaction `tx_id` of `block` made to `namespace`.
 fn writes_of(block: &Block, tx_id: &str, namespace: &str) -> Vec<(String, String)> {
-    written(block, tx_id, namespace).unwrap_or_default()
-}
-
-fn written(block: &Block, tx_id: &str, namespace: &str) -> Option<Vec<(String, String)>> {
-    use medledger_proto::protos::{
-        ChaincodeAction, ChaincodeActionPayload, ProposalResponsePayload, Transaction,
-    };
-    block_envelopes(block).iter().find_map(|e| {
-        let env = Envelope::decode(e.as_slice()).ok()?;
-        let u = unpack_envelope(&env).ok()?;
-        if u.channel_header.tx_id != tx_id {
-            return None;
-        }
-        let tx = Transaction::decode(u.payload.data.as_slice()).ok()?;
-        let cap = ChaincodeActionPayload::decode(tx.actions.first()?.payload.as_slice()).ok()?;
-        let prp = ProposalResponsePayload::decode(cap.action?.proposal_response_payload.as_slice())
-            .ok()?;
-        let cc = ChaincodeAction::decode(prp.extension.as_slice()).ok()?;
-        let rw = medledger_proto::rwset::TxReadWriteSet::decode(cc.results.as_slice()).ok()?;
-        Some(
-            rw.ns_rwset
-                .iter()
-                .filter(|ns| ns.namespace == namespace)
-                .filter_map(|ns| {
-                    medledger_proto::kvrwset::KvrwSet::decode(ns.rwset.as_slice()).ok()
-                })
-                .flat_map(|kv| kv.writes)
-                .filter(|w| !w.is_delete)
-                .filter_map(|w| Some((w.key, String::from_utf8(w.value).ok()?)))
-                .collect(),
-        )
-    })
+    block_envelopes(block)
+        .iter()
+        .map(|e| crate::channel::blocks::chaincode_actions(e))
+        .find(|(id, _)| id == tx_id)
+        .map(|(_, actions)| actions)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|a| medledger_proto::rwset::TxReadWriteSet::decode(a.results.as_slice()).ok())
+        .flat_map(|rw| rw.ns_rwset)
+        .filter(|ns| ns.namespace == namespace)
+        .filter_map(|ns| medledger_proto::kvrwset::KvrwSet::decode(ns.rwset.as_slice()).ok())
+        .flat_map(|kv| kv.writes)
+        .filter(|w| !w.is_delete)
+        .filter_map(|w| Some((w.key, String::from_utf8(w.value).ok()?)))
+        .collect()
 }
 
 fn verify_bundle(
@@ -275,12 +245,12 @@ fn verify_bundle(
     salt: Option<String>,
 ) -> Result<(), NodeError> {
     let b: ProofBundle =
-        serde_json::from_slice(&read_file(&bundle)?).map_err(|e| NodeError::File {
+        serde_json::from_slice(&super::super::read(&bundle)?).map_err(|e| NodeError::File {
             path: bundle.clone(),
             reason: format!("not a proof bundle: {e}"),
         })?;
     let genesis_block =
-        Block::decode(read_file(&genesis)?.as_slice()).map_err(|e| NodeError::File {
+        Block::decode(super::super::read(&genesis)?.as_slice()).map_err(|e| NodeError::File {
             path: genesis.clone(),
             reason: format!("not a block: {e}"),
         })?;
@@ -320,7 +290,7 @@ fn verify_bundle(
             .ok_or_else(|| NodeError::Usage("--salt takes 32 bytes as 64 hex characters".into()))?;
         let hash = hex::encode(medledger_common::crypto::sha256_concat(&[
             &salt,
-            &read_file(&content)?,
+            &super::super::read(&content)?,
         ]));
         if entry["contentHash"].as_str() != Some(hash.as_str()) {
             return Err(NodeError::Failed(format!(
