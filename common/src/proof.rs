@@ -36,6 +36,9 @@ pub struct ProofBundle {
     /// The blocks holding the claimed transactions (hex of `common.Block`).
     pub blocks: Vec<String>,
     pub claims: Vec<WriteClaim>,
+    /// Writes and erasures of private data the transactions made, proven by their hashes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub private_claims: Vec<PrivateWriteClaim>,
 }
 
 /// "Transaction `tx_id` in block `block` wrote `value` to `key` of chaincode `namespace`."
@@ -50,19 +53,89 @@ pub struct WriteClaim {
     pub value: String,
 }
 
-/// What the verifier established about one claim.
+/// "Transaction `tx_id` in block `block` wrote a value hashing to `value_hash` to the private key
+/// hashing to `key_hash` in `collection`", or, with `erased`, "erased that key and its history"
+/// (PurgePrivateData). The ledger keeps only hashes: a purged value still proves that a value
+/// with that hash existed, and when it was erased.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PrivateWriteClaim {
+    pub block: u64,
+    pub tx_id: String,
+    pub namespace: String,
+    pub collection: String,
+    /// The key, where the exporter knows it: the verifier checks that it hashes to `key_hash`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// SHA-256 of the key (hex).
+    pub key_hash: String,
+    /// SHA-256 of the value written (hex); none for a delete or an erasure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_hash: Option<String>,
+    #[serde(default)]
+    pub erased: bool,
+}
+
+/// One signature a proven transaction carries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ProvenClaim {
-    pub claim: WriteClaim,
+pub struct ProvenSignature {
+    pub msp: String,
+    pub subject: String,
+    /// The signed bytes' signature (DER ECDSA), as in the block.
+    pub signature: Vec<u8>,
+}
+
+/// What the verifier established about one transaction a claim names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProvenTransaction {
+    pub block: u64,
+    pub tx_id: String,
     /// Seconds since the epoch, from the transaction's header.
     pub timestamp: i64,
     pub creator_msp: String,
     pub creator_subject: String,
-    /// `subject@msp` of each valid endorsement.
-    pub endorsers: Vec<String>,
+    /// The creator's signature over the transaction.
+    pub creator_signature: Vec<u8>,
+    /// Each valid endorsement (by a peer of a channel organisation).
+    pub endorsements: Vec<ProvenSignature>,
     /// Consenter ids whose signatures on the block verified.
     pub block_signers: usize,
+}
+
+impl ProvenTransaction {
+    /// `subject@msp` of each endorser.
+    pub fn endorsers(&self) -> Vec<String> {
+        self.endorsements
+            .iter()
+            .map(|e| format!("{}@{}", e.subject, e.msp))
+            .collect()
+    }
+}
+
+/// A public write, proven.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProvenClaim {
+    pub claim: WriteClaim,
+    pub tx: ProvenTransaction,
+}
+
+/// A private write or erasure, proven by its hashes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProvenPrivateClaim {
+    pub claim: PrivateWriteClaim,
+    pub tx: ProvenTransaction,
+}
+
+/// Everything a bundle proves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Verified {
+    pub claims: Vec<ProvenClaim>,
+    pub private_claims: Vec<ProvenPrivateClaim>,
 }
 
 /// Why a bundle does not prove what it claims.
@@ -98,7 +171,7 @@ fn number(block: &Block) -> Result<u64, ProofError> {
 }
 
 /// Checks a bundle against the channel's genesis block, as someone trusting nothing else would.
-pub fn verify(bundle: &ProofBundle, genesis: &Block) -> Result<Vec<ProvenClaim>, ProofError> {
+pub fn verify(bundle: &ProofBundle, genesis: &Block) -> Result<Verified, ProofError> {
     if bundle.format != FORMAT {
         return Err(ProofError::Malformed(format!(
             "format {:?} is not {FORMAT}",
@@ -128,20 +201,49 @@ pub fn verify(bundle: &ProofBundle, genesis: &Block) -> Result<Vec<ProvenClaim>,
             .map_err(|e| fail(e.to_string()))?;
         blocks.push((n, block, config.clone(), signers));
     }
-    bundle
-        .claims
-        .iter()
-        .map(|claim| {
-            let (_, block, config, signers) = blocks
+    // Each transaction is proven once, however many claims name it.
+    let mut proven: Vec<(ProvenTransaction, TxReadWriteSet)> = Vec::new();
+    let mut prove =
+        |n: u64, tx_id: &str| -> Result<(ProvenTransaction, TxReadWriteSet), ProofError> {
+            if let Some(p) = proven
                 .iter()
-                .find(|(n, ..)| *n == claim.block)
-                .ok_or_else(|| ProofError::Block {
-                    block: claim.block,
-                    reason: "is not in the bundle".into(),
-                })?;
-            prove_write(&bundle.channel, claim, block, config, *signers)
-        })
-        .collect()
+                .find(|(t, _)| t.block == n && t.tx_id == tx_id)
+            {
+                return Ok(p.clone());
+            }
+            let (_, block, config, signers) =
+                blocks
+                    .iter()
+                    .find(|(b, ..)| *b == n)
+                    .ok_or_else(|| ProofError::Block {
+                        block: n,
+                        reason: "is not in the bundle".into(),
+                    })?;
+            let p = prove_transaction(&bundle.channel, n, tx_id, block, config, *signers)?;
+            proven.push(p.clone());
+            Ok(p)
+        };
+    let mut verified = Verified {
+        claims: Vec::with_capacity(bundle.claims.len()),
+        private_claims: Vec::with_capacity(bundle.private_claims.len()),
+    };
+    for claim in &bundle.claims {
+        let (tx, rwset) = prove(claim.block, &claim.tx_id)?;
+        check_public_write(claim, &rwset)?;
+        verified.claims.push(ProvenClaim {
+            claim: claim.clone(),
+            tx,
+        });
+    }
+    for claim in &bundle.private_claims {
+        let (tx, rwset) = prove(claim.block, &claim.tx_id)?;
+        check_private_write(claim, &rwset)?;
+        verified.private_claims.push(ProvenPrivateClaim {
+            claim: claim.clone(),
+            tx,
+        });
+    }
+    Ok(verified)
 }
 
 /// Replays the configuration history: the genesis block must be the one the verifier holds;
@@ -194,17 +296,19 @@ fn configurations(
     Ok(out)
 }
 
-/// Checks one claimed write in a verified block.
-fn prove_write(
+/// Proves transaction `tx_id` of verified block `n`: marked VALID, of this channel, signed by a
+/// channel member and endorsed by channel peers for this very proposal. Returns what it wrote.
+fn prove_transaction(
     channel: &str,
-    claim: &WriteClaim,
+    n: u64,
+    tx_id: &str,
     block: &Block,
     config: &ChannelConfig,
     block_signers: usize,
-) -> Result<ProvenClaim, ProofError> {
+) -> Result<(ProvenTransaction, TxReadWriteSet), ProofError> {
     let fail = |reason: String| ProofError::Transaction {
-        block: claim.block,
-        tx_id: claim.tx_id.clone(),
+        block: n,
+        tx_id: tx_id.to_owned(),
         reason,
     };
     let envelopes = block_envelopes(block);
@@ -214,7 +318,7 @@ fn prove_write(
         .find_map(|(i, e)| {
             let env = Envelope::decode(e.as_slice()).ok()?;
             let u = unpack_envelope(&env).ok()?;
-            (u.channel_header.tx_id == claim.tx_id).then_some((i, env, u))
+            (u.channel_header.tx_id == tx_id).then_some((i, env, u))
         })
         .ok_or_else(|| fail("is not in the block".into()))?;
     // The validation flags are the committing peer's verdict (not covered by the orderers'
@@ -283,7 +387,7 @@ fn prove_write(
     if prp.proposal_hash != expected || action.header != header.signature_header {
         return Err(fail("its endorsements are for another proposal".into()));
     }
-    let mut endorsers = Vec::new();
+    let mut endorsements = Vec::new();
     for e in &endorsed.endorsements {
         let who = config
             .msps
@@ -298,13 +402,43 @@ fn prove_write(
                 who.cert.subject, who.mspid
             )));
         }
-        endorsers.push(format!("{}@{}", who.cert.subject, who.mspid));
+        endorsements.push(ProvenSignature {
+            msp: who.mspid.clone(),
+            subject: who.cert.subject.clone(),
+            signature: e.signature.clone(),
+        });
     }
-    if endorsers.is_empty() {
+    if endorsements.is_empty() {
         return Err(fail("has no endorsement".into()));
     }
     let cc = ChaincodeAction::decode(prp.extension.as_slice()).map_err(|e| fail(e.to_string()))?;
     let rwset = TxReadWriteSet::decode(cc.results.as_slice()).map_err(|e| fail(e.to_string()))?;
+    Ok((
+        ProvenTransaction {
+            block: n,
+            tx_id: tx_id.to_owned(),
+            timestamp: u.channel_header.timestamp.unwrap_or_default().seconds,
+            creator_msp: creator.mspid.clone(),
+            creator_subject: creator.cert.subject.clone(),
+            creator_signature: env.signature.clone(),
+            endorsements,
+            block_signers,
+        },
+        rwset,
+    ))
+}
+
+fn claim_failure(block: u64, tx_id: &str, reason: String) -> ProofError {
+    ProofError::Transaction {
+        block,
+        tx_id: tx_id.to_owned(),
+        reason,
+    }
+}
+
+/// The claimed public write must be in the proven transaction's write set, value for value.
+fn check_public_write(claim: &WriteClaim, rwset: &TxReadWriteSet) -> Result<(), ProofError> {
+    let fail = |reason: String| claim_failure(claim.block, &claim.tx_id, reason);
     let written = rwset
         .ns_rwset
         .iter()
@@ -324,12 +458,55 @@ fn prove_write(
             claim.namespace, claim.key
         )));
     }
-    Ok(ProvenClaim {
-        claim: claim.clone(),
-        timestamp: u.channel_header.timestamp.unwrap_or_default().seconds,
-        creator_msp: creator.mspid.clone(),
-        creator_subject: creator.cert.subject.clone(),
-        endorsers,
-        block_signers,
-    })
+    Ok(())
+}
+
+/// The claimed private write or erasure must be in the proven transaction's hashed write set.
+fn check_private_write(
+    claim: &PrivateWriteClaim,
+    rwset: &TxReadWriteSet,
+) -> Result<(), ProofError> {
+    let fail = |reason: String| claim_failure(claim.block, &claim.tx_id, reason);
+    let key_hash = hex::decode(&claim.key_hash)
+        .map_err(|_| fail(format!("key hash {:?} is not hex", claim.key_hash)))?;
+    if let Some(key) = &claim.key
+        && crate::crypto::sha256(key.as_bytes()).as_slice() != key_hash.as_slice()
+    {
+        return Err(fail(format!(
+            "the key {key:?} does not hash to the claimed key hash"
+        )));
+    }
+    let where_ = format!(
+        "{}/{} key {}",
+        claim.namespace, claim.collection, claim.key_hash
+    );
+    let written = rwset
+        .ns_rwset
+        .iter()
+        .filter(|ns| ns.namespace == claim.namespace)
+        .flat_map(|ns| &ns.collection_hashed_rwset)
+        .filter(|c| c.collection_name == claim.collection)
+        .filter_map(|c| {
+            medledger_proto::kvrwset::HashedRwSet::decode(c.hashed_rwset.as_slice()).ok()
+        })
+        .flat_map(|h| h.hashed_writes)
+        .find(|w| w.key_hash == key_hash)
+        .ok_or_else(|| fail(format!("wrote nothing to {where_}")))?;
+    let value_hash = match &claim.value_hash {
+        Some(h) => Some(hex::decode(h).map_err(|_| fail(format!("value hash {h:?} is not hex")))?),
+        None => None,
+    };
+    let matches = if claim.erased {
+        written.is_purge
+    } else if let Some(v) = &value_hash {
+        !written.is_delete && !written.is_purge && written.value_hash == *v
+    } else {
+        written.is_delete && !written.is_purge
+    };
+    if !matches {
+        return Err(fail(format!(
+            "did something else to {where_} than the claim says"
+        )));
+    }
+    Ok(())
 }

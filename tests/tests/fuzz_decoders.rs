@@ -242,6 +242,16 @@ fn decoders_of_outside_bytes_never_panic() -> anyhow::Result<()> {
             key: "record/R-1".into(),
             value: "{}".into(),
         }],
+        private_claims: vec![medledger_common::proof::PrivateWriteClaim {
+            block: 0,
+            tx_id: "t".into(),
+            namespace: "medical".into(),
+            collection: "_implicit_org_Org1MSP".into(),
+            key: Some("record/R-1/v1".into()),
+            key_hash: hex::encode([1u8; 32]),
+            value_hash: None,
+            erased: true,
+        }],
     })?;
     run("ProofBundle JSON + proof::verify", &[bundle], &mut |b| {
         if let Ok(bundle) = serde_json::from_slice::<ProofBundle>(b) {

@@ -167,6 +167,11 @@ fn network_up_deploy_invoke_and_down() {
         ),
         ("the certificate verifies", "\"status\":\"valid\""),
         ("the record's proof verifies offline", "Proof verified."),
+        (
+            "the erased shared copy still proves by its hash",
+            "ERASED private shared/R-100/Hospital2MSP",
+        ),
+        ("the verified history as FHIR", "FHIR R4 resources"),
     ] {
         assert!(walk_out.contains(needle), "{what}:\n{walk_out}");
     }

@@ -1,7 +1,9 @@
-//! Offline provenance proofs: a record created, amended and its content checked, exported by
-//! `medledger-peer proof export` and verified with nothing but the genesis block (library and
-//! `medledger-peer proof verify`), also across a channel configuration update; every single
-//! tampering of the bundle is caught.
+//! Offline provenance proofs: a record created, amended, shared, read and its shared copy erased
+//! by a consent's revocation, exported by `medledger-peer proof export` and verified with nothing
+//! but the genesis block (library and `medledger-peer proof verify`), also across a channel
+//! configuration update; the erased value still proves by its hash; what was verified written as
+//! FHIR R4 resources that a FHIR library's model accepts; every single tampering of the bundle is
+//! caught.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -132,19 +134,35 @@ async fn a_record_proof_verifies_offline_and_every_tampering_is_caught() -> anyh
     );
     assert!(ok, "{out}");
     let bundle: ProofBundle = serde_json::from_slice(&std::fs::read(&bundle_path)?)?;
-    assert_eq!(bundle.claims.len(), 2);
+    let versions: Vec<usize> = (0..bundle.claims.len())
+        .filter(|i| bundle.claims[*i].key == "record/R-1")
+        .collect();
+    assert_eq!(versions.len(), 2, "{:?}", bundle.claims);
     assert_eq!(bundle.config_blocks.len(), 2, "genesis and the update");
+    assert_eq!(
+        bundle.private_claims.len(),
+        2,
+        "each version's sealed content, by its hashes: {:?}",
+        bundle.private_claims
+    );
 
     // Verified with nothing but the genesis block.
     let genesis = Block::decode(std::fs::read(&net.orderers.genesis_path)?.as_slice())?;
     let proven = verify(&bundle, &genesis)?;
-    assert!(proven[0].claim.value.contains(r#""version":1"#));
-    assert!(proven[1].claim.value.contains(r#""version":2"#));
-    assert!(proven[1].creator_subject.contains("doctor1"));
+    let (v1, v2) = (&proven.claims[versions[0]], &proven.claims[versions[1]]);
+    assert!(v1.claim.value.contains(r#""version":1"#));
+    assert!(v2.claim.value.contains(r#""version":2"#));
+    assert!(v2.tx.creator_subject.contains("doctor1"));
     assert!(
         proven
+            .claims
             .iter()
-            .all(|p| p.block_signers >= 3 && !p.endorsers.is_empty())
+            .all(|p| p.tx.block_signers >= 3 && !p.tx.endorsements.is_empty())
+    );
+    assert_eq!(
+        proven.private_claims[1].claim.key.as_deref(),
+        Some("record/R-1/v2"),
+        "the exporter names the private key; the verifier checked it against its hash"
     );
 
     // The CLI verifier, with the content and its salt.
@@ -218,11 +236,14 @@ async fn a_record_proof_verifies_offline_and_every_tampering_is_caught() -> anyh
     let proven = verify(&cert_proof, &genesis)?;
     assert!(
         proven
+            .claims
             .iter()
             .any(|p| p.claim.value.contains(r#""id":"SL-1""#)
-                && p.creator_subject.contains("doctor1")),
+                && p.tx.creator_subject.contains("doctor1")),
         "{proven:?}"
     );
+
+    sharing_and_erasure_keep_proving(&net, &bin, dir.path(), &genesis).await?;
 
     // A client copies an endorsed response into a transaction of its own (a new id): the
     // orderers order it, the peers mark it invalid, and a bundle that claims it as VALID (the
@@ -351,14 +372,30 @@ async fn a_record_proof_verifies_offline_and_every_tampering_is_caught() -> anyh
         }),
         ("a claim of another value", {
             let mut b = bundle.clone();
-            b.claims[1].value = b.claims[1]
+            b.claims[versions[1]].value = b.claims[versions[1]]
                 .value
                 .replace(r#""version":2"#, r#""version":3"#);
             b
         }),
         ("a claim of another key", {
             let mut b = bundle.clone();
-            b.claims[0].key = "record/R-2".into();
+            b.claims[versions[0]].key = "record/R-2".into();
+            b
+        }),
+        ("a private value of another hash", {
+            let mut b = bundle.clone();
+            b.private_claims[0].value_hash = Some(hex::encode([7u8; 32]));
+            b
+        }),
+        ("a private key named that is not the one hashed", {
+            let mut b = bundle.clone();
+            b.private_claims[0].key = Some("record/R-1/v9".into());
+            b
+        }),
+        ("a private write claimed as an erasure", {
+            let mut b = bundle.clone();
+            b.private_claims[0].value_hash = None;
+            b.private_claims[0].erased = true;
             b
         }),
     ];
@@ -368,5 +405,210 @@ async fn a_record_proof_verifies_offline_and_every_tampering_is_caught() -> anyh
             "tampering with {what} went unnoticed"
         );
     }
+    Ok(())
+}
+
+/// A patient consents, the record is shared, read at the grantee and the consent revoked (which
+/// erases the shared copy): the record's proof covers all of it, the erased value still proves
+/// by its hash and the verifier says when it was erased; the FHIR resources of what was verified
+/// pass a FHIR R4 model's strict reading.
+async fn sharing_and_erasure_keep_proving(
+    net: &PeerNet,
+    bin: &Path,
+    dir: &Path,
+    genesis: &Block,
+) -> anyhow::Result<()> {
+    let doctor = net.orgs[0].identity("doctor1", "client", &[("role", "doctor")])?;
+    let patient = net.orgs[0].identity(
+        "patient1",
+        "client",
+        &[("role", "patient"), ("patientId", "P-0042")],
+    )?;
+    let reader = net.orgs[1].identity("doctor2", "client", &[("role", "doctor")])?;
+    let now = medledger_common::msp::unix_now();
+    let mut as_patient = net.gateway(0, patient).await?;
+    let consent = serde_json::json!({
+        "id": "C-1", "granteeMsp": "Hospital2MSP", "scope": {"recordIds": ["R-1"]},
+        "purpose": "treatment", "expiresAt": now + 3600
+    })
+    .to_string();
+    as_patient.submit(&["GrantConsent", &consent]).await?;
+    let mut h1 = net.gateway(0, doctor.clone()).await?;
+    let (share_tx, _, block, _) = h1.submit(&["ShareRecord", "R-1", "C-1"]).await?;
+    net.wait_height(block + 1).await?;
+    let mut h2 = net.gateway(1, reader).await?;
+    let (read_tx, _, _, _) = h2.submit(&["RequestAccess", "R-1", "treatment"]).await?;
+    let (revoke_tx, _, block, _) = as_patient.submit(&["RevokeConsent", "C-1"]).await?;
+    net.wait_height(block + 1).await?;
+
+    let msp = dir.join("doctor-msp");
+    let tls = dir.join("tlsca.pem");
+    let bundle_path = dir.join("shared-proof.json");
+    let (ok, out) = cli(
+        bin,
+        "Hospital1MSP",
+        &msp,
+        &[
+            "proof",
+            "export",
+            "--record",
+            "R-1",
+            "-C",
+            CHANNEL,
+            "-n",
+            CHAINCODE,
+            "--output",
+            &bundle_path.to_string_lossy(),
+            "--peerAddresses",
+            &net.address(0),
+            "--tlsRootCertFiles",
+            &tls.to_string_lossy(),
+        ],
+    );
+    assert!(ok, "{out}");
+    let bundle: ProofBundle = serde_json::from_slice(&std::fs::read(&bundle_path)?)?;
+    let proven = verify(&bundle, genesis)?;
+    let shared_key = "shared/R-1/Hospital2MSP";
+    let copy: Vec<_> = proven
+        .private_claims
+        .iter()
+        .filter(|p| p.claim.key.as_deref() == Some(shared_key))
+        .collect();
+    assert_eq!(
+        copy.len(),
+        2,
+        "the shared copy's write and erasure: {copy:?}"
+    );
+    assert_eq!(copy[0].tx.tx_id, share_tx);
+    assert!(copy[0].claim.value_hash.is_some() && !copy[0].claim.erased);
+    assert_eq!(copy[1].tx.tx_id, revoke_tx);
+    assert!(copy[1].claim.erased && copy[1].claim.value_hash.is_none());
+    assert!(copy[1].tx.creator_subject.contains("patient1"));
+    for tx in [&share_tx, &read_tx, &revoke_tx] {
+        assert!(
+            proven.claims.iter().any(|p| &p.tx.tx_id == tx),
+            "transaction {tx} is in the record's proof"
+        );
+    }
+    // Tampering with the erasure is caught: a bundle may not hide it as a write.
+    let mut hidden = bundle.clone();
+    if let Some(c) = hidden
+        .private_claims
+        .iter_mut()
+        .find(|c| c.erased && c.key.as_deref() == Some(shared_key))
+    {
+        c.erased = false;
+        c.value_hash = copy[0].claim.value_hash.clone();
+    }
+    assert!(
+        verify(&hidden, genesis).is_err(),
+        "an erasure passed as a write"
+    );
+
+    let fhir_path = dir.join("fhir.json");
+    let (ok, out) = cli(
+        bin,
+        "Hospital1MSP",
+        &msp,
+        &[
+            "proof",
+            "verify",
+            "--bundle",
+            &bundle_path.to_string_lossy(),
+            "--genesis",
+            &net.orderers.genesis_path.to_string_lossy(),
+            "--fhir",
+            &fhir_path.to_string_lossy(),
+        ],
+    );
+    assert!(
+        ok && out.contains(&format!("ERASED private {shared_key}"))
+            && out.contains("a value with hash")
+            && out.contains("Proof verified."),
+        "{out}"
+    );
+
+    // The FHIR: each resource passes fhirbolt's strict R4 model (unknown elements, wrong types
+    // and missing required elements are errors), and says what happened.
+    let fhir: serde_json::Value = serde_json::from_slice(&std::fs::read(&fhir_path)?)?;
+    let strict = fhirbolt::serde::DeserializationConfig {
+        mode: fhirbolt::serde::DeserializationMode::Strict,
+    };
+    let _: fhirbolt::model::r4::Resource =
+        fhirbolt::json::from_str(&fhir.to_string(), Some(strict))
+            .map_err(|e| anyhow::anyhow!("the Bundle is not FHIR R4: {e}"))?;
+    let entries = fhir["entry"].as_array().cloned().unwrap_or_default();
+    let of_type = |t: &str| -> Vec<serde_json::Value> {
+        entries
+            .iter()
+            .map(|e| e["resource"].clone())
+            .filter(|r| r["resourceType"] == t)
+            .collect()
+    };
+    for e in &entries {
+        let _: fhirbolt::model::r4::Resource =
+            fhirbolt::json::from_str(&e["resource"].to_string(), Some(strict))
+                .map_err(|err| anyhow::anyhow!("not FHIR R4: {err}: {}", e["resource"]))?;
+        assert!(
+            e["fullUrl"]
+                .as_str()
+                .is_some_and(|u| u.ends_with(e["resource"]["id"].as_str().unwrap_or("?"))),
+            "{e}"
+        );
+    }
+    let provenance = of_type("Provenance");
+    let activity = |p: &serde_json::Value| p["activity"]["coding"][0]["code"].clone();
+    let activities: Vec<_> = provenance.iter().map(activity).collect();
+    assert_eq!(
+        activities,
+        ["originate", "amend", "disclose", "destroy"],
+        "two versions, the share and the erasure: {provenance:?}"
+    );
+    let erasure = &provenance[3];
+    assert_eq!(erasure["reason"][0]["text"], "consent C-1 revoked");
+    assert!(
+        erasure["agent"][0]["who"]["display"]
+            .as_str()
+            .is_some_and(|d| d.contains("patient1"))
+    );
+    // The signatures are the transaction's own: the creator's verifies over the envelope.
+    let version_sig = &provenance[1]["signature"][0];
+    assert_eq!(version_sig["type"][0]["code"], "1.2.840.10065.1.12.1.1");
+    use base64::Engine;
+    let sig = base64::engine::general_purpose::STANDARD
+        .decode(version_sig["data"].as_str().unwrap_or(""))?;
+    assert_eq!(
+        sig,
+        proven
+            .claims
+            .iter()
+            .find(|p| p.claim.value.contains(r#""version":2"#))
+            .map(|p| p.tx.creator_signature.clone())
+            .unwrap_or_default()
+    );
+    let audits = of_type("AuditEvent");
+    assert_eq!(audits.len(), 1, "one read: {audits:?}");
+    let read = &audits[0];
+    assert_eq!(read["action"], "R");
+    assert_eq!(read["subtype"][0]["code"], "read");
+    assert_eq!(read["purposeOfEvent"][0]["coding"][0]["code"], "TREAT");
+    assert_eq!(read["agent"][0]["requestor"], true);
+    assert!(
+        read["agent"][0]["who"]["display"]
+            .as_str()
+            .is_some_and(|d| d.contains("doctor2") && d.contains("Hospital2MSP"))
+    );
+    assert_eq!(read["entity"][0]["what"]["identifier"]["value"], "P-0042");
+    let consents = of_type("Consent");
+    assert_eq!(consents.len(), 1, "{consents:?}");
+    assert_eq!(consents[0]["status"], "inactive", "revoked");
+    assert_eq!(
+        consents[0]["provision"]["actor"][0]["reference"]["identifier"]["value"],
+        "Hospital2MSP"
+    );
+    assert_eq!(
+        consents[0]["provision"]["data"][0]["reference"]["identifier"]["value"],
+        "R-1"
+    );
     Ok(())
 }

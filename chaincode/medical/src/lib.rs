@@ -11,6 +11,7 @@
 
 pub mod certificates;
 pub mod ctx;
+pub mod fhir;
 pub mod records;
 pub mod sharing;
 

@@ -149,13 +149,18 @@ pub struct VersionEntry {
     pub amend_reason: Option<String>,
 }
 
-/// What `GetRecordProvenance` returns: every version, oldest first, and every read.
+/// What `GetRecordProvenance` returns: every version, oldest first, every read, every share of
+/// the record and every change of the consents it was shared under.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Provenance {
     pub record_id: String,
     pub versions: Vec<VersionEntry>,
     pub reads: Vec<AccessEntry>,
+    #[serde(default)]
+    pub shares: Vec<crate::sharing::ShareEvent>,
+    #[serde(default)]
+    pub consents: Vec<crate::sharing::ConsentEvent>,
 }
 
 pub(crate) fn record_key(id: &str) -> String {
@@ -166,7 +171,7 @@ fn patient_prefix(patient: &str) -> String {
     format!("\u{0}patient~record\u{0}{patient}\u{0}")
 }
 
-pub(crate) fn content_key(id: &str, version: u32) -> String {
+pub fn content_key(id: &str, version: u32) -> String {
     format!("record/{id}/v{version}")
 }
 
@@ -657,10 +662,13 @@ pub async fn provenance<C: Ctx>(ctx: &mut C, id: &str) -> Result<Provenance, Con
         );
     }
     reads.sort_by(|a, b| a.at.cmp(&b.at).then(a.tx_id.cmp(&b.tx_id)));
+    let (shares, consents) = crate::sharing::trail(ctx, &record).await?;
     Ok(Provenance {
         record_id: record.id,
         versions,
         reads,
+        shares,
+        consents,
     })
 }
 

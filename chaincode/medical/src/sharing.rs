@@ -97,7 +97,7 @@ fn shares_of_consent_prefix(patient: &str, consent: &str) -> String {
     format!("\u{0}consent~share\u{0}{patient}\u{0}{consent}\u{0}")
 }
 
-fn shared_content_key(record: &str, grantee: &str) -> String {
+pub fn shared_content_key(record: &str, grantee: &str) -> String {
     format!("shared/{record}/{grantee}")
 }
 
@@ -287,6 +287,90 @@ fn check_consent(consent: &Consent, record: &RecordEntry, now: i64) -> Result<()
         ));
     }
     Ok(())
+}
+
+/// One share of a record, from the history of its share entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShareEvent {
+    pub grantee_msp: String,
+    pub consent_id: String,
+    pub version: u32,
+    pub shared_by_msp: String,
+    pub shared_by_subject: String,
+    pub tx_id: String,
+    pub block: u64,
+    pub timestamp: i64,
+}
+
+/// One change (grant, revocation) of a consent a record was shared under. A revocation erased
+/// the shared copies made under the consent in the same transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsentEvent {
+    pub consent_id: String,
+    pub grantee_msp: String,
+    pub revoked: bool,
+    pub tx_id: String,
+    pub block: u64,
+    pub timestamp: i64,
+}
+
+/// The sharing trail of a record: every share (oldest first), and every change of the consents
+/// those shares were made under.
+pub(crate) async fn trail<C: Ctx>(
+    ctx: &mut C,
+    record: &RecordEntry,
+) -> Result<(Vec<ShareEvent>, Vec<ConsentEvent>), ContractError> {
+    let mut shares = Vec::new();
+    for (key, _) in ctx
+        .scan(&format!("share/{}/", record.id))
+        .await
+        .map_err(ledger)?
+    {
+        for change in ctx.history(&key).await.map_err(ledger)? {
+            if change.is_delete {
+                continue;
+            }
+            let s: Share = serde_json::from_slice(&change.value)
+                .map_err(|e| ledger(format!("history of share {key}: {e}")))?;
+            shares.push(ShareEvent {
+                grantee_msp: s.grantee_msp,
+                consent_id: s.consent_id,
+                version: s.version,
+                shared_by_msp: s.shared_by_msp,
+                shared_by_subject: s.shared_by_subject,
+                tx_id: change.tx_id,
+                block: change.block,
+                timestamp: change.timestamp,
+            });
+        }
+    }
+    shares.sort_by(|a, b| a.block.cmp(&b.block).then(a.tx_id.cmp(&b.tx_id)));
+    let mut consent_ids: Vec<&str> = shares.iter().map(|s| s.consent_id.as_str()).collect();
+    consent_ids.sort_unstable();
+    consent_ids.dedup();
+    let mut consents = Vec::new();
+    for id in consent_ids {
+        let key = consent_key(&record.patient_id, id);
+        for change in ctx.history(&key).await.map_err(ledger)? {
+            if change.is_delete {
+                continue;
+            }
+            let c: Consent = serde_json::from_slice(&change.value)
+                .map_err(|e| ledger(format!("history of consent {id}: {e}")))?;
+            consents.push(ConsentEvent {
+                consent_id: c.id,
+                grantee_msp: c.grantee_msp,
+                revoked: c.revoked,
+                tx_id: change.tx_id,
+                block: change.block,
+                timestamp: change.timestamp,
+            });
+        }
+    }
+    consents.sort_by(|a, b| a.block.cmp(&b.block).then(a.tx_id.cmp(&b.tx_id)));
+    Ok((shares, consents))
 }
 
 /// `ShareRecord(recordId, consentId)`: a doctor of the custodian copies the record's current
@@ -549,10 +633,28 @@ mod tests {
         .await
         .unwrap_err();
         assert!(e.to_string().contains("revoked"), "{e}");
-        let e = call(&mut l, p, "t", "RevokeConsent", &["C-1"], None)
+        let e = call(&mut l, p.clone(), "t", "RevokeConsent", &["C-1"], None)
             .await
             .unwrap_err();
         assert!(matches!(e, ContractError::Conflict(_)), "{e}");
+
+        // The provenance names the share and the consent's grant and revocation (the
+        // transaction that erased the copy), so an export can prove all three.
+        let prov = call(&mut l, p, "t", "GetRecordProvenance", &["R-1"], None)
+            .await
+            .unwrap();
+        let shares = prov["shares"].as_array().unwrap();
+        assert_eq!(shares.len(), 1, "{prov}");
+        assert_eq!(shares[0]["txId"], "tx-s");
+        assert_eq!(shares[0]["granteeMsp"], "Hospital2MSP");
+        assert_eq!(shares[0]["consentId"], "C-1");
+        let consents: Vec<(&str, bool)> = prov["consents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["txId"].as_str().unwrap(), c["revoked"].as_bool().unwrap()))
+            .collect();
+        assert_eq!(consents, [("tx-g", false), ("tx-rv", true)], "{prov}");
     }
 
     #[tokio::test]
