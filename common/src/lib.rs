@@ -5,6 +5,7 @@
 pub mod cert;
 pub mod channelconfig;
 pub mod config;
+pub mod configjson;
 pub mod configtx;
 pub mod crypto;
 pub mod durable;

@@ -1,8 +1,8 @@
 //! Changing a channel's configuration from the command line, as Fabric's tools do it:
 //! `channel fetch` (a block from the ordering service), `channel signconfigtx` (an admin's
 //! signature on an update), `channel update` (submit it), and `config` (what Fabric users do with
-//! `configtxlator`: take the configuration out of a block, compute the update between two
-//! configurations, add a CRL to an organisation).
+//! `configtxlator`: protobuf ⇄ JSON in Fabric's shape, take the configuration out of a block,
+//! compute the update between two configurations, add a CRL to an organisation).
 
 use std::path::{Path, PathBuf};
 
@@ -42,6 +42,43 @@ pub(super) struct OrdererTarget {
 /// `medledger-peer config ...`: the configtxlator steps, on binary protobuf files.
 #[derive(Subcommand, Debug)]
 pub(super) enum ConfigCommand {
+    /// Write a protobuf message as JSON in Fabric's shape (opaque fields expanded), as
+    /// `configtxlator proto_decode` does.
+    #[command(
+        alias = "proto_decode",
+        after_help = "Example:\n  medledger-peer config proto-decode --type common.Block \\\n    \
+        --input config_block.pb --output config_block.json"
+    )]
+    ProtoDecode {
+        /// The message type: common.Block, common.Envelope, common.Config,
+        /// common.ConfigEnvelope, common.ConfigUpdate, common.ConfigUpdateEnvelope, ...
+        #[arg(long = "type")]
+        type_name: String,
+        /// The protobuf file (standard input without it).
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// The JSON file to write (standard output without it).
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// Write the protobuf message JSON in Fabric's shape describes, as `configtxlator
+    /// proto_encode` does.
+    #[command(
+        alias = "proto_encode",
+        after_help = "Example:\n  medledger-peer config proto-encode --type common.Config \\\n    \
+        --input modified_config.json --output modified_config.pb"
+    )]
+    ProtoEncode {
+        /// The message type, as for proto-decode.
+        #[arg(long = "type")]
+        type_name: String,
+        /// The JSON file (standard input without it).
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// The protobuf file to write (standard output without it).
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
     /// Write the configuration (common.Config) a configuration block carries.
     #[command(
         after_help = "Example:\n  medledger-peer config from-block --block config_block.pb --output config.pb"
@@ -55,6 +92,7 @@ pub(super) enum ConfigCommand {
     /// Write the update (common.ConfigUpdate) that turns one configuration into another, as
     /// `configtxlator compute_update` does.
     #[command(
+        alias = "compute_update",
         after_help = "Example:\n  medledger-peer config compute-update --channel_id medchannel \\\n    \
         --original config.pb --updated modified_config.pb --output update.pb"
     )]
@@ -94,6 +132,46 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
     })
 }
 
+/// A file, or standard input, of at most `limit` bytes.
+fn read_input(path: Option<&Path>, limit: usize) -> Result<Vec<u8>, NodeError> {
+    use std::io::Read;
+    let name = || path.map_or_else(|| PathBuf::from("<stdin>"), Path::to_path_buf);
+    let failed = |reason: String| NodeError::File {
+        path: name(),
+        reason,
+    };
+    let mut bytes = Vec::new();
+    let reader: Box<dyn Read> = match path {
+        Some(p) => Box::new(std::fs::File::open(p).map_err(|e| failed(e.to_string()))?),
+        None => Box::new(std::io::stdin()),
+    };
+    reader
+        .take(limit as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| failed(e.to_string()))?;
+    if bytes.len() > limit {
+        return Err(failed(format!("larger than {limit} bytes")));
+    }
+    Ok(bytes)
+}
+
+/// Writes to a file, or to standard output.
+fn write_output(path: Option<&Path>, bytes: &[u8]) -> Result<(), NodeError> {
+    use std::io::Write;
+    match path {
+        Some(p) => write_file(p, bytes),
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(bytes)
+                .and_then(|()| out.flush())
+                .map_err(|e| NodeError::File {
+                    path: PathBuf::from("<stdout>"),
+                    reason: e.to_string(),
+                })
+        }
+    }
+}
+
 fn decode_file<M: Message + Default>(path: &Path, what: &str) -> Result<M, NodeError> {
     M::decode(super::super::read(path)?.as_slice()).map_err(|e| NodeError::File {
         path: path.to_path_buf(),
@@ -110,7 +188,28 @@ fn load_signer(mspdir: &Path, mspid: &str) -> Result<SigningIdentity, NodeError>
 
 /// Runs one `config` subcommand.
 pub(super) fn config(cmd: ConfigCommand) -> Result<(), NodeError> {
+    use medledger_common::configjson;
     match cmd {
+        ConfigCommand::ProtoDecode {
+            type_name,
+            input,
+            output,
+        } => {
+            let bytes = read_input(input.as_deref(), configjson::MAX_PROTO_BYTES)?;
+            let json = configjson::proto_decode(&type_name, &bytes)
+                .map_err(|e| NodeError::Failed(e.to_string()))?;
+            write_output(output.as_deref(), json.as_bytes())
+        }
+        ConfigCommand::ProtoEncode {
+            type_name,
+            input,
+            output,
+        } => {
+            let json = read_input(input.as_deref(), configjson::MAX_JSON_BYTES)?;
+            let bytes = configjson::proto_encode(&type_name, &json)
+                .map_err(|e| NodeError::Failed(e.to_string()))?;
+            write_output(output.as_deref(), &bytes)
+        }
         ConfigCommand::FromBlock { block, output } => {
             let block: Block = decode_file(&block, "block")?;
             let config = medledger_common::channelconfig::config_of_block(&block)
