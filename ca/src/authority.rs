@@ -166,20 +166,16 @@ impl CaHome {
         self.cert().exists() && self.key().exists()
     }
 
+    /// Writes one of the CA's files durably (a crash leaves the old file or the whole new one: a
+    /// truncated key would stop the CA from starting), a secret one created owner-only, never
+    /// readable by others for a moment before a chmod.
     fn write(&self, path: &Path, contents: &str, secret: bool) -> Result<(), CaError> {
-        if let Some(p) = path.parent() {
-            std::fs::create_dir_all(p).map_err(CaError::internal)?;
-        }
-        std::fs::write(path, contents).map_err(CaError::internal)?;
-        #[cfg(unix)]
-        if secret {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-                .map_err(CaError::internal)?;
-        }
-        #[cfg(not(unix))]
-        let _ = secret;
-        Ok(())
+        medledger_common::durable::write_file_durably(
+            path,
+            contents.as_bytes(),
+            secret.then_some(0o600),
+        )
+        .map_err(|e| CaError::internal(format!("{}: {e}", path.display())))
     }
 
     /// Saves a CA's certificate, key and (for intermediates) the chain above it.
@@ -1043,5 +1039,32 @@ impl Authority {
         let mut v = Self::identity_json(&rec);
         v["caname"] = serde_json::json!(self.config.name);
         Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CA's key is written owner-only from its creation, and its files are whole ones
+    /// (written through a synced temporary file, none left behind).
+    #[test]
+    fn the_ca_key_is_owner_only_and_its_files_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = CaHome::new(dir.path());
+        Authority::init_root(&home, &AuthorityConfig::new("ca")).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(home.key()).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        }
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        home.load_signer().unwrap();
     }
 }

@@ -11,21 +11,91 @@ use medledger_common::{PrivateKey, SigningIdentity};
 use crate::authority::{
     AttrRequest, Authority, AuthorityConfig, CaHome, EnrollRequest, RegisterRequest, RevokeRequest,
 };
-use crate::client::{CaClient, CaUrl, ClientError, EnrollOptions, enroll_to_msp, write_enrollment};
+use crate::client::{
+    CaClient, CaUrl, ClientError, EnrollOptions, TlsFailure, enroll_to_msp, write_enrollment,
+};
 use crate::error::CaError;
 use crate::store::Attribute;
 
 /// Errors the CLI reports.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
-    #[error(transparent)]
-    Client(#[from] ClientError),
+    /// A call to a CA failed; `hint` says what to try where the failure tells.
+    #[error("{source}{}", hint.as_ref().map(|h| format!(" ({h})")).unwrap_or_default())]
+    Client {
+        source: ClientError,
+        hint: Option<String>,
+    },
     #[error(transparent)]
     Ca(#[from] CaError),
     #[error("{0}")]
     Usage(String),
     #[error("{path}: {reason}")]
     File { path: PathBuf, reason: String },
+}
+
+impl From<ClientError> for CliError {
+    fn from(source: ClientError) -> Self {
+        Self::Client { source, hint: None }
+    }
+}
+
+/// What to try after `e`, a failed call to the CA at `url` (as given with -u, or as the parent
+/// of an intermediate CA) trusting `tls_roots`: the failures a person can fix from the command
+/// line, named with the option that fixes them.
+fn hint(e: &ClientError, url: &str, tls_roots: Option<&Path>) -> Option<String> {
+    let parsed = CaUrl::parse(url).ok()?;
+    let at = format!("{}:{}", parsed.host, parsed.port);
+    let roots = tls_roots.map_or_else(|| "--tls.certfiles".to_owned(), |p| p.display().to_string());
+    Some(match e {
+        ClientError::Connect { .. } => {
+            format!("is the CA running at {at}? Check the host and port in -u")
+        }
+        ClientError::NoTlsRoots => format!(
+            "the CA at {at} is addressed with https: pass --tls.certfiles with the CA's TLS \
+             certificate, tls-cert.pem in the CA server's home folder"
+        ),
+        ClientError::Handshake { failure, .. } => match failure {
+            TlsFailure::Untrusted => format!(
+                "the TLS certificate of the CA at {at} is not signed by a certificate in \
+                 {roots}: pass this CA's TLS certificate, tls-cert.pem in its home folder"
+            ),
+            TlsFailure::WrongHostName => format!(
+                "the CA's TLS certificate does not name {}: use a host name it was made for, \
+                 one of the server's --csr.hosts (localhost by default)",
+                parsed.host
+            ),
+            TlsFailure::NotTls => format!(
+                "the CA at {at} does not speak TLS: use an http:// URL, or start the server \
+                 without --no-tls"
+            ),
+            TlsFailure::Other => return None,
+        },
+        ClientError::Http(_) if !parsed.https => format!(
+            "the CA at {at} did not answer plain HTTP; a CA serves HTTPS unless started with \
+             --no-tls: use https:// and --tls.certfiles"
+        ),
+        ClientError::Ca(ca)
+            if ca.code == crate::error::code::AUTHENTICATION_FAILURE && parsed.user.is_some() =>
+        {
+            "check the enrollment id and secret in -u https://ID:SECRET@host:port; the secret \
+             is the one register printed"
+                .to_owned()
+        }
+        ClientError::Ca(ca)
+            if [
+                crate::error::code::UNTRUSTED_CERT,
+                crate::error::code::INVALID_TOKEN,
+            ]
+            .contains(&ca.code) =>
+        {
+            format!(
+                "the identity in --mspdir must be one enrolled at the CA at {at}: enroll it \
+                 there first, or pass the MSP folder of one that is"
+            )
+        }
+        _ => return None,
+    })
 }
 
 fn file_err(path: &Path, e: impl std::fmt::Display) -> CliError {
@@ -255,7 +325,16 @@ impl ClientArgs {
     }
 
     fn signer(&self) -> Result<SigningIdentity, CliError> {
-        SigningIdentity::load(&self.mspdir, &self.mspid).map_err(|e| file_err(&self.mspdir, e))
+        SigningIdentity::load(&self.mspdir, &self.mspid).map_err(|e| {
+            file_err(
+                &self.mspdir,
+                format!(
+                    "{e} (--mspdir must be the MSP folder of an enrolled identity: run \
+                     `medledger-ca enroll -u https://ID:SECRET@host:port --mspdir {}` first)",
+                    self.mspdir.display()
+                ),
+            )
+        })
     }
 
     fn tls_ca_pem(&self) -> Option<String> {
@@ -371,8 +450,31 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-/// Runs one CLI invocation.
+/// Runs one CLI invocation; a failed call to a CA gets a hint of what to try.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
+    let target = match &cli.command {
+        Command::Server(ServerCommand::Init(a) | ServerCommand::Start(a)) => {
+            a.parent_url.clone().map(|u| (u, a.parent_tls.clone()))
+        }
+        Command::Enroll(EnrollArgs { client: a, .. })
+        | Command::Register(RegisterArgs { client: a, .. })
+        | Command::Revoke(RevokeArgs { client: a, .. })
+        | Command::Reenroll(a)
+        | Command::Gencrl(a)
+        | Command::Identity(IdentityCommand::List(a)) => {
+            Some((a.url.clone(), a.tls_certfiles.clone()))
+        }
+    };
+    match execute(cli).await {
+        Err(CliError::Client { source, hint: None }) => {
+            let hint = target.and_then(|(url, roots)| hint(&source, &url, roots.as_deref()));
+            Err(CliError::Client { source, hint })
+        }
+        other => other,
+    }
+}
+
+async fn execute(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Server(ServerCommand::Init(a)) => server(a, false).await,
         Command::Server(ServerCommand::Start(a)) => server(a, true).await,

@@ -28,6 +28,14 @@ pub enum ClientError {
     Connect { addr: String, reason: String },
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("the CA's URL is https but no TLS root certificates were given")]
+    NoTlsRoots,
+    #[error("TLS handshake with the CA at {addr} failed: {reason}")]
+    Handshake {
+        addr: String,
+        failure: TlsFailure,
+        reason: String,
+    },
     #[error("HTTP: {0}")]
     Http(String),
     #[error("the CA refused the request: {0}")]
@@ -36,6 +44,33 @@ pub enum ClientError {
     Decode(String),
     #[error("local files: {0}")]
     Local(String),
+}
+
+/// Why a TLS handshake with the CA failed, as far as the client can tell: what a person can fix
+/// differs (another root certificate, another host name, or no TLS at all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFailure {
+    /// The server's certificate does not chain to the given roots.
+    Untrusted,
+    /// The server's certificate does not name the host in the URL.
+    WrongHostName,
+    /// The server did not answer in TLS (a plain HTTP server).
+    NotTls,
+    Other,
+}
+
+impl TlsFailure {
+    fn of(e: &std::io::Error) -> Self {
+        use rustls::{CertificateError, Error};
+        match e.get_ref().and_then(|i| i.downcast_ref::<Error>()) {
+            Some(Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Self::WrongHostName,
+            Some(Error::InvalidCertificate(_)) => Self::Untrusted,
+            Some(Error::InvalidMessage(_) | Error::InappropriateMessage { .. }) => Self::NotTls,
+            _ => Self::Other,
+        }
+    }
 }
 
 /// Where a CA is and how to trust it.
@@ -91,9 +126,7 @@ impl CaClient {
     /// A client for `url`; HTTPS trusts the PEM certificates in `tls_roots_pem`.
     pub fn new(url: &CaUrl, tls_roots_pem: Option<&[u8]>) -> Result<Self, ClientError> {
         let tls = if url.https {
-            let pem = tls_roots_pem.ok_or_else(|| {
-                ClientError::Tls("an https URL needs TLS root certificates".into())
-            })?;
+            let pem = tls_roots_pem.ok_or(ClientError::NoTlsRoots)?;
             let mut roots = rustls::RootCertStore::empty();
             for cert in CertificateDer::pem_slice_iter(pem) {
                 let cert = cert.map_err(|e| ClientError::Tls(e.to_string()))?;
@@ -153,7 +186,11 @@ impl CaClient {
                 let tls = tokio_rustls::TlsConnector::from(config.clone())
                     .connect(name, tcp)
                     .await
-                    .map_err(|e| ClientError::Tls(e.to_string()))?;
+                    .map_err(|e| ClientError::Handshake {
+                        addr: addr.clone(),
+                        failure: TlsFailure::of(&e),
+                        reason: e.to_string(),
+                    })?;
                 roundtrip(TokioIo::new(tls), req).await?
             }
             None => roundtrip(TokioIo::new(tcp), req).await?,

@@ -20,6 +20,10 @@ impl Drop for Server {
 }
 
 fn start_server(home: &Path) -> (Server, u16) {
+    start_server_with(home, &[])
+}
+
+fn start_server_with(home: &Path, extra: &[&str]) -> (Server, u16) {
     let mut child = Command::new(BIN)
         .args([
             "server",
@@ -32,6 +36,7 @@ fn start_server(home: &Path) -> (Server, u16) {
             "0",
         ])
         .args(["--affiliation", "hospital1,hospital1.cardiology"])
+        .args(extra)
         .arg("--home")
         .arg(home)
         .stdout(Stdio::piped())
@@ -45,7 +50,7 @@ fn start_server(home: &Path) -> (Server, u16) {
             .next()
             .expect("server printed its address")
             .expect("readable");
-        if let Some(addr) = line.strip_prefix("CA ca-hospital1 listening on https://") {
+        if let Some(addr) = line.strip_prefix("CA ca-hospital1 listening on ") {
             break addr.rsplit(':').next().unwrap().parse().unwrap();
         }
     };
@@ -229,4 +234,152 @@ fn server_and_client_commands() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("Error:"));
+}
+
+/// Runs a command expected to fail and returns its stderr, checked not to blame the
+/// configuration or name only a transport.
+fn ca_fails(args: &[&str]) -> String {
+    let out = Command::new(BIN).args(args).output().expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "medledger-ca {args:?} succeeded");
+    assert!(err.starts_with("Error: "), "{err}");
+    assert!(!err.contains("configuration:"), "{err}");
+    assert!(!err.contains("transport error"), "{err}");
+    err
+}
+
+/// Client errors say what failed and what to try: no server at the address, https without
+/// --tls.certfiles, another CA's TLS certificate, http to an HTTPS CA and https to an HTTP one,
+/// a wrong secret, a missing MSP folder, an identity of another CA.
+#[test]
+fn client_errors_say_what_failed_and_what_to_try() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("ca");
+    let (_server, port) = start_server(&home);
+    let (_plain, plain_port) = start_server_with(&dir.path().join("plain"), &["--no-tls"]);
+    let other = dir.path().join("other");
+    ca(&["server", "init", "--home", other.to_str().unwrap()]);
+    let tls = home.join("tls-cert.pem");
+    let tls = tls.to_str().unwrap();
+    let other_tls = other.join("tls-cert.pem");
+    let other_tls = other_tls.to_str().unwrap();
+    let admin = dir.path().join("admin");
+    let admin = admin.to_str().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let enroll = |url: &str, roots: Option<&str>, msp: &str| {
+        let mut args = vec![
+            "enroll",
+            "-u",
+            url,
+            "--mspdir",
+            msp,
+            "--mspid",
+            "Hospital1MSP",
+        ];
+        if let Some(r) = roots {
+            args.extend(["--tls-certfiles", r]);
+        }
+        args.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>()
+    };
+    let fails = |args: Vec<String>| ca_fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let err = fails(enroll(
+        &format!("https://admin:adminpw@localhost:{closed_port}"),
+        Some(tls),
+        admin,
+    ));
+    assert!(
+        err.contains(&format!("cannot reach the CA at localhost:{closed_port}")),
+        "{err}"
+    );
+    assert!(err.contains("is the CA running at"), "{err}");
+
+    let err = fails(enroll(
+        &format!("https://admin:adminpw@localhost:{port}"),
+        None,
+        admin,
+    ));
+    assert!(
+        err.contains("pass --tls.certfiles with the CA's TLS certificate"),
+        "{err}"
+    );
+
+    let err = fails(enroll(
+        &format!("https://admin:adminpw@localhost:{port}"),
+        Some(other_tls),
+        admin,
+    ));
+    assert!(err.contains("TLS handshake with the CA"), "{err}");
+    assert!(
+        err.contains(&format!("is not signed by a certificate in {other_tls}")),
+        "{err}"
+    );
+
+    let err = fails(enroll(
+        &format!("http://admin:adminpw@localhost:{port}"),
+        None,
+        admin,
+    ));
+    assert!(err.contains("did not answer plain HTTP"), "{err}");
+    assert!(err.contains("use https:// and --tls.certfiles"), "{err}");
+
+    let err = fails(enroll(
+        &format!("https://admin:adminpw@localhost:{plain_port}"),
+        Some(tls),
+        admin,
+    ));
+    assert!(
+        err.contains("does not speak TLS: use an http:// URL"),
+        "{err}"
+    );
+
+    let err = fails(enroll(
+        &format!("https://admin:wrong@localhost:{port}"),
+        Some(tls),
+        admin,
+    ));
+    assert!(err.contains("authentication failure"), "{err}");
+    assert!(err.contains("check the enrollment id and secret"), "{err}");
+
+    let register = |url: String, roots: Option<&str>, msp: &str| {
+        let mut args: Vec<String> = ["register", "-u", &url, "--mspdir", msp]
+            .iter()
+            .map(|a| (*a).to_owned())
+            .collect();
+        args.extend(["--mspid", "Hospital1MSP", "--id.name", "x"].map(str::to_owned));
+        if let Some(r) = roots {
+            args.extend(["--tls-certfiles".to_owned(), r.to_owned()]);
+        }
+        args
+    };
+    let missing = dir.path().join("missing");
+    let err = fails(register(
+        format!("https://localhost:{port}"),
+        Some(tls),
+        missing.to_str().unwrap(),
+    ));
+    assert!(
+        err.contains("must be the MSP folder of an enrolled identity"),
+        "{err}"
+    );
+    assert!(err.contains("medledger-ca enroll"), "{err}");
+
+    // An identity of the HTTPS CA signing a request to the plain one.
+    ca(&enroll(
+        &format!("https://admin:adminpw@localhost:{port}"),
+        Some(tls),
+        admin,
+    )
+    .iter()
+    .map(String::as_str)
+    .collect::<Vec<_>>());
+    let err = fails(register(
+        format!("http://localhost:{plain_port}"),
+        None,
+        admin,
+    ));
+    assert!(err.contains("was not issued by this CA"), "{err}");
+    assert!(err.contains("enroll it there first"), "{err}");
 }

@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use prost::Message;
 
 use crate::genesis::{GenesisError, from_configtx};
-use crate::node::{NodeError, OrdererConfig, join_channel, start};
+use crate::node::{NodeError, OrdererConfig, join_channel, read_genesis, start};
 use crate::store::BlockStore;
 
 /// Errors the CLI reports.
@@ -18,6 +18,19 @@ pub enum CliError {
     Genesis(#[from] GenesisError),
     #[error("{0}")]
     Io(String),
+    #[error(
+        "no orderer configuration at {0} (pass --config with the orderer's YAML file, or set \
+         MEDLEDGER_ORDERER_CONFIG)"
+    )]
+    NoConfig(PathBuf),
+}
+
+/// The orderer's YAML at `path`; a missing file is named as such, not as a configuration fault.
+fn load_config(path: &std::path::Path) -> Result<OrdererConfig, CliError> {
+    if !path.exists() {
+        return Err(CliError::NoConfig(path.to_path_buf()));
+    }
+    Ok(OrdererConfig::load(path)?)
 }
 
 #[derive(Parser, Debug)]
@@ -73,7 +86,7 @@ enum ChannelCommand {
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Start { config } => {
-            let orderer = start(OrdererConfig::load(&config)?).await?;
+            let orderer = start(load_config(&config)?).await?;
             println!("orderer listening on {}", orderer.address);
             let _ = tokio::signal::ctrl_c().await;
             orderer.stop().await;
@@ -94,13 +107,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             config,
             genesis_block,
         }) => {
-            let cfg = OrdererConfig::load(&config)?;
-            let bytes = std::fs::read(&genesis_block)
-                .map_err(|e| CliError::Io(format!("{}: {e}", genesis_block.display())))?;
-            let block = medledger_proto::common::Block::decode(bytes.as_slice())
-                .map_err(|e| CliError::Io(format!("genesis block: {e}")))?;
-            let channel = medledger_common::channelconfig::ChannelConfig::from_block(&block)
-                .map_err(|e| CliError::Io(format!("genesis block: {e}")))?;
+            let cfg = load_config(&config)?;
+            let (block, channel) = read_genesis(&genesis_block)?;
             let store = BlockStore::open(&cfg.data_dir.join("chains").join(&channel.channel_id))
                 .map_err(NodeError::from)?;
             join_channel(&store, &block)?;

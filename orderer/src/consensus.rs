@@ -84,13 +84,12 @@ pub trait Crypto: Send + Sync {
     }
 }
 
-/// Block cutting settings (from the channel's BatchSize / BatchTimeout).
+/// Block cutting settings (from the channel's BatchSize).
 #[derive(Debug, Clone)]
 pub struct BatchConfig {
     pub max_message_count: usize,
     pub preferred_max_bytes: usize,
     pub absolute_max_bytes: usize,
-    pub timeout_ticks: u64,
 }
 
 /// Settings of one replica.
@@ -1446,11 +1445,11 @@ impl Replica {
             self.accept(self.durable.view, required, msg);
             return;
         }
-        let Some(oldest) = self.pool_order.front().and_then(|t| self.pool.get(t)) else {
-            return;
-        };
-        let full = self.pool.len() >= self.cfg.batch.max_message_count;
-        if !full && self.now.saturating_sub(oldest.arrived) < self.cfg.batch.timeout_ticks {
+        // Adaptive batching: nothing is in flight (checked above), so waiting for the batch
+        // timeout would only add latency; requests batch up while a block is in flight, and the
+        // next block takes them all as soon as that one is decided. The batch timeout then only
+        // bounds a request's wait, which one consensus round already does.
+        if self.pool_order.is_empty() {
             return;
         }
         let mut batch = Vec::new();

@@ -100,7 +100,6 @@ fn config(id: u32) -> Config {
             max_message_count: 10,
             preferred_max_bytes: 1 << 19,
             absolute_max_bytes: 1 << 20,
-            timeout_ticks: 1,
         },
         heartbeat_ticks: 5,
         leader_timeout_ticks: 40,
@@ -1589,21 +1588,22 @@ fn a_full_pool_refuses_client_requests_and_stays_bounded() {
 fn the_pool_byte_bound_refuses_and_frees_room_when_requests_are_ordered() {
     let size = envelope(0).len();
     let mut c = Cluster::with_config(bounded(DEFAULT_MAX_POOL_REQUESTS, 2 * size + size / 2));
-    c.submit(1, envelope(0));
-    c.submit(1, envelope(1));
-    let (res, out) = c
-        .replicas
-        .get_mut(&1)
-        .expect("replica 1")
-        .submit(envelope(2));
+    // Nothing delivered yet: the first request's block is in flight, both stay pooled.
+    let leader = c.replicas.get_mut(&1).expect("replica 1");
+    let (first, out0) = leader.submit(envelope(0));
+    let (second, out1) = leader.submit(envelope(1));
+    assert_eq!((first, second), (Ok(()), Ok(())));
+    let (res, out) = leader.submit(envelope(2));
     assert_eq!(res, Err(RequestError::Overloaded));
     assert_eq!(pending_written(&out), 0);
+    c.apply(1, out0);
+    c.apply(1, out1);
     assert!(c.run_until(200, |c| {
         (1..=N).all(|id| c.height(id) >= 2 && c.replica(id).pending_requests() == 0)
     }));
-    // Ordering the pooled requests gave their room back.
+    // Ordering the pooled requests gave their room back (`submit` asserts it is accepted).
     c.submit(1, envelope(2));
-    assert_eq!(c.replica(1).pending_requests(), 1);
+    assert!(c.run_until(200, |c| c.height(1) >= 3));
 }
 
 #[test]
@@ -1711,6 +1711,9 @@ fn a_deep_pool_under_an_honest_busy_leader_does_not_start_a_view_change() {
         Kind::PrePrepare(p) if p.seq > open.load(Ordering::Relaxed) as u64 => None,
         k => Some(k),
     }));
+    // The requests reach the leader while its first block is in flight, so every later block is
+    // full (adaptive batching cuts a block as soon as the previous one is decided).
+    let mut leader_out = Vec::new();
     for i in 0..60 {
         let (res, out) = c
             .replicas
@@ -1719,8 +1722,15 @@ fn a_deep_pool_under_an_honest_busy_leader_does_not_start_a_view_change() {
             .submit(envelope(i));
         assert_eq!(res, Ok(()));
         c.apply(2, out);
-        c.submit(1, envelope(i));
+        let (res, out) = c
+            .replicas
+            .get_mut(&1)
+            .expect("replica 1")
+            .submit(envelope(i));
+        assert_eq!(res, Ok(()));
+        leader_out.extend(out);
     }
+    c.apply(1, leader_out);
     c.pump();
     for t in 1..=200 {
         if t % 20 == 0 {

@@ -34,8 +34,6 @@ pub enum CryptoSetupError {
 pub struct ConsenterCrypto {
     self_id: u32,
     signer: SigningIdentity,
-    /// The consensus core's clock period, to turn a new batch timeout into ticks.
-    tick_ms: u64,
     config: Arc<ConfigInForce>,
     consenters: RwLock<Arc<BTreeMap<u32, Identity>>>,
 }
@@ -70,7 +68,7 @@ impl ConsenterCrypto {
         signer: SigningIdentity,
         config: ChannelConfig,
     ) -> Result<Self, CryptoSetupError> {
-        Self::sharing(self_id, signer, Arc::new(ConfigInForce::new(config)), 20)
+        Self::sharing(self_id, signer, Arc::new(ConfigInForce::new(config)))
     }
 
     /// Crypto over a configuration the node shares with its other services.
@@ -78,13 +76,11 @@ impl ConsenterCrypto {
         self_id: u32,
         signer: SigningIdentity,
         config: Arc<ConfigInForce>,
-        tick_ms: u64,
     ) -> Result<Self, CryptoSetupError> {
         let consenters = consenter_identities(&config.get())?;
         Ok(Self {
             self_id,
             signer,
-            tick_ms,
             config,
             consenters: RwLock::new(Arc::new(consenters)),
         })
@@ -171,14 +167,13 @@ impl ConsenterCrypto {
     }
 }
 
-/// The consensus core's block cutting settings from a channel configuration.
-pub fn batch_settings(channel: &ChannelConfig, tick_ms: u64) -> BatchConfig {
-    let ticks = |ms: u64| (ms / tick_ms.max(1)).max(1);
+/// The consensus core's block cutting settings from a channel configuration. Its BatchTimeout is
+/// not among them: blocks are cut adaptively, never later than it (`Replica::maybe_propose`).
+pub fn batch_settings(channel: &ChannelConfig) -> BatchConfig {
     BatchConfig {
         max_message_count: channel.batch_size.max_message_count.max(1) as usize,
         preferred_max_bytes: channel.batch_size.preferred_max_bytes as usize,
         absolute_max_bytes: channel.batch_size.absolute_max_bytes as usize,
-        timeout_ticks: ticks(u64::try_from(channel.batch_timeout.as_millis()).unwrap_or(u64::MAX)),
     }
 }
 
@@ -288,8 +283,7 @@ impl Crypto for ConsenterCrypto {
     }
 
     fn apply_config_block(&self, block: &Block) -> Option<BatchConfig> {
-        self.put_in_force(block)
-            .map(|c| batch_settings(&c, self.tick_ms))
+        self.put_in_force(block).map(|c| batch_settings(&c))
     }
 
     fn is_config_request(&self, envelope: &[u8]) -> bool {

@@ -34,24 +34,47 @@ use crate::consensus::{Config, DEFAULT_MAX_POOL_BYTES, Output, Replica, RequestE
 use crate::crypto::{ConsenterCrypto, batch_settings};
 use crate::store::BlockStore;
 
-/// Errors starting an orderer.
+/// Errors starting an orderer. Only a fault of the orderer's YAML is a `Config` error; a bad
+/// file it names, the block store or the network say so.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error("configuration: {0}")]
     Config(String),
     #[error("{path}: {reason}")]
     File { path: PathBuf, reason: String },
+    #[error(
+        "genesis block {path}: {reason} (make it with `medledger-orderer genesis --configtx \
+         configtx.yaml --output FILE`; genesisBlock in the orderer's YAML names it)"
+    )]
+    GenesisBlock { path: PathBuf, reason: String },
+    #[error(
+        "the block store holds another channel's genesis block (join with that channel's \
+         block, or give this orderer an empty dataDir)"
+    )]
+    OtherChannel,
+    #[error("block store: {0}")]
+    Corrupt(String),
+    #[error("TLS files: {0} (check tls.certFile, tls.keyFile and tls.clientRootCAs)")]
+    Tls(String),
+    #[error("the channel's consenter identities: {0}")]
+    Consenters(String),
     #[error("storage: {0}")]
     Store(#[from] crate::store::StoreError),
     #[error("cannot listen on {addr}: {reason}")]
     Listen { addr: String, reason: String },
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, NodeError> {
-    std::fs::read(path).map_err(|e| NodeError::File {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })
+/// A failure to listen on `addr`, with what to try when the port is taken.
+fn listen_error(addr: &str, e: &std::io::Error) -> NodeError {
+    let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+        " (another process uses this port: stop it, or change the address in the orderer's YAML)"
+    } else {
+        ""
+    };
+    NodeError::Listen {
+        addr: addr.to_owned(),
+        reason: format!("{e}{hint}"),
+    }
 }
 
 pub use medledger_common::config::TlsFiles;
@@ -142,6 +165,18 @@ impl RunningOrderer {
     }
 }
 
+/// Reads a channel's genesis block and the configuration it carries.
+pub fn read_genesis(path: &Path) -> Result<(Block, ChannelConfig), NodeError> {
+    let bad = |reason: String| NodeError::GenesisBlock {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let block = Block::decode(bytes.as_slice()).map_err(|e| bad(e.to_string()))?;
+    let channel = ChannelConfig::from_block(&block).map_err(|e| bad(e.to_string()))?;
+    Ok((block, channel))
+}
+
 /// Joins the channel of a genesis block: stores block 0 if the store is empty; refuses another
 /// channel's genesis.
 pub fn join_channel(store: &BlockStore, genesis: &Block) -> Result<(), NodeError> {
@@ -151,9 +186,7 @@ pub fn join_channel(store: &BlockStore, genesis: &Block) -> Result<(), NodeError
     }
     let ours = store.block(0)?.and_then(|b| b.header);
     if ours != genesis.header {
-        return Err(NodeError::Config(
-            "the store holds another channel's genesis block".into(),
-        ));
+        return Err(NodeError::OtherChannel);
     }
     Ok(())
 }
@@ -169,7 +202,7 @@ fn consensus_config(cfg: &OrdererConfig, channel: &ChannelConfig) -> Config {
         channel_id: channel.channel_id.clone(),
         self_id: cfg.consenter_id,
         consenters: ids,
-        batch: batch_settings(channel, cfg.tick_ms),
+        batch: batch_settings(channel),
         heartbeat_ticks: ticks(millis(bft.heartbeat_interval)),
         leader_timeout_ticks: ticks(millis(bft.leader_timeout)),
         request_timeout_ticks: ticks(millis(bft.request_complain_timeout)),
@@ -186,7 +219,7 @@ fn config_in_force(
     store: &BlockStore,
     genesis: ChannelConfig,
 ) -> Result<(ChannelConfig, u64), NodeError> {
-    let corrupt = |why: String| NodeError::Config(format!("block store: {why}"));
+    let corrupt = NodeError::Corrupt;
     let height = store.height();
     if height <= 1 {
         return Ok((genesis, 0));
@@ -579,14 +612,18 @@ pub async fn start_byzantine(
     if misbehaviour != Misbehaviour::default() {
         tracing::warn!(?misbehaviour, "this orderer is Byzantine on purpose");
     }
-    let genesis = Block::decode(read(&cfg.genesis_block)?.as_slice())
-        .map_err(|e| NodeError::Config(format!("genesis block: {e}")))?;
-    let channel = ChannelConfig::from_block(&genesis)
-        .map_err(|e| NodeError::Config(format!("genesis block: {e}")))?;
+    let (genesis, channel) = read_genesis(&cfg.genesis_block)?;
     if channel.consenter(cfg.consenter_id).is_none() {
         return Err(NodeError::Config(format!(
-            "consenter {} is not in the channel's consenter set",
-            cfg.consenter_id
+            "consenterId {} is not in the channel's consenter set ({}): set it to this \
+             orderer's id in the channel's configtx.yaml",
+            cfg.consenter_id,
+            channel
+                .consenters
+                .iter()
+                .map(|c| c.id.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         )));
     }
     let signer = SigningIdentity::load(&cfg.msp_dir, &cfg.msp_id).map_err(|e| NodeError::File {
@@ -600,13 +637,13 @@ pub async fn start_byzantine(
     let (channel, last_config) = config_in_force(&store, channel)?;
     let config = Arc::new(ConfigInForce::new(channel.clone()));
     let crypto = Arc::new(
-        ConsenterCrypto::sharing(cfg.consenter_id, signer, config.clone(), cfg.tick_ms)
-            .map_err(|e| NodeError::Config(e.to_string()))?,
+        ConsenterCrypto::sharing(cfg.consenter_id, signer, config.clone())
+            .map_err(|e| NodeError::Consenters(e.to_string()))?,
     );
     let tls = cfg.tls.clone().ok_or_else(|| {
         NodeError::Config("orderers need TLS (mutual TLS between consenters)".into())
     })?;
-    let material = tls.read().map_err(NodeError::Config)?;
+    let material = tls.read().map_err(NodeError::Tls)?;
     let (cert, key, roots) = (
         material.cert_pem,
         material.key_pem,
@@ -653,10 +690,7 @@ pub async fn start_byzantine(
     });
     let (listener, address) = medledger_common::ops::bind(&cfg.listen_address)
         .await
-        .map_err(|e| NodeError::Listen {
-            addr: cfg.listen_address.clone(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| listen_error(&cfg.listen_address, &e))?;
     let mut server_tls = tonic::transport::ServerTlsConfig::new()
         .identity(tonic::transport::Identity::from_pem(&cert, &key));
     if !roots.is_empty() {
@@ -668,7 +702,7 @@ pub async fn start_byzantine(
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .tls_config(server_tls)
-        .map_err(|e| NodeError::Config(format!("TLS: {e}")))?
+        .map_err(|e| NodeError::Tls(e.to_string()))?
         .add_service(
             AtomicBroadcastServer::new(Svc(services.clone()))
                 .max_decoding_message_size(cfg.max_recv_msg_size)
@@ -691,13 +725,9 @@ pub async fn start_byzantine(
     let view = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let operations_address = match &cfg.operations_address {
         Some(a) => {
-            let (l, addr) =
-                medledger_common::ops::bind(a)
-                    .await
-                    .map_err(|e| NodeError::Listen {
-                        addr: a.clone(),
-                        reason: e.to_string(),
-                    })?;
+            let (l, addr) = medledger_common::ops::bind(a)
+                .await
+                .map_err(|e| listen_error(a, &e))?;
             let (st, v, ch) = (store.clone(), view.clone(), channel.channel_id.clone());
             let metrics = Arc::new(move || {
                 let label = vec![("channel".to_owned(), ch.clone())];

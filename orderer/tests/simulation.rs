@@ -171,7 +171,6 @@ impl World {
                 max_message_count: 10,
                 preferred_max_bytes: 1 << 19,
                 absolute_max_bytes: 1 << 20,
-                timeout_ticks: 4,
             },
             heartbeat_ticks: 5,
             leader_timeout_ticks: 40,

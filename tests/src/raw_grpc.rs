@@ -74,3 +74,47 @@ pub async fn stream_call(channel: Channel, path: &'static str, frames: Vec<Vec<u
         }
     }
 }
+
+/// Sends `body` as the whole request body of a call to `path`, gRPC's own framing included, so
+/// that a test can send what no encoder writes: a length prefix far beyond the data that
+/// follows, or the compressed flag without a `grpc-encoding` header. Returns how the server
+/// ended the call (`grpc-status` / `grpc-message`, from the headers or the trailers).
+pub async fn framed_call(channel: Channel, path: &str, body: String) -> Status {
+    use tonic::codegen::http::Request;
+    use tonic::codegen::{Body, Service};
+
+    let mut channel = channel;
+    let request = match Request::builder()
+        .method("POST")
+        .uri(path)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(tonic::body::Body::new(body))
+    {
+        Ok(r) => r,
+        Err(e) => return Status::internal(e.to_string()),
+    };
+    if let Err(e) = std::future::poll_fn(|cx| channel.poll_ready(cx)).await {
+        return Status::unavailable(e.to_string());
+    }
+    let response = match channel.call(request).await {
+        Ok(r) => r,
+        Err(e) => return Status::unavailable(e.to_string()),
+    };
+    // tonic's own reading of grpc-status / grpc-message (percent-decoded).
+    if let Some(status) = Status::from_header_map(response.headers()) {
+        return status;
+    }
+    let mut body = response.into_body();
+    loop {
+        match std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await {
+            Some(Ok(frame)) => {
+                if let Some(status) = frame.trailers_ref().and_then(Status::from_header_map) {
+                    return status;
+                }
+            }
+            Some(Err(e)) => return Status::unknown(e.to_string()),
+            None => return Status::unknown("the call ended without a grpc-status"),
+        }
+    }
+}

@@ -4,7 +4,7 @@
 
 use medledger_tests::LogCapture;
 use medledger_tests::peernet::PeerNet;
-use medledger_tests::raw_grpc::stream_call;
+use medledger_tests::raw_grpc::{framed_call, stream_call};
 use tonic::Code;
 
 /// Bytes that are no protobuf message: field 0 is invalid in every message.
@@ -81,5 +81,70 @@ async fn undecodable_frames_end_streams_with_an_error_status() -> anyhow::Result
         code, 0,
         "a valid transaction after the garbage must commit VALID"
     );
+    Ok(())
+}
+
+/// The chaincode side too: a chaincode server given a frame that does not decode on its
+/// `protos.Chaincode/Connect` stream ends it with an error status (it used to end it cleanly).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chaincode_server_ends_garbage_from_a_peer_with_an_error_status() -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(medledger_shim::serve_with_listener(
+        listener,
+        "kv:0".into(),
+        None,
+        medledger_shim::example::KvStore,
+        std::future::pending(),
+    ));
+    for (what, frame) in [("undecodable", undecodable()), ("10 MiB", big_garbage())] {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await?;
+        let status = stream_call(ch, "/protos.Chaincode/Connect", vec![frame]).await;
+        assert_ne!(status.code(), Code::Ok, "{what} garbage ended with OK");
+        assert!(
+            status.message().contains("failed to unmarshal"),
+            "{what}: {status:?}"
+        );
+    }
+    Ok(())
+}
+
+/// Frames no encoder writes, sent byte for byte: a length prefix claiming about 2 GiB with five
+/// bytes behind it, and the compressed flag without a `grpc-encoding` header. Peer Deliver and
+/// orderer Broadcast end each call with a non-OK status and a message (Fabric: `grpc: failed to
+/// unmarshal the received message` / RESOURCE_EXHAUSTED), never with OK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lying_frame_headers_end_streams_with_an_error_status() -> anyhow::Result<()> {
+    let net = PeerNet::start("OR('Hospital1MSP.member')", 5_000).await?;
+    let peer_root = net.orgs[0].tls_ca.cert_pem().as_bytes().to_vec();
+    let orderer_root = net.orderers.org.tls_ca.cert_pem().as_bytes().to_vec();
+    // Flag, big-endian length, message: ASCII throughout, so a String body carries it.
+    let huge = "\u{0}\u{7f}\u{7f}\u{7f}\u{7f}hello".to_owned();
+    let compressed = "\u{1}\u{0}\u{0}\u{0}\u{5}hello".to_owned();
+    for (address, root, path) in [
+        (net.address(0), peer_root, "/protos.Deliver/Deliver"),
+        (
+            net.orderers.address(1),
+            orderer_root,
+            "/orderer.AtomicBroadcast/Broadcast",
+        ),
+    ] {
+        for (what, body) in [("2 GiB claim", &huge), ("compressed flag", &compressed)] {
+            let ch = medledger_peer::comm::dial(&address, std::slice::from_ref(&root), None)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let status = framed_call(ch, path, body.clone()).await;
+            assert!(
+                ![Code::Ok, Code::Unknown, Code::Unavailable].contains(&status.code()),
+                "{path} ended a call with a {what} with {status:?}"
+            );
+            assert!(
+                status.message().contains("failed to unmarshal"),
+                "{path} {what}: {status:?}"
+            );
+        }
+    }
     Ok(())
 }

@@ -650,3 +650,83 @@ async fn a_configuration_update_survives_killing_an_orderer_mid_update() -> anyh
     assert_eq!(r.status, BlockStatus::BadRequest as i32, "{}", r.info);
     Ok(())
 }
+
+/// CLI errors say what failed and what to try, and only a fault of the YAML reads
+/// `configuration:`: a missing configuration file, a garbage genesis block (start and channel
+/// join), another channel's genesis block in the store, a listen port already in use.
+#[test]
+fn cli_errors_say_what_failed_and_what_to_try() -> anyhow::Result<()> {
+    let bin = workspace_binary("medledger-orderer", "medledger-orderer")?;
+    let dir = tempfile::tempdir()?;
+    let app = TestOrg::new("Hospital1MSP")?;
+    let orderers = OrdererSet::prepare(dir.path(), 4, &[app.tls_ca.cert_pem()])?;
+    channel(&orderers, &app)?;
+    let fails = |args: &[&std::ffi::OsStr]| -> anyhow::Result<String> {
+        let out = Command::new(&bin)
+            .args(args)
+            .env("MEDLEDGER_LOG", "error")
+            .output()?;
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        anyhow::ensure!(!out.status.success(), "{args:?} succeeded");
+        anyhow::ensure!(!err.contains("configuration:"), "{err}");
+        Ok(err)
+    };
+    let os = |s: &str| std::ffi::OsString::from(s);
+
+    let missing = dir.path().join("missing.yaml");
+    let err = fails(&[&os("start"), &os("--config"), missing.as_os_str()])?;
+    assert!(err.contains("no orderer configuration at"), "{err}");
+    assert!(err.contains("pass --config"), "{err}");
+
+    let garbage = dir.path().join("garbage.block");
+    std::fs::write(&garbage, b"\xff\xfe not a block")?;
+    let mut cfg = orderers.configs[0].clone();
+    cfg.genesis_block = garbage.clone();
+    let garbage_cfg = dir.path().join("garbage.yaml");
+    std::fs::write(&garbage_cfg, serde_yaml::to_string(&cfg)?)?;
+    let err = fails(&[&os("start"), &os("--config"), garbage_cfg.as_os_str()])?;
+    assert!(err.contains("genesis block"), "{err}");
+    assert!(err.contains("medledger-orderer genesis"), "{err}");
+    let join = |config: &std::path::Path, block: &std::path::Path| {
+        fails(&[
+            &os("channel"),
+            &os("join"),
+            &os("--config"),
+            config.as_os_str(),
+            &os("--genesis-block"),
+            block.as_os_str(),
+        ])
+    };
+    let err = join(&garbage_cfg, &garbage)?;
+    assert!(err.contains("medledger-orderer genesis"), "{err}");
+
+    // Another channel's genesis block into a store that holds this channel's.
+    let good_cfg = dir.path().join("orderer1.yaml");
+    std::fs::write(&good_cfg, serde_yaml::to_string(&orderers.configs[0])?)?;
+    let out = Command::new(&bin)
+        .args(["channel", "join", "--config"])
+        .arg(&good_cfg)
+        .arg("--genesis-block")
+        .arg(&orderers.genesis_path)
+        .output()?;
+    assert!(out.status.success(), "{out:?}");
+    let other = TestOrg::new("Hospital2MSP")?;
+    let (other_block, _) = channel(&orderers, &other)?;
+    let other_path = dir.path().join("other.block");
+    std::fs::write(&other_path, other_block.encode_to_vec())?;
+    let err = join(&good_cfg, &other_path)?;
+    assert!(
+        err.contains("holds another channel's genesis block"),
+        "{err}"
+    );
+
+    // The listen port taken by another process.
+    let taken = std::net::TcpListener::bind(&orderers.configs[1].listen_address)?;
+    let busy_cfg = dir.path().join("orderer2.yaml");
+    std::fs::write(&busy_cfg, serde_yaml::to_string(&orderers.configs[1])?)?;
+    let err = fails(&[&os("start"), &os("--config"), busy_cfg.as_os_str()])?;
+    assert!(err.contains("cannot listen on"), "{err}");
+    assert!(err.contains("another process uses this port"), "{err}");
+    drop(taken);
+    Ok(())
+}

@@ -32,7 +32,9 @@ mod server;
 mod stub;
 
 pub use medledger_proto::protos::Response;
-pub use server::{ServeError, ServerTls, run_from_args, serve, serve_with_listener};
+pub use server::{
+    MAX_CONCURRENT_TRANSACTIONS, ServeError, ServerTls, run_from_args, serve, serve_with_listener,
+};
 pub use stub::{ClientIdentity, KeyModification, ShimError, Stub};
 
 /// A chaincode: answers transactions (and the optional init).

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use medledger_common::refusal::{log_refusal, next_or_refuse};
 use medledger_proto::protos::chaincode_message::Type as Msg;
 use medledger_proto::protos::chaincode_server::{Chaincode as ChaincodeService, ChaincodeServer};
 use medledger_proto::protos::{ChaincodeId, ChaincodeMessage};
@@ -38,6 +39,11 @@ struct Service<C> {
     chaincode: Arc<C>,
     package_id: String,
 }
+
+/// Transactions one peer stream may run at once. Each holds a task and a routing entry until it
+/// completes, so without a bound a peer (or whoever reaches the chaincode's port) could make the
+/// chaincode hold any number; a transaction beyond it is answered with ERROR at once.
+pub const MAX_CONCURRENT_TRANSACTIONS: usize = 2048;
 
 type Pending = Arc<Mutex<HashMap<String, mpsc::Sender<ChaincodeMessage>>>>;
 
@@ -115,9 +121,11 @@ impl<C: Chaincode> ChaincodeService for Service<C> {
         &self,
         request: Request<Streaming<ChaincodeMessage>>,
     ) -> Result<tonic::Response<Self::ConnectStream>, Status> {
+        let remote = request.remote_addr();
         let mut inbound = request.into_inner();
         let (out_tx, out_rx) = mpsc::channel::<Result<ChaincodeMessage, Status>>(1024);
         let (msg_tx, mut msg_rx) = mpsc::channel::<ChaincodeMessage>(1024);
+        let refusals = out_tx.clone();
         tokio::spawn(async move {
             while let Some(m) = msg_rx.recv().await {
                 if out_tx.send(Ok(m)).await.is_err() {
@@ -143,23 +151,32 @@ impl<C: Chaincode> ChaincodeService for Service<C> {
         tokio::spawn(async move {
             let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
             let mut ready = false;
-            while let Ok(Some(msg)) = inbound.message().await {
+            // A frame that does not decode ends the call with an error status, never a clean end.
+            let service = "protos.Chaincode/Connect";
+            while let Some(msg) = next_or_refuse(&mut inbound, service, remote, &refusals).await {
                 match Msg::try_from(msg.r#type) {
                     Ok(Msg::Registered) => {}
                     Ok(Msg::Ready) => ready = true,
                     Ok(Msg::Transaction) | Ok(Msg::Init) if ready => {
                         let (tx, rx) = mpsc::channel(16);
-                        let duplicate = match pending.lock() {
-                            Ok(mut p) => p.insert(key(&msg), tx).is_some(),
-                            Err(_) => true,
+                        let refused = match pending.lock() {
+                            Ok(p) if p.contains_key(&key(&msg)) => {
+                                Some("duplicate transaction id on this stream".to_owned())
+                            }
+                            Ok(p) if p.len() >= MAX_CONCURRENT_TRANSACTIONS => Some(format!(
+                                "too many transactions running on this stream (at most \
+                                 {MAX_CONCURRENT_TRANSACTIONS})"
+                            )),
+                            Ok(mut p) => {
+                                p.insert(key(&msg), tx);
+                                None
+                            }
+                            Err(_) => Some("the chaincode's transaction table is broken".into()),
                         };
-                        if duplicate {
+                        if let Some(reason) = refused {
+                            log_refusal(service, remote, None, &reason);
                             let _ = msg_tx
-                                .send(message(
-                                    Msg::Error,
-                                    b"duplicate transaction id on this stream".to_vec(),
-                                    &msg,
-                                ))
+                                .send(message(Msg::Error, reason.into_bytes(), &msg))
                                 .await;
                             continue;
                         }
@@ -265,5 +282,113 @@ pub async fn run_from_args<C: Chaincode>(program: &str, chaincode: C) -> std::pr
             eprintln!("Error: {e}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use medledger_proto::protos::chaincode_client::ChaincodeClient;
+    use medledger_proto::protos::{ChaincodeInput, SignedProposal};
+
+    use super::*;
+    use crate::example::KvStore;
+
+    fn transaction(txid: &str) -> ChaincodeMessage {
+        ChaincodeMessage {
+            r#type: Msg::Transaction as i32,
+            payload: ChaincodeInput {
+                args: vec![b"Get".to_vec(), b"k".to_vec()],
+                ..Default::default()
+            }
+            .encode_to_vec(),
+            txid: txid.into(),
+            channel_id: "ch".into(),
+            proposal: Some(SignedProposal::default()),
+            ..Default::default()
+        }
+    }
+
+    /// A peer that starts transactions and never answers their state calls can make the
+    /// chaincode hold at most `MAX_CONCURRENT_TRANSACTIONS`; the next is refused with ERROR and a
+    /// finished one frees its place.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn running_transactions_per_stream_are_bounded() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve_with_listener(
+            listener,
+            "kv:0".into(),
+            None,
+            KvStore,
+            std::future::pending(),
+        ));
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let (tx, rx) = mpsc::channel(MAX_CONCURRENT_TRANSACTIONS + 16);
+        let mut inbound = ChaincodeClient::new(channel)
+            .connect(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        for t in [Msg::Registered, Msg::Ready] {
+            tx.send(ChaincodeMessage {
+                r#type: t as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+        let mut next = async || {
+            tokio::time::timeout(Duration::from_secs(30), inbound.message())
+                .await
+                .expect("the chaincode answers")
+                .unwrap()
+                .unwrap()
+        };
+        assert_eq!(next().await.r#type, Msg::Register as i32);
+        // Every one of these waits for its GET_STATE answer.
+        let overflow = format!("t{MAX_CONCURRENT_TRANSACTIONS}");
+        for i in 0..=MAX_CONCURRENT_TRANSACTIONS {
+            tx.send(transaction(&format!("t{i}"))).await.unwrap();
+        }
+        let mut waiting = 0;
+        loop {
+            let m = next().await;
+            if m.r#type == Msg::GetState as i32 {
+                waiting += 1;
+                continue;
+            }
+            assert_eq!(m.r#type, Msg::Error as i32, "{m:?}");
+            assert_eq!(m.txid, overflow);
+            assert!(String::from_utf8_lossy(&m.payload).contains("too many transactions"));
+            break;
+        }
+        while waiting < MAX_CONCURRENT_TRANSACTIONS {
+            assert_eq!(next().await.r#type, Msg::GetState as i32);
+            waiting += 1;
+        }
+        // One answered: it completes and the overflowing txid is taken again.
+        tx.send(ChaincodeMessage {
+            r#type: Msg::Response as i32,
+            payload: b"v".to_vec(),
+            txid: "t0".into(),
+            channel_id: "ch".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let done = next().await;
+        assert_eq!(
+            (done.r#type, done.txid.as_str()),
+            (Msg::Completed as i32, "t0")
+        );
+        tx.send(transaction(&overflow)).await.unwrap();
+        let m = next().await;
+        assert_eq!((m.r#type, m.txid), (Msg::GetState as i32, overflow));
     }
 }

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use medledger_common::config::MessageLimits;
+use medledger_common::refusal::log_refusal;
 use medledger_proto::protos::chaincode_client::ChaincodeClient;
 use medledger_proto::protos::chaincode_message::Type as Msg;
 use medledger_proto::protos::{
@@ -29,6 +30,11 @@ mod handler;
 
 /// Results per QueryResponse batch, as Fabric sends them.
 const QUERY_BATCH: usize = 100;
+
+/// Unfinished query iterators one transaction may hold: each keeps up to the simulator's
+/// `TOTAL_QUERY_LIMIT` rows in memory until exhausted or closed, and the chaincode (a remote
+/// server) decides how many it opens.
+const MAX_OPEN_QUERY_ITERATORS: usize = 64;
 
 /// Why a chaincode execution failed (the proposal then gets status 500, no endorsement).
 #[derive(Debug, thiserror::Error)]
@@ -175,16 +181,31 @@ impl ChaincodeSupport {
         let c = conn.clone();
         let name = ep.name.clone();
         tokio::spawn(async move {
-            while let Ok(Some(msg)) = inbound.message().await {
+            // What the chaincode server sends is refused input like any client's: logged through
+            // the rate-limited refusal log, so a chaincode flooding the stream cannot fill the
+            // peer's disk.
+            let service = format!("chaincode {name}");
+            loop {
+                let msg = match inbound.message().await {
+                    Ok(Some(msg)) => msg,
+                    Ok(None) => break,
+                    Err(e) => {
+                        log_refusal(&service, None, None, &e.message());
+                        break;
+                    }
+                };
                 let k = key(&msg.channel_id, &msg.txid);
                 let target = c.pending.lock().await.get(&k).cloned();
                 match target {
                     Some(t) => {
                         let _ = t.send(msg).await;
                     }
-                    None => {
-                        tracing::warn!(chaincode = %name, txid = %msg.txid, "message for no running transaction dropped")
-                    }
+                    None => log_refusal(
+                        &service,
+                        None,
+                        None,
+                        &format!("message for no running transaction {:?} dropped", msg.txid),
+                    ),
                 }
             }
             c.alive.store(false, Ordering::SeqCst);
@@ -322,6 +343,100 @@ mod tests {
                 domain: String::new(),
             },
         }
+    }
+
+    /// Counts WARN events (the refusal log's lines) of the thread it is the default on.
+    #[derive(Clone, Default)]
+    struct WarnCounter(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl tracing::Subscriber for WarnCounter {
+        fn enabled(&self, m: &tracing::Metadata<'_>) -> bool {
+            *m.level() == tracing::Level::WARN
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, _: &tracing::Event<'_>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    /// A chaincode server that registers and then floods the stream with messages for no
+    /// transaction.
+    struct Flooder(usize);
+
+    #[tonic::async_trait]
+    impl medledger_proto::protos::chaincode_server::Chaincode for Flooder {
+        type ConnectStream = ReceiverStream<Result<ChaincodeMessage, tonic::Status>>;
+
+        async fn connect(
+            &self,
+            _: tonic::Request<tonic::Streaming<ChaincodeMessage>>,
+        ) -> Result<tonic::Response<Self::ConnectStream>, tonic::Status> {
+            let (tx, rx) = mpsc::channel(self.0 + 1);
+            let register = ChaincodeMessage {
+                r#type: Msg::Register as i32,
+                payload: ChaincodeId {
+                    name: "flood:0".into(),
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+                ..Default::default()
+            };
+            let _ = tx.send(Ok(register)).await;
+            for i in 0..self.0 {
+                let stray = ChaincodeMessage {
+                    r#type: Msg::GetState as i32,
+                    txid: format!("stray-{i}"),
+                    ..Default::default()
+                };
+                let _ = tx.send(Ok(stray)).await;
+            }
+            // Held open: the stream stays up, silent, after the flood.
+            tokio::spawn(async move {
+                tx.closed().await;
+            });
+            Ok(tonic::Response::new(ReceiverStream::new(rx)))
+        }
+    }
+
+    /// A chaincode that floods its stream with messages for no running transaction gets at most
+    /// `REFUSAL_LOG_LINES_PER_SECOND` log lines a second (one WARN per message before).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_chaincode_flooding_its_stream_cannot_flood_the_log() {
+        use medledger_common::refusal::REFUSAL_LOG_LINES_PER_SECOND;
+        const FLOOD: usize = 2_000;
+        let warns = WarnCounter::default();
+        let _guard = tracing::subscriber::set_default(warns.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(
+                    medledger_proto::protos::chaincode_server::ChaincodeServer::new(Flooder(FLOOD)),
+                )
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let support = ChaincodeSupport::new(Duration::from_secs(5), MessageLimits::default());
+        let started = std::time::Instant::now();
+        support.connection(&endpoint("flood", addr)).await.unwrap();
+        // Let the reader drain the flood.
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let seconds = started.elapsed().as_secs() + 1;
+        let lines = warns.0.load(Ordering::SeqCst);
+        // Each second: its budget, plus one line counting what it suppressed.
+        let budget = (REFUSAL_LOG_LINES_PER_SECOND as usize + 1) * (seconds as usize + 1);
+        assert!(lines > 0, "the stray messages were not logged at all");
+        assert!(
+            lines <= budget,
+            "{lines} WARN lines for {FLOOD} stray messages in {seconds}s (budget {budget})"
+        );
     }
 
     /// A chaincode server that accepts connections and never answers must hold neither the
