@@ -282,6 +282,17 @@ fn org_group(
     }
 }
 
+/// An application organisation's group as a channel holds it: its MSP, anchor peers, and
+/// Readers/Writers (its admins, clients and peers), Admins and Endorsement (its peers) policies.
+/// Genesis blocks and `config add-org` both make them here.
+pub fn application_org_group(org: &OrgProfile) -> ConfigGroup {
+    org_group(
+        org,
+        &[MspRoleType::Admin, MspRoleType::Client, MspRoleType::Peer],
+        MspRoleType::Peer,
+    )
+}
+
 fn standard_policies(extra: &[(&str, ConfigPolicy)]) -> HashMap<String, ConfigPolicy> {
     let mut p = HashMap::from([
         ("Readers".to_owned(), implicit("Readers", Rule::Any)),
@@ -312,18 +323,12 @@ pub fn genesis_block(profile: &ChannelProfile) -> Result<Block, ConfigError> {
             "a channel needs at least one consenter".into(),
         ));
     }
-    let member_roles = [MspRoleType::Admin, MspRoleType::Client, MspRoleType::Peer];
     let application = ConfigGroup {
         version: 0,
         groups: profile
             .application_orgs
             .iter()
-            .map(|o| {
-                (
-                    o.msp.name.clone(),
-                    org_group(o, &member_roles, MspRoleType::Peer),
-                )
-            })
+            .map(|o| (o.msp.name.clone(), application_org_group(o)))
             .collect(),
         values: HashMap::new(),
         policies: standard_policies(&[
@@ -466,25 +471,60 @@ pub struct ChannelConfig {
     pub orderer_endpoints: BTreeMap<String, Vec<String>>,
 }
 
+/// Called with each configuration put in force (e.g. to trust the TLS CAs it names).
+pub type ConfigObserver = Box<dyn Fn(&ChannelConfig) + Send + Sync>;
+
 /// The configuration in force on a channel: read by every request, replaced whole when a
 /// configuration block commits, so a reader sees one configuration or the next, never a mix.
-#[derive(Debug)]
-pub struct ConfigInForce(std::sync::RwLock<std::sync::Arc<ChannelConfig>>);
+pub struct ConfigInForce {
+    current: std::sync::RwLock<std::sync::Arc<ChannelConfig>>,
+    observers: std::sync::Mutex<Vec<ConfigObserver>>,
+}
+
+impl std::fmt::Debug for ConfigInForce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ConfigInForce").field(&self.get()).finish()
+    }
+}
 
 impl ConfigInForce {
     pub fn new(config: ChannelConfig) -> Self {
-        Self(std::sync::RwLock::new(std::sync::Arc::new(config)))
+        Self {
+            current: std::sync::RwLock::new(std::sync::Arc::new(config)),
+            observers: std::sync::Mutex::new(Vec::new()),
+        }
     }
 
     /// The configuration in force now. Work that must see one configuration throughout (a
     /// block's validation, one request) takes it once.
     pub fn get(&self) -> std::sync::Arc<ChannelConfig> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
-    /// Puts a newer configuration in force.
+    /// Puts a newer configuration in force, then tells the observers.
     pub fn replace(&self, next: ChannelConfig) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(next);
+        let next = std::sync::Arc::new(next);
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = next.clone();
+        for observe in self
+            .observers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            observe(&next);
+        }
+    }
+
+    /// Calls `observer` with the configuration in force now and with every later one.
+    pub fn observe(&self, observer: ConfigObserver) {
+        observer(&self.get());
+        self.observers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(observer);
     }
 }
 
@@ -613,6 +653,15 @@ fn org_msps(group: Option<&ConfigGroup>) -> Result<Vec<OrgEntry>, ConfigError> {
 }
 
 impl ChannelConfig {
+    /// Every organisation's TLS root and intermediate CA certificates (DER): the TLS clients a
+    /// node of this channel accepts.
+    pub fn tls_ca_ders(&self) -> Vec<Vec<u8>> {
+        self.msps
+            .msps()
+            .flat_map(|m| m.tls_ca_certs().map(|c| c.der.clone()).collect::<Vec<_>>())
+            .collect()
+    }
+
     /// Resolves a `Config` message.
     pub fn from_config(channel_id: &str, config: &Config) -> Result<Self, ConfigError> {
         let root = config

@@ -18,6 +18,7 @@ pub mod policy;
 pub mod proof;
 pub mod protoutil;
 pub mod refusal;
+pub mod tlsserver;
 
 pub use cert::Certificate;
 pub use crypto::{PrivateKey, PublicKey};

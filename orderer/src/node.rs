@@ -17,6 +17,7 @@ use medledger_common::config::MessageLimits;
 use medledger_common::msp::Expiry;
 use medledger_common::protoutil::unpack_envelope;
 use medledger_common::refusal::{log_refusal, next_message, next_or_refuse};
+use medledger_common::tlsserver::{self, ClientRoots};
 use medledger_proto::common::{Block, Envelope, HeaderType, Status as BlockStatus};
 use medledger_proto::medledger::consensus::consensus_client::ConsensusClient;
 use medledger_proto::medledger::consensus::consensus_server::{Consensus, ConsensusServer};
@@ -26,7 +27,7 @@ use medledger_proto::orderer::{BroadcastResponse, DeliverResponse, deliver_respo
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::byzantine::Misbehaviour;
@@ -676,7 +677,7 @@ pub async fn start_byzantine(
     }
     let mut faulty = misbehaviour.consensus_faults(cfg.consenter_id, crypto.clone());
     let services = Arc::new(Services {
-        config,
+        config: config.clone(),
         crypto,
         store: store.clone(),
         events: events_tx,
@@ -691,18 +692,20 @@ pub async fn start_byzantine(
     let (listener, address) = medledger_common::ops::bind(&cfg.listen_address)
         .await
         .map_err(|e| listen_error(&cfg.listen_address, &e))?;
-    let mut server_tls = tonic::transport::ServerTlsConfig::new()
-        .identity(tonic::transport::Identity::from_pem(&cert, &key));
-    if !roots.is_empty() {
-        server_tls = server_tls
-            .client_ca_root(tonic::transport::Certificate::from_pem(&roots))
-            .client_auth_optional(!tls.client_auth_required);
+    // Clients are trusted by the configured roots and by the TLS CAs of the channel's
+    // organisations in force (an organisation added later is trusted from its block on).
+    let client_roots = ClientRoots::new(&roots, tls.client_auth_required)
+        .map_err(|e| NodeError::Tls(e.to_string()))?;
+    {
+        let client_roots = client_roots.clone();
+        config.observe(Box::new(move |c| {
+            client_roots.set_channel(&c.channel_id, c.tls_ca_ders())
+        }));
     }
+    let server_tls = tlsserver::server_config(&cert, &key, client_roots)
+        .map_err(|e| NodeError::Tls(e.to_string()))?;
     let mut rx = shutdown_rx.clone();
     let server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .tls_config(server_tls)
-        .map_err(|e| NodeError::Tls(e.to_string()))?
         .add_service(
             AtomicBroadcastServer::new(Svc(services.clone()))
                 .max_decoding_message_size(cfg.max_recv_msg_size)
@@ -713,7 +716,7 @@ pub async fn start_byzantine(
                 .max_decoding_message_size(cfg.max_recv_msg_size)
                 .max_encoding_message_size(cfg.max_send_msg_size),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(tlsserver::incoming(listener, server_tls), async move {
             let _ = rx.changed().await;
         });
     tasks.push(tokio::spawn(async move {

@@ -56,3 +56,24 @@ ensure_libclang() {
     return 1
   fi
 }
+
+# Installs Debian's chromium when no `chromium` is on PATH: the explorer's test
+# (tests/tests/explorer.rs) drives it headless. CHROMIUM (a browser's path) skips the check.
+ensure_chromium() {
+  if [ -n "${CHROMIUM:-}" ] || command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then
+    return 0
+  fi
+  echo "==> installing chromium (the explorer's browser test runs it headless)"
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "Error: no chromium found and no apt-get to install it: install Chromium and put it on PATH, or set CHROMIUM to its path" >&2
+    return 1
+  fi
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+  if ! command -v chromium >/dev/null 2>&1; then
+    echo "Error: chromium was installed but is not on PATH; set CHROMIUM to its path" >&2
+    return 1
+  fi
+}

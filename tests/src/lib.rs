@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+pub mod browser;
 pub mod ca_net;
 pub mod ordernet;
 pub mod peernet;

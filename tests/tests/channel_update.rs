@@ -556,3 +556,125 @@ async fn qscc_and_cscc_answer_fabric_tools_for_channel_readers() -> anyhow::Resu
     );
     Ok(())
 }
+
+/// Orderer 1's first block, read over TLS with `client`'s certificate as `reader`.
+async fn first_block_over_tls(
+    net: &PeerNet,
+    client: &medledger_peer::comm::ClientTls,
+    reader: &SigningIdentity,
+) -> anyhow::Result<u64> {
+    let root = net.orderers.org.tls_ca.cert_pem().as_bytes().to_vec();
+    let ch = medledger_peer::comm::dial(&net.orderers.address(1), &[root], Some(client))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let block = |number| SeekPosition {
+        r#type: Some(medledger_proto::orderer::seek_position::Type::Specified(
+            medledger_proto::orderer::SeekSpecified { number },
+        )),
+    };
+    let seek = SeekInfo {
+        start: Some(block(0)),
+        stop: Some(block(0)),
+        ..Default::default()
+    };
+    let env = signed_envelope(
+        HeaderType::DeliverSeekInfo,
+        CHANNEL,
+        seek.encode_to_vec(),
+        reader,
+    )?;
+    let mut stream = AtomicBroadcastClient::new(ch)
+        .deliver(tokio_stream::once(env))
+        .await?
+        .into_inner();
+    match stream.message().await?.and_then(|m| m.r#type) {
+        Some(deliver_response::Type::Block(b)) => Ok(b.header.map(|h| h.number).unwrap_or(99)),
+        other => anyhow::bail!("no block: {other:?}"),
+    }
+}
+
+/// Peer `i`'s chain height through qscc, over TLS with `client`'s certificate, as `who`.
+async fn height_over_tls(
+    net: &PeerNet,
+    i: usize,
+    client: &medledger_peer::comm::ClientTls,
+    who: &SigningIdentity,
+) -> anyhow::Result<i32> {
+    let root = net.orgs[i].tls_ca.cert_pem().as_bytes().to_vec();
+    let ch = medledger_peer::comm::dial(&net.address(i), &[root], Some(client))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let (sp, _) = medledger_common::protoutil::build_signed_proposal(
+        &medledger_common::protoutil::Invocation {
+            channel: CHANNEL.into(),
+            chaincode: "qscc".into(),
+            args: vec![b"GetChainInfo".to_vec(), CHANNEL.as_bytes().to_vec()],
+            transient: Default::default(),
+            is_init: false,
+        },
+        who,
+    )?;
+    let r = medledger_proto::protos::endorser_client::EndorserClient::new(ch)
+        .process_proposal(sp)
+        .await?
+        .into_inner();
+    Ok(r.response.map(|r| r.status).unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hospital_added_by_an_update_is_trusted_over_tls_without_a_restart() -> anyhow::Result<()>
+{
+    let net = PeerNet::start(BOTH, 5_000).await?;
+    let h3 = medledger_tests::TestOrg::new("Hospital3MSP")?;
+    let (cert_pem, key_pem) = h3.tls_pair("peer0.hospital3")?;
+    let tls = medledger_peer::comm::ClientTls { cert_pem, key_pem };
+    let h3_peer = h3.identity("peer0", "peer", &[])?;
+
+    // Not a member yet: its TLS CA is in no node's configuration, so no node accepts its
+    // certificate.
+    let e = first_block_over_tls(&net, &tls, &h3_peer)
+        .await
+        .expect_err("an orderer accepts a TLS client of no organisation of the channel");
+    assert!(!e.to_string().is_empty());
+    assert!(
+        height_over_tls(&net, 0, &tls, &h3_peer).await.is_err(),
+        "a peer accepts a TLS client of no organisation of the channel"
+    );
+
+    // Hospital1's and Hospital2's admins add Hospital3 (a MAJORITY of Admins).
+    let current = net.channel(0).await?.config();
+    let mut next = (*current.source).clone();
+    next.channel_group
+        .as_mut()
+        .and_then(|g| g.groups.get_mut("Application"))
+        .ok_or_else(|| anyhow::anyhow!("no Application group"))?
+        .groups
+        .insert(
+            "Hospital3MSP".into(),
+            medledger_common::channelconfig::application_org_group(
+                &medledger_common::channelconfig::OrgProfile {
+                    msp: h3.msp_config(),
+                    anchor_peers: vec![],
+                },
+            ),
+        );
+    let update = compute_update(CHANNEL, &current.source, &next)?;
+    let admin1 = net.orgs[0].identity("admin1", "admin", &[])?;
+    let admin2 = net.orgs[1].identity("admin2", "admin", &[])?;
+    let r = net
+        .orderers
+        .broadcast(1, signed(&update, &[&admin1, &admin2])?)
+        .await?;
+    assert_eq!(r.status, Status::Success as i32, "{}", r.info);
+    for i in 0..2 {
+        wait_sequence(&net, i, current.sequence + 1).await?;
+    }
+
+    // From the configuration block on, every node trusts Hospital3's TLS CA: no restart, no
+    // edited file.
+    assert_eq!(first_block_over_tls(&net, &tls, &h3_peer).await?, 0);
+    for i in 0..2 {
+        assert_eq!(height_over_tls(&net, i, &tls, &h3_peer).await?, 200);
+    }
+    Ok(())
+}

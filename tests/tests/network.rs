@@ -82,6 +82,7 @@ fn network_up_deploy_invoke_and_down() {
         ("medledger-peer", "medledger-peer"),
         ("medledger-shim", "kvstore-chaincode"),
         ("medledger-medical-chaincode", "medical-chaincode"),
+        ("medledger-explorer", "medledger-explorer"),
     ] {
         let path = workspace_binary(pkg, bin).expect("binary builds");
         bin_dir = path.parent().expect("bin dir").to_path_buf();
@@ -129,6 +130,7 @@ fn network_up_deploy_invoke_and_down() {
     let readme = readme_block(&bin_dir, "Using the network");
     let walkthrough = readme_block(&bin_dir, "Walkthrough");
     let ca_block = readme_block(&bin_dir, "The certificate authority");
+    let (join_ok, join_out) = readme_block(&bin_dir, "Changing the channel: a hospital joins");
     let (revoke_ok, revoke_out) = readme_block(&bin_dir, "Changing the channel: revoking a member");
     let (down_ok, down_out) = run(&bin_dir, "down");
     let (readme_ok, readme_out) = readme;
@@ -139,6 +141,13 @@ fn network_up_deploy_invoke_and_down() {
         "the README's CA commands failed:\n{ca_out}"
     );
     assert!(walk_ok, "the README walkthrough failed:\n{walk_out}");
+    assert!(
+        join_ok
+            && join_out.contains("Hospital3MSP is a member of medchannel")
+            && join_out.contains("Chaincode invoke successful")
+            && join_out.contains("resourceType"),
+        "Hospital3 joining the running channel:\n{join_out}"
+    );
     assert!(
         revoke_ok
             && revoke_out.contains("nurse1@Hospital1MSP is revoked on every node")

@@ -73,6 +73,11 @@ impl Channel {
         self.config.replace(next);
     }
 
+    /// Calls `observer` with the configuration in force now and every later one.
+    pub fn observe_config(&self, observer: medledger_common::channelconfig::ConfigObserver) {
+        self.config.observe(observer);
+    }
+
     /// PEM of the TLS CAs of the channel's orderer organisations.
     pub fn orderer_tls_roots(&self) -> Vec<Vec<u8>> {
         let config = self.config();

@@ -5,6 +5,7 @@ use super::attestations::DeliveryTimeouts;
 use super::puller::{BlockPuller, OrdererLink, pull_blocks};
 use crate::storage::ledger::TransientLimits;
 use medledger_common::config::MessageLimits;
+use medledger_common::tlsserver::ClientRoots;
 
 use super::*;
 
@@ -129,6 +130,10 @@ pub(super) fn reload_definitions(
         channel: channel.id().to_owned(),
         reason,
     })?;
+    // `_lifecycle` itself follows the configuration too: an organisation added by a
+    // configuration block gets its implicit collection (its approvals) and a say in
+    // LifecycleEndorsement.
+    channel.define([lifecycle_definition(&channel.config())]);
     for d in &defs {
         tracing::info!(channel = %channel.id(), chaincode = %d.name, sequence = d.sequence, installed = d.endpoint.is_some(), "chaincode definition in force");
     }
@@ -147,6 +152,8 @@ pub(super) struct ChannelRunner {
     pub(super) plugins: PluginRegistry,
     pub(super) signer: SigningIdentity,
     pub(super) client_tls: Option<ClientTls>,
+    /// The TLS clients the peer's server accepts: each channel's organisations join them.
+    pub(super) client_roots: Option<Arc<ClientRoots>>,
     pub(super) private_data: Arc<PrivateDataClient>,
     pub(super) transient: TransientLimits,
     pub(super) reconcile_interval: Duration,
@@ -180,6 +187,12 @@ impl ChannelRunner {
                 });
             }
             channels.insert(id.clone(), ch.clone());
+        }
+        if let Some(roots) = &self.client_roots {
+            let roots = roots.clone();
+            ch.observe_config(Box::new(move |c| {
+                roots.set_channel(&c.channel_id, c.tls_ca_ders())
+            }));
         }
         let puller = tokio::spawn(pull_blocks(
             BlockPuller {
@@ -241,12 +254,10 @@ impl crate::endorsement::ChannelJoiner for ChannelRunner {
             }
             let config =
                 ChannelConfig::from_block(&block).map_err(|e| format!("genesis block: {e}"))?;
-            if !config.application_orgs.contains(&self.msp_id) {
-                return Err(format!(
-                    "{} is not an application organisation of channel {}",
-                    self.msp_id, config.channel_id
-                ));
-            }
+            // No membership check against block 0: an organisation added by a later
+            // configuration block joins with the genesis block too, as in Fabric. The ordering
+            // service's Deliver decides, under the configuration in force, whether this peer may
+            // read the channel.
             if self.channels.read().await.contains_key(&config.channel_id) {
                 return Err(format!(
                     "the peer has already joined channel {}",

@@ -1,6 +1,7 @@
 //! A running peer: the gRPC server (Gateway, Endorser, Deliver) with
 //! TLS, and one block puller per channel that takes blocks from the orderers and commits them.
 
+use medledger_common::tlsserver::{self, ClientRoots};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -161,6 +162,13 @@ pub async fn start(cfg: PeerConfig, plugins: PluginRegistry) -> Result<RunningPe
         cert_pem: t.cert_pem.clone(),
         key_pem: t.key_pem.clone(),
     });
+    let client_roots = match (&cfg.tls, &tls) {
+        (Some(files), Some(t)) => Some(
+            ClientRoots::new(&t.client_ca_bundle, files.client_auth_required)
+                .map_err(|e| NodeError::Config(format!("TLS: {e}")))?,
+        ),
+        _ => None,
+    };
     cfg.check_transport()?;
     let limits = cfg.message_limits();
     let remote_peers = remote_peers(&cfg)?;
@@ -182,6 +190,7 @@ pub async fn start(cfg: PeerConfig, plugins: PluginRegistry) -> Result<RunningPe
         plugins: plugins.clone(),
         signer: signer.clone(),
         client_tls: client_tls.clone(),
+        client_roots: client_roots.clone(),
         private_data: private_data.clone(),
         transient: cfg.private_data.transient_limits(),
         reconcile_interval: Duration::from_millis(cfg.private_data.reconcile_interval_ms.max(100)),
@@ -232,10 +241,10 @@ pub async fn start(cfg: PeerConfig, plugins: PluginRegistry) -> Result<RunningPe
         limits,
         address.to_string(),
     );
-    let mut builder = server_builder(&cfg, tls.as_ref())?;
     let mut rx = shutdown_rx.clone();
     let (recv, send) = (limits.max_recv, limits.max_send);
-    let server = builder
+    let router = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
         .add_service(
             GatewayServer::new(gateway)
                 .max_decoding_message_size(recv)
@@ -259,10 +268,25 @@ pub async fn start(cfg: PeerConfig, plugins: PluginRegistry) -> Result<RunningPe
             })
             .max_decoding_message_size(recv)
             .max_encoding_message_size(send),
-        )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            let _ = rx.changed().await;
-        });
+        );
+    let stopped = async move {
+        let _ = rx.changed().await;
+    };
+    // With TLS, the server's trusted clients follow the channels' configurations.
+    let server: std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>,
+    > = match (tls.as_ref(), client_roots) {
+        (Some(t), Some(roots)) => {
+            let config = tlsserver::server_config(&t.cert_pem, &t.key_pem, roots)
+                .map_err(|e| NodeError::Config(format!("TLS: {e}")))?;
+            Box::pin(
+                router.serve_with_incoming_shutdown(tlsserver::incoming(listener, config), stopped),
+            )
+        }
+        _ => {
+            Box::pin(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped))
+        }
+    };
     let server_task = tokio::spawn(async move {
         if let Err(e) = server.await {
             tracing::error!(error = %e, "peer gRPC server stopped");
@@ -298,28 +322,6 @@ fn remote_peers(cfg: &PeerConfig) -> Result<Vec<RemotePeer>, NodeError> {
             })
         })
         .collect()
-}
-
-/// The gRPC server, with TLS (and optional or required client certificates) when configured.
-fn server_builder(
-    cfg: &PeerConfig,
-    tls: Option<&medledger_common::config::TlsMaterial>,
-) -> Result<tonic::transport::Server, NodeError> {
-    let builder = tonic::transport::Server::builder().tcp_nodelay(true);
-    let (Some(files), Some(t)) = (&cfg.tls, tls) else {
-        return Ok(builder);
-    };
-    let mut server_tls = tonic::transport::ServerTlsConfig::new().identity(
-        tonic::transport::Identity::from_pem(&t.cert_pem, &t.key_pem),
-    );
-    if !t.client_ca_bundle.is_empty() {
-        server_tls = server_tls
-            .client_ca_root(tonic::transport::Certificate::from_pem(&t.client_ca_bundle))
-            .client_auth_optional(!files.client_auth_required);
-    }
-    builder
-        .tls_config(server_tls)
-        .map_err(|e| NodeError::Config(format!("TLS: {e}")))
 }
 
 /// Serves `/healthz` and `/metrics` on `address` until shutdown; returns the bound address.

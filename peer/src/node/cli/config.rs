@@ -123,6 +123,26 @@ pub(super) enum ConfigCommand {
         #[arg(long)]
         output: PathBuf,
     },
+    /// Add an application organisation (a hospital) to a configuration (common.Config), from
+    /// its MSP folder (cacerts, tlscacerts, config.yaml with Node OUs, admincerts or an admin
+    /// OU), as Fabric's `configtxgen -printOrg` and a jq edit do together.
+    #[command(
+        after_help = "Example:\n  medledger-peer config add-org --config config.pb --mspid Hospital3MSP \\\n    \
+        --msp-dir organizations/hospital3/msp --anchor-peer localhost:11051 --output modified_config.pb"
+    )]
+    AddOrg {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        mspid: String,
+        #[arg(long = "msp-dir")]
+        msp_dir: PathBuf,
+        /// host:port of a peer other organisations may call (repeat for several).
+        #[arg(long = "anchor-peer")]
+        anchor_peers: Vec<String>,
+        #[arg(long)]
+        output: PathBuf,
+    },
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
@@ -239,7 +259,65 @@ pub(super) fn config(cmd: ConfigCommand) -> Result<(), NodeError> {
             add_crl(&mut config, &org, crl)?;
             write_file(&output, &config.encode_to_vec())
         }
+        ConfigCommand::AddOrg {
+            config,
+            mspid,
+            msp_dir,
+            anchor_peers,
+            output,
+        } => {
+            let mut config: Config = decode_file(&config, "common.Config")?;
+            add_org(&mut config, &mspid, &msp_dir, &anchor_peers)?;
+            write_file(&output, &config.encode_to_vec())
+        }
     }
+}
+
+/// Adds application organisation `mspid` from its MSP folder to `config`.
+fn add_org(
+    config: &mut Config,
+    mspid: &str,
+    msp_dir: &Path,
+    anchor_peers: &[String],
+) -> Result<(), NodeError> {
+    let msp =
+        medledger_common::msp::load_msp_folder(msp_dir, mspid).map_err(|e| NodeError::File {
+            path: msp_dir.to_path_buf(),
+            reason: format!("not an MSP folder of {mspid}: {e}"),
+        })?;
+    // The MSP must be one the channel will accept, before anyone signs the update.
+    medledger_common::Msp::new(&msp).map_err(|e| NodeError::File {
+        path: msp_dir.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let anchor_peers = anchor_peers
+        .iter()
+        .map(|a| {
+            a.rsplit_once(':')
+                .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+                .filter(|(h, _)| !h.is_empty())
+                .ok_or_else(|| {
+                    NodeError::Usage(format!("--anchor-peer takes host:port, not {a:?}"))
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let application = config
+        .channel_group
+        .as_mut()
+        .and_then(|root| root.groups.get_mut("Application"))
+        .ok_or_else(|| NodeError::Failed("the configuration has no Application group".into()))?;
+    if application.groups.contains_key(mspid) {
+        return Err(NodeError::Failed(format!(
+            "{mspid} is already an organisation of the channel"
+        )));
+    }
+    application.groups.insert(
+        mspid.to_owned(),
+        medledger_common::channelconfig::application_org_group(
+            &medledger_common::channelconfig::OrgProfile { msp, anchor_peers },
+        ),
+    );
+    Ok(())
 }
 
 /// Adds a CRL to organisation `org`'s MSP in `config` (application or orderer organisation).

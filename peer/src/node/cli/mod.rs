@@ -189,7 +189,9 @@ struct DefinitionArgs {
 mod config;
 mod lifecycle;
 mod proof;
+
 use lifecycle::lifecycle;
+pub use proof::export as export_proof;
 
 #[derive(Subcommand, Debug)]
 enum LifecycleChaincode {
@@ -394,8 +396,10 @@ fn result_of(env: &medledger_proto::common::Envelope) -> Option<Vec<u8>> {
     )
 }
 
-/// A Gateway connection signing as the CLI's identity.
-struct Session {
+/// A Gateway connection signing as the CLI's identity (also the explorer's connection to its
+/// peer: one client of the peer's services, not two).
+#[derive(Clone)]
+pub struct Session {
     gw: GatewayClient<tonic::transport::Channel>,
     channel: tonic::transport::Channel,
     signer: SigningIdentity,
@@ -471,23 +475,31 @@ impl Session {
     }
 
     async fn open(t: &PeerTarget) -> Result<Self, NodeError> {
-        let signer = SigningIdentity::load(&t.mspdir, &t.mspid).map_err(|e| NodeError::File {
-            path: t.mspdir.clone(),
+        Self::connect(&t.peer_address, t.tls_root.as_deref(), &t.mspdir, &t.mspid).await
+    }
+
+    /// Connects to the peer at `address` (TLS with the CA in `tls_root`, plain TCP without),
+    /// signing as the identity of the MSP folder `mspdir`, as `CORE_PEER_*` configure the CLI.
+    pub async fn connect(
+        address: &str,
+        tls_root: Option<&std::path::Path>,
+        mspdir: &std::path::Path,
+        mspid: &str,
+    ) -> Result<Self, NodeError> {
+        let signer = SigningIdentity::load(mspdir, mspid).map_err(|e| NodeError::File {
+            path: mspdir.to_path_buf(),
             reason: e.to_string(),
         })?;
-        let roots = match &t.tls_root {
-            Some(p) => vec![std::fs::read(p).map_err(|e| NodeError::File {
-                path: p.clone(),
-                reason: e.to_string(),
-            })?],
+        let roots = match tls_root {
+            Some(p) => vec![super::read(p)?],
             None => vec![],
         };
         let tls = !roots.is_empty();
-        let channel = crate::comm::dial(&t.peer_address, &roots, None)
+        let channel = crate::comm::dial(address, &roots, None)
             .await
-            .map_err(|e| peer_error(&t.peer_address, tls, e))?;
+            .map_err(|e| peer_error(address, tls, e))?;
         Ok(Self {
-            address: t.peer_address.clone(),
+            address: address.to_owned(),
             tls,
             gw: GatewayClient::new(channel.clone()),
             channel,
@@ -495,7 +507,18 @@ impl Session {
         })
     }
 
-    async fn evaluate(&mut self, inv: &Invocation) -> Result<Vec<u8>, NodeError> {
+    /// Who signs this session's requests.
+    pub fn signer(&self) -> &SigningIdentity {
+        &self.signer
+    }
+
+    /// The connection, for the peer's other services (Deliver).
+    pub fn grpc_channel(&self) -> tonic::transport::Channel {
+        self.channel.clone()
+    }
+
+    /// Evaluates `inv` through the Gateway: the chaincode's result, or its refusal.
+    pub async fn evaluate(&mut self, inv: &Invocation) -> Result<Vec<u8>, NodeError> {
         let (sp, tx_id) = build_signed_proposal(inv, &self.signer)
             .map_err(|e| NodeError::Failed(e.to_string()))?;
         let r = self
@@ -620,8 +643,9 @@ async fn call(a: CallArgs, invoke: bool) -> Result<(), NodeError> {
 }
 
 impl Session {
-    /// Sends a proposal addressed to the peer itself (no channel) and returns its response.
-    async fn ask_peer(
+    /// Sends a proposal addressed to the peer itself (no channel) and returns its response
+    /// (qscc, cscc: the channel is their second argument).
+    pub async fn ask_peer(
         &self,
         chaincode: &str,
         args: Vec<Vec<u8>>,

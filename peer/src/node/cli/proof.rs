@@ -75,7 +75,8 @@ pub(super) async fn proof(cmd: ProofCommand) -> Result<(), NodeError> {
             output,
             target,
         } => {
-            let bundle = export(record.as_deref(), &tx, &channel, &chaincode, &target).await?;
+            let mut session = Session::open(&target).await?;
+            let bundle = export(&mut session, record.as_deref(), &tx, &channel, &chaincode).await?;
             let json =
                 serde_json::to_vec_pretty(&bundle).map_err(|e| NodeError::Failed(e.to_string()))?;
             std::fs::write(&output, json).map_err(|e| NodeError::File {
@@ -101,14 +102,15 @@ pub(super) async fn proof(cmd: ProofCommand) -> Result<(), NodeError> {
     }
 }
 
-async fn export(
+/// The proof bundle of a record's versions and trail (`record`) and of transactions `txs`,
+/// gathered through `session`'s peer (the CLI's `proof export`, the explorer's download).
+pub async fn export(
+    session: &mut Session,
     record: Option<&str>,
     txs: &[String],
     channel: &str,
     chaincode: &str,
-    target: &PeerTarget,
 ) -> Result<ProofBundle, NodeError> {
-    let mut session = Session::open(target).await?;
     // (transaction, its block if known)
     let mut wanted: Vec<(String, Option<u64>)> = Vec::new();
     // Private keys the exporter can name: the verifier checks them against the key hashes.
@@ -147,7 +149,7 @@ async fn export(
     wanted.retain(|(tx, _)| seen.insert(tx.clone()));
 
     let fetch = |args: Vec<Vec<u8>>| {
-        let session = &session;
+        let session = &*session;
         async move {
             let what = String::from_utf8_lossy(&args[0]).into_owned();
             let resp = session.ask_peer("qscc", args).await?;
