@@ -1,9 +1,11 @@
 //! The certificate authority's rules, independent of HTTP: who may enroll, register, revoke and
-//! generate CRLs, and what goes into the certificates it issues (Fabric CA's behaviour).
+//! generate CRLs, and what goes into the certificates it issues (Fabric CA's behaviour). The
+//! management endpoints (identities, affiliations, certificates) are in `manage`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use base64::Engine;
@@ -15,14 +17,23 @@ use medledger_common::issue::{CaSigner, IssueRequest, Usage, random_serial};
 use medledger_common::msp::unix_now;
 use serde::{Deserialize, Serialize};
 
+use crate::attrs;
 use crate::error::{CaError, code};
 use crate::store::{Attribute, CaStore, CertRecord, Changes, IdentityRecord, serial_hex};
 
 /// The CA software version reported by cainfo.
 pub const VERSION: &str = "1.5.0-medledger";
 
-/// Attributes every enrollment certificate carries; they cannot be registered.
-const RESERVED_ATTRS: [&str; 3] = ["hf.EnrollmentID", "hf.Type", "hf.Affiliation"];
+/// Validity of the server's own TLS certificate.
+const TLS_CERT_VALIDITY_SECS: i64 = 365 * 24 * 3600;
+/// How far back issued certificates' notBefore is set, for clocks slightly behind ours.
+const CLOCK_SKEW_SECS: i64 = 300;
+/// Length of a generated enrollment secret.
+const GENERATED_SECRET_LEN: usize = 16;
+/// Longest enrollment id accepted.
+const MAX_ID_LEN: usize = 256;
+/// Validity of a generated CRL (its nextUpdate).
+const CRL_VALIDITY_SECS: i64 = 7 * 24 * 3600;
 
 /// Settings of one CA.
 #[derive(Debug, Clone)]
@@ -34,6 +45,10 @@ pub struct AuthorityConfig {
     pub max_enrollments: i32,
     /// Validity of issued certificates.
     pub cert_validity_secs: i64,
+    /// `cfg.identities.allowremove`: whether identities may be deleted (off, as in Fabric CA).
+    pub identities_allow_remove: bool,
+    /// `cfg.affiliations.allowremove`: whether affiliations may be deleted (off by default).
+    pub affiliations_allow_remove: bool,
 }
 
 impl AuthorityConfig {
@@ -43,6 +58,8 @@ impl AuthorityConfig {
             affiliations: Vec::new(),
             max_enrollments: -1,
             cert_validity_secs: 365 * 24 * 3600,
+            identities_allow_remove: false,
+            affiliations_allow_remove: false,
         }
     }
 }
@@ -214,8 +231,8 @@ impl CaHome {
                 hosts: hosts.to_vec(),
                 attributes: BTreeMap::new(),
                 serial: random_serial(),
-                not_before: now - 300,
-                not_after: now + 365 * 24 * 3600,
+                not_before: now - CLOCK_SKEW_SECS,
+                not_after: now + TLS_CERT_VALIDITY_SECS,
                 usage: Usage::Tls,
             })
             .map_err(CaError::internal)?;
@@ -231,14 +248,21 @@ impl CaHome {
 
 /// A running certificate authority.
 pub struct Authority {
-    config: AuthorityConfig,
+    pub(crate) config: AuthorityConfig,
     signer: CaSigner,
-    store: CaStore,
-    /// Serialises read-modify-write requests (enrollment counts, registrations).
+    pub(crate) store: CaStore,
+    /// Serialises read-modify-write requests (enrollment counts, registrations). Never held
+    /// while a secret is hashed or checked: that takes tens of milliseconds.
     lock: Mutex<()>,
+    /// The hash an unknown id's secret is checked against, so that an unknown id takes as long
+    /// as a known one with a wrong secret (no way to probe which ids exist).
+    dummy_hash: String,
+    /// Certificates issued by enroll and reenroll, and certificates revoked, since the start.
+    enrollments: AtomicU64,
+    revocations: AtomicU64,
 }
 
-fn hash_secret(secret: &str) -> Result<String, CaError> {
+pub(crate) fn hash_secret(secret: &str) -> Result<String, CaError> {
     let salt = SaltString::generate(&mut rand::rngs::OsRng);
     argon2::Argon2::default()
         .hash_password(secret.as_bytes(), &salt)
@@ -259,7 +283,7 @@ fn secret_matches(secret: &str, hash: &str) -> bool {
 fn random_secret() -> String {
     use rand::Rng;
     let mut rng = rand::rngs::OsRng;
-    (0..16)
+    (0..GENERATED_SECRET_LEN)
         .map(|_| {
             let c = rng.gen_range(0..62u8);
             (match c {
@@ -271,38 +295,33 @@ fn random_secret() -> String {
         .collect()
 }
 
-fn affiliation_covers(caller: &str, target: &str) -> bool {
+/// `containsAffiliation`: the caller's affiliation is the root or above `target`.
+pub(crate) fn affiliation_covers(caller: &str, target: &str) -> bool {
     caller.is_empty() || target == caller || target.starts_with(&format!("{caller}."))
 }
 
-fn list_attr(rec: &IdentityRecord, name: &str) -> Vec<String> {
-    rec.attr(name)
-        .map(|v| {
-            v.split(',')
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-                .collect()
-        })
-        .unwrap_or_default()
+/// A boolean attribute read as Fabric CA does (`strconv.ParseBool`); absent or unparsable is
+/// false.
+pub(crate) fn bool_attr(rec: &IdentityRecord, name: &str) -> bool {
+    rec.attr(name).and_then(attrs::parse_bool).unwrap_or(false)
 }
 
-fn bool_attr(rec: &IdentityRecord, name: &str) -> bool {
-    rec.attr(name) == Some("true")
+/// `isRegistrar`: the caller's `hf.Registrar.Roles`, if it has a value.
+pub(crate) fn registrar_roles(rec: &IdentityRecord) -> Option<&str> {
+    rec.attr(attrs::ROLES).filter(|v| !v.is_empty())
 }
 
-fn list_allows(list: &[String], value: &str) -> bool {
-    list.iter().any(|entry| {
-        entry == "*"
-            || entry == value
-            || entry
-                .strip_suffix('*')
-                .is_some_and(|prefix| value.starts_with(prefix))
-    })
+/// `canActOnType`: `*` or the type (case-insensitive) among the registrar's roles; an empty type
+/// is `client`.
+fn roles_allow(roles: &str, kind: &str) -> bool {
+    let kind = if kind.is_empty() { "client" } else { kind };
+    let roles = attrs::list(roles);
+    roles.iter().any(|r| r == "*") || roles.iter().any(|r| r.eq_ignore_ascii_case(kind))
 }
 
 fn validate_id(id: &str) -> Result<(), CaError> {
     let ok = !id.is_empty()
-        && id.len() <= 256
+        && id.len() <= MAX_ID_LEN
         && id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
@@ -311,7 +330,9 @@ fn validate_id(id: &str) -> Result<(), CaError> {
     } else {
         Err(CaError::bad_request(
             code::BAD_BODY,
-            format!("invalid identity name {id:?}: use 1-256 letters, digits, '-', '_', '.', '@'"),
+            format!(
+                "invalid identity name {id:?}: use 1-{MAX_ID_LEN} letters, digits, '-', '_', '.', '@'"
+            ),
         ))
     }
 }
@@ -340,13 +361,40 @@ impl Authority {
             signer,
             store,
             lock: Mutex::new(()),
+            dummy_hash: hash_secret(&random_secret())?,
+            enrollments: AtomicU64::new(0),
+            revocations: AtomicU64::new(0),
         };
+        authority.load_affiliations()?;
         if let Some((id, secret)) = bootstrap
             && authority.store.identity(id)?.is_none()
         {
             authority.register_bootstrap(id, secret)?;
         }
         Ok(authority)
+    }
+
+    /// Puts the configured affiliations (and every level above each) into the store on the
+    /// first start; later they are managed through the affiliations API, so a removed one does
+    /// not come back at a restart.
+    fn load_affiliations(&self) -> Result<(), CaError> {
+        const LOADED: &str = "affiliations_loaded";
+        if self.store.counter(LOADED)? != 0 {
+            return Ok(());
+        }
+        let mut changes = Changes::default();
+        for name in &self.config.affiliations {
+            let mut path = String::new();
+            for level in name.split('.').filter(|l| !l.is_empty()) {
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(level);
+                changes.put_affiliation(&path);
+            }
+        }
+        changes.put_counter(LOADED, 1);
+        self.store.apply(changes)
     }
 
     fn register_bootstrap(&self, id: &str, secret: &str) -> Result<(), CaError> {
@@ -385,6 +433,18 @@ impl Authority {
         self.store.apply(changes)
     }
 
+    /// Certificates issued (enroll, reenroll) and revoked since this CA started.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.enrollments.load(Ordering::Relaxed),
+            self.revocations.load(Ordering::Relaxed),
+        )
+    }
+
+    pub(crate) fn count_revocations(&self, n: usize) {
+        self.revocations.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
     /// The CA's name.
     pub fn name(&self) -> &str {
         &self.config.name
@@ -411,7 +471,7 @@ impl Authority {
         })
     }
 
-    fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
+    pub(crate) fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
         self.lock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -432,7 +492,7 @@ impl Authority {
             "" => Usage::Signing,
             "tls" => Usage::Tls,
             "ca" => {
-                if !bool_attr(rec, "hf.IntermediateCA") {
+                if !bool_attr(rec, attrs::INTERMEDIATE_CA) {
                     return Err(CaError::forbidden(
                         code::AUTHORIZATION_FAILURE,
                         format!(
@@ -450,39 +510,18 @@ impl Authority {
                 ));
             }
         };
-        let mut attributes = BTreeMap::new();
-        if usage == Usage::Signing {
-            attributes.insert("hf.EnrollmentID".to_owned(), rec.id.clone());
-            attributes.insert("hf.Type".to_owned(), rec.kind.clone());
-            attributes.insert("hf.Affiliation".to_owned(), rec.affiliation.clone());
-            match &req.attr_reqs {
-                Some(reqs) => {
-                    for r in reqs {
-                        match rec.attr(&r.name) {
-                            Some(v) => {
-                                attributes.insert(r.name.clone(), v.to_owned());
-                            }
-                            None if RESERVED_ATTRS.contains(&r.name.as_str()) => {}
-                            None if r.optional => {}
-                            None => {
-                                return Err(CaError::bad_request(
-                                    code::BAD_BODY,
-                                    format!(
-                                        "identity '{}' has no attribute '{}' (requested as not optional)",
-                                        rec.id, r.name
-                                    ),
-                                ));
-                            }
-                        }
-                    }
-                }
-                None => {
-                    for a in rec.attrs.iter().filter(|a| a.ecert) {
-                        attributes.insert(a.name.clone(), a.value.clone());
-                    }
-                }
-            }
-        }
+        // Fabric CA puts the attribute extension in every certificate it signs for an identity,
+        // whatever the profile; an intermediate CA's certificate carries none here.
+        let attributes = if usage == Usage::IntermediateCa {
+            BTreeMap::new()
+        } else {
+            attrs::for_certificate(rec, req.attr_reqs.as_deref()).map_err(|e| {
+                CaError::bad_request(
+                    code::UNKNOWN,
+                    format!("Failed to find requested attributes: {e}"),
+                )
+            })?
+        };
         let mut ous = vec![rec.kind.clone()];
         if !rec.affiliation.is_empty() {
             ous.push(rec.affiliation.clone());
@@ -507,7 +546,7 @@ impl Authority {
                 hosts,
                 attributes,
                 serial: serial.clone(),
-                not_before: now - 300,
+                not_before: now - CLOCK_SKEW_SECS,
                 not_after: now + self.config.cert_validity_secs,
                 usage,
             })
@@ -525,6 +564,7 @@ impl Authority {
     }
 
     fn enroll_result(&self, cert: &CertRecord) -> serde_json::Value {
+        self.enrollments.fetch_add(1, Ordering::Relaxed);
         serde_json::json!({
             "Cert": B64.encode(&cert.pem),
             "ServerInfo": self.cainfo(),
@@ -538,15 +578,26 @@ impl Authority {
         secret: &str,
         req: &EnrollRequest,
     ) -> Result<serde_json::Value, CaError> {
-        let _g = self.guard();
         let failure = || {
             CaError::unauthorized(
                 code::AUTHENTICATION_FAILURE,
                 "authentication failure: unknown identity or wrong enrollment secret",
             )
         };
+        // The secret is checked before taking the lock (a check takes tens of milliseconds: a
+        // flood of wrong secrets must not queue everyone else), and an unknown id is checked
+        // against a dummy hash so that it takes as long as a known one.
+        let checked = self.store.identity(id)?;
+        let hash = checked
+            .as_ref()
+            .map_or(self.dummy_hash.as_str(), |r| r.secret_hash.as_str());
+        if !secret_matches(secret, hash) || checked.is_none() {
+            return Err(failure());
+        }
+        let _g = self.guard();
         let mut rec = self.store.identity(id)?.ok_or_else(failure)?;
-        if !secret_matches(secret, &rec.secret_hash) {
+        if Some(&rec.secret_hash) != checked.as_ref().map(|r| &r.secret_hash) {
+            // The secret changed (or the identity was replaced) while it was being checked.
             return Err(failure());
         }
         if rec.revoked {
@@ -577,14 +628,14 @@ impl Authority {
 
     /// Checks an `Authorization` token (Fabric CA's `b64(cert).b64(sig)` over
     /// `METHOD.b64(path).b64(body).b64(cert)`), and that the certificate is one this CA issued and
-    /// has not revoked. With `one_time`, a token seen before is refused (replay).
+    /// has not revoked. A token already used for a change is refused when this request tries to
+    /// change something too (`CaStore::apply`): a request that fails anyway answers as in Fabric CA.
     pub fn authenticate(
         &self,
         token: &str,
         method: &str,
         path: &str,
         body: &[u8],
-        one_time: bool,
     ) -> Result<Caller, CaError> {
         let bad =
             |msg: &str| CaError::unauthorized(code::INVALID_TOKEN, format!("invalid token: {msg}"));
@@ -644,9 +695,6 @@ impl Authority {
             ));
         }
         let token_hash = crypto::sha256(token.as_bytes());
-        if one_time && self.store.token_used(&token_hash)? {
-            return Err(bad("this token was already used (replayed request)"));
-        }
         Ok(Caller {
             identity,
             cert,
@@ -669,20 +717,21 @@ impl Authority {
         Ok(self.enroll_result(&cert))
     }
 
+    /// Fabric CA's registrar check for `register`: a registrar (hf.Registrar.Roles) for this
+    /// type whose affiliation covers the target's.
     fn check_registrar_for(
         &self,
         caller: &IdentityRecord,
         kind: &str,
         affiliation: &str,
     ) -> Result<(), CaError> {
-        let roles = list_attr(caller, "hf.Registrar.Roles");
-        if roles.is_empty() {
-            return Err(CaError::forbidden(
+        let roles = registrar_roles(caller).ok_or_else(|| {
+            CaError::forbidden(
                 code::MISSING_ROLE,
                 format!("'{}' is not a registrar (no hf.Registrar.Roles)", caller.id),
-            ));
-        }
-        if !list_allows(&roles, kind) {
+            )
+        })?;
+        if !roles_allow(roles, kind) {
             return Err(CaError::forbidden(
                 code::REGISTRAR_INVALID_TYPE,
                 format!(
@@ -703,105 +752,108 @@ impl Authority {
         Ok(())
     }
 
-    fn check_attr_grant(&self, caller: &IdentityRecord, attr: &Attribute) -> Result<(), CaError> {
-        if RESERVED_ATTRS.contains(&attr.name.as_str()) {
-            return Err(CaError::bad_request(
-                code::REG_ATTR_AUTH,
-                format!(
-                    "attribute '{}' is set by the CA and cannot be registered",
-                    attr.name
-                ),
-            ));
+    /// `ContainsAffiliation`: the caller's affiliation covers `affiliation`.
+    pub(crate) fn contains_affiliation(
+        caller: &IdentityRecord,
+        affiliation: &str,
+    ) -> Result<(), CaError> {
+        if affiliation_covers(&caller.affiliation, affiliation) {
+            Ok(())
+        } else {
+            Err(CaError::forbidden(
+                code::CALLER_NOT_AFFILIATED,
+                format!("Caller does not have authority to act on affiliation '{affiliation}'"),
+            ))
         }
-        let allowed = list_attr(caller, "hf.Registrar.Attributes");
-        if !list_allows(&allowed, &attr.name) {
-            return Err(CaError::forbidden(
+    }
+
+    /// `CanActOnType`: the caller is a registrar for identities of type `kind`.
+    pub(crate) fn can_act_on_type(caller: &IdentityRecord, kind: &str) -> Result<(), CaError> {
+        let roles = registrar_roles(caller).ok_or_else(|| {
+            CaError::forbidden(
                 code::REG_ATTR_AUTH,
-                format!(
-                    "registrar '{}' may not register attribute '{}'",
-                    caller.id, attr.name
-                ),
-            ));
+                format!("'{}' is not allowed to manage users", caller.id),
+            )
+        })?;
+        if roles_allow(roles, kind) {
+            Ok(())
+        } else {
+            Err(CaError::forbidden(
+                code::CALLER_NOT_AFFILIATED,
+                format!("Registrar does not have authority to act on type '{kind}'"),
+            ))
         }
-        // A registrar cannot hand out more authority than it holds.
-        let exceeds = match attr.name.as_str() {
-            "hf.Registrar.Roles" | "hf.Registrar.DelegateRoles" => {
-                let mine = list_attr(caller, "hf.Registrar.DelegateRoles");
-                let mine = if mine.is_empty() {
-                    list_attr(caller, "hf.Registrar.Roles")
-                } else {
-                    mine
-                };
-                attr.value
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|r| !r.is_empty())
-                    .any(|r| !list_allows(&mine, r))
-            }
-            "hf.Registrar.Attributes" => attr
-                .value
-                .split(',')
-                .map(str::trim)
-                .filter(|a| !a.is_empty())
-                .any(|a| !list_allows(&allowed, a)),
-            "hf.Revoker" | "hf.GenCRL" | "hf.IntermediateCA" | "hf.AffiliationMgr" => {
-                attr.value == "true" && !bool_attr(caller, &attr.name)
-            }
-            _ => false,
-        };
-        if exceeds {
-            return Err(CaError::forbidden(
+    }
+
+    /// `CanManageUser`: the caller's affiliation covers the identity's, and it is a registrar for
+    /// the identity's type.
+    pub(crate) fn can_manage(
+        caller: &IdentityRecord,
+        target: &IdentityRecord,
+    ) -> Result<(), CaError> {
+        Self::contains_affiliation(caller, &target.affiliation)?;
+        Self::can_act_on_type(caller, &target.kind)
+    }
+
+    /// Fabric CA's attribute rules for giving `requested` to `user` (None: a new identity).
+    pub(crate) fn check_attrs(
+        registrar: &IdentityRecord,
+        requested: &[Attribute],
+        user: Option<&IdentityRecord>,
+    ) -> Result<(), CaError> {
+        attrs::can_register(requested, user, registrar).map_err(|e| {
+            CaError::forbidden(
                 code::REG_ATTR_AUTH,
-                format!(
-                    "registrar '{}' may not grant {}={}",
-                    caller.id, attr.name, attr.value
-                ),
-            ));
-        }
-        Ok(())
+                format!("Failed to register attribute: {e}"),
+            )
+        })
     }
 
     /// `register`: a registrar creates an identity; returns its enrollment secret.
     pub fn register(&self, caller: &Caller, req: &RegisterRequest) -> Result<String, CaError> {
-        let _g = self.guard();
+        let rec = self.new_identity(&caller.identity, req)?;
+        let secret = rec.1;
+        let mut changes = Changes::default();
+        changes.use_token(&caller.token_hash, unix_now());
+        self.insert_identity(rec.0, changes)?;
+        Ok(secret)
+    }
+
+    /// Checks a registration as Fabric CA's `registerUser` does and builds the record (the
+    /// secret hashed here, outside the lock); returns it with the secret in clear.
+    pub(crate) fn new_identity(
+        &self,
+        registrar: &IdentityRecord,
+        req: &RegisterRequest,
+    ) -> Result<(IdentityRecord, String), CaError> {
         validate_id(&req.id)?;
+        // Fabric CA: an unset type is the registrar's, an unset affiliation the registrar's,
+        // "." the root.
         let kind = req
             .kind
             .clone()
             .filter(|k| !k.is_empty())
-            .unwrap_or_else(|| "client".into());
-        if !["client", "peer", "orderer", "admin", "user"].contains(&kind.as_str()) {
-            return Err(CaError::bad_request(
-                code::BAD_BODY,
-                format!("unknown identity type '{kind}' (client, peer, orderer, admin, user)"),
-            ));
-        }
-        let affiliation = if req.affiliation.is_empty() {
-            caller.identity.affiliation.clone()
-        } else {
-            req.affiliation.clone()
+            .unwrap_or_else(|| registrar.kind.clone());
+        let affiliation = match req.affiliation.as_str() {
+            "" => registrar.affiliation.clone(),
+            "." => String::new(),
+            a => a.to_owned(),
         };
-        self.check_registrar_for(&caller.identity, &kind, &affiliation)?;
-        if !affiliation.is_empty() && !self.config.affiliations.contains(&affiliation) {
-            return Err(CaError::bad_request(
-                code::ADD_IDENTITY,
-                format!("affiliation '{affiliation}' is not configured on this CA"),
+        self.check_registrar_for(registrar, &kind, &affiliation)?;
+        if !affiliation.is_empty() && !self.store.has_affiliation(&affiliation)? {
+            return Err(CaError::new(
+                404,
+                code::GETTING_AFFILIATION,
+                format!(
+                    "Failed getting affiliation '{affiliation}': it is not configured on this CA"
+                ),
             ));
         }
-        for a in &req.attrs {
-            self.check_attr_grant(&caller.identity, a)?;
-        }
+        Self::check_attrs(registrar, &req.attrs, None)?;
         if req.max_enrollments < -1 {
             return Err(CaError::bad_request(
                 code::BAD_BODY,
                 "max_enrollments must be -1, 0 or positive",
-            ));
-        }
-        if self.store.identity(&req.id)?.is_some() {
-            return Err(CaError::new(
-                409,
-                code::ADD_IDENTITY,
-                format!("identity '{}' is already registered", req.id),
             ));
         }
         let secret = req
@@ -809,33 +861,79 @@ impl Authority {
             .clone()
             .filter(|s| !s.is_empty())
             .unwrap_or_else(random_secret);
+        // As Fabric CA: the identity's id, type and affiliation are stored as attributes that go
+        // into its enrollment certificates by default.
+        let mut attrs = req.attrs.clone();
+        for (name, value) in [
+            (attrs::ENROLLMENT_ID, req.id.as_str()),
+            (attrs::TYPE, kind.as_str()),
+            (attrs::AFFILIATION, affiliation.as_str()),
+        ] {
+            attrs.push(Attribute {
+                name: name.into(),
+                value: value.into(),
+                ecert: true,
+            });
+        }
         let rec = IdentityRecord {
             id: req.id.clone(),
             secret_hash: hash_secret(&secret)?,
             kind,
             affiliation,
-            attrs: req.attrs.clone(),
+            attrs,
             max_enrollments: req.max_enrollments,
             enrollments: 0,
             revoked: false,
         };
-        let mut changes = Changes::default();
+        Ok((rec, secret))
+    }
+
+    /// Stores a new identity with `changes`, refusing an id already registered.
+    pub(crate) fn insert_identity(
+        &self,
+        rec: IdentityRecord,
+        mut changes: Changes,
+    ) -> Result<(), CaError> {
+        let _g = self.guard();
+        if self.store.identity(&rec.id)?.is_some() {
+            return Err(CaError::new(
+                409,
+                code::DUP_IDENTITY_REG,
+                format!("Identity '{}' is already registered", rec.id),
+            ));
+        }
         changes.put_identity(&rec)?;
-        changes.use_token(&caller.token_hash, unix_now());
-        self.store.apply(changes)?;
-        Ok(secret)
+        self.store.apply(changes)
+    }
+
+    /// Fabric CA's `checkAuth` and `CanManageUser` for revoking `target`'s certificates: revoking
+    /// one's own needs nothing; anyone else's needs hf.Revoker and the right to manage them
+    /// (affiliation and type: a registrar for clients cannot revoke a peer or an admin).
+    fn check_revoke(
+        &self,
+        caller: &IdentityRecord,
+        target: Option<&IdentityRecord>,
+        owner: &str,
+    ) -> Result<(), CaError> {
+        if caller.id == owner {
+            return Ok(());
+        }
+        if !bool_attr(caller, attrs::REVOKER) {
+            return Err(CaError::unauthorized(
+                code::NOT_REVOKER,
+                format!("'{}' may not revoke (no hf.Revoker)", caller.id),
+            ));
+        }
+        match target {
+            Some(t) => Self::can_manage(caller, t),
+            None => Ok(()),
+        }
     }
 
     /// `revoke`: by enrollment id (every certificate, and future enrollments refused) or by
     /// serial + AKI (one certificate).
     pub fn revoke(&self, caller: &Caller, req: &RevokeRequest) -> Result<RevokeResult, CaError> {
         let _g = self.guard();
-        if !bool_attr(&caller.identity, "hf.Revoker") {
-            return Err(CaError::unauthorized(
-                code::NOT_REVOKER,
-                format!("'{}' may not revoke (no hf.Revoker)", caller.identity.id),
-            ));
-        }
         let now = unix_now();
         let mut changes = Changes::default();
         let mut revoked = Vec::new();
@@ -874,6 +972,8 @@ impl Authority {
                     "no certificate with this serial and AKI",
                 ));
             }
+            let owner = self.store.identity(&cert.id)?;
+            self.check_revoke(&caller.identity, owner.as_ref(), &cert.id)?;
             if !req.id.is_empty() && req.id != cert.id {
                 return Err(CaError::bad_request(
                     code::CERT_WRONG_OWNER,
@@ -886,30 +986,17 @@ impl Authority {
                     "certificate is already revoked",
                 ));
             }
-            let owner = self.store.identity(&cert.id)?;
-            if let Some(owner) = &owner
-                && !affiliation_covers(&caller.identity.affiliation, &owner.affiliation)
-            {
-                return Err(CaError::forbidden(
-                    code::CALLER_NOT_AFFILIATED,
-                    "revoker's affiliation does not cover the certificate's owner",
-                ));
-            }
             revoke_cert(cert, &mut changes)?;
         } else if !req.id.is_empty() {
-            let mut rec = self.store.identity(&req.id)?.ok_or_else(|| {
+            let rec = self.store.identity(&req.id)?;
+            self.check_revoke(&caller.identity, rec.as_ref(), &req.id)?;
+            let mut rec = rec.ok_or_else(|| {
                 CaError::new(
                     404,
                     code::REVOKE_ID_NOT_FOUND,
                     format!("identity '{}' not found", req.id),
                 )
             })?;
-            if !affiliation_covers(&caller.identity.affiliation, &rec.affiliation) {
-                return Err(CaError::forbidden(
-                    code::CALLER_NOT_AFFILIATED,
-                    "revoker's affiliation does not cover the identity",
-                ));
-            }
             if rec.revoked {
                 return Err(CaError::bad_request(
                     code::CERT_ALREADY_REVOKED,
@@ -931,6 +1018,7 @@ impl Authority {
         }
         changes.use_token(&caller.token_hash, now);
         self.store.apply(changes)?;
+        self.count_revocations(revoked.len());
         let crl = if req.gencrl {
             B64.encode(self.make_crl()?)
         } else {
@@ -965,7 +1053,7 @@ impl Authority {
         let number = self.store.counter("crl_number")? + 1;
         let pem = self
             .signer
-            .crl(&revoked, number, 7 * 24 * 3600)
+            .crl(&revoked, number, CRL_VALIDITY_SECS)
             .map_err(|e| CaError::new(500, code::GEN_CRL, format!("cannot generate CRL: {e}")))?;
         let mut changes = Changes::default();
         changes.put_counter("crl_number", number);
@@ -981,7 +1069,7 @@ impl Authority {
     /// `gencrl`: a CRL of every revoked, unexpired certificate (PEM).
     pub fn gencrl(&self, caller: &Caller) -> Result<String, CaError> {
         let _g = self.guard();
-        if !bool_attr(&caller.identity, "hf.GenCRL") {
+        if !bool_attr(&caller.identity, attrs::GEN_CRL) {
             return Err(CaError::unauthorized(
                 code::NO_GENCRL_AUTH,
                 format!(
@@ -990,55 +1078,12 @@ impl Authority {
                 ),
             ));
         }
+        self.store.check_token_unused(&caller.token_hash)?;
         let pem = self.make_crl()?;
         let mut changes = Changes::default();
         changes.use_token(&caller.token_hash, unix_now());
         self.store.apply(changes)?;
         Ok(pem)
-    }
-
-    fn identity_json(rec: &IdentityRecord) -> serde_json::Value {
-        serde_json::json!({
-            "id": rec.id,
-            "type": rec.kind,
-            "affiliation": rec.affiliation,
-            "attrs": rec.attrs,
-            "max_enrollments": rec.max_enrollments,
-        })
-    }
-
-    /// `GET identities`: the identities the registrar may act on.
-    pub fn identities(&self, caller: &Caller) -> Result<serde_json::Value, CaError> {
-        let roles = list_attr(&caller.identity, "hf.Registrar.Roles");
-        if roles.is_empty() {
-            return Err(CaError::forbidden(
-                code::MISSING_ROLE,
-                format!("'{}' is not a registrar", caller.identity.id),
-            ));
-        }
-        let list: Vec<serde_json::Value> = self
-            .store
-            .identities()?
-            .iter()
-            .filter(|r| {
-                list_allows(&roles, &r.kind)
-                    && affiliation_covers(&caller.identity.affiliation, &r.affiliation)
-            })
-            .map(Self::identity_json)
-            .collect();
-        Ok(serde_json::json!({ "identities": list, "caname": self.config.name }))
-    }
-
-    /// `GET identities/{id}`.
-    pub fn identity(&self, caller: &Caller, id: &str) -> Result<serde_json::Value, CaError> {
-        let rec = self
-            .store
-            .identity(id)?
-            .ok_or_else(|| CaError::new(404, code::DB_GET, format!("identity '{id}' not found")))?;
-        self.check_registrar_for(&caller.identity, &rec.kind, &rec.affiliation)?;
-        let mut v = Self::identity_json(&rec);
-        v["caname"] = serde_json::json!(self.config.name);
-        Ok(v)
     }
 }
 
@@ -1046,18 +1091,21 @@ impl Authority {
 mod tests {
     use super::*;
 
-    /// The CA's key is written owner-only from its creation, and its files are whole ones
+    /// The CA's keys (signing and TLS) are written owner-only from their creation, and its files
+    /// are whole ones
     /// (written through a synced temporary file, none left behind).
     #[test]
     fn the_ca_key_is_owner_only_and_its_files_whole() {
         let dir = tempfile::tempdir().unwrap();
         let home = CaHome::new(dir.path());
         Authority::init_root(&home, &AuthorityConfig::new("ca")).unwrap();
+        home.ensure_tls(&home.load_signer().unwrap(), &["localhost".into()])
+            .unwrap();
         #[cfg(unix)]
-        {
+        for key in [home.key(), home.tls_key()] {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(home.key()).unwrap().permissions().mode();
-            assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+            let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}: {mode:o}", key.display());
         }
         let leftovers: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()

@@ -1,5 +1,6 @@
 //! The `medledger-ca` command line: `server init|start` and the client commands
-//! `enroll | register | reenroll | revoke | gencrl | identity list`, named as Fabric CA's are.
+//! `enroll | register | reenroll | revoke | gencrl | identity | affiliation | certificate`,
+//! named as Fabric CA's are.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,8 @@ use crate::client::{
     CaClient, CaUrl, ClientError, EnrollOptions, TlsFailure, enroll_to_msp, write_enrollment,
 };
 use crate::error::CaError;
+use crate::manage::ModifyIdentityRequest;
+use crate::server::CaSet;
 use crate::store::Attribute;
 
 /// Errors the CLI reports.
@@ -148,9 +151,15 @@ enum Command {
         after_help = "Example:\n  medledger-ca gencrl -u https://localhost:7054 --tls-certfiles tls-cert.pem --mspdir admin/msp --mspid Hospital1MSP"
     )]
     Gencrl(ClientArgs),
-    /// Identity queries.
+    /// Manage identities (as a registrar).
     #[command(subcommand)]
     Identity(IdentityCommand),
+    /// Manage affiliations (needs hf.AffiliationMgr).
+    #[command(subcommand)]
+    Affiliation(AffiliationCommand),
+    /// Issued certificates.
+    #[command(subcommand)]
+    Certificate(CertificateCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -211,6 +220,21 @@ struct ServerArgs {
     /// TLS root certificates of the parent CA.
     #[arg(long = "intermediate.tls.certfiles")]
     parent_tls: Option<PathBuf>,
+    /// Allow identities to be removed (`identity remove`).
+    #[arg(long = "cfg.identities.allowremove")]
+    identities_allow_remove: bool,
+    /// Allow affiliations to be removed (`affiliation remove`).
+    #[arg(long = "cfg.affiliations.allowremove")]
+    affiliations_allow_remove: bool,
+    /// More CAs in this server: their configuration files (YAML: ca.name, registry.identities
+    /// (the first is the bootstrap identity), registry.maxenrollments, affiliations,
+    /// cfg.identities.allowremove, cfg.affiliations.allowremove); each CA's home is its file's
+    /// folder. Requests name one with `caname`; the others go to this command's CA.
+    #[arg(long = "cafiles", value_delimiter = ',')]
+    cafiles: Vec<PathBuf>,
+    /// Serve /healthz and Prometheus /metrics here (e.g. 127.0.0.1:9443).
+    #[arg(long = "operations.listenaddress")]
+    operations_address: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -231,6 +255,9 @@ struct ClientArgs {
     /// The MSP id of that identity.
     #[arg(long = "mspid", env = "FABRIC_CA_CLIENT_MSPID", default_value = "")]
     mspid: String,
+    /// The CA to talk to in a server serving several (its default when empty).
+    #[arg(long = "caname", env = "FABRIC_CA_CLIENT_CANAME", default_value = "")]
+    caname: String,
 }
 
 #[derive(Args, Debug)]
@@ -287,12 +314,253 @@ struct RevokeArgs {
 
 #[derive(Subcommand, Debug)]
 enum IdentityCommand {
-    /// List the identities the registrar may act on.
+    /// List the identities the registrar may act on (or one, with --id).
     #[command(
         after_help = "Example:\n  medledger-ca identity list -u https://localhost:7054 --tls-certfiles ca-hospital1/tls-cert.pem \\\n    \
         --mspdir admin/msp --mspid Hospital1MSP"
     )]
-    List(ClientArgs),
+    List(IdentityListArgs),
+    /// Add an identity; prints its secret.
+    #[command(
+        after_help = "Example:\n  medledger-ca identity add nurse2 --type client --affiliation hospital1.nursing \\\n    \
+        --attrs 'role=nurse:ecert' --secret pw -u https://localhost:7054 --tls-certfiles tls-cert.pem --mspdir admin/msp"
+    )]
+    Add(IdentityArgs),
+    /// Change an identity's type, affiliation, attributes, max enrollments or secret.
+    #[command(
+        after_help = "Example:\n  medledger-ca identity modify nurse2 --attrs 'role=headnurse:ecert' \\\n    \
+        -u https://localhost:7054 --tls-certfiles tls-cert.pem --mspdir admin/msp"
+    )]
+    Modify(IdentityArgs),
+    /// Remove an identity and revoke its certificates (the server needs
+    /// --cfg.identities.allowremove).
+    #[command(
+        after_help = "Example:\n  medledger-ca identity remove nurse2 -u https://localhost:7054 --tls-certfiles tls-cert.pem --mspdir admin/msp"
+    )]
+    Remove(RemoveArgs),
+}
+
+#[derive(Args, Debug)]
+struct IdentityListArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Only this identity.
+    #[arg(long = "id")]
+    id: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct IdentityArgs {
+    /// The identity's enrollment id.
+    id: String,
+    #[command(flatten)]
+    client: ClientArgs,
+    /// client, peer, orderer, admin or user.
+    #[arg(long = "type", default_value = "")]
+    kind: String,
+    /// The affiliation ("." for the root).
+    #[arg(long = "affiliation", default_value = "")]
+    affiliation: String,
+    /// name=value[:ecert], comma separated; an empty value removes the attribute (modify).
+    #[arg(long = "attrs", value_delimiter = ',')]
+    attrs: Vec<String>,
+    /// Maximum enrollments (0: the CA's default; -2 in modify: back to the default).
+    #[arg(
+        long = "maxenrollments",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    max_enrollments: i32,
+    #[arg(long = "secret", default_value = "")]
+    secret: String,
+}
+
+#[derive(Args, Debug)]
+struct RemoveArgs {
+    /// The identity or affiliation.
+    name: String,
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Remove one's own identity; remove an affiliation with what is under it.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum AffiliationCommand {
+    /// Show the affiliations under the caller's (or one, with --affiliation).
+    #[command(
+        after_help = "Example:\n  medledger-ca affiliation list -u https://localhost:7054 --tls-certfiles tls-cert.pem --mspdir admin/msp"
+    )]
+    List(AffiliationListArgs),
+    /// Add an affiliation (--force also adds missing parents).
+    #[command(
+        after_help = "Example:\n  medledger-ca affiliation add hospital1.radiology -u https://localhost:7054 --tls-certfiles tls-cert.pem --mspdir admin/msp"
+    )]
+    Add(AffiliationAddArgs),
+    /// Rename an affiliation (--force also moves its identities).
+    #[command(
+        after_help = "Example:\n  medledger-ca affiliation modify hospital1.radiology --name hospital1.imaging \\\n    \
+        -u https://localhost:7054 --tls-certfiles tls-cert.pem --mspdir admin/msp"
+    )]
+    Modify(AffiliationModifyArgs),
+    /// Remove an affiliation (the server needs --cfg.affiliations.allowremove).
+    #[command(
+        after_help = "Example:\n  medledger-ca affiliation remove hospital1.imaging -u https://localhost:7054 --tls-certfiles tls-cert.pem --mspdir admin/msp"
+    )]
+    Remove(RemoveArgs),
+}
+
+#[derive(Args, Debug)]
+struct AffiliationListArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Only this affiliation (with its identities).
+    #[arg(long = "affiliation")]
+    affiliation: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct AffiliationAddArgs {
+    name: String,
+    #[command(flatten)]
+    client: ClientArgs,
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args, Debug)]
+struct AffiliationModifyArgs {
+    name: String,
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The new name.
+    #[arg(long = "name")]
+    new_name: String,
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum CertificateCommand {
+    /// List the certificates the caller may see that match the filters; --store writes them as
+    /// <id>.pem (<id>-1.pem, <id>-2.pem... when one identity has several).
+    #[command(
+        after_help = "Example:\n  medledger-ca certificate list --id doctor1 --notrevoked --store certs \\\n    \
+        -u https://localhost:7054 --tls-certfiles tls-cert.pem --mspdir admin/msp\n  \
+        medledger-ca certificate list --expiration 2026-01-01::+30d --revocation -7d::now ..."
+    )]
+    List(CertificateListArgs),
+}
+
+#[derive(Args, Debug)]
+struct CertificateListArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    #[arg(long = "id", default_value = "")]
+    id: String,
+    #[arg(long = "serial", default_value = "")]
+    serial: String,
+    #[arg(long = "aki", default_value = "")]
+    aki: String,
+    /// start::end (RFC 3339, a date, or a duration from now like -30d); either side may be empty.
+    #[arg(long = "expiration", default_value = "", allow_hyphen_values = true)]
+    expiration: String,
+    /// start::end, as --expiration.
+    #[arg(long = "revocation", default_value = "", allow_hyphen_values = true)]
+    revocation: String,
+    #[arg(long)]
+    notexpired: bool,
+    #[arg(long)]
+    notrevoked: bool,
+    /// Write the certificates into this folder.
+    #[arg(long = "store")]
+    store: Option<PathBuf>,
+}
+
+/// Splits Fabric CA's `start::end` time range (`now` meaning the current time).
+fn time_range(range: &str) -> Result<(String, String), CliError> {
+    if range.is_empty() {
+        return Ok((String::new(), String::new()));
+    }
+    let (start, end) = range
+        .split_once("::")
+        .ok_or_else(|| CliError::Usage(format!("time range {range:?} is not start::end")))?;
+    let now = |t: &str| {
+        if t == "now" {
+            "+0s".to_owned()
+        } else {
+            t.to_owned()
+        }
+    };
+    Ok((now(start), now(end)))
+}
+
+/// Writes certificates as Fabric CA's client does: `<id>.pem`, or `<id>-1.pem`, `<id>-2.pem`...
+/// for an identity with several.
+fn store_certificates(dir: &Path, pems: &[String]) -> Result<Vec<PathBuf>, CliError> {
+    std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
+    let mut by_id: std::collections::BTreeMap<String, Vec<&String>> = Default::default();
+    for pem in pems {
+        let cert = medledger_common::Certificate::from_pem(pem.as_bytes()).map_err(|e| {
+            CliError::Usage(format!(
+                "the CA sent a certificate that does not parse: {e}"
+            ))
+        })?;
+        // The enrollment id is the subject's CN.
+        let id = cert
+            .subject
+            .split(',')
+            .find_map(|part| part.trim().strip_prefix("CN="))
+            .unwrap_or("unknown")
+            .to_owned();
+        by_id.entry(id).or_default().push(pem);
+    }
+    let mut written = Vec::new();
+    for (id, pems) in by_id {
+        for (i, pem) in pems.iter().enumerate() {
+            let name = if pems.len() == 1 {
+                format!("{id}.pem")
+            } else {
+                format!("{id}-{}.pem", i + 1)
+            };
+            let path = dir.join(name);
+            std::fs::write(&path, pem).map_err(|e| file_err(&path, e))?;
+            written.push(path);
+        }
+    }
+    Ok(written)
+}
+
+/// Prints an identity as Fabric CA's client does.
+fn print_identity(id: &serde_json::Value) {
+    println!(
+        "Name: {}, Type: {}, Affiliation: {}, Max Enrollments: {}, Attributes: {}",
+        id["id"].as_str().unwrap_or_default(),
+        id["type"].as_str().unwrap_or_default(),
+        id["affiliation"].as_str().unwrap_or_default(),
+        id["max_enrollments"],
+        id["attrs"]
+    );
+}
+
+/// Prints an affiliation tree, one per line, with its identities.
+fn print_affiliation(aff: &serde_json::Value, depth: usize) {
+    println!(
+        "{}affiliation: {}",
+        "   ".repeat(depth),
+        aff["name"].as_str().unwrap_or_default()
+    );
+    for id in aff["identities"].as_array().into_iter().flatten() {
+        println!(
+            "{}identity: {}",
+            "   ".repeat(depth + 1),
+            id["id"].as_str().unwrap_or_default()
+        );
+    }
+    for child in aff["affiliations"].as_array().into_iter().flatten() {
+        print_affiliation(child, depth + 1);
+    }
 }
 
 fn parse_attrs(list: &[String]) -> Result<Vec<Attribute>, CliError> {
@@ -321,7 +589,8 @@ impl ClientArgs {
             Some(p) => Some(std::fs::read(p).map_err(|e| file_err(p, e))?),
             None => None,
         };
-        Ok((CaClient::new(&url, roots.as_deref())?, url))
+        let client = CaClient::new(&url, roots.as_deref())?.with_ca_name(&self.caname);
+        Ok((client, url))
     }
 
     fn signer(&self) -> Result<SigningIdentity, CliError> {
@@ -335,12 +604,6 @@ impl ClientArgs {
                 ),
             )
         })
-    }
-
-    fn tls_ca_pem(&self) -> Option<String> {
-        self.tls_certfiles
-            .as_ref()
-            .and_then(|p| std::fs::read_to_string(p).ok())
     }
 }
 
@@ -358,6 +621,8 @@ async fn server(args: ServerArgs, start: bool) -> Result<(), CliError> {
     let mut config = AuthorityConfig::new(&args.name);
     config.affiliations = args.affiliations.clone();
     config.max_enrollments = args.max_enrollments;
+    config.identities_allow_remove = args.identities_allow_remove;
+    config.affiliations_allow_remove = args.affiliations_allow_remove;
     if !home.is_initialized() {
         match &args.parent_url {
             Some(parent) => {
@@ -405,9 +670,24 @@ async fn server(args: ServerArgs, start: bool) -> Result<(), CliError> {
         ),
         None => None,
     };
-    let authority = Arc::new(Authority::open(&home, config, boot)?);
+    let mut cas = vec![Arc::new(Authority::open(&home, config, boot)?)];
+    for file in &args.cafiles {
+        cas.push(Arc::new(open_ca_file(file)?));
+    }
+    let cas = CaSet::new(cas)?;
     if !start {
         return Ok(());
+    }
+    if let Some(address) = &args.operations_address {
+        let (listener, bound) = medledger_common::ops::bind(address)
+            .await
+            .map_err(|e| CliError::Usage(format!("cannot listen on {address}: {e}")))?;
+        println!("operations endpoint on http://{bound}");
+        tokio::spawn(crate::server::serve_operations(
+            listener,
+            cas.clone(),
+            shutdown_signal(),
+        ));
     }
     let addr: SocketAddr = format!("{}:{}", args.address, args.port)
         .parse()
@@ -428,11 +708,121 @@ async fn server(args: ServerArgs, start: bool) -> Result<(), CliError> {
     };
     println!(
         "CA {} listening on {}://{local}",
-        args.name,
+        cas.names().join(", "),
         if tls.is_some() { "https" } else { "http" }
     );
-    crate::server::serve(listener, tls, authority, shutdown_signal()).await;
+    crate::server::serve(listener, tls, cas, shutdown_signal()).await;
     Ok(())
+}
+
+/// A CA configuration file of `--cafiles`: the part of Fabric CA's server configuration this CA
+/// uses.
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct CaFile {
+    ca: CaFileCa,
+    registry: CaFileRegistry,
+    /// Fabric CA's nested map: `hospital2: [cardiology, nursing]`.
+    affiliations: serde_yaml::Value,
+    cfg: CaFileCfg,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct CaFileCa {
+    name: String,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(default)]
+struct CaFileRegistry {
+    maxenrollments: i32,
+    identities: Vec<CaFileIdentity>,
+}
+
+impl Default for CaFileRegistry {
+    fn default() -> Self {
+        Self {
+            maxenrollments: -1,
+            identities: Vec::new(),
+        }
+    }
+}
+
+#[derive(serde::Deserialize, Default)]
+struct CaFileIdentity {
+    name: String,
+    pass: String,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct CaFileCfg {
+    identities: CaFileSwitch,
+    affiliations: CaFileSwitch,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct CaFileSwitch {
+    allowremove: bool,
+}
+
+/// The dotted affiliation paths of Fabric CA's nested affiliation map.
+fn affiliation_paths(prefix: &str, v: &serde_yaml::Value, out: &mut Vec<String>) {
+    let join = |name: &str| {
+        if prefix.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{prefix}.{name}")
+        }
+    };
+    match v {
+        serde_yaml::Value::Mapping(m) => {
+            for (k, child) in m {
+                if let Some(name) = k.as_str() {
+                    out.push(join(name));
+                    affiliation_paths(&join(name), child, out);
+                }
+            }
+        }
+        serde_yaml::Value::Sequence(items) => {
+            for item in items {
+                match item.as_str() {
+                    Some(name) => out.push(join(name)),
+                    None => affiliation_paths(prefix, item, out),
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Opens (initialising on first use) the root CA a `--cafiles` file describes, in the file's
+/// folder.
+fn open_ca_file(file: &Path) -> Result<Authority, CliError> {
+    let text = std::fs::read_to_string(file).map_err(|e| file_err(file, e))?;
+    let parsed: CaFile = serde_yaml::from_str(&text).map_err(|e| file_err(file, e))?;
+    if parsed.ca.name.is_empty() {
+        return Err(file_err(
+            file,
+            "ca.name is missing: every CA of a server needs a name",
+        ));
+    }
+    let dir = file.parent().unwrap_or(Path::new("."));
+    let home = CaHome::new(dir);
+    let mut config = AuthorityConfig::new(&parsed.ca.name);
+    affiliation_paths("", &parsed.affiliations, &mut config.affiliations);
+    config.max_enrollments = parsed.registry.maxenrollments;
+    config.identities_allow_remove = parsed.cfg.identities.allowremove;
+    config.affiliations_allow_remove = parsed.cfg.affiliations.allowremove;
+    Authority::init_root(&home, &config)?;
+    let boot = parsed
+        .registry
+        .identities
+        .first()
+        .map(|i| (i.name.as_str(), i.pass.as_str()));
+    Ok(Authority::open(&home, config, boot)?)
 }
 
 async fn shutdown_signal() {
@@ -461,9 +851,21 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         | Command::Revoke(RevokeArgs { client: a, .. })
         | Command::Reenroll(a)
         | Command::Gencrl(a)
-        | Command::Identity(IdentityCommand::List(a)) => {
-            Some((a.url.clone(), a.tls_certfiles.clone()))
-        }
+        | Command::Identity(
+            IdentityCommand::List(IdentityListArgs { client: a, .. })
+            | IdentityCommand::Add(IdentityArgs { client: a, .. })
+            | IdentityCommand::Modify(IdentityArgs { client: a, .. })
+            | IdentityCommand::Remove(RemoveArgs { client: a, .. }),
+        )
+        | Command::Affiliation(
+            AffiliationCommand::List(AffiliationListArgs { client: a, .. })
+            | AffiliationCommand::Add(AffiliationAddArgs { client: a, .. })
+            | AffiliationCommand::Modify(AffiliationModifyArgs { client: a, .. })
+            | AffiliationCommand::Remove(RemoveArgs { client: a, .. }),
+        )
+        | Command::Certificate(CertificateCommand::List(CertificateListArgs {
+            client: a, ..
+        })) => Some((a.url.clone(), a.tls_certfiles.clone())),
     };
     match execute(cli).await {
         Err(CliError::Client { source, hint: None }) => {
@@ -501,7 +903,6 @@ async fn execute(cli: Cli) -> Result<(), CliError> {
                 profile: a.profile.clone(),
                 attr_reqs,
                 hosts: a.hosts.clone(),
-                tls_ca_pem: a.client.tls_ca_pem(),
             };
             enroll_to_msp(&client, &id, &secret, &opts, &a.client.mspdir).await?;
             println!(
@@ -542,7 +943,7 @@ async fn execute(cli: Cli) -> Result<(), CliError> {
                 )
                 .await?;
             let _ = std::fs::remove_dir_all(a.mspdir.join("keystore"));
-            write_enrollment(&a.mspdir, &cert, &key, &chain, a.tls_ca_pem())?;
+            write_enrollment(&a.mspdir, &cert, &key, &chain, false)?;
             println!("reenrolled: MSP rewritten in {}", a.mspdir.display());
             Ok(())
         }
@@ -584,20 +985,142 @@ async fn execute(cli: Cli) -> Result<(), CliError> {
             println!("CRL written to {}", path.display());
             Ok(())
         }
-        Command::Identity(IdentityCommand::List(a)) => {
-            let (client, _) = a.client()?;
-            let signer = a.signer()?;
-            let list = client.identities(&signer).await?;
-            for id in list["identities"].as_array().into_iter().flatten() {
-                println!(
-                    "Name: {}, Type: {}, Affiliation: {}, Max Enrollments: {}, Attributes: {}",
-                    id["id"].as_str().unwrap_or_default(),
-                    id["type"].as_str().unwrap_or_default(),
-                    id["affiliation"].as_str().unwrap_or_default(),
-                    id["max_enrollments"],
-                    id["attrs"]
-                );
+        Command::Identity(cmd) => identity_command(cmd).await,
+        Command::Affiliation(cmd) => affiliation_command(cmd).await,
+        Command::Certificate(CertificateCommand::List(a)) => {
+            let (client, _) = a.client.client()?;
+            let signer = a.client.signer()?;
+            let (expired_start, expired_end) = time_range(&a.expiration)?;
+            let (revoked_start, revoked_end) = time_range(&a.revocation)?;
+            let flag = |b: bool| if b { "true".to_owned() } else { String::new() };
+            let pems = client
+                .certificates(
+                    &signer,
+                    &[
+                        ("id", a.id.clone()),
+                        ("serial", a.serial.clone()),
+                        ("aki", a.aki.clone()),
+                        ("expired_start", expired_start),
+                        ("expired_end", expired_end),
+                        ("revoked_start", revoked_start),
+                        ("revoked_end", revoked_end),
+                        ("notexpired", flag(a.notexpired)),
+                        ("notrevoked", flag(a.notrevoked)),
+                    ],
+                )
+                .await?;
+            match &a.store {
+                Some(dir) => {
+                    for path in store_certificates(dir, &pems)? {
+                        println!("{}", path.display());
+                    }
+                }
+                None => pems.iter().for_each(|p| print!("{p}")),
             }
+            Ok(())
+        }
+    }
+}
+
+async fn identity_command(cmd: IdentityCommand) -> Result<(), CliError> {
+    match cmd {
+        IdentityCommand::List(a) => {
+            let (client, _) = a.client.client()?;
+            let signer = a.client.signer()?;
+            match &a.id {
+                Some(id) => print_identity(&client.identity(&signer, id).await?),
+                None => {
+                    let list = client.identities(&signer).await?;
+                    list["identities"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .for_each(print_identity);
+                }
+            }
+            Ok(())
+        }
+        IdentityCommand::Add(a) => {
+            let (client, _) = a.client.client()?;
+            let signer = a.client.signer()?;
+            let req = RegisterRequest {
+                id: a.id.clone(),
+                kind: Some(a.kind.clone()).filter(|k| !k.is_empty()),
+                secret: Some(a.secret.clone()).filter(|s| !s.is_empty()),
+                max_enrollments: a.max_enrollments,
+                affiliation: a.affiliation.clone(),
+                attrs: parse_attrs(&a.attrs)?,
+            };
+            let added = client.add_identity(&signer, &req).await?;
+            println!(
+                "Successfully added identity {}; Password: {}",
+                a.id,
+                added["secret"].as_str().unwrap_or_default()
+            );
+            Ok(())
+        }
+        IdentityCommand::Modify(a) => {
+            let (client, _) = a.client.client()?;
+            let signer = a.client.signer()?;
+            let req = ModifyIdentityRequest {
+                kind: a.kind.clone(),
+                affiliation: a.affiliation.clone(),
+                attrs: parse_attrs(&a.attrs)?,
+                max_enrollments: a.max_enrollments,
+                secret: a.secret.clone(),
+            };
+            let modified = client.modify_identity(&signer, &a.id, &req).await?;
+            print!("Successfully modified identity: ");
+            print_identity(&modified);
+            Ok(())
+        }
+        IdentityCommand::Remove(a) => {
+            let (client, _) = a.client.client()?;
+            let signer = a.client.signer()?;
+            client.remove_identity(&signer, &a.name, a.force).await?;
+            println!("Successfully removed identity {}", a.name);
+            Ok(())
+        }
+    }
+}
+
+async fn affiliation_command(cmd: AffiliationCommand) -> Result<(), CliError> {
+    match cmd {
+        AffiliationCommand::List(a) => {
+            let (client, _) = a.client.client()?;
+            let signer = a.client.signer()?;
+            let tree = client
+                .affiliations(&signer, a.affiliation.as_deref())
+                .await?;
+            print_affiliation(&tree, 0);
+            Ok(())
+        }
+        AffiliationCommand::Add(a) => {
+            let (client, _) = a.client.client()?;
+            let signer = a.client.signer()?;
+            client.add_affiliation(&signer, &a.name, a.force).await?;
+            println!("Successfully added affiliation: {}", a.name);
+            Ok(())
+        }
+        AffiliationCommand::Modify(a) => {
+            let (client, _) = a.client.client()?;
+            let signer = a.client.signer()?;
+            let tree = client
+                .modify_affiliation(&signer, &a.name, &a.new_name, a.force)
+                .await?;
+            println!(
+                "Successfully modified affiliation {} to {}",
+                a.name, a.new_name
+            );
+            print_affiliation(&tree, 0);
+            Ok(())
+        }
+        AffiliationCommand::Remove(a) => {
+            let (client, _) = a.client.client()?;
+            let signer = a.client.signer()?;
+            let tree = client.remove_affiliation(&signer, &a.name, a.force).await?;
+            println!("Successfully removed affiliation:");
+            print_affiliation(&tree, 0);
             Ok(())
         }
     }

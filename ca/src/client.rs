@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use crate::authority::{AttrRequest, EnrollRequest, RegisterRequest, RevokeRequest, RevokeResult};
 use crate::error::CaError;
+use crate::manage::{AffiliationRequest, ModifyIdentityRequest};
 
 /// Errors talking to a CA.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +80,8 @@ pub struct CaClient {
     host: String,
     port: u16,
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// The CA of the server to talk to (`?ca=`); the server's default when None.
+    ca_name: Option<String>,
 }
 
 /// Parsed `https://id:secret@host:port`.
@@ -148,7 +151,25 @@ impl CaClient {
             host: url.host.clone(),
             port: url.port,
             tls,
+            ca_name: None,
         })
+    }
+
+    /// Talks to the CA named `name` of a server serving several (Fabric CA's `caname`).
+    pub fn with_ca_name(mut self, name: &str) -> Self {
+        self.ca_name = (!name.is_empty()).then(|| name.to_owned());
+        self
+    }
+
+    /// `api` with the CA's name added as the `ca` query parameter, when one is set.
+    fn at_ca(&self, api: &str) -> String {
+        match &self.ca_name {
+            None => api.to_owned(),
+            Some(name) => {
+                let sep = if api.contains('?') { '&' } else { '?' };
+                format!("{api}{sep}ca={}", escape(name))
+            }
+        }
     }
 
     /// Sends one request and returns the HTTP status and the JSON envelope, whatever it says.
@@ -212,7 +233,9 @@ impl CaClient {
         body: Option<Vec<u8>>,
         authorization: Option<String>,
     ) -> Result<serde_json::Value, ClientError> {
-        let (status, parsed) = self.raw(method, api, body, authorization).await?;
+        let (status, parsed) = self
+            .raw(method, &self.at_ca(api), body, authorization)
+            .await?;
         if parsed["success"] == true {
             return Ok(parsed["result"].clone());
         }
@@ -241,7 +264,7 @@ impl CaClient {
         let token = auth_token(
             signer,
             method,
-            &format!("/api/v1/{api}"),
+            &format!("/api/v1/{}", self.at_ca(api)),
             body.as_deref().unwrap_or(b""),
         )?;
         self.send(method, api, body, Some(token)).await
@@ -323,6 +346,146 @@ impl CaClient {
     ) -> Result<serde_json::Value, ClientError> {
         self.signed("GET", "identities", None::<&()>, signer).await
     }
+
+    /// `GET identities/{id}`.
+    pub async fn identity(
+        &self,
+        signer: &SigningIdentity,
+        id: &str,
+    ) -> Result<serde_json::Value, ClientError> {
+        let api = format!("identities/{}", escape(id));
+        self.signed("GET", &api, None::<&()>, signer).await
+    }
+
+    /// `POST identities`: adds an identity; the answer carries its secret.
+    pub async fn add_identity(
+        &self,
+        signer: &SigningIdentity,
+        req: &RegisterRequest,
+    ) -> Result<serde_json::Value, ClientError> {
+        self.signed("POST", "identities", Some(req), signer).await
+    }
+
+    /// `PUT identities/{id}`.
+    pub async fn modify_identity(
+        &self,
+        signer: &SigningIdentity,
+        id: &str,
+        req: &ModifyIdentityRequest,
+    ) -> Result<serde_json::Value, ClientError> {
+        let api = format!("identities/{}", escape(id));
+        self.signed("PUT", &api, Some(req), signer).await
+    }
+
+    /// `DELETE identities/{id}` (`force` to delete one's own).
+    pub async fn remove_identity(
+        &self,
+        signer: &SigningIdentity,
+        id: &str,
+        force: bool,
+    ) -> Result<serde_json::Value, ClientError> {
+        let api = with_force(format!("identities/{}", escape(id)), force);
+        self.signed("DELETE", &api, None::<&()>, signer).await
+    }
+
+    /// `GET affiliations` (all under the caller's) or `GET affiliations/{name}`.
+    pub async fn affiliations(
+        &self,
+        signer: &SigningIdentity,
+        name: Option<&str>,
+    ) -> Result<serde_json::Value, ClientError> {
+        let api = match name {
+            Some(n) => format!("affiliations/{}", escape(n)),
+            None => "affiliations".to_owned(),
+        };
+        self.signed("GET", &api, None::<&()>, signer).await
+    }
+
+    /// `POST affiliations` (`force` also adds the missing parents).
+    pub async fn add_affiliation(
+        &self,
+        signer: &SigningIdentity,
+        name: &str,
+        force: bool,
+    ) -> Result<serde_json::Value, ClientError> {
+        let body = AffiliationRequest { name: name.into() };
+        let api = with_force("affiliations".to_owned(), force);
+        self.signed("POST", &api, Some(&body), signer).await
+    }
+
+    /// `PUT affiliations/{name}`: renames it to `new_name` (`force` moves its identities too).
+    pub async fn modify_affiliation(
+        &self,
+        signer: &SigningIdentity,
+        name: &str,
+        new_name: &str,
+        force: bool,
+    ) -> Result<serde_json::Value, ClientError> {
+        let body = AffiliationRequest {
+            name: new_name.into(),
+        };
+        let api = with_force(format!("affiliations/{}", escape(name)), force);
+        self.signed("PUT", &api, Some(&body), signer).await
+    }
+
+    /// `DELETE affiliations/{name}`.
+    pub async fn remove_affiliation(
+        &self,
+        signer: &SigningIdentity,
+        name: &str,
+        force: bool,
+    ) -> Result<serde_json::Value, ClientError> {
+        let api = with_force(format!("affiliations/{}", escape(name)), force);
+        self.signed("DELETE", &api, None::<&()>, signer).await
+    }
+
+    /// `GET certificates` with Fabric CA's filters (`id`, `serial`, `aki`, `notexpired`,
+    /// `notrevoked`, `expired_start`...); returns the PEMs.
+    pub async fn certificates(
+        &self,
+        signer: &SigningIdentity,
+        filters: &[(&str, String)],
+    ) -> Result<Vec<String>, ClientError> {
+        let query: Vec<String> = filters
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| format!("{k}={}", escape(v)))
+            .collect();
+        let api = if query.is_empty() {
+            "certificates".to_owned()
+        } else {
+            format!("certificates?{}", query.join("&"))
+        };
+        let r = self.signed("GET", &api, None::<&()>, signer).await?;
+        Ok(r["certs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["PEM"].as_str().map(str::to_owned))
+            .collect())
+    }
+}
+
+fn with_force(api: String, force: bool) -> String {
+    if force {
+        format!("{api}?force=true")
+    } else {
+        api
+    }
+}
+
+/// Percent-encodes everything but unreserved characters (RFC 3986), for path segments (identity
+/// and affiliation names) and query values.
+fn escape(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 async fn roundtrip<S>(
@@ -382,12 +545,10 @@ pub struct EnrollOptions {
     pub profile: Option<String>,
     pub attr_reqs: Vec<AttrRequest>,
     pub hosts: Vec<String>,
-    /// The TLS CA certificate to place in `tlscacerts/`.
-    pub tls_ca_pem: Option<String>,
 }
 
-/// Enrolls `id` with a fresh P-256 key and writes the MSP folder (`signcerts`, `keystore`,
-/// `cacerts`, `intermediatecerts`, `tlscacerts`, `config.yaml` with Node OUs).
+/// Enrolls `id` with a fresh P-256 key and writes the MSP folder as Fabric CA's client does (see
+/// `write_enrollment`).
 pub async fn enroll_to_msp(
     client: &CaClient,
     id: &str,
@@ -413,43 +574,95 @@ pub async fn enroll_to_msp(
         },
     };
     let (cert, chain) = client.enroll(id, secret, &req).await?;
-    write_enrollment(msp_dir, &cert, &key, &chain, opts.tls_ca_pem.clone())
+    let tls = opts.profile.as_deref() == Some("tls");
+    write_enrollment(msp_dir, &cert, &key, &chain, tls)
 }
 
-/// Writes an enrolled certificate, its key and the CA chain as an MSP folder.
+/// The CA chain a CA sent split as Fabric CA's client does: roots (no AKI, or AKI = SKI) and
+/// intermediates; every certificate must be a CA.
+fn split_chain(chain_pem: &str) -> Result<(String, String), ClientError> {
+    let (mut roots, mut intermediates) = (String::new(), String::new());
+    for block in pem_blocks(chain_pem) {
+        let cert = medledger_common::Certificate::from_pem(block.as_bytes())
+            .map_err(|e| ClientError::Decode(format!("a certificate in the CA chain: {e}")))?;
+        if !cert.is_ca {
+            return Err(ClientError::Decode(
+                "A certificate in the CA chain is not a CA certificate".into(),
+            ));
+        }
+        let root = cert.authority_key_id.is_none() || cert.authority_key_id == cert.subject_key_id;
+        if root { &mut roots } else { &mut intermediates }.push_str(&block);
+    }
+    if roots.is_empty() {
+        return Err(ClientError::Decode(
+            "the CA sent a chain without a root certificate".into(),
+        ));
+    }
+    Ok((roots, intermediates))
+}
+
+fn local(path: &Path, e: impl std::fmt::Display) -> ClientError {
+    ClientError::Local(format!("{}: {e}", path.display()))
+}
+
+/// Writes an enrolled certificate, its key and the CA chain as Fabric CA's client lays out an
+/// MSP folder: the chain's root in `cacerts/` and the rest in `intermediatecerts/`, or for a TLS
+/// certificate (`tls`) in `tlscacerts/` and `tlsintermediatecerts/`; an enrollment certificate's
+/// folder also gets `config.yaml` with Node OUs. The key is created owner-only (never readable by
+/// others, even for a moment) and written durably.
 pub fn write_enrollment(
     msp_dir: &Path,
     cert_pem: &str,
     key: &PrivateKey,
     chain_pem: &str,
-    tls_ca_pem: Option<String>,
+    tls: bool,
 ) -> Result<(), ClientError> {
-    let blocks = pem_blocks(chain_pem);
-    let (root, intermediates) = match blocks.split_last() {
-        Some((root, rest)) => (root.clone(), rest.concat()),
-        None => return Err(ClientError::Decode("the CA sent an empty chain".into())),
+    let (roots, intermediates) = split_chain(chain_pem)?;
+    let write = |rel: &str, text: &str, mode: Option<u32>| {
+        let path = msp_dir.join(rel);
+        medledger_common::durable::write_file_durably(&path, text.as_bytes(), mode)
+            .map_err(|e| local(&path, e))
     };
+    let cert = medledger_common::Certificate::from_pem(cert_pem.as_bytes())
+        .map_err(|e| ClientError::Decode(format!("the enrolled certificate: {e}")))?;
+    // Named as Fabric's BCCSP names a key: its SKI, then `_sk`.
+    let key_name = match &cert.subject_key_id {
+        Some(ski) => format!("keystore/{}_sk", hex::encode(ski)),
+        None => "keystore/priv_sk".to_owned(),
+    };
+    let key_pem = key
+        .to_pkcs8_pem()
+        .map_err(|e| ClientError::Local(e.to_string()))?;
+    write(&key_name, &key_pem, Some(KEY_FILE_MODE))?;
+    if tls {
+        write("signcerts/cert.pem", cert_pem, None)?;
+        write("tlscacerts/tls-ca.pem", &roots, None)?;
+        if !intermediates.is_empty() {
+            write(
+                "tlsintermediatecerts/tls-ca-chain.pem",
+                &intermediates,
+                None,
+            )?;
+        }
+        return Ok(());
+    }
     write_msp_folder(
         msp_dir,
         &MspFolderContents {
             signcert_pem: cert_pem.to_owned(),
-            key_pem: Some(
-                key.to_pkcs8_pem()
-                    .map_err(|e| ClientError::Local(e.to_string()))?,
-            ),
-            cacert_pem: root,
-            intermediate_pem: if intermediates.is_empty() {
-                None
-            } else {
-                Some(intermediates)
-            },
-            tlscacert_pem: tls_ca_pem,
+            key_pem: None,
+            cacert_pem: roots,
+            intermediate_pem: (!intermediates.is_empty()).then_some(intermediates),
+            tlscacert_pem: None,
             crl_pems: vec![],
             node_ous: true,
         },
     )
-    .map_err(|e| ClientError::Local(e.to_string()))
+    .map_err(|e| local(msp_dir, e))
 }
+
+/// Private keys are readable by their owner only.
+const KEY_FILE_MODE: u32 = 0o600;
 
 fn pem_blocks(text: &str) -> Vec<String> {
     let mut out = Vec::new();

@@ -15,6 +15,7 @@ pub mod code {
     pub const CERT_WRONG_OWNER: u32 = 9;
     pub const REVOKE_ID_NOT_FOUND: u32 = 10;
     pub const MISSING_REVOKE_ARGS: u32 = 15;
+    pub const GETTING_AFFILIATION: u32 = 16;
     pub const CA_NOT_FOUND: u32 = 19;
     pub const AUTHENTICATION_FAILURE: u32 = 20;
     pub const NO_USER_PASS: u32 = 21;
@@ -26,15 +27,26 @@ pub mod code {
     pub const NO_GENCRL_AUTH: u32 = 35;
     pub const GEN_CRL: u32 = 41;
     pub const REG_ATTR_AUTH: u32 = 42;
+    pub const MISSING_REG_ATTR: u32 = 43;
     pub const CALLER_NOT_AFFILIATED: u32 = 44;
+    pub const GETTING_USER: u32 = 49;
     pub const ADD_IDENTITY: u32 = 52;
     pub const REGISTRAR_INVALID_TYPE: u32 = 54;
     pub const REGISTRAR_NOT_AFFILIATED: u32 = 55;
+    pub const REMOVE_IDENTITY: u32 = 56;
+    pub const MODIFYING_IDENTITY: u32 = 58;
     pub const MISSING_ROLE: u32 = 59;
+    pub const UPDATE_CONFIG_ADD_AFF: u32 = 60;
+    pub const UPDATE_CONFIG_REMOVE_AFF: u32 = 61;
     pub const DB_GET: u32 = 63;
+    pub const UPDATE_CONFIG_MODIFY_AFF: u32 = 64;
     pub const CERT_ALREADY_REVOKED: u32 = 66;
+    pub const GETTING_CERT: u32 = 67;
     pub const REVOKED_ID: u32 = 70;
     pub const AUTHORIZATION_FAILURE: u32 = 71;
+    pub const DUP_IDENTITY_REG: u32 = 74;
+    pub const INVOKER_MISS_ATTR: u32 = 78;
+    pub const INVALID_BOOL: u32 = 79;
 }
 
 /// A request the CA refused or could not serve.

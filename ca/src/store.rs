@@ -1,6 +1,6 @@
-//! The CA's durable state in RocksDB: registered identities, every issued certificate, the
-//! tokens already used for state-changing requests, and counters. Each state change is one
-//! atomic write batch.
+//! The CA's durable state in RocksDB: registered identities, affiliations, every issued
+//! certificate, the tokens already used for state-changing requests, and counters. Each state
+//! change is one atomic write batch.
 
 use std::path::Path;
 
@@ -13,6 +13,7 @@ const IDENTITIES: &str = "identities";
 const CERTIFICATES: &str = "certificates";
 const TOKENS: &str = "tokens";
 const META: &str = "meta";
+const AFFILIATIONS: &str = "affiliations";
 
 /// One attribute of a registered identity.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,7 +21,7 @@ pub struct Attribute {
     pub name: String,
     pub value: String,
     /// Whether the attribute goes into enrollment certificates by default.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ecert: bool,
 }
 
@@ -76,6 +77,15 @@ pub struct CaStore {
     db: DB,
 }
 
+/// A token seen before on a state-changing request: Fabric CA tokens carry no nonce or time, so
+/// a captured one could otherwise be replayed.
+fn replayed() -> CaError {
+    CaError::unauthorized(
+        crate::error::code::INVALID_TOKEN,
+        "invalid token: this token was already used (replayed request)",
+    )
+}
+
 fn db_err(e: impl std::fmt::Display) -> CaError {
     CaError::internal(format!("database: {e}"))
 }
@@ -88,32 +98,53 @@ fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, CaError> {
     serde_json::to_vec(v).map_err(db_err)
 }
 
+/// One change: column family, key, and the value to put (None: delete the key).
+type Op = (&'static str, Vec<u8>, Option<Vec<u8>>);
+
 /// One atomic set of changes.
 #[derive(Default)]
 pub struct Changes {
     batch: WriteBatch,
-    ops: Vec<(&'static str, Vec<u8>, Vec<u8>)>,
+    ops: Vec<Op>,
 }
 
 impl Changes {
     pub fn put_identity(&mut self, rec: &IdentityRecord) -> Result<(), CaError> {
         self.ops
-            .push((IDENTITIES, rec.id.as_bytes().to_vec(), encode(rec)?));
+            .push((IDENTITIES, rec.id.as_bytes().to_vec(), Some(encode(rec)?)));
         Ok(())
     }
+    pub fn delete_identity(&mut self, id: &str) {
+        self.ops.push((IDENTITIES, id.as_bytes().to_vec(), None));
+    }
     pub fn put_cert(&mut self, rec: &CertRecord) -> Result<(), CaError> {
-        self.ops
-            .push((CERTIFICATES, rec.serial.as_bytes().to_vec(), encode(rec)?));
+        self.ops.push((
+            CERTIFICATES,
+            rec.serial.as_bytes().to_vec(),
+            Some(encode(rec)?),
+        ));
         Ok(())
+    }
+    /// Adds an affiliation (its dotted path, `hospital1.cardiology`).
+    pub fn put_affiliation(&mut self, name: &str) {
+        self.ops
+            .push((AFFILIATIONS, name.as_bytes().to_vec(), Some(Vec::new())));
+    }
+    pub fn delete_affiliation(&mut self, name: &str) {
+        self.ops
+            .push((AFFILIATIONS, name.as_bytes().to_vec(), None));
     }
     /// Marks a token as used (replay protection).
     pub fn use_token(&mut self, token_hash: &[u8; 32], at: i64) {
         self.ops
-            .push((TOKENS, token_hash.to_vec(), at.to_be_bytes().to_vec()));
+            .push((TOKENS, token_hash.to_vec(), Some(at.to_be_bytes().to_vec())));
     }
     pub fn put_counter(&mut self, name: &str, value: u64) {
-        self.ops
-            .push((META, name.as_bytes().to_vec(), value.to_be_bytes().to_vec()));
+        self.ops.push((
+            META,
+            name.as_bytes().to_vec(),
+            Some(value.to_be_bytes().to_vec()),
+        ));
     }
 }
 
@@ -123,7 +154,7 @@ impl CaStore {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        let cfs = [IDENTITIES, CERTIFICATES, TOKENS, META]
+        let cfs = [IDENTITIES, CERTIFICATES, TOKENS, META, AFFILIATIONS]
             .into_iter()
             .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(db_err)?;
@@ -150,8 +181,12 @@ impl CaStore {
             .transpose()
     }
 
-    pub fn token_used(&self, token_hash: &[u8; 32]) -> Result<bool, CaError> {
-        Ok(self.get_raw(TOKENS, token_hash)?.is_some())
+    /// Refuses a token already used for a change (see `apply`).
+    pub fn check_token_unused(&self, token_hash: &[u8; 32]) -> Result<(), CaError> {
+        match self.get_raw(TOKENS, token_hash)? {
+            Some(_) => Err(replayed()),
+            None => Ok(()),
+        }
     }
 
     pub fn counter(&self, name: &str) -> Result<u64, CaError> {
@@ -181,15 +216,45 @@ impl CaStore {
         self.scan(CERTIFICATES)
     }
 
-    /// Applies a set of changes atomically (synced to disk).
+    pub fn has_affiliation(&self, name: &str) -> Result<bool, CaError> {
+        Ok(self.get_raw(AFFILIATIONS, name.as_bytes())?.is_some())
+    }
+
+    /// Every affiliation's dotted path, sorted.
+    pub fn affiliations(&self) -> Result<Vec<String>, CaError> {
+        let handle = self
+            .db
+            .cf_handle(AFFILIATIONS)
+            .ok_or_else(|| db_err(format!("missing column family {AFFILIATIONS}")))?;
+        self.db
+            .iterator_cf(&handle, rocksdb::IteratorMode::Start)
+            .map(|item| {
+                item.map_err(db_err).and_then(|(k, _)| {
+                    String::from_utf8(k.to_vec()).map_err(|e| db_err(format!("corrupt key: {e}")))
+                })
+            })
+            .collect()
+    }
+
+    /// Applies a set of changes atomically (synced to disk). A change that uses a token already
+    /// used is refused whole: a replayed request. Callers apply under the CA's lock, so two
+    /// copies of one request cannot both pass.
     pub fn apply(&self, changes: Changes) -> Result<(), CaError> {
         let Changes { mut batch, ops } = changes;
+        for (cf, k, _) in &ops {
+            if *cf == TOKENS && self.get_raw(TOKENS, k)?.is_some() {
+                return Err(replayed());
+            }
+        }
         for (cf, k, v) in ops {
             let handle = self
                 .db
                 .cf_handle(cf)
                 .ok_or_else(|| db_err(format!("missing column family {cf}")))?;
-            batch.put_cf(&handle, k, v);
+            match v {
+                Some(v) => batch.put_cf(&handle, k, v),
+                None => batch.delete_cf(&handle, k),
+            }
         }
         let mut wo = rocksdb::WriteOptions::default();
         wo.set_sync(true);
