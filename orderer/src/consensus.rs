@@ -10,6 +10,9 @@
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
+
+use medledger_common::channelconfig::BftSettings;
 
 use medledger_common::protoutil::{
     BLOCK_METADATA_SLOTS, block_data_hash, block_header_hash, new_block,
@@ -78,8 +81,8 @@ pub trait Crypto: Send + Sync {
         false
     }
     /// Puts in force the configuration a decided configuration block carries, before anything
-    /// after it is validated; returns its block cutting settings.
-    fn apply_config_block(&self, _block: &Block) -> Option<BatchConfig> {
+    /// after it is validated; returns the core's settings it carries.
+    fn apply_config_block(&self, _block: &Block) -> Option<Settings> {
         None
     }
 }
@@ -92,6 +95,14 @@ pub struct BatchConfig {
     pub absolute_max_bytes: usize,
 }
 
+/// What a channel configuration sets in the core: block cutting and the BFT timeouts and bounds.
+/// A configuration block puts them in force from the next block on.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub batch: BatchConfig,
+    pub bft: BftSettings,
+}
+
 /// Settings of one replica.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -99,6 +110,8 @@ pub struct Config {
     pub self_id: u32,
     /// Consenter ids, sorted.
     pub consenters: Vec<u32>,
+    /// The period of `Replica::tick`: what the timeouts below are counted in.
+    pub tick: Duration,
     pub batch: BatchConfig,
     pub heartbeat_ticks: u64,
     /// A follower suspects the leader after this long without a heartbeat or progress.
@@ -116,6 +129,21 @@ pub struct Config {
 }
 
 impl Config {
+    /// Puts a channel configuration's settings in force: batch limits, and the BFT timeouts
+    /// counted in ticks (at least one).
+    pub fn apply(&mut self, settings: &Settings) {
+        let tick = self.tick.as_millis().max(1);
+        let ticks = |d: Duration| u64::try_from((d.as_millis() / tick).max(1)).unwrap_or(u64::MAX);
+        let bft = &settings.bft;
+        self.batch = settings.batch.clone();
+        self.heartbeat_ticks = ticks(bft.heartbeat_interval);
+        self.leader_timeout_ticks = ticks(bft.leader_timeout);
+        self.request_timeout_ticks = ticks(bft.request_complain_timeout);
+        self.view_change_timeout_ticks = ticks(bft.view_change_timeout);
+        self.retransmit_ticks = ticks(bft.view_change_resend_interval);
+        self.max_pool_requests = bft.request_pool_size;
+    }
+
     pub fn n(&self) -> usize {
         self.consenters.len()
     }
@@ -663,6 +691,10 @@ impl Replica {
     }
     pub fn pending_requests(&self) -> usize {
         self.pool.len()
+    }
+    /// The settings in force now.
+    pub fn config(&self) -> &Config {
+        &self.cfg
     }
 
     /// How much this replica holds of what other consenters' messages can grow.
@@ -1341,9 +1373,10 @@ impl Replica {
         let seq = self.height;
         if self.is_config_block(&block) {
             self.last_config = seq;
-            // The next block is cut and validated under the new configuration.
-            if let Some(batch) = self.crypto.apply_config_block(&block) {
-                self.cfg.batch = batch;
+            // The next block is cut and validated, and the timeouts run, under the new
+            // configuration.
+            if let Some(settings) = self.crypto.apply_config_block(&block) {
+                self.cfg.apply(&settings);
             }
             self.prune_pool();
         }

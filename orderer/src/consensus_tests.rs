@@ -89,6 +89,39 @@ impl Crypto for TestCrypto {
         self.request_checks.fetch_add(1, Ordering::Relaxed);
         txid_of(envelope).ok_or_else(|| RequestError::Malformed("not an envelope".into()))
     }
+    fn is_config_request(&self, envelope: &[u8]) -> bool {
+        header_type(envelope) == Some(HeaderType::Config as i32)
+    }
+    fn apply_config_block(&self, _block: &Block) -> Option<Settings> {
+        Some(reconfigured())
+    }
+}
+
+fn header_type(envelope: &[u8]) -> Option<i32> {
+    let env = Envelope::decode(envelope).ok()?;
+    let payload = Payload::decode(env.payload.as_slice()).ok()?;
+    ChannelHeader::decode(payload.header?.channel_header.as_slice())
+        .ok()
+        .map(|h| h.r#type)
+}
+
+/// What every configuration block of these tests puts in force.
+fn reconfigured() -> Settings {
+    Settings {
+        batch: BatchConfig {
+            max_message_count: 3,
+            preferred_max_bytes: 1 << 19,
+            absolute_max_bytes: 1 << 20,
+        },
+        bft: medledger_common::channelconfig::BftSettings {
+            leader_timeout: std::time::Duration::from_millis(3000),
+            heartbeat_interval: std::time::Duration::from_millis(600),
+            request_complain_timeout: std::time::Duration::from_millis(9000),
+            view_change_timeout: std::time::Duration::from_millis(5000),
+            view_change_resend_interval: std::time::Duration::from_millis(400),
+            request_pool_size: 500,
+        },
+    }
 }
 
 fn config(id: u32) -> Config {
@@ -96,6 +129,7 @@ fn config(id: u32) -> Config {
         channel_id: CHANNEL.into(),
         self_id: id,
         consenters: (1..=N).collect(),
+        tick: std::time::Duration::from_millis(20),
         batch: BatchConfig {
             max_message_count: 10,
             preferred_max_bytes: 1 << 19,
@@ -113,8 +147,12 @@ fn config(id: u32) -> Config {
 
 /// An unsigned but well-formed transaction envelope (the test crypto accepts any).
 fn envelope(i: usize) -> Vec<u8> {
+    typed_envelope(i, HeaderType::EndorserTransaction)
+}
+
+fn typed_envelope(i: usize, kind: HeaderType) -> Vec<u8> {
     let channel_header = ChannelHeader {
-        r#type: HeaderType::EndorserTransaction as i32,
+        r#type: kind as i32,
         channel_id: CHANNEL.into(),
         tx_id: format!("tx{i}"),
         ..Default::default()
@@ -1904,5 +1942,49 @@ fn a_consenter_flooding_state_requests_is_served_once_per_interval() {
     assert!(
         out.iter().any(|o| matches!(o, Output::ServeState { .. })),
         "served again after the interval"
+    );
+}
+
+#[test]
+fn a_configuration_block_puts_batch_size_and_timeouts_in_force_from_the_next_block() {
+    let mut c = Cluster::with_config(config);
+    c.submit(1, envelope(0));
+    assert!(c.run_until(100, |c| (1..=N).all(|id| c.height(id) >= 2)));
+    c.submit(1, typed_envelope(1, HeaderType::Config));
+    assert!(c.run_until(100, |c| (1..=N).all(|id| c.height(id) >= 3)));
+    for id in 1..=N {
+        let cfg = c.replica(id).config();
+        // 20 ms ticks: 3 s, 600 ms, 9 s, 5 s, 400 ms.
+        assert_eq!(
+            (
+                cfg.batch.max_message_count,
+                cfg.leader_timeout_ticks,
+                cfg.heartbeat_ticks,
+                cfg.request_timeout_ticks,
+                cfg.view_change_timeout_ticks,
+                cfg.retransmit_ticks,
+                cfg.max_pool_requests,
+            ),
+            (3, 150, 30, 450, 250, 20, 500),
+            "replica {id}"
+        );
+    }
+    // The next blocks are cut at the new size: ten waiting requests take at least four blocks.
+    let leader = c.replicas.get_mut(&1).expect("replica 1");
+    let mut out = Vec::new();
+    for i in 10..20 {
+        let (res, o) = leader.submit(envelope(i));
+        assert_eq!(res, Ok(()));
+        out.extend(o);
+    }
+    c.apply(1, out);
+    assert!(c.run_until(400, |c| c.replica(1).pending_requests() == 0));
+    let sizes: Vec<usize> = c.chains[&1][3..]
+        .iter()
+        .map(|b| b.data.as_ref().map_or(0, |d| d.data.len()))
+        .collect();
+    assert!(
+        sizes.iter().all(|n| *n <= 3) && sizes.iter().sum::<usize>() == 10,
+        "blocks after the configuration block: {sizes:?}"
     );
 }

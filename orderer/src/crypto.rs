@@ -17,7 +17,7 @@ use medledger_proto::common::{Block, Envelope, HeaderType, IdentifierHeader, Met
 use medledger_proto::msp::SerializedIdentity;
 use prost::Message;
 
-use crate::consensus::{BatchConfig, Crypto, RequestError};
+use crate::consensus::{BatchConfig, Crypto, RequestError, Settings};
 
 /// Errors building the consenters' identities.
 #[derive(Debug, thiserror::Error)]
@@ -167,13 +167,16 @@ impl ConsenterCrypto {
     }
 }
 
-/// The consensus core's block cutting settings from a channel configuration. Its BatchTimeout is
-/// not among them: blocks are cut adaptively, never later than it (`Replica::maybe_propose`).
-pub fn batch_settings(channel: &ChannelConfig) -> BatchConfig {
-    BatchConfig {
-        max_message_count: channel.batch_size.max_message_count.max(1) as usize,
-        preferred_max_bytes: channel.batch_size.preferred_max_bytes as usize,
-        absolute_max_bytes: channel.batch_size.absolute_max_bytes as usize,
+/// The consensus core's settings from a channel configuration. Its BatchTimeout is not among
+/// them: blocks are cut adaptively, never later than it (`Replica::maybe_propose`).
+pub fn core_settings(channel: &ChannelConfig) -> Settings {
+    Settings {
+        batch: BatchConfig {
+            max_message_count: channel.batch_size.max_message_count.max(1) as usize,
+            preferred_max_bytes: channel.batch_size.preferred_max_bytes as usize,
+            absolute_max_bytes: channel.batch_size.absolute_max_bytes as usize,
+        },
+        bft: channel.bft.clone(),
     }
 }
 
@@ -282,8 +285,8 @@ impl Crypto for ConsenterCrypto {
         Ok(ch.tx_id.clone())
     }
 
-    fn apply_config_block(&self, block: &Block) -> Option<BatchConfig> {
-        self.put_in_force(block).map(|c| batch_settings(&c))
+    fn apply_config_block(&self, block: &Block) -> Option<Settings> {
+        self.put_in_force(block).map(|c| core_settings(&c))
     }
 
     fn is_config_request(&self, envelope: &[u8]) -> bool {

@@ -32,7 +32,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::byzantine::Misbehaviour;
 use crate::consensus::{Config, DEFAULT_MAX_POOL_BYTES, Output, Replica, RequestError};
-use crate::crypto::{ConsenterCrypto, batch_settings};
+use crate::crypto::{ConsenterCrypto, core_settings};
 use crate::store::BlockStore;
 
 /// Errors starting an orderer. Only a fault of the orderer's YAML is a `Config` error; a bad
@@ -194,24 +194,25 @@ pub fn join_channel(store: &BlockStore, genesis: &Block) -> Result<(), NodeError
 
 /// The consensus core's settings: the channel's BFT options and batch settings, in ticks.
 fn consensus_config(cfg: &OrdererConfig, channel: &ChannelConfig) -> Config {
-    let ticks = |ms: u64| (ms / cfg.tick_ms.max(1)).max(1);
-    let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    let bft = &channel.bft;
+    let settings = core_settings(channel);
     let mut ids: Vec<u32> = channel.consenters.iter().map(|c| c.id).collect();
     ids.sort_unstable();
-    Config {
+    let mut config = Config {
         channel_id: channel.channel_id.clone(),
         self_id: cfg.consenter_id,
         consenters: ids,
-        batch: batch_settings(channel),
-        heartbeat_ticks: ticks(millis(bft.heartbeat_interval)),
-        leader_timeout_ticks: ticks(millis(bft.leader_timeout)),
-        request_timeout_ticks: ticks(millis(bft.request_complain_timeout)),
-        view_change_timeout_ticks: ticks(millis(bft.view_change_timeout)),
-        retransmit_ticks: ticks(millis(bft.view_change_resend_interval)),
-        max_pool_requests: bft.request_pool_size,
+        tick: Duration::from_millis(cfg.tick_ms.max(1)),
+        batch: settings.batch.clone(),
+        heartbeat_ticks: 1,
+        leader_timeout_ticks: 1,
+        request_timeout_ticks: 1,
+        view_change_timeout_ticks: 1,
+        retransmit_ticks: 1,
+        max_pool_requests: 1,
         max_pool_bytes: DEFAULT_MAX_POOL_BYTES,
-    }
+    };
+    config.apply(&settings);
+    config
 }
 
 /// The configuration in force and its block's number: the newest configuration block, which the

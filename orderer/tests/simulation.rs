@@ -167,6 +167,7 @@ impl World {
             channel_id: CHANNEL.into(),
             self_id: id,
             consenters: (1..=self.n as u32).collect(),
+            tick: std::time::Duration::from_millis(20),
             batch: BatchConfig {
                 max_message_count: 10,
                 preferred_max_bytes: 1 << 19,

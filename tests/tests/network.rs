@@ -137,7 +137,13 @@ fn network_up_deploy_invoke_and_down() {
     let (walk_ok, walk_out) = walkthrough;
     let (ca_ok, ca_out) = ca_block;
     assert!(
-        ca_ok && ca_out.contains("enrolled doctor1"),
+        ca_ok
+            && ca_out.contains("enrolled doctor1")
+            && ca_out.contains("Successfully added identity radiologist1")
+            && ca_out
+                .contains("Successfully modified affiliation clinic.radiology to clinic.imaging")
+            && ca_out.contains("doctor1.pem")
+            && ca_out.contains("Successfully removed identity radiologist1"),
         "the README's CA commands failed:\n{ca_out}"
     );
     assert!(walk_ok, "the README walkthrough failed:\n{walk_out}");
