@@ -176,7 +176,7 @@ pub fn core_settings(channel: &ChannelConfig) -> Settings {
             preferred_max_bytes: channel.batch_size.preferred_max_bytes as usize,
             absolute_max_bytes: channel.batch_size.absolute_max_bytes as usize,
         },
-        bft: channel.bft.clone(),
+        bft: channel.bft,
     }
 }
 
