@@ -1,7 +1,8 @@
-//! Measures ECDSA P-256 signature verification per backend (`ring` vs the pure-Rust `p256`).
+//! Measures ECDSA P-256 signature verification per backend (`ring` vs the pure-Rust `p256`), and
+//! signing: `PrivateKey::sign` (ring, then low-S) against the pure-Rust `p256` signer.
 //!
 //! `cargo run --release -p medledger-common --example verify_bench [-- ROUNDS]`
-//! Prints the median of several rounds for each backend and their ratio.
+//! Prints the median of several rounds for each and their ratios.
 
 use std::time::Instant;
 
@@ -41,4 +42,34 @@ fn main() {
         medians.push(median);
     }
     println!("p256 / ring time ratio: {:.2}x", medians[1] / medians[0]);
+
+    // Signing: ours against p256's own signer on the same key.
+    use p256::ecdsa::signature::Signer;
+    use p256::pkcs8::DecodePrivateKey;
+    let p256_key = p256::ecdsa::SigningKey::from_pkcs8_pem(&key.to_pkcs8_pem().expect("pem"))
+        .expect("the same key");
+    let median_of = |f: &dyn Fn(&[u8])| {
+        let mut per_op_us: Vec<f64> = (0..rounds)
+            .map(|_| {
+                let start = Instant::now();
+                for i in 0..per_round {
+                    f(&msgs[i % msgs.len()]);
+                }
+                start.elapsed().as_secs_f64() * 1e6 / per_round as f64
+            })
+            .collect();
+        per_op_us.sort_by(|a, b| a.total_cmp(b));
+        per_op_us[per_op_us.len() / 2]
+    };
+    let ours = median_of(&|m| {
+        key.sign(m).expect("sign");
+    });
+    let theirs = median_of(&|m| {
+        let s: p256::ecdsa::Signature = p256_key.sign(m);
+        let _ = s.to_der();
+    });
+    println!(
+        "sign: PrivateKey::sign (ring, low-S) median {ours:.1} us, p256 {theirs:.1} us: {:.2}x",
+        theirs / ours
+    );
 }

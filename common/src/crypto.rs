@@ -5,7 +5,6 @@
 //! against the pure-Rust `p256` crate (see `examples/verify_bench.rs` and ARCHITECTURE.md).
 //! Both backends stay available as [`VerifyBackend`] so the benchmark can compare them.
 
-use p256::ecdsa::signature::hazmat::PrehashSigner;
 use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding};
 use sha2::{Digest, Sha256};
 
@@ -290,6 +289,10 @@ pub(crate) fn verify_any_s(
 #[derive(Clone)]
 pub struct PrivateKey {
     inner: p256::ecdsa::SigningKey,
+    /// The same key for ring's signer: its P-256 assembly signs several times faster than the
+    /// pure-Rust `p256` (measured in `examples/verify_bench.rs`), and every block, vote,
+    /// endorsement and transaction is signed.
+    signer: std::sync::Arc<ring::signature::EcdsaKeyPair>,
 }
 
 impl std::fmt::Debug for PrivateKey {
@@ -301,22 +304,37 @@ impl std::fmt::Debug for PrivateKey {
 impl PrivateKey {
     /// A fresh random key from the OS generator.
     pub fn generate() -> Self {
-        Self {
-            inner: p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng),
-        }
+        let inner = p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng);
+        Self::with_signer(inner).expect("a freshly generated P-256 key converts to PKCS#8")
+    }
+
+    fn with_signer(inner: p256::ecdsa::SigningKey) -> Result<Self, CryptoError> {
+        let der = inner
+            .to_pkcs8_der()
+            .map_err(|e| CryptoError::MalformedPrivateKey(e.to_string()))?;
+        let signer = ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            der.as_bytes(),
+            &ring::rand::SystemRandom::new(),
+        )
+        .map_err(|e| CryptoError::MalformedPrivateKey(e.to_string()))?;
+        Ok(Self {
+            inner,
+            signer: std::sync::Arc::new(signer),
+        })
     }
 
     /// Loads a PEM key: PKCS#8 (`PRIVATE KEY`) or SEC1 (`EC PRIVATE KEY`).
     pub fn from_pem(pem_text: &str) -> Result<Self, CryptoError> {
         if let Ok(inner) = p256::ecdsa::SigningKey::from_pkcs8_pem(pem_text) {
-            return Ok(Self { inner });
+            return Self::with_signer(inner);
         }
         let block =
             pem::parse(pem_text).map_err(|e| CryptoError::MalformedPrivateKey(e.to_string()))?;
         if block.tag() == "EC PRIVATE KEY" {
             let sk = p256::SecretKey::from_sec1_der(block.contents())
                 .map_err(|e| CryptoError::MalformedPrivateKey(e.to_string()))?;
-            return Ok(Self { inner: sk.into() });
+            return Self::with_signer(sk.into());
         }
         Err(CryptoError::MalformedPrivateKey(format!(
             "expected a P-256 PKCS#8 or SEC1 key, found PEM block {:?}",
@@ -352,19 +370,13 @@ impl PrivateKey {
         }
     }
 
-    /// Signs SHA-256(`msg`) and returns a low-S DER signature.
+    /// Signs SHA-256(`msg`) and returns a low-S DER signature (Fabric refuses high S).
     pub fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        self.sign_digest(&sha256(msg))
-    }
-
-    /// Signs a precomputed SHA-256 digest; low-S DER.
-    pub fn sign_digest(&self, digest: &[u8; 32]) -> Result<Vec<u8>, CryptoError> {
-        let sig: p256::ecdsa::Signature = self
-            .inner
-            .sign_prehash(digest)
+        let sig = self
+            .signer
+            .sign(&ring::rand::SystemRandom::new(), msg)
             .map_err(|e| CryptoError::Signing(e.to_string()))?;
-        let sig = sig.normalize_s().unwrap_or(sig);
-        Ok(sig.to_der().as_bytes().to_vec())
+        normalize_low_s(sig.as_ref())
     }
 }
 
