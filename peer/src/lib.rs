@@ -7,7 +7,8 @@
 //! ```text
 //! node         config, runner, CLI                        (starts everything)
 //!   ↓
-//! services     gateway, deliver, private data service     (gRPC faces of the peer)
+//! services     gateway, deliver, private data service,    (gRPC faces of the peer)
+//!              audit feed (IHE ATNA)
 //!   ↓
 //! endorsement  endorser      validation  committer        (sign proposals | decide and commit)
 //!   ↓

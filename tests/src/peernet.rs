@@ -241,6 +241,7 @@ impl PeerNet {
                 operations_address: Some("127.0.0.1:0".into()),
                 max_recv_msg_size: medledger_common::config::DEFAULT_MAX_MESSAGE_BYTES,
                 max_send_msg_size: medledger_common::config::DEFAULT_MAX_MESSAGE_BYTES,
+                audit: None,
                 channels: vec![ChannelJoinConfig {
                     genesis_block: genesis_path.clone(),
                     chaincodes: vec![ChaincodeConfig {

@@ -425,6 +425,7 @@ async fn a_byzantine_orderer_process_neither_stops_nor_fools_the_others() -> any
             },
             max_recv_msg_size: medledger_common::config::DEFAULT_MAX_MESSAGE_BYTES,
             max_send_msg_size: medledger_common::config::DEFAULT_MAX_MESSAGE_BYTES,
+            audit: None,
         },
         medledger_peer::execution::plugins::PluginRegistry::default(),
     )

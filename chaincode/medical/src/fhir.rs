@@ -1,7 +1,10 @@
 //! FHIR R4 views of a verified provenance proof, for audit systems: record versions, shares and
 //! erasures as `Provenance` (with the transaction's signatures), reads as `AuditEvent`s shaped as
 //! IHE BALP's Read event, consents as `Consent`. Only what the proof verified goes in, so the
-//! resources say nothing a third party could not check against the ledger.
+//! resources say nothing a third party could not check against the ledger. The identifier
+//! systems and the BALP building blocks are public: the peer's audit feed
+//! (`medledger_peer::services::audit`) writes its live AuditEvents with the same ones, so an
+//! audit repository sees one vocabulary from both.
 
 use base64::Engine;
 use medledger_common::crypto::sha256;
@@ -14,18 +17,26 @@ use crate::records::{AccessEntry, RecordEntry};
 use crate::sharing::{Consent, Share};
 
 /// Identifier systems for what MedLedger names (URNs: they are not resolvable web addresses).
-const RECORD_SYSTEM: &str = "urn:medledger:record";
+pub const RECORD_SYSTEM: &str = "urn:medledger:record";
 const RECORD_VERSION_SYSTEM: &str = "urn:medledger:record-version";
-const PATIENT_SYSTEM: &str = "urn:medledger:patient";
-const ORGANISATION_SYSTEM: &str = "urn:medledger:msp";
+pub const PATIENT_SYSTEM: &str = "urn:medledger:patient";
+pub const ORGANISATION_SYSTEM: &str = "urn:medledger:msp";
+pub const CONSENT_SYSTEM: &str = "urn:medledger:consent";
+pub const CERTIFICATE_SYSTEM: &str = "urn:medledger:certificate";
 /// ISO 21089 record lifecycle events, as HL7 terminology publishes them.
 const LIFECYCLE_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/iso-21089-lifecycle";
 /// ASTM E1762 signature types.
 const SIGNATURE_TYPE_SYSTEM: &str = "urn:iso-astm:E1762-95:2013";
-const PARTICIPATION_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType";
+pub const PARTICIPATION_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType";
 /// The IHE Basic Audit Log Patterns profile of a read.
-const BALP_READ_PROFILE: &str =
+pub const BALP_READ_PROFILE: &str =
     "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.Read";
+/// DICOM's code system (audit roles and event types).
+pub const DICOM_SYSTEM: &str = "http://dicom.nema.org/resources/ontology/DCM";
+/// FHIR's RESTful interactions (BALP's AuditEvent subtypes).
+pub const RESTFUL_INTERACTION_SYSTEM: &str = "http://hl7.org/fhir/restful-interaction";
+pub const ENTITY_TYPE_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/audit-entity-type";
+pub const OBJECT_ROLE_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/object-role";
 /// HL7 v3 PurposeOfUse codes a consent or access purpose may be written as.
 const PURPOSES_OF_USE: &[(&str, &str)] = &[
     ("TREAT", "treatment"),
@@ -135,15 +146,21 @@ fn parse<T: serde::de::DeserializeOwned>(
 
 /// A FHIR `instant` (seconds precision, UTC).
 fn instant(seconds: i64) -> Result<String, FhirError> {
-    OffsetDateTime::from_unix_timestamp(seconds)
+    instant_millis(seconds.saturating_mul(1000)).map_err(|_| FhirError::Time(seconds))
+}
+
+/// A FHIR `instant` with milliseconds, UTC (also an RFC 5424 syslog TIMESTAMP, which allows at
+/// most six fraction digits: this writes at most three, none for a whole second).
+pub fn instant_millis(millis: i64) -> Result<String, FhirError> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000)
         .ok()
         .and_then(|t| t.format(&Rfc3339).ok())
-        .ok_or(FhirError::Time(seconds))
+        .ok_or(FhirError::Time(millis.div_euclid(1000)))
 }
 
 /// A stable resource id (a UUID-shaped digest of what the resource is about), so exporting the
 /// same proof twice gives the same resources.
-fn resource_id(parts: &[&str]) -> String {
+pub fn resource_id(parts: &[&str]) -> String {
     let h = hex::encode(sha256(parts.join("\u{0}").as_bytes()));
     format!(
         "{}-{}-{}-{}-{}",
@@ -160,19 +177,21 @@ fn ledger_source(channel: &str, tx: &ProvenTransaction) -> String {
     format!("urn:medledger:{channel}:block:{}:tx:{}", tx.block, tx.tx_id)
 }
 
-fn organisation(msp: &str) -> Value {
+/// An organisation by its MSP id.
+pub fn organisation(msp: &str) -> Value {
     json!({"identifier": {"system": ORGANISATION_SYSTEM, "value": msp}, "display": msp})
 }
 
 /// A person or node by its certificate subject, within its organisation.
-fn member(msp: &str, subject: &str) -> Value {
+pub fn member(msp: &str, subject: &str) -> Value {
     json!({
         "identifier": {"system": format!("{ORGANISATION_SYSTEM}:{msp}"), "value": subject},
         "display": format!("{subject} ({msp})"),
     })
 }
 
-fn record_ref(id: &str) -> Value {
+/// A record by its id.
+pub fn record_ref(id: &str) -> Value {
     json!({"identifier": {"system": RECORD_SYSTEM, "value": id}})
 }
 
@@ -310,7 +329,7 @@ fn erasure_provenance(
 }
 
 /// A coding for a purpose: the v3 PurposeOfUse code it names, else the text alone.
-fn purpose_coding(purpose: &str) -> Value {
+pub fn purpose_coding(purpose: &str) -> Value {
     let v3 = "http://terminology.hl7.org/CodeSystem/v3-ActReason";
     match PURPOSES_OF_USE
         .iter()
@@ -319,6 +338,56 @@ fn purpose_coding(purpose: &str) -> Value {
         Some((code, display)) => json!({"system": v3, "code": code, "display": display}),
         None => json!({"display": purpose}),
     }
+}
+
+/// BALP's `purposeOfEvent`: the purpose as a v3 PurposeOfUse coding where it names one, and as
+/// text.
+pub fn purpose_of_event(purpose: &str) -> Value {
+    json!([{"coding": [purpose_coding(purpose)], "text": purpose}])
+}
+
+/// BALP's event type for every RESTful pattern (`rest`) with the interaction as subtype
+/// (`read`, `search-type`, `create`, `update`...).
+pub fn rest_type_and_subtype(interaction: &str) -> (Value, Value) {
+    (
+        json!({"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "Restful Operation"}),
+        json!([{"system": RESTFUL_INTERACTION_SYSTEM, "code": interaction, "display": interaction}]),
+    )
+}
+
+/// The agent that served the request (DICOM's Destination Role ID), never the requestor.
+pub fn server_agent(who: Value) -> Value {
+    json!({
+        "type": {"coding": [{"system": DICOM_SYSTEM, "code": "110152", "display": "Destination Role ID"}]},
+        "who": who,
+        "requestor": false,
+    })
+}
+
+/// `source`: who observed the event, an application server.
+pub fn application_server_source(observer: Value) -> Value {
+    json!({
+        "observer": observer,
+        "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server"}],
+    })
+}
+
+/// The patient an event is about, as a BALP entity.
+pub fn patient_entity(patient: &str) -> Value {
+    json!({
+        "what": {"identifier": {"system": PATIENT_SYSTEM, "value": patient}},
+        "type": {"system": ENTITY_TYPE_SYSTEM, "code": "1", "display": "Person"},
+        "role": {"system": OBJECT_ROLE_SYSTEM, "code": "1", "display": "Patient"},
+    })
+}
+
+/// The data an event is about (a record, a version, a consent...) as a BALP entity.
+pub fn domain_resource_entity(what: Value) -> Value {
+    json!({
+        "what": what,
+        "type": {"system": ENTITY_TYPE_SYSTEM, "code": "2", "display": "System Object"},
+        "role": {"system": OBJECT_ROLE_SYSTEM, "code": "4", "display": "Domain Resource"},
+    })
 }
 
 fn read_audit_event(
@@ -337,51 +406,38 @@ fn read_audit_event(
         reader["role"] = json!([{"text": role}]);
     }
     let mut agents = vec![reader];
-    agents.extend(tx.endorsements.iter().map(|e| {
-        json!({
-            "type": {"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110152", "display": "Destination Role ID"}]},
-            "who": member(&e.msp, &e.subject),
-            "requestor": false,
-        })
-    }));
-    let entity_type = "http://terminology.hl7.org/CodeSystem/audit-entity-type";
-    let object_role = "http://terminology.hl7.org/CodeSystem/object-role";
-    let mut entities = Vec::new();
-    if let Some(patient) = patient {
-        entities.push(json!({
-            "what": {"identifier": {"system": PATIENT_SYSTEM, "value": patient}},
-            "type": {"system": entity_type, "code": "1", "display": "Person"},
-            "role": {"system": object_role, "code": "1", "display": "Patient"},
-        }));
-    }
-    entities.push(json!({
-        "what": version_ref(&a.record_id, a.version),
-        "type": {"system": entity_type, "code": "2", "display": "System Object"},
-        "role": {"system": object_role, "code": "4", "display": "Domain Resource"},
-        "description": format!("record {} version {}, read from the {} copy", a.record_id, a.version, a.via),
-    }));
+    agents.extend(
+        tx.endorsements
+            .iter()
+            .map(|e| server_agent(member(&e.msp, &e.subject))),
+    );
+    let mut entities: Vec<Value> = patient.map(patient_entity).into_iter().collect();
+    let mut record = domain_resource_entity(version_ref(&a.record_id, a.version));
+    record["description"] = json!(format!(
+        "record {} version {}, read from the {} copy",
+        a.record_id, a.version, a.via
+    ));
+    entities.push(record);
     let observer = tx
         .endorsements
         .first()
         .map(|e| member(&e.msp, &e.subject))
         .unwrap_or_else(|| organisation(&a.reader_msp));
+    let (event_type, subtype) = rest_type_and_subtype("read");
     Ok((
         id.clone(),
         json!({
             "resourceType": "AuditEvent",
             "id": id,
             "meta": {"profile": [BALP_READ_PROFILE], "source": ledger_source(channel, tx)},
-            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "Restful Operation"},
-            "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": "read", "display": "read"}],
+            "type": event_type,
+            "subtype": subtype,
             "action": "R",
             "recorded": instant(tx.timestamp)?,
             "outcome": "0",
-            "purposeOfEvent": [{"coding": [purpose_coding(&a.purpose)], "text": a.purpose}],
+            "purposeOfEvent": purpose_of_event(&a.purpose),
             "agent": agents,
-            "source": {
-                "observer": observer,
-                "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server"}],
-            },
+            "source": application_server_source(observer),
             "entity": entities,
         }),
     ))
@@ -434,7 +490,7 @@ fn consent(
             "resourceType": "Consent",
             "id": id,
             "meta": {"source": ledger_source(channel, tx)},
-            "identifier": [{"system": "urn:medledger:consent", "value": c.id}],
+            "identifier": [{"system": CONSENT_SYSTEM, "value": c.id}],
             "status": if c.revoked { "inactive" } else { "active" },
             "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy", "display": "Privacy Consent"}]},
             "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0", "display": "Patient Consent"}]}],

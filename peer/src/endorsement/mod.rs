@@ -18,7 +18,7 @@ use prost::Message;
 use crate::channel::{Channel, Channels};
 use crate::execution::chaincode::ChaincodeSupport;
 use crate::execution::lifecycle::{self, LIFECYCLE, PackageStore};
-use crate::execution::plugins::PluginRegistry;
+use crate::execution::plugins::{AuditCall, AuditOutcome, AuditedRequest, PluginRegistry};
 use crate::execution::response;
 use crate::execution::simulator::{PrivateAccess, TxSimulator};
 
@@ -175,8 +175,103 @@ impl Endorser {
         if proposal.channel_id().is_empty() {
             return self.process_for_peer(sp, &proposal).await;
         }
-        let checked = self.check_unpacked(sp, proposal).await?;
-        Ok(self.simulate_and_endorse(sp, &checked).await)
+        let checked = match self.check_unpacked(sp, proposal).await {
+            Ok(c) => c,
+            Err(e) => {
+                self.audit_refusal(AuditedRequest::ProcessProposal, sp, None, &e);
+                return Err(e);
+            }
+        };
+        let response = self.simulate_and_endorse(sp, &checked).await;
+        self.audit_response(AuditedRequest::ProcessProposal, &checked, None, &response);
+        Ok(response)
+    }
+
+    /// Tells the audit plugins of the chaincode how a checked proposal ended on this peer.
+    pub fn audit_response(
+        &self,
+        request: AuditedRequest,
+        c: &CheckedProposal,
+        client_address: Option<std::net::SocketAddr>,
+        response: &ProposalResponse,
+    ) {
+        let p = &c.proposal;
+        let mut auditors = self.plugins.auditors(&p.chaincode_name).peekable();
+        if auditors.peek().is_none() {
+            return;
+        }
+        let r = response.response.as_ref();
+        let status = r.map_or(500, |r| r.status);
+        let outcome = match r {
+            Some(r) if status < 400 => AuditOutcome::Success {
+                payload: &r.payload,
+            },
+            _ => AuditOutcome::Failed {
+                status,
+                message: r.map_or("", |r| r.message.as_str()),
+            },
+        };
+        let call = AuditCall {
+            request,
+            channel: c.channel.id(),
+            tx_id: p.tx_id(),
+            chaincode: &p.chaincode_name,
+            args: &p.input.args,
+            client_msp: &c.creator.mspid,
+            client_subject: &c.creator.cert.subject,
+            client_role: c.creator.attribute("role"),
+            client_address,
+            outcome,
+        };
+        for a in auditors {
+            a.record(&call);
+        }
+    }
+
+    /// Tells the audit plugins of the chaincode that a proposal was refused before it ran. The
+    /// client is who the proposal claims to be (the refusal may be that the claim is false); a
+    /// proposal too broken to name its chaincode is not audited (the refusal log has it).
+    pub fn audit_refusal(
+        &self,
+        request: AuditedRequest,
+        sp: &SignedProposal,
+        client_address: Option<std::net::SocketAddr>,
+        error: &ProposalError,
+    ) {
+        // Unpacking again costs: a peer without audit plugins skips it.
+        if !self.plugins.has_auditors() {
+            return;
+        }
+        let Ok(p) = unpack(sp) else {
+            return;
+        };
+        let mut auditors = self.plugins.auditors(&p.chaincode_name).peekable();
+        if auditors.peek().is_none() {
+            return;
+        }
+        let creator = medledger_proto::msp::SerializedIdentity::decode(p.creator()).ok();
+        let cert = creator
+            .as_ref()
+            .and_then(|c| medledger_common::cert::Certificate::from_pem(&c.id_bytes).ok());
+        let reason = error.to_string();
+        let call = AuditCall {
+            request,
+            channel: p.channel_id(),
+            tx_id: p.tx_id(),
+            chaincode: &p.chaincode_name,
+            args: &p.input.args,
+            client_msp: creator.as_ref().map_or("", |c| c.mspid.as_str()),
+            client_subject: cert.as_ref().map_or("", |c| c.subject.as_str()),
+            client_role: cert
+                .as_ref()
+                .and_then(|c| c.attributes.get("role"))
+                .map(String::as_str),
+            client_address,
+            outcome: AuditOutcome::Refused { reason: &reason },
+        };
+        for a in auditors {
+            a.record(&call);
+        }
     }
 
     /// Requests addressed to the peer itself: `_lifecycle` InstallChaincode and

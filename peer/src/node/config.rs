@@ -204,6 +204,9 @@ pub struct PeerConfig {
     /// Largest gRPC message sent (Fabric's `peer.maxSendMsgSize`, 100 MiB).
     #[serde(default = "medledger_common::config::default_max_message_bytes")]
     pub max_send_msg_size: usize,
+    /// The audit feed (IHE ATNA): which chaincodes' calls become AuditEvents, and where they go.
+    #[serde(default)]
+    pub audit: Option<crate::services::audit::AuditConfig>,
 }
 
 impl PeerConfig {
@@ -268,6 +271,9 @@ impl PeerConfig {
         }
         if let Some(k) = &mut self.private_data.keys_dir {
             resolve(base, k);
+        }
+        if let Some(a) = &mut self.audit {
+            a.resolve_paths(base);
         }
     }
 }

@@ -181,6 +181,27 @@ pub async fn start(cfg: PeerConfig, plugins: PluginRegistry) -> Result<RunningPe
     ));
     let (shutdown, shutdown_rx) = watch::channel(false);
     let tasks: Tasks = Arc::default();
+    let mut plugins = plugins;
+    if let Some(audit) = &cfg.audit {
+        let source = crate::services::audit::balp::AuditSource {
+            peer_id: cfg.id.clone(),
+            msp_id: cfg.msp_id.clone(),
+            subject: signer.certificate().subject.clone(),
+            address: cfg.listen_address.clone(),
+        };
+        let feed = crate::services::audit::start(
+            audit,
+            source,
+            &cfg.data_dir.join("audit"),
+            shutdown_rx.clone(),
+        )
+        .map_err(|e| NodeError::Config(e.to_string()))?;
+        plugins.register_audit("atna", feed.plugin);
+        tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(feed.tasks);
+    }
     let runner = Arc::new(ChannelRunner {
         data_dir: cfg.data_dir.clone(),
         msp_id: cfg.msp_id.clone(),

@@ -2,6 +2,7 @@
 //! chaincode's and the written collections' endorsement policies hold.
 
 use super::*;
+use crate::execution::plugins::AuditedRequest;
 
 /// Whether a proposal response writes public state, and which collections it writes.
 pub(super) fn writes_of(payload: &[u8]) -> (bool, Vec<String>) {
@@ -85,6 +86,8 @@ impl GatewayService {
         })?;
         let checked = self.endorser.check(&sp).await.map_err(|e| {
             log_refusal("gateway.Gateway/Evaluate", remote, None, &e);
+            self.endorser
+                .audit_refusal(AuditedRequest::Evaluate, &sp, remote, &e);
             gateway_error(
                 Code::FailedPrecondition,
                 format!("evaluate call to endorser returned error: {e}"),
@@ -92,6 +95,8 @@ impl GatewayService {
             )
         })?;
         let resp = self.endorser.simulate_and_endorse(&sp, &checked).await;
+        self.endorser
+            .audit_response(AuditedRequest::Evaluate, &checked, remote, &resp);
         let r = resp.response.clone().unwrap_or_default();
         if r.status >= 400 {
             let msg = chaincode_error(&resp);
@@ -118,6 +123,8 @@ impl GatewayService {
         let own = self.endorser.signer.mspid().to_owned();
         let checked = self.endorser.check(&sp).await.map_err(|e| {
             log_refusal("gateway.Gateway/Endorse", remote, None, &e);
+            self.endorser
+                .audit_refusal(AuditedRequest::Endorse, &sp, remote, &e);
             gateway_error(
                 Code::Aborted,
                 "failed to endorse transaction, see attached details for more info",
@@ -133,6 +140,8 @@ impl GatewayService {
             )));
         };
         let local = self.endorser.simulate_and_endorse(&sp, &checked).await;
+        self.endorser
+            .audit_response(AuditedRequest::Endorse, &checked, remote, &local);
         let Some(local_endorsement) = local.endorsement.clone() else {
             return Err(gateway_error(
                 Code::Aborted,
