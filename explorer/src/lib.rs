@@ -134,10 +134,12 @@ pub async fn start(config: Config) -> Result<RunningExplorer, ExplorerError> {
         .local_addr()
         .map_err(|e| ExplorerError::Setup(e.to_string()))?;
     let follower = tokio::spawn(feed::follow(peer.clone(), feed.clone()));
+    let form_token = hex::encode(rand::random::<[u8; 32]>());
     let app = web::router(Arc::new(web::AppState {
         peer,
         feed: feed.clone(),
         viewer,
+        form_token,
     }));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {

@@ -722,7 +722,7 @@ async fn patient_page(s: &AppState, patient: &str, bookmark: String) -> Response
         Ok(c) => {
             body.push_str(
                 "<table id=\"consents\"><thead><tr><th>Consent</th><th>Grantee</th><th>Role</th><th>Scope</th>\
-                 <th>Purpose</th><th>Granted</th><th>Expires</th><th>Status</th></tr></thead><tbody>",
+                 <th>Purpose</th><th>Granted</th><th>Expires</th><th>Status</th><th></th></tr></thead><tbody>",
             );
             let now = medledger_common::msp::unix_now();
             for c in &c {
@@ -740,10 +740,23 @@ async fn patient_page(s: &AppState, patient: &str, bookmark: String) -> Response
                     .chain(&c.scope.record_ids)
                     .cloned()
                     .collect();
+                // Only the patient's own explorer may revoke, and only what is still active.
+                let action = if own && status == "active" {
+                    format!(
+                        "<form method=\"post\" action=\"/patient/consents/{link}/revoke\" class=\"revoke\">\
+                         <input type=\"hidden\" name=\"token\" value=\"{token}\">\
+                         <button>Revoke</button></form>",
+                        link = url_segment(&c.id),
+                        token = esc(&s.form_token),
+                    )
+                } else {
+                    String::new()
+                };
                 let _ = write!(
                     body,
                     "<tr data-consent=\"{id}\"><td>{id}</td><td>{grantee}</td><td>{role}</td><td>{scope}</td>\
-                     <td>{purpose}</td><td>{granted} {tx}</td><td>{expires}</td><td class=\"{class}\">{status}</td></tr>",
+                     <td>{purpose}</td><td>{granted} {tx}</td><td>{expires}</td><td class=\"{class}\">{status}</td>\
+                     <td>{action}</td></tr>",
                     id = esc(&c.id),
                     grantee = esc(&c.grantee_msp),
                     role = esc(c.grantee_role.as_deref().unwrap_or("any")),
@@ -762,6 +775,22 @@ async fn patient_page(s: &AppState, patient: &str, bookmark: String) -> Response
             }
             body.push_str("</tbody></table>");
         }
+    }
+    if own {
+        let _ = write!(
+            body,
+            "<h3>Grant a consent</h3><form id=\"grant-form\" method=\"post\" action=\"/patient/consents\" class=\"ask\">\
+             <input type=\"hidden\" name=\"token\" value=\"{token}\">\
+             <label>Consent id <input name=\"id\" required maxlength=\"64\" pattern=\"[A-Za-z0-9_.\\-]+\"></label>\
+             <label>Organisation (MSP id) <input name=\"grantee\" required maxlength=\"64\"></label>\
+             <label>Only the role <input name=\"role\" maxlength=\"32\" placeholder=\"any\"></label>\
+             <label>Record types <input name=\"types\" maxlength=\"512\" placeholder=\"Observation, Condition\"></label>\
+             <label>Record ids <input name=\"records\" maxlength=\"512\" placeholder=\"R-100\"></label>\
+             <label>Purpose <input name=\"purpose\" required maxlength=\"256\"></label>\
+             <label>Hours <input name=\"hours\" type=\"number\" min=\"1\" max=\"8760\" value=\"24\" required></label>\
+             <button>Grant</button></form>",
+            token = esc(&s.form_token),
+        );
     }
     let mut reads: Vec<AccessEntry> = Vec::new();
     let mut refused: Vec<String> = Vec::new();
@@ -989,5 +1018,126 @@ mod tests {
         assert!(valid_hex64(&"ab".repeat(32)));
         assert!(!valid_hex64(&"AB".repeat(32)) && !valid_hex64("abc"));
         assert_eq!(common_name("CN=doctor1,OU=client,O=H1"), "doctor1");
+    }
+}
+
+/// The fields of the patient's grant form.
+#[derive(Deserialize)]
+pub struct GrantForm {
+    token: String,
+    id: String,
+    grantee: String,
+    #[serde(default)]
+    role: String,
+    #[serde(default)]
+    types: String,
+    #[serde(default)]
+    records: String,
+    purpose: String,
+    hours: u32,
+}
+
+/// The token field of a form that changes the ledger.
+#[derive(Deserialize)]
+pub struct TokenForm {
+    token: String,
+}
+
+/// Why a ledger-changing form is not acted on: not the patient's own explorer, another site's
+/// page (`Sec-Fetch-Site`), or a token this explorer did not hand out.
+fn refuse_form(s: &AppState, headers: &axum::http::HeaderMap, token: &str) -> Option<Response> {
+    let v = &s.viewer;
+    if v.patient_id.is_none() {
+        return Some(respond(
+            v,
+            StatusCode::FORBIDDEN,
+            "Consents",
+            html::refusal(
+                "Not a patient",
+                "Only an explorer running as a patient (patientId) grants or revokes consent.",
+            ),
+            Some("consent form from an explorer that is not a patient's".into()),
+        ));
+    }
+    let cross_site = headers
+        .get("sec-fetch-site")
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(|site| site != "same-origin" && site != "none");
+    let same = token.len() == s.form_token.len()
+        && token
+            .bytes()
+            .zip(s.form_token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if cross_site || !same {
+        return Some(respond(
+            v,
+            StatusCode::FORBIDDEN,
+            "Consents",
+            html::refusal(
+                "Form refused",
+                "The form did not come from this explorer's page: reload the page and try again.",
+            ),
+            Some("consent form without this explorer's token or from another site".into()),
+        ));
+    }
+    None
+}
+
+fn list_of(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `POST /patient/consents`: the patient grants a consent (GrantConsent, submitted and committed).
+pub async fn grant_consent(
+    State(s): Shared,
+    headers: axum::http::HeaderMap,
+    axum::Form(f): axum::Form<GrantForm>,
+) -> Response {
+    if let Some(r) = refuse_form(&s, &headers, &f.token) {
+        return r;
+    }
+    let expires = medledger_common::msp::unix_now().saturating_add(i64::from(f.hours) * 3600);
+    let mut request = serde_json::json!({
+        "id": f.id.trim(),
+        "granteeMsp": f.grantee.trim(),
+        "scope": {"recordTypes": list_of(&f.types), "recordIds": list_of(&f.records)},
+        "purpose": f.purpose.trim(),
+        "expiresAt": expires,
+    });
+    if !f.role.trim().is_empty() {
+        request["granteeRole"] = serde_json::json!(f.role.trim());
+    }
+    match s.peer.submit("GrantConsent", &[&request.to_string()]).await {
+        Ok(_) => Redirect::to("/patient").into_response(),
+        Err(e) => failure(&s.viewer, "Consent not granted", &e),
+    }
+}
+
+/// `POST /patient/consents/{id}/revoke`: the patient revokes (RevokeConsent erases the copies
+/// shared under it).
+pub async fn revoke_consent(
+    State(s): Shared,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+    axum::Form(f): axum::Form<TokenForm>,
+) -> Response {
+    if let Some(r) = refuse_form(&s, &headers, &f.token) {
+        return r;
+    }
+    if !valid_id(&id) {
+        return bad_input(
+            &s.viewer,
+            "Consent not revoked",
+            "a consent id is 1-64 letters, digits, '-', '_' or '.'",
+        );
+    }
+    match s.peer.submit("RevokeConsent", &[&id]).await {
+        Ok(_) => Redirect::to("/patient").into_response(),
+        Err(e) => failure(&s.viewer, "Consent not revoked", &e),
     }
 }

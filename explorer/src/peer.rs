@@ -89,6 +89,25 @@ impl Peer {
         s.evaluate(&inv).await.map_err(classify)
     }
 
+    /// Submits `function(args)` as this identity (endorsed as the chaincode's policy needs) and
+    /// waits for it to commit VALID: its transaction id, or its refusal.
+    pub async fn submit(&self, function: &str, args: &[&str]) -> Result<String, ExplorerError> {
+        let mut all = vec![function.as_bytes().to_vec()];
+        all.extend(args.iter().map(|a| a.as_bytes().to_vec()));
+        let inv = Invocation {
+            channel: self.channel.clone(),
+            chaincode: self.chaincode.clone(),
+            args: all,
+            transient: HashMap::new(),
+            is_init: false,
+        };
+        let mut s = self.session.clone();
+        s.submit(&inv, Vec::new())
+            .await
+            .map(|(tx_id, _, _)| tx_id)
+            .map_err(classify)
+    }
+
     /// Like [`Peer::query`], decoding the JSON result as `T`.
     pub async fn query_json<T: serde::de::DeserializeOwned>(
         &self,

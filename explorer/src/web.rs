@@ -5,11 +5,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use futures::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 
@@ -23,7 +24,14 @@ pub struct AppState {
     pub peer: Peer,
     pub feed: Arc<Feed>,
     pub viewer: Viewer,
+    /// A random value each form that changes the ledger carries and each such request must
+    /// return (with `Sec-Fetch-Site` same-origin where the browser sends it): another site
+    /// cannot make a patient's browser grant or revoke.
+    pub form_token: String,
 }
+
+/// The largest form body accepted (a consent's fields).
+pub const MAX_FORM_BYTES: usize = 16 * 1024;
 
 /// Why a request was answered with an error, for the refusal log.
 #[derive(Clone)]
@@ -47,6 +55,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/record/{id}/proof.json", get(pages::record_proof))
         .route("/patient", get(pages::patient_own))
         .route("/patient/{id}", get(pages::patient))
+        .route(
+            "/patient/consents",
+            post(pages::grant_consent).layer(DefaultBodyLimit::max(MAX_FORM_BYTES)),
+        )
+        .route(
+            "/patient/consents/{id}/revoke",
+            post(pages::revoke_consent).layer(DefaultBodyLimit::max(MAX_FORM_BYTES)),
+        )
         .route("/certificate", get(pages::certificate))
         .route("/events", get(events))
         .route("/static/explorer.js", get(script))

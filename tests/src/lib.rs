@@ -216,10 +216,34 @@ impl TestOrg {
 
 /// A plain HTTP GET on loopback (the nodes' operations endpoints): the whole response.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<String> {
+    http_request(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+}
+
+/// POSTs an `application/x-www-form-urlencoded` body to `path`; the raw answer.
+pub async fn http_post_form(
+    addr: std::net::SocketAddr,
+    path: &str,
+    form: &str,
+) -> anyhow::Result<String> {
+    http_request(
+        addr,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+            form.len()
+        ),
+    )
+    .await
+}
+
+async fn http_request(addr: std::net::SocketAddr, request: &str) -> anyhow::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
+    s.write_all(request.as_bytes()).await?;
     let mut body = String::new();
     s.read_to_string(&mut body).await?;
     Ok(body)

@@ -281,6 +281,67 @@ async fn the_explorer_shows_the_trail_in_a_real_browser() -> anyhow::Result<()> 
     );
     browser.screenshot(&shots.join("patient.png")).await?;
 
+    // The patient grants a consent with the page's form, then revokes it with its button: both
+    // are transactions the explorer submits as the patient, and the page shows their effect.
+    browser
+        .type_into("#grant-form input[name=id]", "C-7")
+        .await?;
+    browser
+        .type_into("#grant-form input[name=grantee]", "Hospital2MSP")
+        .await?;
+    browser
+        .type_into("#grant-form input[name=records]", "R-1")
+        .await?;
+    browser
+        .type_into("#grant-form input[name=purpose]", "second opinion")
+        .await?;
+    browser
+        .eval("document.querySelector('#grant-form').submit()")
+        .await?;
+    browser
+        .wait_for(
+            "location.pathname === '/patient' && !!document.querySelector('tr[data-consent=\"C-7\"]')",
+        )
+        .await?;
+    let granted = browser.text("tr[data-consent=\"C-7\"]").await?;
+    assert!(
+        granted.contains("Hospital2MSP") && granted.contains("active"),
+        "{granted}"
+    );
+    browser
+        .eval("document.querySelector('tr[data-consent=\"C-7\"] form.revoke').submit()")
+        .await?;
+    browser
+        .wait_for(
+            "(() => { const r = document.querySelector('tr[data-consent=\"C-7\"]'); \
+             return !!r && r.innerText.includes('revoked'); })()",
+        )
+        .await?;
+    browser
+        .screenshot(&shots.join("patient-revoked.png"))
+        .await?;
+    // A form from elsewhere (no token) changes nothing, and a staff explorer has no such forms.
+    let forged = medledger_tests::http_post_form(
+        as_patient_ex.address,
+        "/patient/consents/C-1/revoke",
+        "token=forged",
+    )
+    .await?;
+    assert!(forged.starts_with("HTTP/1.1 403"), "{forged}");
+    browser.open(&url(&as_patient_ex, "/patient")).await?;
+    let c1 = browser.text("tr[data-consent=\"C-1\"]").await?;
+    assert!(
+        c1.contains("active"),
+        "C-1 untouched by the forged form: {c1}"
+    );
+    let staff = medledger_tests::http_get(as_doctor.address, "/patient/P-0042").await?;
+    assert!(
+        staff.starts_with("HTTP/1.1 200")
+            && !staff.contains("grant-form")
+            && !staff.contains("class=\"revoke\""),
+        "{staff}"
+    );
+
     // Another patient is refused, and the page says so.
     browser.open(&url(&as_stranger, "/record/R-1")).await?;
     let refusal = browser.text("#refusal").await?;

@@ -537,7 +537,7 @@ impl Session {
 
     /// Endorse (by `endorsing_orgs`, or as the policy needs), sign, submit, wait for the commit:
     /// the transaction id, its result and block.
-    async fn submit(
+    pub async fn submit(
         &mut self,
         inv: &Invocation,
         endorsing_orgs: Vec<String>,
