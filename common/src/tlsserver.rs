@@ -193,6 +193,10 @@ pub fn server_config(
         .with_single_cert(chain, key)
         .map_err(|e| TlsSetupError::Identity(e.to_string()))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
+    // A resumed session restores the client certificate without asking the verifier: an
+    // organisation removed from the channel could keep reconnecting on an old session.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 

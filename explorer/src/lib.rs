@@ -140,6 +140,7 @@ pub async fn start(config: Config) -> Result<RunningExplorer, ExplorerError> {
         feed: feed.clone(),
         viewer,
         form_token,
+        allowed_hosts: web::allowed_hosts(address),
     }));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {

@@ -1021,6 +1021,9 @@ mod tests {
     }
 }
 
+/// The longest consent the form grants: a year.
+const MAX_CONSENT_HOURS: u32 = 8760;
+
 /// The fields of the patient's grant form.
 #[derive(Deserialize)]
 pub struct GrantForm {
@@ -1100,6 +1103,13 @@ pub async fn grant_consent(
 ) -> Response {
     if let Some(r) = refuse_form(&s, &headers, &f.token) {
         return r;
+    }
+    if !valid_id(f.id.trim()) || !(1..=MAX_CONSENT_HOURS).contains(&f.hours) {
+        return bad_input(
+            &s.viewer,
+            "Consent not granted",
+            "a consent id is 1-64 letters, digits, '-', '_' or '.', for 1 to 8760 hours",
+        );
     }
     let expires = medledger_common::msp::unix_now().saturating_add(i64::from(f.hours) * 3600);
     let mut request = serde_json::json!({

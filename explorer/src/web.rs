@@ -28,6 +28,28 @@ pub struct AppState {
     /// return (with `Sec-Fetch-Site` same-origin where the browser sends it): another site
     /// cannot make a patient's browser grant or revoke.
     pub form_token: String,
+    /// The `Host` values requests may carry (`None`: listening on every interface, any): a page
+    /// of another site whose name is made to resolve to this address (DNS rebinding) is then
+    /// not answered.
+    pub allowed_hosts: Option<Vec<String>>,
+}
+
+/// The names a browser reaching `address` calls it by.
+pub fn allowed_hosts(address: SocketAddr) -> Option<Vec<String>> {
+    let ip = address.ip();
+    if ip.is_unspecified() {
+        return None;
+    }
+    let port = address.port();
+    let mut hosts = vec![address.to_string()];
+    if ip.is_loopback() {
+        hosts.extend([
+            format!("localhost:{port}"),
+            format!("127.0.0.1:{port}"),
+            format!("[::1]:{port}"),
+        ]);
+    }
+    Some(hosts)
 }
 
 /// The largest form body accepted (a consent's fields).
@@ -68,6 +90,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/static/explorer.js", get(script))
         .route("/static/explorer.css", get(style))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            check_host,
+        ))
         .layer(axum::middleware::from_fn(log_refusals))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
@@ -96,6 +122,33 @@ async fn security_headers(mut r: Response) -> Response {
         HeaderValue::from_static("same-origin"),
     );
     r
+}
+
+/// Refuses a request for another host name (421), before any page or form is served.
+async fn check_host(
+    State(s): State<Arc<AppState>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(allowed) = &s.allowed_hosts {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        if !allowed.contains(&host) {
+            let mut r = (
+                StatusCode::MISDIRECTED_REQUEST,
+                "this explorer answers only to the address it listens on",
+            )
+                .into_response();
+            r.extensions_mut()
+                .insert(Refusal(format!("request for another host {host:?}")));
+            return r;
+        }
+    }
+    next.run(req).await
 }
 
 /// One WARN line per refused request (rate-limited with the nodes' refusal log).

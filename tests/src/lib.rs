@@ -218,7 +218,7 @@ impl TestOrg {
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<String> {
     http_request(
         addr,
-        &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
     )
     .await
 }
@@ -232,7 +232,7 @@ pub async fn http_post_form(
     http_request(
         addr,
         &format!(
-            "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
              Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
             form.len()
         ),
@@ -240,7 +240,8 @@ pub async fn http_post_form(
     .await
 }
 
-async fn http_request(addr: std::net::SocketAddr, request: &str) -> anyhow::Result<String> {
+/// Sends `request` (a whole HTTP/1.1 request) to `addr`; the whole response.
+pub async fn http_request(addr: std::net::SocketAddr, request: &str) -> anyhow::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await?;
     s.write_all(request.as_bytes()).await?;

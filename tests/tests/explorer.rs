@@ -334,6 +334,16 @@ async fn the_explorer_shows_the_trail_in_a_real_browser() -> anyhow::Result<()> 
         c1.contains("active"),
         "C-1 untouched by the forged form: {c1}"
     );
+    // A page of another site whose name resolves here (DNS rebinding) gets nothing.
+    let rebound = medledger_tests::http_request(
+        as_patient_ex.address,
+        "GET /patient HTTP/1.1\r\nHost: evil.example:7080\r\nConnection: close\r\n\r\n",
+    )
+    .await?;
+    assert!(
+        rebound.starts_with("HTTP/1.1 421") && !rebound.contains("grant-form"),
+        "{rebound}"
+    );
     let staff = medledger_tests::http_get(as_doctor.address, "/patient/P-0042").await?;
     assert!(
         staff.starts_with("HTTP/1.1 200")

@@ -499,6 +499,33 @@ async fn a_two_mebibyte_argument_commits_under_a_two_organisation_policy() -> an
         let stored = ch.ledger.state("kv", "large-scan")?.map(|v| v.value.len());
         assert_eq!(stored, Some(value.len()), "peer {i}");
     }
+    // The block (argument, write and result: over 6 MiB) reads back through the CLI's session,
+    // whose clients take Fabric's 100 MiB too (tonic's 4 MiB default refused it).
+    let dir = tempfile::tempdir()?;
+    let reader = net.orgs[0].identity("reader", "client", &[])?;
+    net.orgs[0].write_msp(&dir.path().join("msp"), &reader)?;
+    let tls = dir.path().join("tlsca.pem");
+    std::fs::write(&tls, net.orgs[0].tls_ca.cert_pem())?;
+    let session = medledger_peer::node::cli::Session::connect(
+        &net.address(0),
+        Some(&tls),
+        &dir.path().join("msp"),
+        &net.orgs[0].mspid,
+    )
+    .await?;
+    let answer = session
+        .ask_peer(
+            "qscc",
+            vec![
+                b"GetBlockByNumber".to_vec(),
+                medledger_tests::peernet::CHANNEL.as_bytes().to_vec(),
+                block.to_string().into_bytes(),
+            ],
+        )
+        .await?;
+    assert!(answer.payload.len() > 6 * 1024 * 1024);
+    let fetched = medledger_proto::common::Block::decode(answer.payload.as_slice())?;
+    assert_eq!(fetched.header.map(|h| h.number), Some(block));
     Ok(())
 }
 

@@ -181,6 +181,8 @@ async fn a_record_proof_verifies_offline_and_every_tampering_is_caught() -> anyh
             content.to_string_lossy().into_owned(),
             "--salt".into(),
             hex::encode(salt),
+            "-n".into(),
+            CHAINCODE.into(),
         ]
     };
     let run = |args: Vec<String>| {
@@ -519,6 +521,8 @@ async fn sharing_and_erasure_keep_proving(
             &net.orderers.genesis_path.to_string_lossy(),
             "--fhir",
             &fhir_path.to_string_lossy(),
+            "-n",
+            CHAINCODE,
         ],
     );
     assert!(

@@ -63,13 +63,19 @@ pub enum FhirError {
 }
 
 /// A FHIR R4 `Bundle` (type `collection`) of everything `verified` proves about medical
-/// records on `channel`.
-pub fn bundle(channel: &str, verified: &Verified) -> Result<Value, FhirError> {
+/// records on `channel`, written by the medical chaincode `namespace`: writes by any other
+/// chaincode are left out, whatever their keys look like (another chaincode could write a key
+/// named like a record entry).
+pub fn bundle(channel: &str, namespace: &str, verified: &Verified) -> Result<Value, FhirError> {
     let mut records = Vec::new();
     let mut reads = Vec::new();
     let mut shares = Vec::new();
     let mut consents: Vec<(Consent, &ProvenTransaction)> = Vec::new();
-    for c in &verified.claims {
+    for c in verified
+        .claims
+        .iter()
+        .filter(|c| c.claim.namespace == namespace)
+    {
         let key = c.claim.key.as_str();
         let value = c.claim.value.as_bytes();
         let tx = &c.tx;
@@ -103,7 +109,11 @@ pub fn bundle(channel: &str, verified: &Verified) -> Result<Value, FhirError> {
     for (s, tx) in &shares {
         entries.push(share_provenance(channel, s, tx)?);
     }
-    for erased in verified.private_claims.iter().filter(|p| p.claim.erased) {
+    for erased in verified
+        .private_claims
+        .iter()
+        .filter(|p| p.claim.erased && p.claim.namespace == namespace)
+    {
         let revoked: Vec<&str> = consents
             .iter()
             .filter(|(c, tx)| c.revoked && tx.tx_id == erased.tx.tx_id)
@@ -502,4 +512,53 @@ fn consent(
             "provision": provision,
         }),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use medledger_common::proof::{ProvenClaim, WriteClaim};
+
+    fn claim(namespace: &str) -> ProvenClaim {
+        let entry = serde_json::json!({
+            "id": "R-1", "patientId": "P-1", "resourceType": "Observation", "custodian": "H1MSP",
+            "contentHash": "00", "version": 1, "authorMsp": "H1MSP", "authorSubject": "CN=x",
+            "createdAt": 1, "updatedAt": 1, "txId": "t"
+        });
+        ProvenClaim {
+            claim: WriteClaim {
+                block: 1,
+                tx_id: "t".into(),
+                namespace: namespace.into(),
+                key: "record/R-1".into(),
+                value: entry.to_string(),
+            },
+            tx: ProvenTransaction {
+                block: 1,
+                tx_id: "t".into(),
+                timestamp: 1_800_000_000,
+                creator_msp: "H1MSP".into(),
+                creator_subject: "CN=x".into(),
+                creator_signature: vec![1],
+                endorsements: vec![],
+                block_signers: 3,
+            },
+        }
+    }
+
+    #[test]
+    fn only_the_medical_chaincodes_writes_become_fhir() {
+        let verified = Verified {
+            claims: vec![claim("kv"), claim("medical")],
+            private_claims: vec![],
+        };
+        let b = bundle("ch", "medical", &verified).unwrap();
+        let entries = b["entry"].as_array().unwrap();
+        assert_eq!(
+            entries.len(),
+            1,
+            "the kv chaincode's look-alike is left out: {b}"
+        );
+        assert_eq!(entries[0]["resource"]["resourceType"], "Provenance");
+    }
 }

@@ -395,6 +395,7 @@ async fn fetch_one(
         reason,
     };
     let mut stream = AtomicBroadcastClient::new(ch)
+        .max_decoding_message_size(medledger_common::config::DEFAULT_MAX_MESSAGE_BYTES)
         .deliver(tokio_stream::once(env))
         .await
         .map_err(|s| failed(s.message().to_owned()))?
@@ -524,6 +525,7 @@ pub(super) async fn update(file: PathBuf, t: OrdererTarget) -> Result<(), NodeEr
         .await
         .map_err(failed)?;
     let answer = AtomicBroadcastClient::new(ch)
+        .max_encoding_message_size(medledger_common::config::DEFAULT_MAX_MESSAGE_BYTES)
         .broadcast(tokio_stream::once(env))
         .await
         .map_err(|s| failed(s.message().to_owned()))?

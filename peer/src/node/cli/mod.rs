@@ -4,6 +4,7 @@
 //! `--tlsRootCertFiles`, `--transient`, `--sequence`, `--package-id`, `--signature-policy`,
 //! `--collections-config`; identity from `CORE_PEER_MSPCONFIGPATH` and `CORE_PEER_LOCALMSPID`).
 
+use medledger_common::config::DEFAULT_MAX_MESSAGE_BYTES;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -501,7 +502,9 @@ impl Session {
         Ok(Self {
             address: address.to_owned(),
             tls,
-            gw: GatewayClient::new(channel.clone()),
+            gw: GatewayClient::new(channel.clone())
+                .max_decoding_message_size(DEFAULT_MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(DEFAULT_MAX_MESSAGE_BYTES),
             channel,
             signer,
         })
@@ -661,6 +664,7 @@ impl Session {
             .map_err(|e| NodeError::Failed(e.to_string()))?;
         let resp = EndorserClient::new(self.channel.clone())
             .max_encoding_message_size(crate::endorsement::MAX_PROPOSAL_BYTES)
+            .max_decoding_message_size(DEFAULT_MAX_MESSAGE_BYTES)
             .process_proposal(sp)
             .await
             .map_err(|e| self.fail(e))?
