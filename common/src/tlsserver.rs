@@ -19,8 +19,12 @@ use tokio_rustls::server::TlsStream;
 
 /// How long a client has to finish the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once; connections beyond wait in the kernel's backlog.
+/// Handshakes in progress at once; a connection beyond is closed at once (logged), so the
+/// accept loop never stops.
 pub const MAX_PENDING_HANDSHAKES: usize = 256;
+/// Handshakes in progress from one address: one host holding silent connections cannot take
+/// every slot and lock everyone else out.
+pub const MAX_HANDSHAKES_PER_ADDRESS: usize = 16;
 /// Finished handshakes waiting for the gRPC server to take them.
 const ACCEPTED_QUEUE: usize = 64;
 
@@ -209,11 +213,10 @@ pub fn incoming(
     let (tx, rx) = tokio::sync::mpsc::channel(ACCEPTED_QUEUE);
     let acceptor = TlsAcceptor::from(config);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
+    let per_address: Arc<Mutex<std::collections::HashMap<std::net::IpAddr, usize>>> =
+        Arc::default();
     tokio::spawn(async move {
         loop {
-            let Ok(slot) = slots.clone().acquire_owned().await else {
-                return;
-            };
             let (tcp, remote) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(a) => a,
@@ -225,6 +228,15 @@ pub fn incoming(
                     }
                 },
                 _ = tx.closed() => return,
+            };
+            let Some(slot) = HandshakeSlot::take(&slots, &per_address, remote.ip()) else {
+                crate::refusal::log_refusal(
+                    "TLS",
+                    Some(remote),
+                    None,
+                    &"too many handshakes in progress (from this address or in all): closed",
+                );
+                continue;
             };
             let _ = tcp.set_nodelay(true);
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
@@ -251,4 +263,69 @@ pub fn incoming(
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// One handshake's place: a global slot and one of its address's, both given back on drop.
+struct HandshakeSlot {
+    _global: tokio::sync::OwnedSemaphorePermit,
+    per_address: Arc<Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    ip: std::net::IpAddr,
+}
+
+impl HandshakeSlot {
+    fn take(
+        global: &Arc<tokio::sync::Semaphore>,
+        per_address: &Arc<Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+        ip: std::net::IpAddr,
+    ) -> Option<Self> {
+        let permit = global.clone().try_acquire_owned().ok()?;
+        let mut counts = per_address.lock().unwrap_or_else(|e| e.into_inner());
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= MAX_HANDSHAKES_PER_ADDRESS {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            _global: permit,
+            per_address: per_address.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut counts = self.per_address.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_address_cannot_take_every_handshake_slot() {
+        let global = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
+        let per: Arc<Mutex<std::collections::HashMap<std::net::IpAddr, usize>>> = Arc::default();
+        let attacker: std::net::IpAddr = [10, 0, 0, 1].into();
+        let held: Vec<_> = (0..MAX_HANDSHAKES_PER_ADDRESS)
+            .map(|_| HandshakeSlot::take(&global, &per, attacker).expect("a slot"))
+            .collect();
+        assert!(HandshakeSlot::take(&global, &per, attacker).is_none());
+        let honest = HandshakeSlot::take(&global, &per, [10, 0, 0, 2].into());
+        assert!(honest.is_some(), "another address still gets a slot");
+        drop(held);
+        assert!(HandshakeSlot::take(&global, &per, attacker).is_some());
+        assert_eq!(
+            global.available_permits(),
+            MAX_PENDING_HANDSHAKES - 1,
+            "the honest slot is still held, the attacker's were given back"
+        );
+    }
 }
