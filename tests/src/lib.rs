@@ -188,6 +188,14 @@ impl TestOrg {
         Ok((pem.into_bytes(), key.to_pkcs8_pem()?.into_bytes()))
     }
 
+    /// The organisation as a channel profile names it (no anchor peers).
+    pub fn profile(&self) -> medledger_common::channelconfig::OrgProfile {
+        medledger_common::channelconfig::OrgProfile {
+            msp: self.msp_config(),
+            anchor_peers: vec![],
+        }
+    }
+
     /// The organisation's MSP as channel configuration carries it.
     pub fn msp_config(&self) -> medledger_proto::msp::FabricMspConfig {
         medledger_common::msp::org_msp_config(
@@ -260,11 +268,24 @@ pub fn peer_cli(
     msp: &Path,
     args: &[&str],
 ) -> (bool, String) {
+    let tls = tls.to_string_lossy();
+    let mut all = args.to_vec();
+    all.extend(["--peerAddresses", address, "--tlsRootCertFiles", &tls]);
+    run_cli(bin, mspid, msp, &all)
+}
+
+/// Like [`run_cli`], an error with the output when the command fails.
+pub fn run_cli_ok(bin: &Path, mspid: &str, msp: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let (ok, text) = run_cli(bin, mspid, msp, args);
+    anyhow::ensure!(ok, "{} {args:?}: {text}", bin.display());
+    Ok(text)
+}
+
+/// Runs a MedLedger binary with `args` as the identity `mspid` / `msp` (the `CORE_PEER_*`
+/// settings): whether it succeeded, and stdout + stderr.
+pub fn run_cli(bin: &Path, mspid: &str, msp: &Path, args: &[&str]) -> (bool, String) {
     match Command::new(bin)
         .args(args)
-        .args(["--peerAddresses", address])
-        .arg("--tlsRootCertFiles")
-        .arg(tls)
         .env("CORE_PEER_LOCALMSPID", mspid)
         .env("CORE_PEER_MSPCONFIGPATH", msp)
         .output()

@@ -198,3 +198,44 @@ impl OrdererSet {
             .ok_or_else(|| anyhow::anyhow!("no broadcast answer"))
     }
 }
+
+/// Two hospitals and four orderers on one channel, its genesis block made but not written:
+/// the fixture of the configuration-update tests.
+pub struct HospitalChannel {
+    pub h1: TestOrg,
+    pub h2: TestOrg,
+    pub orderers: OrdererSet,
+    pub genesis: medledger_proto::common::Block,
+    /// The genesis block's configuration.
+    pub config: medledger_common::channelconfig::ChannelConfig,
+    _dir: tempfile::TempDir,
+}
+
+impl HospitalChannel {
+    pub fn prepare(channel: &str) -> anyhow::Result<Self> {
+        use medledger_common::channelconfig::{ChannelConfig, ChannelProfile, genesis_block};
+        let dir = tempfile::tempdir()?;
+        let (h1, h2) = (TestOrg::new("Hospital1MSP")?, TestOrg::new("Hospital2MSP")?);
+        let orderers = OrdererSet::prepare(dir.path(), 4, &[])?;
+        let genesis = genesis_block(&ChannelProfile {
+            channel_id: channel.into(),
+            application_orgs: vec![h1.profile(), h2.profile()],
+            orderer_orgs: vec![orderers.org.profile()],
+            consenters: orderers.consenters.clone(),
+            batch_size: medledger_proto::orderer::BatchSize {
+                max_message_count: 10,
+                absolute_max_bytes: 1 << 20,
+                preferred_max_bytes: 512 << 10,
+            },
+            batch_timeout: std::time::Duration::from_millis(200),
+        })?;
+        Ok(Self {
+            config: ChannelConfig::from_block(&genesis)?,
+            h1,
+            h2,
+            orderers,
+            genesis,
+            _dir: dir,
+        })
+    }
+}

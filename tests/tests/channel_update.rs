@@ -238,27 +238,6 @@ async fn a_revocation_reaches_every_node_through_a_configuration_block() -> anyh
     Ok(())
 }
 
-/// Runs `medledger-peer <args>` as the identity in `msp`; fails with its output if it fails.
-fn cli(
-    bin: &std::path::Path,
-    mspid: &str,
-    msp: &std::path::Path,
-    args: &[&str],
-) -> anyhow::Result<String> {
-    let out = std::process::Command::new(bin)
-        .args(args)
-        .env("CORE_PEER_LOCALMSPID", mspid)
-        .env("CORE_PEER_MSPCONFIGPATH", msp)
-        .output()?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    anyhow::ensure!(out.status.success(), "medledger-peer {args:?}: {text}");
-    Ok(text)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_fabric_tool_flow_revokes_a_member_from_the_command_line() -> anyhow::Result<()> {
     let bin = medledger_tests::workspace_binary("medledger-peer", "medledger-peer")?;
@@ -282,7 +261,7 @@ async fn the_fabric_tool_flow_revokes_a_member_from_the_command_line() -> anyhow
     };
     let run = |mspid: &str, msp: &std::path::Path, args: Vec<String>| {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        cli(&bin, mspid, msp, &args)
+        medledger_tests::run_cli_ok(&bin, mspid, msp, &args)
     };
 
     // Hospital1's CA revoked the doctor and wrote a CRL.
@@ -651,12 +630,7 @@ async fn a_hospital_added_by_an_update_is_trusted_over_tls_without_a_restart() -
         .groups
         .insert(
             "Hospital3MSP".into(),
-            medledger_common::channelconfig::application_org_group(
-                &medledger_common::channelconfig::OrgProfile {
-                    msp: h3.msp_config(),
-                    anchor_peers: vec![],
-                },
-            ),
+            medledger_common::channelconfig::application_org_group(&h3.profile()),
         );
     let update = compute_update(CHANNEL, &current.source, &next)?;
     let admin1 = net.orgs[0].identity("admin1", "admin", &[])?;

@@ -2,10 +2,8 @@
 //! edited configuration, signed by admins, proposed against the configuration in force; stale,
 //! jumped, under-signed and garbage updates refused; a CONFIG envelope replayed and checked.
 
-use std::time::Duration;
-
 use medledger_common::SigningIdentity;
-use medledger_common::channelconfig::{ChannelConfig, ChannelProfile, OrgProfile, genesis_block};
+use medledger_common::channelconfig::{ChannelConfig, ChannelProfile, genesis_block};
 use medledger_common::configtx::{
     ConfigTxError, check_config_envelope, compute_update, propose_update, sign_config_update,
     update_envelope,
@@ -15,7 +13,6 @@ use medledger_proto::common::{Config, ConfigUpdate, ConfigUpdateEnvelope, Envelo
 use medledger_proto::msp::MspConfig;
 use medledger_proto::orderer::BatchSize;
 use medledger_tests::TestOrg;
-use medledger_tests::ordernet::OrdererSet;
 use prost::Message;
 
 const CHANNEL: &str = "medchannel";
@@ -28,44 +25,10 @@ fn propose(
     propose_update(current, env, Expiry::now())
 }
 
-struct Net {
-    h1: TestOrg,
-    h2: TestOrg,
-    orderers: OrdererSet,
-    config: ChannelConfig,
-    _dir: tempfile::TempDir,
-}
-
-fn org(o: &TestOrg) -> OrgProfile {
-    OrgProfile {
-        msp: o.msp_config(),
-        anchor_peers: vec![],
-    }
-}
+type Net = medledger_tests::ordernet::HospitalChannel;
 
 fn net() -> anyhow::Result<Net> {
-    let dir = tempfile::tempdir()?;
-    let (h1, h2) = (TestOrg::new("Hospital1MSP")?, TestOrg::new("Hospital2MSP")?);
-    let orderers = OrdererSet::prepare(dir.path(), 4, &[])?;
-    let genesis = genesis_block(&ChannelProfile {
-        channel_id: CHANNEL.into(),
-        application_orgs: vec![org(&h1), org(&h2)],
-        orderer_orgs: vec![org(&orderers.org)],
-        consenters: orderers.consenters.clone(),
-        batch_size: BatchSize {
-            max_message_count: 10,
-            absolute_max_bytes: 1 << 20,
-            preferred_max_bytes: 512 << 10,
-        },
-        batch_timeout: Duration::from_millis(200),
-    })?;
-    Ok(Net {
-        config: ChannelConfig::from_block(&genesis)?,
-        h1,
-        h2,
-        orderers,
-        _dir: dir,
-    })
+    Net::prepare(CHANNEL)
 }
 
 /// The current configuration tree, to edit.
@@ -192,8 +155,8 @@ fn adding_an_organisation_needs_a_majority_of_application_admins() -> anyhow::Re
     // The copied policies name Hospital1MSP; Hospital3's own must name Hospital3MSP.
     let own = ChannelConfig::from_block(&genesis_block(&ChannelProfile {
         channel_id: CHANNEL.into(),
-        application_orgs: vec![org(&h3)],
-        orderer_orgs: vec![org(&net.orderers.org)],
+        application_orgs: vec![h3.profile()],
+        orderer_orgs: vec![net.orderers.org.profile()],
         consenters: net.orderers.consenters.clone(),
         batch_size: net.config.batch_size,
         batch_timeout: net.config.batch_timeout,

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use medledger_common::SigningIdentity;
-use medledger_common::channelconfig::{ChannelConfig, ChannelProfile, OrgProfile, genesis_block};
+use medledger_common::channelconfig::ChannelConfig;
 use medledger_common::configjson::{ConfigJsonError, MAX_PROTO_BYTES, proto_decode, proto_encode};
 use medledger_common::configtx::{
     check_config_envelope, compute_update, propose_update, sign_config_update, update_envelope,
@@ -20,50 +20,15 @@ use medledger_proto::common::{
     Block, BlockData, BlockHeader, ChannelHeader, Config, ConfigUpdateEnvelope, Envelope, Header,
     Payload,
 };
-use medledger_proto::orderer::BatchSize;
-use medledger_tests::TestOrg;
-use medledger_tests::ordernet::OrdererSet;
 use prost::Message;
 use serde_json::{Value, json};
 
 const CHANNEL: &str = "medchannel";
 
-struct Net {
-    h1: TestOrg,
-    orderers: OrdererSet,
-    genesis: Block,
-    _dir: tempfile::TempDir,
-}
-
-fn org(o: &TestOrg) -> OrgProfile {
-    OrgProfile {
-        msp: o.msp_config(),
-        anchor_peers: vec![],
-    }
-}
+type Net = medledger_tests::ordernet::HospitalChannel;
 
 fn net() -> anyhow::Result<Net> {
-    let dir = tempfile::tempdir()?;
-    let (h1, h2) = (TestOrg::new("Hospital1MSP")?, TestOrg::new("Hospital2MSP")?);
-    let orderers = OrdererSet::prepare(dir.path(), 4, &[])?;
-    let genesis = genesis_block(&ChannelProfile {
-        channel_id: CHANNEL.into(),
-        application_orgs: vec![org(&h1), org(&h2)],
-        orderer_orgs: vec![org(&orderers.org)],
-        consenters: orderers.consenters.clone(),
-        batch_size: BatchSize {
-            max_message_count: 10,
-            absolute_max_bytes: 1 << 20,
-            preferred_max_bytes: 512 << 10,
-        },
-        batch_timeout: Duration::from_millis(200),
-    })?;
-    Ok(Net {
-        h1,
-        orderers,
-        genesis,
-        _dir: dir,
-    })
+    Net::prepare(CHANNEL)
 }
 
 fn decode(type_name: &str, bytes: &[u8]) -> anyhow::Result<Value> {
@@ -530,27 +495,6 @@ fn garbage_json_and_bytes_are_refused_with_a_clear_error() -> anyhow::Result<()>
     Ok(())
 }
 
-/// Runs `medledger-peer <args>` as the identity in `msp`; fails with its output if it fails.
-fn cli(
-    bin: &std::path::Path,
-    mspid: &str,
-    msp: &std::path::Path,
-    args: &[&str],
-) -> anyhow::Result<String> {
-    let out = std::process::Command::new(bin)
-        .args(args)
-        .env("CORE_PEER_LOCALMSPID", mspid)
-        .env("CORE_PEER_MSPCONFIGPATH", msp)
-        .output()?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    anyhow::ensure!(out.status.success(), "medledger-peer {args:?}: {text}");
-    Ok(text)
-}
-
 /// Fabric's documented flow ("Updating a channel configuration"), with our commands in place of
 /// `peer` and `configtxlator`, against running orderers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -566,7 +510,7 @@ async fn fabrics_json_flow_updates_a_running_channel() -> anyhow::Result<()> {
     let cafile = dir.path().join("orderer-tlsca.pem");
     std::fs::write(&cafile, net.orderers.org.tls_ca.cert_pem())?;
     let p = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
-    let run = |args: &[&str]| cli(&bin, "OrdererMSP", &msp, args);
+    let run = |args: &[&str]| medledger_tests::run_cli_ok(&bin, "OrdererMSP", &msp, args);
     let orderer = net.orderers.address(1);
     let cafile = cafile.to_string_lossy().into_owned();
     let to_orderer = [

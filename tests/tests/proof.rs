@@ -17,23 +17,6 @@ use prost::Message;
 const V1: &str = r#"{"resourceType":"Observation","status":"final","valueString":"128/82"}"#;
 const V2: &str = r#"{ "status":"amended", "resourceType":"Observation", "valueString":"131/85" }"#;
 
-fn cli(bin: &Path, mspid: &str, msp: &Path, args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(bin)
-        .args(args)
-        .env("CORE_PEER_LOCALMSPID", mspid)
-        .env("CORE_PEER_MSPCONFIGPATH", msp)
-        .output()
-        .expect("medledger-peer runs");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 /// A batch-size update signed by the orderer organisation's admin: a configuration block the
 /// proof must replay.
 async fn update_configuration(net: &PeerNet) -> anyhow::Result<()> {
@@ -111,7 +94,7 @@ async fn a_record_proof_verifies_offline_and_every_tampering_is_caught() -> anyh
     let tls = dir.path().join("tlsca.pem");
     std::fs::write(&tls, net.orgs[0].tls_ca.cert_pem())?;
     let bundle_path = dir.path().join("proof.json");
-    let (ok, out) = cli(
+    let (ok, out) = medledger_tests::run_cli(
         &bin,
         "Hospital1MSP",
         &msp,
@@ -187,7 +170,7 @@ async fn a_record_proof_verifies_offline_and_every_tampering_is_caught() -> anyh
     };
     let run = |args: Vec<String>| {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        cli(&bin, "Hospital1MSP", &msp, &args)
+        medledger_tests::run_cli(&bin, "Hospital1MSP", &msp, &args)
     };
     let (ok, out) = run(verify_args(&content, &salt2));
     assert!(
@@ -212,7 +195,7 @@ async fn a_record_proof_verifies_offline_and_every_tampering_is_caught() -> anyh
     let (cert_tx, _, cert_block, _) = gw.submit(&["IssueCertificate", &cert]).await?;
     net.wait_height(cert_block + 1).await?;
     let cert_bundle = dir.path().join("cert-proof.json");
-    let (ok, out) = cli(
+    let (ok, out) = medledger_tests::run_cli(
         &bin,
         "Hospital1MSP",
         &msp,
@@ -446,7 +429,7 @@ async fn sharing_and_erasure_keep_proving(
     let msp = dir.join("doctor-msp");
     let tls = dir.join("tlsca.pem");
     let bundle_path = dir.join("shared-proof.json");
-    let (ok, out) = cli(
+    let (ok, out) = medledger_tests::run_cli(
         bin,
         "Hospital1MSP",
         &msp,
@@ -508,7 +491,7 @@ async fn sharing_and_erasure_keep_proving(
     );
 
     let fhir_path = dir.join("fhir.json");
-    let (ok, out) = cli(
+    let (ok, out) = medledger_tests::run_cli(
         bin,
         "Hospital1MSP",
         &msp,
