@@ -380,7 +380,7 @@ async fn create_read_and_query_become_balp_audit_events_on_syslog_and_fhir() -> 
     gw.evaluate(&["ListRecordsByPatient", "P-0042", "20", ""])
         .await?;
     // Another member with the doctor's ticket: the chaincode says no (ticket is personal).
-    let mut as_nurse = net.gateway(0, nurse).await?;
+    let mut as_nurse = net.gateway(0, nurse.clone()).await?;
     assert!(
         as_nurse
             .evaluate(&["ReadRecord", "R-1", &ticket])
@@ -390,6 +390,31 @@ async fn create_read_and_query_become_balp_audit_events_on_syslog_and_fhir() -> 
     // A revoked certificate: the peer refuses before running anything.
     let mut revoked = net.gateway(0, net.revoked_client.clone()).await?;
     assert!(revoked.evaluate(&["GetRecord", "R-1"]).await.is_err());
+
+    // A proposal naming the doctor but signed by someone else: refused, and not written into
+    // the audit trail under the doctor's name (anyone could claim any identity).
+    let (mut forged, forged_tx) = medledger_common::protoutil::build_signed_proposal(
+        &medledger_common::protoutil::Invocation {
+            channel: medledger_tests::peernet::CHANNEL.into(),
+            chaincode: medledger_tests::peernet::CHAINCODE.into(),
+            args: vec![b"GetRecord".to_vec(), b"R-1".to_vec()],
+            transient: HashMap::new(),
+            is_init: false,
+        },
+        &doctor,
+    )?;
+    forged.signature = nurse.sign(&forged.proposal_bytes)?;
+    let ch = medledger_peer::comm::dial(
+        &net.address(0),
+        &[net.orgs[0].tls_ca.cert_pem().as_bytes().to_vec()],
+        None,
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    let refused = medledger_proto::protos::endorser_client::EndorserClient::new(ch)
+        .process_proposal(forged)
+        .await;
+    assert!(refused.map_or(true, |r| r.into_inner().endorsement.is_none()));
 
     // Another peer's gateway (or an old-style client) asking through protos.Endorser.
     let (sp, _) = medledger_common::protoutil::build_signed_proposal(
@@ -414,6 +439,10 @@ async fn create_read_and_query_become_balp_audit_events_on_syslog_and_fhir() -> 
 
     for (how, received) in [("syslog", &by_syslog), ("fhir", &by_fhir)] {
         let events = received.wait_for(7).await?;
+        assert!(
+            events.iter().all(|e| !e.to_string().contains(&forged_tx)),
+            "{how}: a forged proposal is in the audit trail"
+        );
         let txs = in_peer_order(&events)?;
         assert_eq!(txs.len(), 7, "{how}: {events:?}");
         assert_eq!(call_of(&events[6]), "GetRecord P-0042", "{how}");

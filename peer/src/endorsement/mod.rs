@@ -253,6 +253,16 @@ impl Endorser {
         let cert = creator
             .as_ref()
             .and_then(|c| medledger_common::cert::Certificate::from_pem(&c.id_bytes).ok());
+        // A refusal goes into the trail under the identity it names only if that identity's key
+        // signed it (a revoked or unauthorised member still did): anyone can name anyone, and
+        // unattributable refusals would fill the bounded queue. Those are in the refusal log.
+        let signed_by_named = cert.as_ref().is_some_and(|c| {
+            medledger_common::crypto::verify(&c.public_key, &sp.proposal_bytes, &sp.signature)
+                .is_ok()
+        });
+        if !signed_by_named {
+            return;
+        }
         let reason = error.to_string();
         let call = AuditCall {
             request,
