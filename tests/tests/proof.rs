@@ -94,8 +94,10 @@ async fn a_record_proof_verifies_offline_and_every_tampering_is_caught() -> anyh
     let tls = dir.path().join("tlsca.pem");
     std::fs::write(&tls, net.orgs[0].tls_ca.cert_pem())?;
     let bundle_path = dir.path().join("proof.json");
-    let (ok, out) = medledger_tests::run_cli(
+    let (ok, out) = medledger_tests::peer_cli(
         &bin,
+        &net.address(0),
+        &tls,
         "Hospital1MSP",
         &msp,
         &[
@@ -109,10 +111,6 @@ async fn a_record_proof_verifies_offline_and_every_tampering_is_caught() -> anyh
             CHAINCODE,
             "--output",
             &bundle_path.to_string_lossy(),
-            "--peerAddresses",
-            &net.address(0),
-            "--tlsRootCertFiles",
-            &tls.to_string_lossy(),
         ],
     );
     assert!(ok, "{out}");
@@ -195,8 +193,10 @@ async fn a_record_proof_verifies_offline_and_every_tampering_is_caught() -> anyh
     let (cert_tx, _, cert_block, _) = gw.submit(&["IssueCertificate", &cert]).await?;
     net.wait_height(cert_block + 1).await?;
     let cert_bundle = dir.path().join("cert-proof.json");
-    let (ok, out) = medledger_tests::run_cli(
+    let (ok, out) = medledger_tests::peer_cli(
         &bin,
+        &net.address(0),
+        &tls,
         "Hospital1MSP",
         &msp,
         &[
@@ -210,10 +210,6 @@ async fn a_record_proof_verifies_offline_and_every_tampering_is_caught() -> anyh
             CHAINCODE,
             "--output",
             &cert_bundle.to_string_lossy(),
-            "--peerAddresses",
-            &net.address(0),
-            "--tlsRootCertFiles",
-            &tls.to_string_lossy(),
         ],
     );
     assert!(ok, "{out}");
@@ -429,8 +425,10 @@ async fn sharing_and_erasure_keep_proving(
     let msp = dir.join("doctor-msp");
     let tls = dir.join("tlsca.pem");
     let bundle_path = dir.join("shared-proof.json");
-    let (ok, out) = medledger_tests::run_cli(
+    let (ok, out) = medledger_tests::peer_cli(
         bin,
+        &net.address(0),
+        &tls,
         "Hospital1MSP",
         &msp,
         &[
@@ -444,10 +442,6 @@ async fn sharing_and_erasure_keep_proving(
             CHAINCODE,
             "--output",
             &bundle_path.to_string_lossy(),
-            "--peerAddresses",
-            &net.address(0),
-            "--tlsRootCertFiles",
-            &tls.to_string_lossy(),
         ],
     );
     assert!(ok, "{out}");
