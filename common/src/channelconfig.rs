@@ -826,6 +826,24 @@ impl ChannelConfig {
     }
 }
 
+/// Replaces the consenter set of `config` (the Orderer group's `Orderers` value): the edit an
+/// update adding or removing an orderer makes, before `configtx::compute_update`.
+pub fn set_consenters(config: &mut Config, consenters: Vec<Consenter>) -> Result<(), ConfigError> {
+    let orderers = config
+        .channel_group
+        .as_mut()
+        .and_then(|root| root.groups.get_mut(ORDERER))
+        .and_then(|orderer| orderer.values.get_mut("Orderers"))
+        .ok_or_else(|| {
+            ConfigError::Invalid("the configuration has no Orderer group Orderers value".into())
+        })?;
+    orderers.value = Orderers {
+        consenter_mapping: consenters,
+    }
+    .encode_to_vec();
+    Ok(())
+}
+
 /// Signs a block as consenter `consenter_id`: the BFT `MetadataSignature` over
 /// `value ‖ identifier_header ‖ BlockHeaderBytes`.
 pub fn sign_block(

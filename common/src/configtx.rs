@@ -3,7 +3,7 @@
 //! exactly the next version and satisfy its current `mod_policy` with the update's signatures, and
 //! the result must be a configuration the channel can run on.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use medledger_proto::common::{
     Config, ConfigEnvelope, ConfigGroup, ConfigPolicy, ConfigUpdate, ConfigUpdateEnvelope,
@@ -326,7 +326,7 @@ pub fn propose_update(
         channel_group: Some(channel_group),
     };
     // The result must be a configuration the channel can run on before anyone applies it.
-    check_runnable(&current.channel_id, &config)?;
+    check_runnable(current, &config)?;
     Ok(ConfigEnvelope {
         config: Some(config),
         last_update: Some(update_envelope.clone()),
@@ -438,9 +438,13 @@ fn authorize(
 }
 
 /// Checks that a configuration resolves (MSPs, policies, orderer settings) and that its
-/// consensus settings can run a BFT ordering service.
-fn check_runnable(channel_id: &str, config: &Config) -> Result<ChannelConfig, ConfigTxError> {
-    let next = ChannelConfig::from_config(channel_id, config)?;
+/// consensus settings can run a BFT ordering service reached from `current`.
+fn check_runnable(
+    current: &ChannelConfig,
+    config: &Config,
+) -> Result<ChannelConfig, ConfigTxError> {
+    let next = ChannelConfig::from_config(&current.channel_id, config)?;
+    check_consenter_change(current, &next)?;
     // Every consenter must stay a valid identity: a configuration that revokes one (a CRL, a new
     // root) without replacing it would leave the orderers unable to check its signatures.
     for c in &next.consenters {
@@ -491,6 +495,36 @@ fn check_runnable(channel_id: &str, config: &Config) -> Result<ChannelConfig, Co
     Ok(next)
 }
 
+/// Refuses an update that adds, removes or changes (identity, TLS certificates, endpoint) more
+/// than one consenter. Consenters join and leave one at a time, as Fabric's operators are told
+/// to: every step leaves the old consenters a majority of the new set, and an operator who
+/// misconfigured the newcomer has lost at most one consenter's worth of fault tolerance.
+fn check_consenter_change(
+    current: &ChannelConfig,
+    next: &ChannelConfig,
+) -> Result<(), ConfigTxError> {
+    let ids: BTreeSet<u32> = current
+        .consenters
+        .iter()
+        .chain(&next.consenters)
+        .map(|c| c.id)
+        .collect();
+    let changed: Vec<String> = ids
+        .into_iter()
+        .filter(|id| current.consenter(*id) != next.consenter(*id))
+        .map(|id| id.to_string())
+        .collect();
+    if changed.len() > 1 {
+        return Err(refused(format!(
+            "the update changes {} consenters ({}): add, remove or change one consenter per \
+             update, and wait for its block before the next",
+            changed.len(),
+            changed.join(", ")
+        )));
+    }
+    Ok(())
+}
+
 /// Checks a CONFIG transaction's `ConfigEnvelope` against the configuration in force, as every
 /// orderer and peer does before a configuration block takes effect (Fabric's `Validate`): the
 /// sequence is the next one, and replaying its last update yields exactly its configuration.
@@ -520,7 +554,7 @@ pub fn check_config_envelope(
             "the configuration does not match what its last update produces".into(),
         ));
     }
-    check_runnable(&current.channel_id, config)
+    check_runnable(current, config)
 }
 
 /// The configuration envelope a CONFIG transaction envelope carries.

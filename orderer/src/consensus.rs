@@ -82,7 +82,7 @@ pub trait Crypto: Send + Sync {
     }
     /// Puts in force the configuration a decided configuration block carries, before anything
     /// after it is validated; returns the core's settings it carries.
-    fn apply_config_block(&self, _block: &Block) -> Option<Settings> {
+    fn apply_config_block(&self, _block: &Block) -> Option<AppliedConfig> {
         None
     }
 }
@@ -95,12 +95,22 @@ pub struct BatchConfig {
     pub absolute_max_bytes: usize,
 }
 
-/// What a channel configuration sets in the core: block cutting and the BFT timeouts and bounds.
-/// A configuration block puts them in force from the next block on.
+/// What a channel configuration sets in the core: the consenters, block cutting and the BFT
+/// timeouts and bounds. A configuration block puts them in force from the next block on.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// Consenter ids (any order).
+    pub consenters: Vec<u32>,
     pub batch: BatchConfig,
     pub bft: BftSettings,
+}
+
+/// A decided configuration block, once in force: its settings, and whether it changed the
+/// consenters (their ids, keys or endpoints), which starts a view change under the new set.
+#[derive(Debug, Clone)]
+pub struct AppliedConfig {
+    pub settings: Settings,
+    pub consenters_changed: bool,
 }
 
 /// Settings of one replica.
@@ -110,6 +120,11 @@ pub struct Config {
     pub self_id: u32,
     /// Consenter ids, sorted.
     pub consenters: Vec<u32>,
+    /// Consenters the newest change of the set removed. One that lagged never saw the block
+    /// removing it, and the others no longer listen to it: they answer what it sends with the
+    /// committed blocks it lacks (blocks carry their own proof), so that it learns it was
+    /// removed and stops ordering.
+    pub former: Vec<u32>,
     /// The period of `Replica::tick`: what the timeouts below are counted in.
     pub tick: Duration,
     pub batch: BatchConfig,
@@ -135,6 +150,12 @@ impl Config {
         let tick = self.tick.as_millis().max(1);
         let ticks = |d: Duration| u64::try_from((d.as_millis() / tick).max(1)).unwrap_or(u64::MAX);
         let bft = &settings.bft;
+        let mut consenters = settings.consenters.clone();
+        consenters.sort_unstable();
+        consenters.dedup();
+        if !consenters.is_empty() {
+            self.consenters = consenters;
+        }
         self.batch = settings.batch.clone();
         self.heartbeat_ticks = ticks(bft.heartbeat_interval);
         self.leader_timeout_ticks = ticks(bft.leader_timeout);
@@ -155,7 +176,15 @@ impl Config {
         (self.n() + self.f() + 1).div_ceil(2)
     }
     pub fn leader(&self, view: u64) -> u32 {
-        self.consenters[(view % self.n() as u64) as usize]
+        let n = self.n().max(1) as u64;
+        self.consenters
+            .get(usize::try_from(view % n).unwrap_or(0))
+            .copied()
+            .unwrap_or(u32::MAX)
+    }
+    /// Whether this replica is one of the consenters.
+    pub fn is_member(&self) -> bool {
+        self.consenters.contains(&self.self_id)
     }
 }
 
@@ -309,6 +338,12 @@ pub enum RequestError {
     /// The request pool is at its bound (Fabric answers SERVICE_UNAVAILABLE; the client retries).
     #[error("request pool is full")]
     Overloaded,
+    /// This orderer is not in the channel's consenter set (not yet added, or removed): it orders
+    /// nothing (SERVICE_UNAVAILABLE; the client tries another orderer).
+    #[error(
+        "this orderer is not a consenter of the channel at its height (not yet caught up, or removed)"
+    )]
+    NotConsenter,
 }
 
 /// Why a proposed block is refused (the leader is then suspected), or cannot be finalized.
@@ -794,17 +829,73 @@ impl Replica {
     /// A consensus message from consenter `from` (authenticated by the transport). Only a
     /// NewView may be relayed by someone other than its signer (the leader's signature is in it).
     pub fn receive(&mut self, from: u32, msg: ConsensusMessage) -> Vec<Output> {
+        if from != self.cfg.self_id && self.cfg.former.contains(&from) && self.cfg.is_member() {
+            self.help_former(from, &msg);
+            return std::mem::take(&mut self.out);
+        }
         if from == self.cfg.self_id || !self.cfg.consenters.contains(&from) {
             return Vec::new();
         }
         if let Some(kind) = self.open(&msg) {
             match kind {
+                _ if !self.cfg.is_member() => {
+                    if from == msg.sender {
+                        self.follow(from, kind);
+                    }
+                }
                 Kind::NewView(nv) => self.on_new_view(msg, nv),
                 _ if from != msg.sender => {}
                 kind => self.on_message(from, msg, kind),
             }
         }
         std::mem::take(&mut self.out)
+    }
+
+    /// A message from a consenter the newest change removed, which still thinks it is one: it
+    /// is sent the committed blocks from the height its message shows (rate-limited), which
+    /// include the one removing it. Its signature is not checked (its key is no longer in
+    /// force): the transport authenticated the sender, and the answer is only blocks that
+    /// carry their own proof.
+    fn help_former(&mut self, from: u32, msg: &ConsensusMessage) {
+        if msg.sender != from {
+            return;
+        }
+        let Some(kind) = Body::decode(msg.body.as_slice()).ok().and_then(|b| b.kind) else {
+            return;
+        };
+        let height = match kind {
+            Kind::ViewChange(vc) => vc.last_committed_seq,
+            Kind::StateRequest(r) => r.from_seq,
+            Kind::Heartbeat(Heartbeat { seq, .. })
+            | Kind::Prepare(Prepare { seq, .. })
+            | Kind::Commit(Commit { seq, .. })
+            | Kind::PrePrepare(PrePrepare { seq, .. }) => seq,
+            _ => return,
+        };
+        if height < self.height {
+            self.hint_height(from, height);
+        }
+    }
+
+    /// A replica outside the consenter set (added by a configuration block it has not reached
+    /// yet, or removed) neither votes nor proposes: it only catches up on the blocks the
+    /// consenters' messages show it lacks, checking each under the configuration in force.
+    fn follow(&mut self, from: u32, kind: Kind) {
+        match kind {
+            Kind::PrePrepare(PrePrepare { seq, .. })
+            | Kind::Prepare(Prepare { seq, .. })
+            | Kind::Commit(Commit { seq, .. })
+            | Kind::Heartbeat(Heartbeat { seq, .. })
+                if seq > self.height =>
+            {
+                self.hint_height(from, seq);
+            }
+            Kind::ViewChange(vc) if vc.last_committed_seq > self.height => {
+                self.hint_height(from, vc.last_committed_seq);
+            }
+            Kind::StateResponse(r) => self.on_state(r.blocks),
+            _ => {}
+        }
     }
 
     /// One logical clock tick.
@@ -823,6 +914,9 @@ impl Replica {
     // ------------------------------------------------------------------------------------------
 
     fn add_request(&mut self, envelope: Vec<u8>, from_client: bool) -> Result<(), RequestError> {
+        if !self.cfg.is_member() {
+            return Err(RequestError::NotConsenter);
+        }
         if envelope.len() > self.cfg.batch.absolute_max_bytes {
             return Err(RequestError::Malformed(format!(
                 "message of {} bytes exceeds the absolute maximum of {} bytes",
@@ -1371,12 +1465,21 @@ impl Replica {
             .map(|(_, c)| c)
             .filter(|c| cert_slot(c).is_some_and(|(_, _, cd)| cd == d));
         let seq = self.height;
+        let mut consenters_changed = false;
         if self.is_config_block(&block) {
             self.last_config = seq;
             // The next block is cut and validated, and the timeouts run, under the new
             // configuration.
-            if let Some(settings) = self.crypto.apply_config_block(&block) {
-                self.cfg.apply(&settings);
+            if let Some(applied) = self.crypto.apply_config_block(&block) {
+                let before = self.cfg.consenters.clone();
+                self.cfg.apply(&applied.settings);
+                consenters_changed = applied.consenters_changed;
+                if consenters_changed {
+                    self.cfg.former = before
+                        .into_iter()
+                        .filter(|c| !self.cfg.consenters.contains(c))
+                        .collect();
+                }
             }
             self.prune_pool();
         }
@@ -1390,7 +1493,66 @@ impl Replica {
         self.wal(WalOp::Done(txids));
         // Before any proposal for the next sequence, which the store must keep.
         self.wal(WalOp::Decided(seq));
+        if consenters_changed {
+            self.on_consenters_changed(seq);
+        }
         self.maybe_propose();
+    }
+
+    /// The configuration block `seq`, just committed, changed the consenters. Nothing after it
+    /// was voted on under the old set (a replica votes at a height only once it committed the
+    /// one before), so what the old set said about later heights is dropped, and a view change
+    /// under the new set follows: the NewView that installed our view is signed by the old
+    /// set, which a consenter added now could not check, and its leader may be gone. A replica
+    /// no longer in the set stops ordering.
+    fn on_consenters_changed(&mut self, seq: u64) {
+        let members = self.cfg.consenters.clone();
+        let member = |s: &u32| members.contains(s);
+        let former = self.cfg.former.clone();
+        for v in self.votes.values_mut() {
+            v.prepares.retain(|s, _| member(s));
+            v.commits.retain(|s, _| member(s));
+        }
+        self.view_changes.clear();
+        self.refused_view_changes.clear();
+        self.view_certs.clear();
+        // The certificate of the block just committed names the old set's leader and voters,
+        // which the new set cannot check; it protects nothing now: whoever acts under the new
+        // set has committed that block.
+        self.committed_cert = None;
+        self.set_prepared_cert(None);
+        self.last_help
+            .retain(|s, _| member(s) || former.contains(s));
+        self.last_served.retain(|s, _| member(s));
+        self.last_relay.retain(|s, _| member(s));
+        if !self.cfg.is_member() {
+            tracing::warn!(
+                consenter = self.cfg.self_id,
+                block = seq,
+                "this orderer is no longer a consenter of the channel: it stops ordering"
+            );
+            self.proposal = None;
+            self.in_view_change = None;
+            let dropped: Vec<String> = std::mem::take(&mut self.pool).into_keys().collect();
+            self.pool_order.clear();
+            self.pool_bytes = 0;
+            if !dropped.is_empty() {
+                self.wal(WalOp::Done(dropped));
+            }
+            return;
+        }
+        tracing::info!(
+            consenter = self.cfg.self_id,
+            block = seq,
+            consenters = ?self.cfg.consenters,
+            "the consenter set changed: changing view under the new set"
+        );
+        let target = self
+            .in_view_change
+            .unwrap_or(self.durable.view)
+            .max(self.durable.view)
+            .saturating_add(1);
+        self.start_view_change(target);
     }
 
     /// Whether a block carries a CONFIG transaction (alone, as validation requires).
@@ -1522,6 +1684,9 @@ impl Replica {
     }
 
     fn on_tick(&mut self) {
+        if !self.cfg.is_member() {
+            return;
+        }
         let now = self.now;
         if let Some(target) = self.in_view_change {
             if now - self.view_change_started >= self.cfg.view_change_timeout_ticks {

@@ -92,8 +92,11 @@ impl Crypto for TestCrypto {
     fn is_config_request(&self, envelope: &[u8]) -> bool {
         header_type(envelope) == Some(HeaderType::Config as i32)
     }
-    fn apply_config_block(&self, _block: &Block) -> Option<Settings> {
-        Some(reconfigured())
+    fn apply_config_block(&self, _block: &Block) -> Option<AppliedConfig> {
+        Some(AppliedConfig {
+            settings: reconfigured(),
+            consenters_changed: false,
+        })
     }
 }
 
@@ -108,6 +111,7 @@ fn header_type(envelope: &[u8]) -> Option<i32> {
 /// What every configuration block of these tests puts in force.
 fn reconfigured() -> Settings {
     Settings {
+        consenters: (1..=N).collect(),
         batch: BatchConfig {
             max_message_count: 3,
             preferred_max_bytes: 1 << 19,
@@ -129,6 +133,7 @@ fn config(id: u32) -> Config {
         channel_id: CHANNEL.into(),
         self_id: id,
         consenters: (1..=N).collect(),
+        former: Vec::new(),
         tick: std::time::Duration::from_millis(20),
         batch: BatchConfig {
             max_message_count: 10,

@@ -17,7 +17,7 @@ use medledger_proto::common::{Block, Envelope, HeaderType, IdentifierHeader, Met
 use medledger_proto::msp::SerializedIdentity;
 use prost::Message;
 
-use crate::consensus::{BatchConfig, Crypto, RequestError, Settings};
+use crate::consensus::{AppliedConfig, BatchConfig, Crypto, RequestError, Settings};
 
 /// Errors building the consenters' identities.
 #[derive(Debug, thiserror::Error)]
@@ -123,7 +123,13 @@ impl ConsenterCrypto {
             .ok_or_else(|| {
                 RequestError::Malformed("the update produced no configuration".into())
             })?;
-        same_consenters(&config, &next)?;
+        if next.consenters != config.consenters {
+            tracing::info!(
+                from = ?config.consenters.iter().map(|c| c.id).collect::<Vec<_>>(),
+                to = ?next.consenters.iter().map(|c| c.id).collect::<Vec<_>>(),
+                "configuration update changes the consenter set"
+            );
+        }
         signed_envelope(
             HeaderType::Config,
             &config.channel_id,
@@ -134,8 +140,9 @@ impl ConsenterCrypto {
     }
 
     /// Puts the configuration a decided configuration block carries in force (the consensus
-    /// core validated it before the block was decided). Returns it.
-    pub fn put_in_force(&self, block: &Block) -> Option<Arc<ChannelConfig>> {
+    /// core validated it before the block was decided). Returns it, and whether its consenters
+    /// differ from those before.
+    pub fn put_in_force(&self, block: &Block) -> Option<(Arc<ChannelConfig>, bool)> {
         if !is_config_block(block) {
             return None;
         }
@@ -154,8 +161,9 @@ impl ConsenterCrypto {
             }
         }
         tracing::info!(sequence = next.sequence, "configuration updated");
+        let changed = self.config().consenters != next.consenters;
         self.config.replace(next);
-        Some(self.config())
+        Some((self.config(), changed))
     }
 
     fn consenter(&self, id: u32) -> Option<Identity> {
@@ -171,6 +179,7 @@ impl ConsenterCrypto {
 /// them: blocks are cut adaptively, never later than it (`Replica::maybe_propose`).
 pub fn core_settings(channel: &ChannelConfig) -> Settings {
     Settings {
+        consenters: channel.consenters.iter().map(|c| c.id).collect(),
         batch: BatchConfig {
             max_message_count: channel.batch_size.max_message_count.max(1) as usize,
             preferred_max_bytes: channel.batch_size.preferred_max_bytes as usize,
@@ -178,17 +187,6 @@ pub fn core_settings(channel: &ChannelConfig) -> Settings {
         },
         bft: channel.bft,
     }
-}
-
-/// Refuses a configuration that changes the consenter set: the consensus core runs with the
-/// consenters it started with, so such a change is refused rather than half applied.
-fn same_consenters(current: &ChannelConfig, next: &ChannelConfig) -> Result<(), RequestError> {
-    if next.consenters != current.consenters {
-        return Err(RequestError::Malformed(
-            "configuration update refused: changing the consenter set is not supported yet".into(),
-        ));
-    }
-    Ok(())
 }
 
 /// How a refused configuration update is answered: an update whose signatures do not satisfy
@@ -285,8 +283,12 @@ impl Crypto for ConsenterCrypto {
         Ok(ch.tx_id.clone())
     }
 
-    fn apply_config_block(&self, block: &Block) -> Option<Settings> {
-        self.put_in_force(block).map(|c| core_settings(&c))
+    fn apply_config_block(&self, block: &Block) -> Option<AppliedConfig> {
+        self.put_in_force(block)
+            .map(|(c, consenters_changed)| AppliedConfig {
+                settings: core_settings(&c),
+                consenters_changed,
+            })
     }
 
     fn is_config_request(&self, envelope: &[u8]) -> bool {
@@ -329,8 +331,7 @@ impl ConsenterCrypto {
             .verify(&env.payload, &env.signature)
             .map_err(|_| RequestError::Forbidden("envelope signature does not verify".into()))?;
         let config_envelope = config_envelope_of(env).map_err(config_refusal)?;
-        let next = check_config_envelope(config, &config_envelope).map_err(config_refusal)?;
-        same_consenters(config, &next)?;
+        check_config_envelope(config, &config_envelope).map_err(config_refusal)?;
         Ok(ch.tx_id.clone())
     }
 }

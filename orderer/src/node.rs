@@ -192,15 +192,30 @@ pub fn join_channel(store: &BlockStore, genesis: &Block) -> Result<(), NodeError
     Ok(())
 }
 
-/// The consensus core's settings: the channel's BFT options and batch settings, in ticks.
-fn consensus_config(cfg: &OrdererConfig, channel: &ChannelConfig) -> Config {
+/// The consensus core's settings: the channel's BFT options and batch settings, in ticks, and
+/// the consenters `previous` (the configuration before the newest consenter change) had.
+fn consensus_config(
+    cfg: &OrdererConfig,
+    channel: &ChannelConfig,
+    previous: Option<&ChannelConfig>,
+) -> Config {
     let settings = core_settings(channel);
     let mut ids: Vec<u32> = channel.consenters.iter().map(|c| c.id).collect();
     ids.sort_unstable();
+    let former = previous
+        .map(|p| {
+            p.consenters
+                .iter()
+                .map(|c| c.id)
+                .filter(|id| !ids.contains(id))
+                .collect()
+        })
+        .unwrap_or_default();
     let mut config = Config {
         channel_id: channel.channel_id.clone(),
         self_id: cfg.consenter_id,
         consenters: ids,
+        former,
         tick: Duration::from_millis(cfg.tick_ms.max(1)),
         batch: settings.batch.clone(),
         heartbeat_ticks: 1,
@@ -240,6 +255,38 @@ fn config_in_force(
     let config = ChannelConfig::from_block(&block)
         .map_err(|e| corrupt(format!("configuration block {index}: {e}")))?;
     Ok((config, index))
+}
+
+/// The configuration in force before the newest change of the consenter set (none if the
+/// genesis consenters still order): each configuration block's predecessor is named by the
+/// LAST_CONFIG of the block before it.
+fn config_before_consenter_change(
+    store: &BlockStore,
+    genesis: &ChannelConfig,
+    current: &ChannelConfig,
+    mut index: u64,
+) -> Result<Option<ChannelConfig>, NodeError> {
+    let corrupt = NodeError::Corrupt;
+    while index > 0 {
+        let before = store
+            .block(index - 1)?
+            .ok_or_else(|| corrupt(format!("block {} is missing", index - 1)))?;
+        index = medledger_common::protoutil::signed_last_config(&before)
+            .ok_or_else(|| corrupt(format!("block {} names no configuration block", index - 1)))?;
+        let config = if index == 0 {
+            genesis.clone()
+        } else {
+            let block = store
+                .block(index)?
+                .ok_or_else(|| corrupt(format!("configuration block {index} is missing")))?;
+            ChannelConfig::from_block(&block)
+                .map_err(|e| corrupt(format!("configuration block {index}: {e}")))?
+        };
+        if config.consenters != current.consenters {
+            return Ok(Some(config));
+        }
+    }
+    Ok(None)
 }
 
 /// The checks only Broadcast makes, before the consensus core checks the request (form,
@@ -322,6 +369,11 @@ fn request_verdict(verdict: Option<Result<(), RequestError>>) -> (BlockStatus, S
             "failed to submit request: request pool is full".into(),
             true,
         ),
+        Some(Err(RequestError::NotConsenter)) => (
+            BlockStatus::ServiceUnavailable,
+            RequestError::NotConsenter.to_string(),
+            true,
+        ),
         Some(Err(RequestError::Malformed(why))) => (BlockStatus::BadRequest, why, true),
         Some(Err(RequestError::Forbidden(why))) => (BlockStatus::Forbidden, why, true),
         None => (
@@ -338,8 +390,9 @@ struct Services {
     crypto: Arc<ConsenterCrypto>,
     store: Arc<BlockStore>,
     events: mpsc::Sender<Event>,
-    /// Consenter TLS certificates (DER) by id, to know who is on the other end.
-    peers_by_cert: Vec<(Vec<u8>, u32)>,
+    /// The configuration before the newest consenter change: the consenters it removed are
+    /// still recognised, to be sent the blocks that tell them so.
+    previous: std::sync::RwLock<Option<Arc<ChannelConfig>>>,
     max_bytes: usize,
     misbehaviour: Misbehaviour,
 }
@@ -505,12 +558,13 @@ impl Consensus for Svc {
         let cert = r
             .peer_certs()
             .and_then(|c| c.first().map(|c| c.as_ref().to_vec()));
+        // Who is on the other end, by the consenters' TLS client certificates in the
+        // configuration in force: a consenter added later is recognised from its block on.
         let Some(from) = cert.and_then(|c| {
-            self.0
-                .peers_by_cert
-                .iter()
-                .find(|(d, _)| *d == c)
-                .map(|(_, id)| *id)
+            consenter_by_tls_cert(&self.0.config.get(), &c).or_else(|| {
+                let previous = self.0.previous.read().unwrap_or_else(|e| e.into_inner());
+                consenter_by_tls_cert(previous.as_ref()?, &c)
+            })
         }) else {
             tracing::warn!("consensus stream from a client that is not a consenter: refused");
             return Err(Status::permission_denied("not a consenter of this channel"));
@@ -531,6 +585,77 @@ impl Consensus for Svc {
             }
         }
         Ok(Response::new(Ack {}))
+    }
+}
+
+/// The id of the consenter whose TLS client certificate (DER) is `der`.
+fn consenter_by_tls_cert(channel: &ChannelConfig, der: &[u8]) -> Option<u32> {
+    channel
+        .consenters
+        .iter()
+        .find(|c| pem_der(&c.client_tls_cert).is_some_and(|d| d == der))
+        .map(|c| c.id)
+}
+
+/// The consensus links to the other consenters, following the configuration in force: a link
+/// per consenter, opened when a configuration block adds one (or changes its endpoint) and
+/// closed when one removes it.
+struct Links {
+    self_id: u32,
+    roots: Vec<u8>,
+    identity: (Vec<u8>, Vec<u8>),
+    limits: MessageLimits,
+    shutdown: watch::Receiver<bool>,
+    /// By consenter id: its endpoint and the queue of its link task.
+    open: BTreeMap<u32, (String, mpsc::Sender<ConsensusMessage>)>,
+}
+
+/// Messages queued for one consenter while its link is slow or down; beyond it they are dropped
+/// (the protocol retransmits what matters).
+const LINK_QUEUE: usize = 1024;
+
+impl Links {
+    /// Opens and closes links so that there is one per consenter of `channel` but us, and per
+    /// consenter `previous` had that `channel` removed.
+    fn follow(&mut self, channel: &ChannelConfig, previous: Option<&ChannelConfig>) {
+        let removed = previous
+            .into_iter()
+            .flat_map(|p| &p.consenters)
+            .filter(|c| channel.consenter(c.id).is_none());
+        let wanted: BTreeMap<u32, String> = channel
+            .consenters
+            .iter()
+            .chain(removed)
+            .filter(|c| c.id != self.self_id)
+            .map(|c| (c.id, format!("{}:{}", c.host, c.port)))
+            .collect();
+        // Dropping a link's queue ends its task.
+        self.open
+            .retain(|id, (endpoint, _)| wanted.get(id) == Some(endpoint));
+        for (id, endpoint) in wanted {
+            if self.open.contains_key(&id) {
+                continue;
+            }
+            tracing::info!(consenter = id, %endpoint, "consensus link opened");
+            let (tx, rx) = mpsc::channel(LINK_QUEUE);
+            tokio::spawn(outbound_link(
+                endpoint.clone(),
+                self.roots.clone(),
+                self.identity.clone(),
+                self.limits,
+                rx,
+                self.shutdown.clone(),
+            ));
+            self.open.insert(id, (endpoint, tx));
+        }
+    }
+
+    fn send(&self, to: Option<u32>, msg: &ConsensusMessage) {
+        for (peer, (_, link)) in &self.open {
+            if to.is_none_or(|t| t == *peer) {
+                let _ = link.try_send(msg.clone());
+            }
+        }
     }
 }
 
@@ -615,19 +740,6 @@ pub async fn start_byzantine(
         tracing::warn!(?misbehaviour, "this orderer is Byzantine on purpose");
     }
     let (genesis, channel) = read_genesis(&cfg.genesis_block)?;
-    if channel.consenter(cfg.consenter_id).is_none() {
-        return Err(NodeError::Config(format!(
-            "consenterId {} is not in the channel's consenter set ({}): set it to this \
-             orderer's id in the channel's configtx.yaml",
-            cfg.consenter_id,
-            channel
-                .consenters
-                .iter()
-                .map(|c| c.id.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
-    }
     let signer = SigningIdentity::load(&cfg.msp_dir, &cfg.msp_id).map_err(|e| NodeError::File {
         path: cfg.msp_dir.clone(),
         reason: e.to_string(),
@@ -636,7 +748,24 @@ pub async fn start_byzantine(
         &cfg.data_dir.join("chains").join(&channel.channel_id),
     )?);
     join_channel(&store, &genesis)?;
+    let genesis_config = channel.clone();
     let (channel, last_config) = config_in_force(&store, channel)?;
+    let previous = config_before_consenter_change(&store, &genesis_config, &channel, last_config)?;
+    if channel.consenter(cfg.consenter_id).is_none() {
+        tracing::warn!(
+            consenter = cfg.consenter_id,
+            height = store.height(),
+            consenters = %channel
+                .consenters
+                .iter()
+                .map(|c| c.id.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            "this orderer is not a consenter of the channel at its height: it catches up from the \
+             consenters and orders once a configuration block names its consenterId (check \
+             consenterId if no update adds it)"
+        );
+    }
     let config = Arc::new(ConfigInForce::new(channel.clone()));
     let crypto = Arc::new(
         ConsenterCrypto::sharing(cfg.consenter_id, signer, config.clone())
@@ -651,42 +780,30 @@ pub async fn start_byzantine(
         material.key_pem,
         material.client_ca_bundle,
     );
-    let ccfg = consensus_config(&cfg, &channel);
+    let ccfg = consensus_config(&cfg, &channel, previous.as_ref());
     let max_bytes = ccfg.batch.absolute_max_bytes;
     let mut replica =
         Replica::new(ccfg, crypto.clone(), store.restore()?).with_last_config(last_config);
 
     let (events_tx, mut events) = mpsc::channel::<Event>(4096);
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let mut links: BTreeMap<u32, mpsc::Sender<ConsensusMessage>> = BTreeMap::new();
     let mut tasks = Vec::new();
-    for c in channel
-        .consenters
-        .iter()
-        .filter(|c| c.id != cfg.consenter_id)
-    {
-        let (tx, rx) = mpsc::channel(1024);
-        links.insert(c.id, tx);
-        tasks.push(tokio::spawn(outbound_link(
-            format!("{}:{}", c.host, c.port),
-            roots.clone(),
-            (cert.clone(), key.clone()),
-            cfg.message_limits(),
-            rx,
-            shutdown_rx.clone(),
-        )));
-    }
+    let mut links = Links {
+        self_id: cfg.consenter_id,
+        roots: roots.clone(),
+        identity: (cert.clone(), key.clone()),
+        limits: cfg.message_limits(),
+        shutdown: shutdown_rx.clone(),
+        open: BTreeMap::new(),
+    };
+    links.follow(&channel, previous.as_ref());
     let mut faulty = misbehaviour.consensus_faults(cfg.consenter_id, crypto.clone());
     let services = Arc::new(Services {
         config: config.clone(),
         crypto,
         store: store.clone(),
         events: events_tx,
-        peers_by_cert: channel
-            .consenters
-            .iter()
-            .filter_map(|c| pem_der(&c.client_tls_cert).map(|d| (d, c.id)))
-            .collect(),
+        previous: std::sync::RwLock::new(previous.map(Arc::new)),
         max_bytes,
         misbehaviour,
     });
@@ -713,7 +830,7 @@ pub async fn start_byzantine(
                 .max_encoding_message_size(cfg.max_send_msg_size),
         )
         .add_service(
-            ConsensusServer::new(Svc(services))
+            ConsensusServer::new(Svc(services.clone()))
                 .max_decoding_message_size(cfg.max_recv_msg_size)
                 .max_encoding_message_size(cfg.max_send_msg_size),
         )
@@ -765,6 +882,9 @@ pub async fn start_byzantine(
     };
     let loop_view = view.clone();
     let loop_store = store.clone();
+    let loop_config = config.clone();
+    let loop_services = services.clone();
+    let mut seen = config.get();
     let mut stop = shutdown_rx.clone();
     let tick = Duration::from_millis(cfg.tick_ms.max(1));
     let id = cfg.consenter_id;
@@ -815,6 +935,16 @@ pub async fn start_byzantine(
                 for b in &blocks {
                     tracing::debug!(orderer = id, block = b.header.as_ref().map(|h| h.number).unwrap_or_default(), "block committed");
                 }
+                if blocks.iter().any(medledger_common::protoutil::is_config_block) {
+                    let now = loop_config.get();
+                    let mut previous =
+                        loop_services.previous.write().unwrap_or_else(|e| e.into_inner());
+                    if now.consenters != seen.consenters {
+                        *previous = Some(seen.clone());
+                    }
+                    links.follow(&now, previous.as_deref());
+                    seen = now;
+                }
             }
             loop_view.store(replica.view(), std::sync::atomic::Ordering::Relaxed);
             // Acknowledge clients only once their requests are durable.
@@ -825,20 +955,14 @@ pub async fn start_byzantine(
                 match o {
                     Output::Send { to, msg } => {
                         let Some(msg) = faulty.outgoing(msg) else { continue };
-                        for (peer, link) in &links {
-                            if to.is_none_or(|t| t == *peer) {
-                                let _ = link.try_send(msg.clone());
-                            }
-                        }
+                        links.send(to, &msg);
                     }
                     Output::ServeState { to, from_seq } => {
                         let blocks: Vec<Block> = (from_seq..loop_store.height().min(from_seq + 20))
                             .filter_map(|n| loop_store.block(n).ok().flatten())
                             .collect();
                         let msg = replica.state_response_message(blocks);
-                        if let Some(link) = links.get(&to) {
-                            let _ = link.try_send(msg);
-                        }
+                        links.send(Some(to), &msg);
                     }
                     Output::Wal(_) | Output::Commit(_) => {}
                 }

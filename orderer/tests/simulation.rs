@@ -21,17 +21,25 @@ use std::time::{Duration, Instant};
 
 use medledger_common::PrivateKey;
 use medledger_common::SigningIdentity;
-use medledger_common::channelconfig::{ChannelConfig, ChannelProfile, OrgProfile, genesis_block};
+use medledger_common::channelconfig::{
+    BftSettings, ChannelConfig, ChannelProfile, OrgProfile, config_of_block, genesis_block,
+    set_consenters,
+};
+use medledger_common::configtx::{compute_update, sign_config_update, update_envelope};
 use medledger_common::issue::{CaSigner, IssueRequest, Usage, random_serial};
 use medledger_common::msp::{org_msp_config, unix_now};
-use medledger_common::protoutil::{BLOCK_METADATA_SLOTS, block_header_hash, signed_envelope};
+use medledger_common::protoutil::{
+    BLOCK_METADATA_SLOTS, block_header_hash, is_config_block, signed_envelope,
+};
 use medledger_orderer::consensus::{
-    BatchConfig, Config, Crypto, DEFAULT_MAX_POOL_BYTES, DEFAULT_MAX_POOL_REQUESTS, Durable, Held,
-    Output, Replica, Restored, txid_of,
+    AppliedConfig, BatchConfig, Config, Crypto, DEFAULT_MAX_POOL_BYTES, DEFAULT_MAX_POOL_REQUESTS,
+    Durable, Held, Output, Replica, RequestError, Restored, txid_of,
 };
 use medledger_orderer::crypto::ConsenterCrypto;
 use medledger_orderer::faults::{Fault, Mutator};
-use medledger_proto::common::{Block, Consenter, HeaderType};
+use medledger_proto::common::{
+    Block, ConfigUpdateEnvelope, Consenter, HeaderType, MetadataSignature,
+};
 use medledger_proto::medledger::consensus::{Body, ConsensusMessage, body::Kind};
 use medledger_proto::orderer::BatchSize;
 use prost::Message;
@@ -74,7 +82,12 @@ struct World {
     n: usize,
     genesis: Block,
     config: ChannelConfig,
+    /// Consenter keys by identity (0-based): the first `n` are the genesis consenters, one more
+    /// is the spare a reconfiguration adds.
+    orderers: Vec<SigningIdentity>,
     cryptos: Vec<Arc<ConsenterCrypto>>,
+    /// The orderer organisation's admin, who signs consenter set changes.
+    admin: SigningIdentity,
     requests: Vec<Vec<u8>>,
     /// A request that is well-formed but signed by nobody the channel knows.
     foreign_request: Vec<u8>,
@@ -84,9 +97,10 @@ impl World {
     fn new(n: usize, requests: usize) -> Self {
         let ord_ca = CaSigner::new_root("ca.orderer", "OrdererMSP", 5).unwrap();
         let app_ca = CaSigner::new_root("ca.hospital1", "Hospital1MSP", 5).unwrap();
-        let orderers: Vec<SigningIdentity> = (1..=n)
+        let orderers: Vec<SigningIdentity> = (1..=n + 1)
             .map(|i| identity(&ord_ca, "OrdererMSP", &format!("orderer{i}"), "orderer"))
             .collect();
+        let admin = identity(&ord_ca, "OrdererMSP", "admin", "admin");
         let client = identity(&app_ca, "Hospital1MSP", "client", "client");
         let profile = ChannelProfile {
             channel_id: CHANNEL.into(),
@@ -98,18 +112,7 @@ impl World {
                 msp: org_msp_config("OrdererMSP", ord_ca.cert_pem().as_bytes(), None),
                 anchor_peers: vec![],
             }],
-            consenters: orderers
-                .iter()
-                .enumerate()
-                .map(|(i, o)| Consenter {
-                    id: i as u32 + 1,
-                    host: "127.0.0.1".into(),
-                    port: 7050 + i as u32,
-                    msp_id: "OrdererMSP".into(),
-                    identity: o.cert_pem().to_vec(),
-                    ..Default::default()
-                })
-                .collect(),
+            consenters: (0..n).map(|i| consenter(&orderers, i)).collect(),
             batch_size: BatchSize {
                 max_message_count: 10,
                 absolute_max_bytes: 1 << 20,
@@ -156,17 +159,54 @@ impl World {
             n,
             genesis,
             config,
+            orderers,
             cryptos,
+            admin,
             requests,
             foreign_request,
         }
     }
 
-    fn config(&self, id: u32) -> Config {
+    /// The CONFIG transaction that gives the channel `consenters`, as the orderer with identity
+    /// `via` makes it from the admin's update against the configuration `blocks` end with.
+    fn consenter_change(&self, via: usize, blocks: &[Block], consenters: &[usize]) -> Vec<u8> {
+        let current = config_in_force(blocks).1;
+        let original = config_of_block(&blocks[config_in_force(blocks).0 as usize]).unwrap();
+        let mut updated = original.clone();
+        set_consenters(
+            &mut updated,
+            consenters
+                .iter()
+                .map(|&i| consenter(&self.orderers, i))
+                .collect(),
+        )
+        .unwrap();
+        let update = compute_update(CHANNEL, &original, &updated)
+            .unwrap()
+            .encode_to_vec();
+        let signature = sign_config_update(&update, &self.admin).unwrap();
+        let envelope = update_envelope(
+            CHANNEL,
+            &ConfigUpdateEnvelope {
+                config_update: update,
+                signatures: vec![signature],
+            },
+            &self.admin,
+        )
+        .unwrap();
+        ConsenterCrypto::new(via as u32 + 1, self.orderers[via].clone(), current)
+            .unwrap()
+            .config_transaction(&envelope)
+            .unwrap()
+            .encode_to_vec()
+    }
+
+    fn config(&self, id: u32, consenters: Vec<u32>) -> Config {
         Config {
             channel_id: CHANNEL.into(),
             self_id: id,
-            consenters: (1..=self.n as u32).collect(),
+            consenters,
+            former: Vec::new(),
             tick: std::time::Duration::from_millis(20),
             batch: BatchConfig {
                 max_message_count: 10,
@@ -181,6 +221,73 @@ impl World {
             max_pool_requests: DEFAULT_MAX_POOL_REQUESTS,
             max_pool_bytes: DEFAULT_MAX_POOL_BYTES,
         }
+    }
+}
+
+/// Consenter `i` (0-based identity) as a channel configuration names it.
+fn consenter(orderers: &[SigningIdentity], i: usize) -> Consenter {
+    Consenter {
+        id: i as u32 + 1,
+        host: "127.0.0.1".into(),
+        port: 7050 + i as u32,
+        msp_id: "OrdererMSP".into(),
+        identity: orderers[i].cert_pem().to_vec(),
+        ..Default::default()
+    }
+}
+
+/// The newest configuration block among `blocks` (a chain from genesis) and its configuration.
+fn config_in_force(blocks: &[Block]) -> (u64, ChannelConfig) {
+    let at = blocks.iter().rposition(is_config_block).unwrap_or(0);
+    (at as u64, ChannelConfig::from_block(&blocks[at]).unwrap())
+}
+
+/// The simulation's timeouts in the units a channel configuration sets (20 ms ticks):
+/// configuration blocks put these in force rather than the channel's production defaults.
+fn sim_bft() -> BftSettings {
+    BftSettings {
+        leader_timeout: Duration::from_millis(800),
+        heartbeat_interval: Duration::from_millis(100),
+        request_complain_timeout: Duration::from_millis(1800),
+        view_change_timeout: Duration::from_millis(1400),
+        view_change_resend_interval: Duration::from_millis(240),
+        request_pool_size: DEFAULT_MAX_POOL_REQUESTS,
+    }
+}
+
+/// A consenter's real crypto, with the simulation's timeouts in each configuration it puts in
+/// force.
+struct SimCrypto(ConsenterCrypto);
+
+impl Crypto for SimCrypto {
+    fn sign(&self, msg: &[u8]) -> Vec<u8> {
+        self.0.sign(msg)
+    }
+    fn verify(&self, signer: u32, msg: &[u8], sig: &[u8]) -> bool {
+        self.0.verify(signer, msg, sig)
+    }
+    fn sign_block(&self, block: &Block, value: &[u8]) -> Option<MetadataSignature> {
+        self.0.sign_block(block, value)
+    }
+    fn verify_block_signature(
+        &self,
+        signer: u32,
+        block: &Block,
+        value: &[u8],
+        sig: &MetadataSignature,
+    ) -> bool {
+        self.0.verify_block_signature(signer, block, value, sig)
+    }
+    fn check_request(&self, envelope: &[u8]) -> Result<String, RequestError> {
+        self.0.check_request(envelope)
+    }
+    fn is_config_request(&self, envelope: &[u8]) -> bool {
+        self.0.is_config_request(envelope)
+    }
+    fn apply_config_block(&self, block: &Block) -> Option<AppliedConfig> {
+        let mut applied = self.0.apply_config_block(block)?;
+        applied.settings.bft = sim_bft();
+        Some(applied)
     }
 }
 
@@ -233,7 +340,9 @@ struct Sim<'w> {
     cut: Vec<(usize, usize, u64)>,
     faulty: Faulty,
     mutator: Mutator,
-    acked: HashSet<String>,
+    /// Requests a correct node accepted, and which node: one a reconfiguration removed before
+    /// it was ordered may be lost with that node (its clients must retry elsewhere).
+    acked: BTreeMap<String, usize>,
     /// The digest each node proposed or voted for at (node, view, seq), across its restarts:
     /// a second one from a correct node is equivocation.
     votes: BTreeMap<(usize, u64, u64), Vec<u8>>,
@@ -246,10 +355,14 @@ struct Sim<'w> {
 }
 
 impl<'w> Sim<'w> {
-    fn new(world: &'w World, seed: u64, faulty: Faulty) -> Self {
+    /// With `spare`, one more node, for the consenter a reconfiguration adds: booted by `run`.
+    fn new(world: &'w World, seed: u64, faulty: Faulty, spare: bool) -> Self {
         let mut identities: Vec<usize> = (0..world.n).collect();
         if let Faulty::Twins(i) = faulty {
             identities.push(i);
+        }
+        if spare {
+            identities.push(world.n);
         }
         let nodes = identities
             .into_iter()
@@ -261,7 +374,7 @@ impl<'w> Sim<'w> {
                     durable: Durable::default(),
                     blocks: vec![world.genesis.clone()],
                 };
-                // The second twin starts later, from nothing (`run`).
+                // The second twin and the spare start later, from nothing (`run`).
                 if k < world.n {
                     n.replica = Some(Self::boot(world, &n));
                 }
@@ -284,7 +397,7 @@ impl<'w> Sim<'w> {
             cut: Vec::new(),
             faulty,
             mutator: Mutator::new(seed),
-            acked: HashSet::new(),
+            acked: BTreeMap::new(),
             votes: BTreeMap::new(),
             twin_votes: BTreeMap::new(),
             twin_equivocations: 0,
@@ -307,9 +420,34 @@ impl<'w> Sim<'w> {
             .map(block_header_hash)
             .unwrap_or_default();
         let i = node.identity;
-        let crypto: Arc<dyn Crypto> = world.cryptos[i].clone();
+        // What a restarted orderer does: the configuration in force from its own blocks.
+        let (last_config, config) = config_in_force(&node.blocks);
+        let consenters: Vec<u32> = config.consenters.iter().map(|c| c.id).collect();
+        // The consenters the newest change of the set removed, as the node finds them.
+        let former = node
+            .blocks
+            .iter()
+            .take(last_config as usize)
+            .filter(|b| is_config_block(b))
+            .rev()
+            .map(|b| ChannelConfig::from_block(b).unwrap())
+            .find(|c| c.consenters != config.consenters)
+            .map(|c| {
+                c.consenters
+                    .iter()
+                    .map(|c| c.id)
+                    .filter(|id| !consenters.contains(id))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let crypto: Arc<dyn Crypto> = Arc::new(SimCrypto(
+            ConsenterCrypto::new(i as u32 + 1, world.orderers[i].clone(), config).unwrap(),
+        ));
         Replica::new(
-            world.config(i as u32 + 1),
+            Config {
+                former,
+                ..world.config(i as u32 + 1, consenters)
+            },
             crypto,
             Restored {
                 durable: node.durable.clone(),
@@ -318,6 +456,7 @@ impl<'w> Sim<'w> {
                 committed_txids: committed,
             },
         )
+        .with_last_config(last_config)
     }
 
     fn is_faulty(&self, node: usize) -> bool {
@@ -556,16 +695,61 @@ impl<'w> Sim<'w> {
         }
     }
 
-    fn submit(&mut self, i: usize, req: Vec<u8>) {
+    /// Submits a request to node `i`; whether it was accepted.
+    fn submit(&mut self, i: usize, req: Vec<u8>) -> bool {
         let Some(r) = self.nodes[i].replica.as_mut() else {
-            return;
+            return false;
         };
         let txid = txid_of(&req).unwrap();
         let (result, out) = r.submit(req);
-        if result.is_ok() && !self.is_faulty(i) {
-            self.acked.insert(txid);
+        let accepted = result.is_ok();
+        if accepted && !self.is_faulty(i) {
+            self.acked.insert(txid, i);
         }
         self.apply(i, out);
+        accepted
+    }
+
+    /// The correct nodes running as consenters of the configuration they have in force.
+    fn members(&self) -> Vec<usize> {
+        self.correct()
+            .into_iter()
+            .filter(|&i| {
+                self.nodes[i]
+                    .replica
+                    .as_ref()
+                    .is_some_and(|r| r.config().is_member())
+            })
+            .collect()
+    }
+
+    /// The correct nodes of the consenters in force at the longest correct chain: those that
+    /// must converge (one removed stops at the block removing it).
+    fn final_members(&self) -> Vec<usize> {
+        let Some(ahead) = self
+            .members()
+            .into_iter()
+            .max_by_key(|&i| self.nodes[i].blocks.len())
+        else {
+            return Vec::new();
+        };
+        let Some(r) = &self.nodes[ahead].replica else {
+            return Vec::new();
+        };
+        let set = r.config().consenters.clone();
+        self.members()
+            .into_iter()
+            .filter(|&i| set.contains(&(self.nodes[i].identity as u32 + 1)))
+            .collect()
+    }
+
+    /// Requests acknowledged by one of `nodes`: those that must be ordered.
+    fn acked_by(&self, nodes: &[usize]) -> Vec<&String> {
+        self.acked
+            .iter()
+            .filter(|(_, n)| nodes.contains(n))
+            .map(|(t, _)| t)
+            .collect()
     }
 
     /// The nodes of correct consenters.
@@ -615,9 +799,76 @@ struct Coverage {
     max_ticks_to_converge: u64,
     faults: BTreeMap<Fault, u64>,
     max_held: Held,
+    /// Consenter set changes ordered (an add and a removal per reconfiguring seed).
+    consenter_changes: u64,
 }
 
-fn run(world: &World, seed: u64, cov: &mut Coverage) {
+/// The genesis consenter a reconfiguring run removes: not the faulty one, which must stay to
+/// keep misbehaving.
+fn removed(faulty: Faulty) -> usize {
+    if faulty.identity() == Some(0) { 1 } else { 0 }
+}
+
+/// Where a reconfiguring run is: the spare consenter is added, then a genesis one removed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Reconfig {
+    /// Adding the spare from this tick on.
+    Add {
+        at: u64,
+    },
+    /// Removing this identity from this tick on, once the add is committed.
+    Remove {
+        at: u64,
+        victim: usize,
+    },
+    Done,
+}
+
+impl Sim<'_> {
+    /// Submits the next consenter set change when it is due, through the correct consenter
+    /// with the longest chain (its configuration is the newest).
+    fn reconfigure(&mut self, state: &mut Reconfig) {
+        let spare = self.world.n;
+        let (at, set): (u64, Vec<usize>) = match *state {
+            Reconfig::Add { at } => (at, (0..=spare).collect()),
+            Reconfig::Remove { at, victim } => (at, (0..=spare).filter(|&i| i != victim).collect()),
+            Reconfig::Done => return,
+        };
+        if self.now < at || !self.now.is_multiple_of(10) {
+            return;
+        }
+        let Some(via) = self
+            .members()
+            .into_iter()
+            .max_by_key(|&i| self.nodes[i].blocks.len())
+        else {
+            return;
+        };
+        let in_force = config_in_force(&self.nodes[via].blocks).1;
+        if let Reconfig::Remove { .. } = state
+            && in_force.consenter(spare as u32 + 1).is_none()
+        {
+            // The add is not committed yet (or its request was lost with a crash): wait.
+            return;
+        }
+        let tx =
+            self.world
+                .consenter_change(self.nodes[via].identity, &self.nodes[via].blocks, &set);
+        if self.submit(via, tx) {
+            *state = match *state {
+                Reconfig::Add { .. } => Reconfig::Remove {
+                    at: self.now + 200,
+                    victim: removed(self.faulty),
+                },
+                _ => Reconfig::Done,
+            };
+        }
+    }
+}
+
+/// One seeded run; with `reconfigure`, the spare consenter is added during the faults and a
+/// genesis consenter removed after it.
+fn run(world: &World, seed: u64, cov: &mut Coverage, reconfigure: bool) {
     let n = world.n;
     let f = (n - 1) / 3;
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
@@ -641,7 +892,17 @@ fn run(world: &World, seed: u64, cov: &mut Coverage) {
     };
     let twin_boot = kind.gen_range(0..400u64);
     let byzantine = faulty.identity();
-    let mut sim = Sim::new(world, seed, faulty);
+    let mut sim = Sim::new(world, seed, faulty, reconfigure);
+    let mut membership = StdRng::seed_from_u64(seed ^ 0xc0f1);
+    let spare_node = sim.nodes.len() - 1;
+    let spare_boot = membership.gen_range(0..300u64);
+    let mut reconfig = if reconfigure {
+        Reconfig::Add {
+            at: membership.gen_range(50..250),
+        }
+    } else {
+        Reconfig::Done
+    };
     sim.faults = Faults {
         loss: rng.gen_range(0.0..0.12),
         dup: rng.gen_range(0.0..0.1),
@@ -662,6 +923,11 @@ fn run(world: &World, seed: u64, cov: &mut Coverage) {
         if sim.now == twin_boot {
             boot_twin(&mut sim);
         }
+        if reconfigure && sim.now == spare_boot {
+            let r = Sim::boot(world, &sim.nodes[spare_node]);
+            sim.nodes[spare_node].replica = Some(r);
+        }
+        sim.reconfigure(&mut reconfig);
         // Clients submit to random replicas.
         if next_req < world.requests.len() - AFTER_HEALING && rng.gen_bool(0.25) {
             let target = rng.gen_range(0..n);
@@ -720,38 +986,51 @@ fn run(world: &World, seed: u64, cov: &mut Coverage) {
     }
     let healed_at = sim.now;
     let deadline = sim.now + LIVENESS_TICKS;
-    let done = |sim: &Sim| {
-        let correct = sim.correct();
-        let h = sim.nodes[correct[0]].blocks.len();
-        correct.iter().all(|&i| sim.nodes[i].blocks.len() == h)
-            && correct.iter().all(|&i| {
-                sim.nodes[i]
-                    .replica
-                    .as_ref()
-                    .is_some_and(|r| r.pending_requests() == 0)
-            })
-            && {
-                let ordered: HashSet<String> = sim.nodes[correct[0]]
-                    .blocks
-                    .iter()
-                    .skip(1)
-                    .flat_map(|b| b.data.as_ref().unwrap().data.clone())
-                    .filter_map(|e| txid_of(&e))
-                    .collect();
-                sim.acked.iter().all(|t| ordered.contains(t))
-            }
+    let done = |sim: &Sim, reconfig: Reconfig| {
+        // Consenters removed by a reconfiguration stop at it, once they learn of it: the others
+        // must converge.
+        let correct = sim.final_members();
+        let removed_learnt = !reconfigure
+            || sim
+                .members()
+                .iter()
+                .all(|&i| sim.nodes[i].identity != removed(faulty));
+        reconfig == Reconfig::Done && removed_learnt && !correct.is_empty() && {
+            let h = sim.nodes[correct[0]].blocks.len();
+            correct.iter().all(|&i| sim.nodes[i].blocks.len() == h)
+                && correct.iter().all(|&i| {
+                    sim.nodes[i]
+                        .replica
+                        .as_ref()
+                        .is_some_and(|r| r.pending_requests() == 0)
+                })
+                && {
+                    let ordered: HashSet<String> = sim.nodes[correct[0]]
+                        .blocks
+                        .iter()
+                        .skip(1)
+                        .flat_map(|b| b.data.as_ref().unwrap().data.clone())
+                        .filter_map(|e| txid_of(&e))
+                        .collect();
+                    sim.acked_by(&correct).iter().all(|t| ordered.contains(*t))
+                }
+        }
     };
-    while sim.now < deadline && !done(&sim) {
+    while sim.now < deadline && !done(&sim, reconfig) {
+        sim.reconfigure(&mut reconfig);
         sim.step();
         sim.check_safety();
     }
     assert!(
-        done(&sim),
-        "seed {seed}: no convergence within {LIVENESS_TICKS} ticks of healing (heights {:?}, views {:?}, pending {:?}, faulty {faulty:?})",
+        done(&sim, reconfig),
+        "seed {seed}: no convergence within {LIVENESS_TICKS} ticks of healing (heights {:?}, views {:?}, pending {:?}, faulty {faulty:?}, {reconfig:?})",
         sim.nodes.iter().map(|x| x.blocks.len()).collect::<Vec<_>>(),
         sim.nodes
             .iter()
-            .map(|x| x.replica.as_ref().map(|r| r.view()))
+            .map(|x| x
+                .replica
+                .as_ref()
+                .map(|r| (r.view(), r.in_view_change(), r.leader())))
             .collect::<Vec<_>>(),
         sim.nodes
             .iter()
@@ -782,16 +1061,36 @@ fn run(world: &World, seed: u64, cov: &mut Coverage) {
     m.refused_view_changes = m.refused_view_changes.max(h.refused_view_changes);
     m.per_consenter = m.per_consenter.max(h.per_consenter);
     m.new_views_sent = m.new_views_sent.max(h.new_views_sent);
-    cov.blocks += sim.nodes[sim.correct()[0]].blocks.len() as u64 - 1;
-    // Exactly once, and every block carries a valid quorum of consenter signatures and the
-    // metadata of a sealed block (signatures cover only the header).
-    for &i in &sim.correct() {
+    let members = sim.final_members();
+    cov.blocks += sim.nodes[members[0]].blocks.len() as u64 - 1;
+    if reconfigure {
+        // The spare orders, the removed consenter does not.
+        let ids: Vec<usize> = members.iter().map(|&i| sim.nodes[i].identity).collect();
+        assert!(
+            ids.contains(&world.n) && !ids.contains(&removed(faulty)),
+            "seed {seed}: consenters at the end {ids:?}"
+        );
+        let changes = sim.nodes[members[0]]
+            .blocks
+            .iter()
+            .skip(1)
+            .filter(|b| is_config_block(b))
+            .count();
+        assert_eq!(changes, 2, "seed {seed}: configuration blocks");
+        cov.consenter_changes += changes as u64;
+    }
+    // Exactly once, and every block carries a valid quorum of the signatures of the consenters
+    // in force at it, and the metadata of a sealed block (signatures cover only the header).
+    for &i in &members {
         let mut seen = HashSet::new();
+        let mut in_force = world.config.clone();
         for b in sim.nodes[i].blocks.iter().skip(1) {
-            world
-                .config
+            in_force
                 .verify_block(b)
                 .unwrap_or_else(|e| panic!("seed {seed}: node {i}: {e}"));
+            if is_config_block(b) {
+                in_force = ChannelConfig::from_block(b).unwrap();
+            }
             let slots = &b.metadata.as_ref().unwrap().metadata;
             assert!(
                 slots.len() == BLOCK_METADATA_SLOTS && slots.iter().skip(2).all(Vec::is_empty),
@@ -806,7 +1105,7 @@ fn run(world: &World, seed: u64, cov: &mut Coverage) {
             }
         }
         assert!(
-            sim.acked.iter().all(|t| seen.contains(t)),
+            sim.acked_by(&members).iter().all(|t| seen.contains(*t)),
             "seed {seed}: an acknowledged transaction was lost"
         );
     }
@@ -821,12 +1120,12 @@ fn seeds(var: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn run_seeds(world: &World, seeds: std::ops::Range<u64>) {
+fn run_seeds(world: &World, seeds: std::ops::Range<u64>, reconfigure: bool) {
     let count = seeds.end - seeds.start;
     let mut cov = Coverage::default();
     let started = Instant::now();
-    for seed in seeds {
-        run(world, seed, &mut cov);
+    for seed in seeds.clone() {
+        run(world, seed, &mut cov, reconfigure);
     }
     let secs = started.elapsed().as_secs_f64().max(1e-9);
     println!(
@@ -849,18 +1148,32 @@ fn run_seeds(world: &World, seeds: std::ops::Range<u64>) {
         "{cov:?}"
     );
     assert!(cov.blocks >= count, "{cov:?}");
+    if reconfigure {
+        assert_eq!(cov.consenter_changes, 2 * count, "{cov:?}");
+    }
 }
 
 #[test]
 fn four_replicas_survive_faults_and_a_byzantine_replica() {
     let world = World::new(4, 40 + AFTER_HEALING);
     let from = seeds("SIM_FROM_4", 0);
-    run_seeds(&world, from..from + seeds("SIM_SEEDS_4", 40));
+    run_seeds(&world, from..from + seeds("SIM_SEEDS_4", 40), false);
 }
 
 #[test]
 fn seven_replicas_survive_faults_and_a_byzantine_replica() {
     let world = World::new(7, 30 + AFTER_HEALING);
     let from = seeds("SIM_FROM_7", 1000);
-    run_seeds(&world, from..from + seeds("SIM_SEEDS_7", 15));
+    run_seeds(&world, from..from + seeds("SIM_SEEDS_7", 15), false);
+}
+
+/// A fifth consenter is added while the faults go on (it starts from the genesis block and
+/// catches up through the consenters, checking every block under the configuration in force
+/// at it), then one of the first four is removed; the same checks hold throughout, and the
+/// new set orders everything acknowledged.
+#[test]
+fn four_replicas_add_a_fifth_and_remove_one_under_faults() {
+    let world = World::new(4, 40 + AFTER_HEALING);
+    let from = seeds("SIM_FROM_RECONFIG", 2000);
+    run_seeds(&world, from..from + seeds("SIM_SEEDS_RECONFIG", 24), true);
 }

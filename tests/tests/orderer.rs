@@ -15,12 +15,21 @@ use medledger_orderer::consensus::txid_of;
 use medledger_proto::common::{Block, HeaderType, Status as BlockStatus};
 use medledger_proto::orderer::BatchSize;
 use medledger_tests::ordernet::OrdererSet;
-use medledger_tests::{TestOrg, workspace_binary};
+use medledger_tests::{TestOrg, run_cli_ok, workspace_binary};
 use prost::Message;
 
 const CHANNEL: &str = "medchannel";
 
 fn channel(orderers: &OrdererSet, app: &TestOrg) -> anyhow::Result<(Block, ChannelConfig)> {
+    channel_of(orderers, app, orderers.consenters.len())
+}
+
+/// The channel with the first `consenters` of `orderers` as its genesis consenters.
+fn channel_of(
+    orderers: &OrdererSet,
+    app: &TestOrg,
+    consenters: usize,
+) -> anyhow::Result<(Block, ChannelConfig)> {
     let genesis = genesis_block(&ChannelProfile {
         channel_id: CHANNEL.into(),
         application_orgs: vec![OrgProfile {
@@ -31,7 +40,7 @@ fn channel(orderers: &OrdererSet, app: &TestOrg) -> anyhow::Result<(Block, Chann
             msp: orderers.org.msp_config(),
             anchor_peers: vec![],
         }],
-        consenters: orderers.consenters.clone(),
+        consenters: orderers.consenters[..consenters].to_vec(),
         batch_size: BatchSize {
             max_message_count: 20,
             absolute_max_bytes: 1 << 20,
@@ -86,6 +95,11 @@ fn spawn_with(
     config: &std::path::Path,
     env: &[(&str, &str)],
 ) -> anyhow::Result<Proc> {
+    // The orderer's warnings go next to its configuration, for a failing test to show.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(config.with_extension("log"))?;
     Ok(Proc(
         Command::new(bin)
             .args(["start", "--config"])
@@ -93,7 +107,7 @@ fn spawn_with(
             .envs(env.iter().copied())
             .env("MEDLEDGER_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()?,
     ))
 }
@@ -729,5 +743,340 @@ fn cli_errors_say_what_failed_and_what_to_try() -> anyhow::Result<()> {
     assert!(err.contains("cannot listen on"), "{err}");
     assert!(err.contains("another process uses this port"), "{err}");
     drop(taken);
+    Ok(())
+}
+
+/// One edit of the consenter set, made with `medledger-peer config add-consenter` /
+/// `remove-consenter` as an operator would.
+enum Edit {
+    Add(u32),
+    Remove(u32),
+}
+
+/// The CONFIG_UPDATE making `edits` to the configuration `config` puts in force, signed by the
+/// orderer organisation's admin.
+fn consenter_update(
+    peer_bin: &std::path::Path,
+    orderers: &OrdererSet,
+    config: &ChannelConfig,
+    edits: &[Edit],
+) -> anyhow::Result<medledger_proto::common::Envelope> {
+    use medledger_common::configtx::{compute_update, sign_config_update, update_envelope};
+    use medledger_proto::common::{Config, ConfigUpdateEnvelope};
+    let dir = tempfile::tempdir()?;
+    let file = |name: &str| dir.path().join(name);
+    std::fs::write(file("config.pb"), config.source.encode_to_vec())?;
+    let path = |name: &str| file(name).to_string_lossy().into_owned();
+    for edit in edits {
+        let mut args: Vec<String> = match edit {
+            Edit::Add(id) => {
+                let c = &orderers.consenters[*id as usize - 1];
+                std::fs::write(file("identity.pem"), &c.identity)?;
+                std::fs::write(file("tls.pem"), &c.client_tls_cert)?;
+                [
+                    "config",
+                    "add-consenter",
+                    "--id",
+                    &id.to_string(),
+                    "--endpoint",
+                    &format!("{}:{}", c.host, c.port),
+                    "--mspid",
+                    &c.msp_id,
+                    "--identity",
+                    &path("identity.pem"),
+                    "--tls-cert",
+                    &path("tls.pem"),
+                ]
+                .map(str::to_owned)
+                .to_vec()
+            }
+            Edit::Remove(id) => ["config", "remove-consenter", "--id", &id.to_string()]
+                .map(str::to_owned)
+                .to_vec(),
+        };
+        args.extend(
+            ["--config", &path("config.pb"), "--output", &path("next.pb")].map(str::to_owned),
+        );
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_cli_ok(peer_bin, "OrdererMSP", dir.path(), &args)?;
+        std::fs::rename(file("next.pb"), file("config.pb"))?;
+    }
+    let next = Config::decode(std::fs::read(file("config.pb"))?.as_slice())?;
+    let update = compute_update(CHANNEL, &config.source, &next)?.encode_to_vec();
+    let admin = orderers.org.identity("oadmin", "admin", &[])?;
+    Ok(update_envelope(
+        CHANNEL,
+        &ConfigUpdateEnvelope {
+            signatures: vec![sign_config_update(&update, &admin)?],
+            config_update: update,
+        },
+        &admin,
+    )?)
+}
+
+/// Waits until orderer `id` has a configuration block whose consenters are exactly `set`;
+/// returns its blocks.
+async fn wait_consenters(
+    orderers: &OrdererSet,
+    id: u32,
+    reader: &SigningIdentity,
+    set: &[u32],
+) -> anyhow::Result<Vec<Block>> {
+    use medledger_common::protoutil::is_config_block;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let blocks = blocks_of(orderers, id, reader).await.unwrap_or_default();
+        if let Some(last) = blocks.iter().rev().find(|b| is_config_block(b)) {
+            let ids: Vec<u32> = ChannelConfig::from_block(last)?
+                .consenters
+                .iter()
+                .map(|c| c.id)
+                .collect();
+            if ids == set {
+                return Ok(blocks);
+            }
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "orderer {id} never reached the consenter set {set:?} ({} blocks)",
+            blocks.len()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Broadcasts one transaction to orderer `id`; its txid if acknowledged.
+async fn submit_one(
+    orderers: &OrdererSet,
+    id: u32,
+    client: &SigningIdentity,
+    label: &str,
+) -> anyhow::Result<Option<String>> {
+    let env = signed_envelope(
+        HeaderType::EndorserTransaction,
+        CHANNEL,
+        label.as_bytes().to_vec(),
+        client,
+    )?;
+    let txid = txid_of(&env.encode_to_vec()).expect("txid");
+    Ok(match orderers.broadcast(id, env).await {
+        Ok(r) if r.status == BlockStatus::Success as i32 => {
+            eprintln!("orderer {id} acknowledged {label:?} ({txid})");
+            Some(txid)
+        }
+        _ => None,
+    })
+}
+
+/// Adding and removing an orderer with real processes: a fifth orderer started from the genesis
+/// block (which does not name it) catches up once an update adds it, checking every block,
+/// and votes; one of the first four is killed (SIGKILL) right after the add is accepted, so
+/// the new set needs the newcomer's vote; then a genesis orderer is removed and refuses to
+/// order while the rest go on. Nothing acknowledged is lost or ordered twice, every block
+/// carries a quorum of the consenters in force at it, and an update changing two consenters
+/// at once is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_orderer_is_added_and_another_removed_while_ordering_goes_on() -> anyhow::Result<()> {
+    let bin =
+        tokio::task::spawn_blocking(|| workspace_binary("medledger-orderer", "medledger-orderer"))
+            .await??;
+    let peer_bin =
+        tokio::task::spawn_blocking(|| workspace_binary("medledger-peer", "medledger-peer"))
+            .await??;
+    let dir = tempfile::tempdir()?;
+    let app = TestOrg::new("Hospital1MSP")?;
+    let orderers = OrdererSet::prepare(dir.path(), 5, &[app.tls_ca.cert_pem()])?;
+    let (_, genesis_cfg) = channel_of(&orderers, &app, 4)?;
+    let mut procs: HashMap<u32, Proc> = HashMap::new();
+    let mut configs = HashMap::new();
+    for c in &orderers.configs {
+        let path = dir.path().join(format!("orderer{}.yaml", c.consenter_id));
+        std::fs::write(&path, serde_yaml::to_string(c)?)?;
+        procs.insert(c.consenter_id, spawn(&bin, &path)?);
+        configs.insert(c.consenter_id, path);
+    }
+    for id in 1..=5 {
+        wait_listening(&orderers.address(id)).await?;
+    }
+    let client = app.identity("app", "client", &[])?;
+    let mut acked = Vec::new();
+    for i in 0..8u32 {
+        acked.extend(submit_one(&orderers, 1 + i % 4, &client, &format!("before {i}")).await?);
+    }
+    // Not a consenter yet: orderer 5 orders nothing.
+    let r = orderers
+        .broadcast(
+            5,
+            signed_envelope(
+                HeaderType::EndorserTransaction,
+                CHANNEL,
+                b"early".to_vec(),
+                &client,
+            )?,
+        )
+        .await?;
+    assert_eq!(
+        r.status,
+        BlockStatus::ServiceUnavailable as i32,
+        "{}",
+        r.info
+    );
+    assert!(r.info.contains("not a consenter"), "{}", r.info);
+
+    // Two changes in one update are refused.
+    let r = orderers
+        .broadcast(
+            1,
+            consenter_update(
+                &peer_bin,
+                &orderers,
+                &genesis_cfg,
+                &[Edit::Add(5), Edit::Remove(4)],
+            )?,
+        )
+        .await?;
+    assert_eq!(r.status, BlockStatus::BadRequest as i32, "{}", r.info);
+    assert!(r.info.contains("one consenter per update"), "{}", r.info);
+
+    // The add, with load around it; orderer 3 dies (SIGKILL) while it is being ordered.
+    let r = orderers
+        .broadcast(
+            1,
+            consenter_update(&peer_bin, &orderers, &genesis_cfg, &[Edit::Add(5)])?,
+        )
+        .await?;
+    assert_eq!(r.status, BlockStatus::Success as i32, "{}", r.info);
+    let mut p = procs.remove(&3).expect("orderer 3");
+    let _ = p.0.kill();
+    let _ = p.0.wait();
+    for i in 0..12u32 {
+        let to = [1, 2, 4][i as usize % 3];
+        acked.extend(submit_one(&orderers, to, &client, &format!("during add {i}")).await?);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let with_five = wait_consenters(&orderers, 5, &client, &[1, 2, 3, 4, 5]).await?;
+    // The newcomer orders, and with orderer 3 down the set needs its vote to do so.
+    let mut after_add = Vec::new();
+    for i in 0..6u32 {
+        after_add.extend(submit_one(&orderers, 5, &client, &format!("via five {i}")).await?);
+    }
+    assert_eq!(
+        after_add.len(),
+        6,
+        "orderer 5 refused transactions once added"
+    );
+    acked.extend(after_add.iter().cloned());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let ordered: HashSet<String> = txids(&blocks_of(&orderers, 5, &client).await?)
+            .into_iter()
+            .collect();
+        if after_add.iter().all(|t| ordered.contains(t)) {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the set with orderer 5 and without orderer 3 ordered nothing ({} blocks)",
+            with_five.len()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    procs.insert(3, spawn(&bin, &configs[&3])?);
+    wait_listening(&orderers.address(3)).await?;
+
+    // The removal of orderer 1 (view 0's leader), with load on the others.
+    let in_force = ChannelConfig::from_block(
+        with_five
+            .iter()
+            .rev()
+            .find(|b| medledger_common::protoutil::is_config_block(b))
+            .expect("the add's block"),
+    )?;
+    let r = orderers
+        .broadcast(
+            2,
+            consenter_update(&peer_bin, &orderers, &in_force, &[Edit::Remove(1)])?,
+        )
+        .await?;
+    assert_eq!(r.status, BlockStatus::Success as i32, "{}", r.info);
+    for i in 0..8u32 {
+        let to = [2, 4, 5][i as usize % 3];
+        acked.extend(submit_one(&orderers, to, &client, &format!("during removal {i}")).await?);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_consenters(&orderers, 1, &client, &[2, 3, 4, 5]).await?;
+    let r = orderers
+        .broadcast(
+            1,
+            signed_envelope(
+                HeaderType::EndorserTransaction,
+                CHANNEL,
+                b"late".to_vec(),
+                &client,
+            )?,
+        )
+        .await?;
+    assert_eq!(
+        r.status,
+        BlockStatus::ServiceUnavailable as i32,
+        "{}",
+        r.info
+    );
+    for i in 0..4u32 {
+        acked.extend(submit_one(&orderers, 2 + i % 4, &client, &format!("after {i}")).await?);
+    }
+
+    // Everything acknowledged is ordered once, on every member, with the same blocks; each
+    // block carries a quorum of the consenters in force at it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let reference = loop {
+        let blocks = blocks_of(&orderers, 2, &client).await?;
+        let ordered: HashSet<String> = txids(&blocks).into_iter().collect();
+        if acked.iter().all(|t| ordered.contains(t)) {
+            break blocks;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "acknowledged transactions were not ordered: {:?}",
+            acked
+                .iter()
+                .filter(|t| !ordered.contains(*t))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let mut in_force = genesis_cfg.clone();
+    for b in reference.iter().skip(1) {
+        in_force.verify_block(b)?;
+        if medledger_common::protoutil::is_config_block(b) {
+            in_force = ChannelConfig::from_block(b)?;
+        }
+    }
+    let ids = txids(&reference);
+    assert_eq!(
+        ids.iter().collect::<HashSet<_>>().len(),
+        ids.len(),
+        "ordered twice"
+    );
+    for id in [3, 4, 5] {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let theirs = blocks_of(&orderers, id, &client).await.unwrap_or_default();
+            if theirs.len() >= reference.len() {
+                for (a, b) in theirs.iter().zip(&reference) {
+                    assert_eq!(a.header, b.header, "orderer {id} has another chain");
+                }
+                break;
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "orderer {id} stayed behind ({} of {} blocks)",
+                theirs.len(),
+                reference.len()
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    drop(procs);
     Ok(())
 }

@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use medledger_common::channelconfig::set_consenters;
 use medledger_common::configtx::{compute_update, sign_config_update, update_envelope};
 use medledger_proto::common::{
     Block, Config, ConfigUpdate, ConfigUpdateEnvelope, Envelope, HeaderType, Status as BlockStatus,
@@ -143,6 +144,50 @@ pub(super) enum ConfigCommand {
         #[arg(long)]
         output: PathBuf,
     },
+    /// Add a BFT consenter (an orderer) to a configuration (common.Config): the jq edit of
+    /// `.channel_group.groups.Orderer.values.Orderers.value.consenter_mapping` Fabric's docs
+    /// show. One consenter per update; the new orderer starts from the channel's genesis block
+    /// with this id as its consenterId and catches up once the update commits.
+    #[command(after_help = "Example:
+  medledger-peer config add-consenter --config config.pb --id 5 \
+            --endpoint orderer5.example.com:7054 --mspid OrdererMSP \
+            --identity orderer5/msp/signcerts/cert.pem --tls-cert orderer5/tls/server.crt \
+            --output modified_config.pb")]
+    AddConsenter {
+        #[arg(long)]
+        config: PathBuf,
+        /// Its consenterId (unused in the configuration).
+        #[arg(long)]
+        id: u32,
+        /// host:port where the other orderers reach it.
+        #[arg(long)]
+        endpoint: String,
+        /// Its orderer organisation.
+        #[arg(long)]
+        mspid: String,
+        /// Its enrollment certificate (PEM): what its consensus messages and block signatures
+        /// are checked with.
+        #[arg(long)]
+        identity: PathBuf,
+        /// Its TLS certificate (PEM), as server and as client of the other orderers.
+        #[arg(long = "tls-cert")]
+        tls_cert: PathBuf,
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// Remove a BFT consenter from a configuration (common.Config). Once the update commits the
+    /// orderer stops ordering (its Broadcast answers SERVICE_UNAVAILABLE); stop it then.
+    #[command(after_help = "Example:
+  medledger-peer config remove-consenter --config config.pb --id 2 \
+            --output modified_config.pb")]
+    RemoveConsenter {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        id: u32,
+        #[arg(long)]
+        output: PathBuf,
+    },
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
@@ -270,7 +315,74 @@ pub(super) fn config(cmd: ConfigCommand) -> Result<(), NodeError> {
             add_org(&mut config, &mspid, &msp_dir, &anchor_peers)?;
             write_file(&output, &config.encode_to_vec())
         }
+        ConfigCommand::AddConsenter {
+            config,
+            id,
+            endpoint,
+            mspid,
+            identity,
+            tls_cert,
+            output,
+        } => {
+            let mut config: Config = decode_file(&config, "common.Config")?;
+            let (host, port) = endpoint
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+                .filter(|(h, _)| !h.is_empty())
+                .ok_or_else(|| {
+                    NodeError::Usage(format!("--endpoint takes host:port, not {endpoint:?}"))
+                })?;
+            let identity = super::super::read(&identity)?;
+            let tls = super::super::read(&tls_cert)?;
+            let mut consenters = consenters_of(&config)?;
+            if consenters.iter().any(|c| c.id == id) {
+                return Err(NodeError::Failed(format!(
+                    "consenter {id} is already in the configuration"
+                )));
+            }
+            consenters.push(medledger_proto::common::Consenter {
+                id,
+                host,
+                port: u32::from(port),
+                msp_id: mspid,
+                identity,
+                client_tls_cert: tls.clone(),
+                server_tls_cert: tls,
+            });
+            set_consenters(&mut config, consenters)
+                .map_err(|e| NodeError::Failed(e.to_string()))?;
+            write_file(&output, &config.encode_to_vec())
+        }
+        ConfigCommand::RemoveConsenter { config, id, output } => {
+            let mut config: Config = decode_file(&config, "common.Config")?;
+            let mut consenters = consenters_of(&config)?;
+            let before = consenters.len();
+            consenters.retain(|c| c.id != id);
+            if consenters.len() == before {
+                return Err(NodeError::Failed(format!(
+                    "the configuration has no consenter {id}"
+                )));
+            }
+            set_consenters(&mut config, consenters)
+                .map_err(|e| NodeError::Failed(e.to_string()))?;
+            write_file(&output, &config.encode_to_vec())
+        }
     }
+}
+
+/// The BFT consenters `config` names (its Orderer group's `Orderers` value).
+fn consenters_of(config: &Config) -> Result<Vec<medledger_proto::common::Consenter>, NodeError> {
+    let value = config
+        .channel_group
+        .as_ref()
+        .and_then(|root| root.groups.get("Orderer"))
+        .and_then(|orderer| orderer.values.get("Orderers"))
+        .ok_or_else(|| {
+            NodeError::Failed("the configuration has no Orderer group Orderers value".into())
+        })?;
+    medledger_proto::common::Orderers::decode(value.value.as_slice())
+        .map(|o| o.consenter_mapping)
+        .map_err(|e| NodeError::Failed(format!("the Orderers value: {e}")))
 }
 
 /// Adds application organisation `mspid` from its MSP folder to `config`.
