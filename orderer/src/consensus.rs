@@ -125,6 +125,8 @@ pub struct Config {
     /// committed blocks it lacks (blocks carry their own proof), so that it learns it was
     /// removed and stops ordering.
     pub former: Vec<u32>,
+    /// The height right after the block that removed `former`: they are sent nothing beyond it.
+    pub former_until: u64,
     /// The period of `Replica::tick`: what the timeouts below are counted in.
     pub tick: Duration,
     pub batch: BatchConfig,
@@ -194,6 +196,10 @@ impl Config {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Durable {
     pub view: u64,
+    /// The view this replica last asked to change to. Above `view`, it is still changing view
+    /// after a restart: having sent that view change, it must not act in `view` again (its view
+    /// change, which others may count, says it prepared nothing newer).
+    pub view_change: u64,
     /// The (view, seq, digest) this replica last voted for: never vote for another digest there.
     pub voted: Option<(u64, u64, Vec<u8>)>,
     /// The signed pre-prepare of that vote. A restarted replica resumes this proposal: a leader
@@ -254,6 +260,8 @@ pub struct Restored {
 #[derive(Debug, Clone, PartialEq)]
 pub enum WalOp {
     View(u64),
+    /// A view change to this view was started.
+    ViewChange(u64),
     /// The signed NewView that installed the view written with it (replacing any earlier one).
     NewView(ConsensusMessage),
     /// A proposal was accepted: this replica votes for `digest` at (`view`, `seq`), proposed by
@@ -279,6 +287,7 @@ impl Durable {
     pub fn apply(&mut self, op: &WalOp) {
         match op {
             WalOp::View(v) => self.view = *v,
+            WalOp::ViewChange(v) => self.view_change = *v,
             WalOp::NewView(m) => self.new_view = Some(m.clone()),
             WalOp::Accepted {
                 view,
@@ -320,8 +329,9 @@ pub enum Output {
     Commit(Block),
     /// Durable state changed: write it before sending anything that depends on it.
     Wal(WalOp),
-    /// Another replica asked for committed blocks from `from_seq`: answer with a StateResponse.
-    ServeState { to: u32, from_seq: u64 },
+    /// Another replica asked for committed blocks from `from_seq`: answer with a StateResponse
+    /// of blocks below `until` (a consenter removed gets none past the block removing it).
+    ServeState { to: u32, from_seq: u64, until: u64 },
 }
 
 /// Why a client request was not accepted.
@@ -482,6 +492,9 @@ pub struct Replica {
     last_served: BTreeMap<u32, u64>,
     /// When we last relayed the current view's NewView to each consenter that missed it.
     last_relay: BTreeMap<u32, u64>,
+    /// While following (outside the set): the highest view each consenter's signed messages
+    /// showed, so that on joining we change to a view the consenters are in (one per consenter).
+    views_seen: BTreeMap<u32, u64>,
     out: Vec<Output>,
 }
 
@@ -615,10 +628,12 @@ impl Replica {
             last_help: BTreeMap::new(),
             last_served: BTreeMap::new(),
             last_relay: BTreeMap::new(),
+            views_seen: BTreeMap::new(),
             new_view_msg: None,
             out: Vec::new(),
         };
         r.durable.view = restored.durable.view;
+        r.durable.view_change = restored.durable.view_change;
         r.durable.voted = restored.durable.voted;
         for (txid, env) in restored.durable.pending {
             if !r.committed.contains(&txid) {
@@ -640,6 +655,10 @@ impl Replica {
         }
         r.resume_view(restored.durable.new_view);
         r.resume(restored.durable.accepted, restored.durable.prepared);
+        if r.durable.view_change > r.durable.view && r.cfg.is_member() {
+            // Crashed while changing view: go on changing (the view change is sent again).
+            r.start_view_change(r.durable.view_change);
+        }
         r
     }
 
@@ -872,7 +891,7 @@ impl Replica {
             | Kind::PrePrepare(PrePrepare { seq, .. }) => seq,
             _ => return,
         };
-        if height < self.height {
+        if height < self.height.min(self.cfg.former_until) {
             self.hint_height(from, height);
         }
     }
@@ -881,6 +900,18 @@ impl Replica {
     /// yet, or removed) neither votes nor proposes: it only catches up on the blocks the
     /// consenters' messages show it lacks, checking each under the configuration in force.
     fn follow(&mut self, from: u32, kind: Kind) {
+        let view = match &kind {
+            Kind::PrePrepare(PrePrepare { view, .. })
+            | Kind::Prepare(Prepare { view, .. })
+            | Kind::Commit(Commit { view, .. })
+            | Kind::Heartbeat(Heartbeat { view, .. }) => Some(*view),
+            Kind::ViewChange(vc) => Some(vc.next_view),
+            _ => None,
+        };
+        if let Some(v) = view {
+            let seen = self.views_seen.entry(from).or_default();
+            *seen = (*seen).max(v);
+        }
         match kind {
             Kind::PrePrepare(PrePrepare { seq, .. })
             | Kind::Prepare(Prepare { seq, .. })
@@ -1085,6 +1116,7 @@ impl Replica {
                     self.out.push(Output::ServeState {
                         to: from,
                         from_seq: r.from_seq,
+                        until: u64::MAX,
                     });
                 }
             }
@@ -1123,9 +1155,15 @@ impl Replica {
             let last = self.last_help.get(&from).copied().unwrap_or(0);
             if self.now == 0 || self.now.saturating_sub(last) >= 5 {
                 self.last_help.insert(from, self.now);
+                let until = if self.cfg.consenters.contains(&from) {
+                    u64::MAX
+                } else {
+                    self.cfg.former_until
+                };
                 self.out.push(Output::ServeState {
                     to: from,
                     from_seq: seq,
+                    until,
                 });
             }
             return;
@@ -1479,6 +1517,7 @@ impl Replica {
                         .into_iter()
                         .filter(|c| !self.cfg.consenters.contains(c))
                         .collect();
+                    self.cfg.former_until = seq.saturating_add(1);
                 }
             }
             self.prune_pool();
@@ -1509,10 +1548,10 @@ impl Replica {
         let members = self.cfg.consenters.clone();
         let member = |s: &u32| members.contains(s);
         let former = self.cfg.former.clone();
-        for v in self.votes.values_mut() {
-            v.prepares.retain(|s, _| member(s));
-            v.commits.retain(|s, _| member(s));
-        }
+        // Votes for later heights stored before this block committed were checked under the
+        // old set's keys; nobody correct cast them under the new one. Retransmission brings the
+        // real ones.
+        self.votes.clear();
         self.view_changes.clear();
         self.refused_view_changes.clear();
         self.view_certs.clear();
@@ -1547,11 +1586,24 @@ impl Replica {
             consenters = ?self.cfg.consenters,
             "the consenter set changed: changing view under the new set"
         );
+        // A replica that just joined may be many views behind the consenters: it starts where
+        // f+1 of them (so at least one correct one) showed they are, or a view change it alone
+        // wants would be dropped as too far off by the others.
+        let mut seen: Vec<u64> = self
+            .views_seen
+            .iter()
+            .filter(|(s, _)| member(s))
+            .map(|(_, v)| *v)
+            .collect();
+        seen.sort_unstable_by(|a, b| b.cmp(a));
+        let shown = seen.get(self.cfg.f()).copied().unwrap_or(0);
+        self.views_seen.clear();
         let target = self
             .in_view_change
             .unwrap_or(self.durable.view)
             .max(self.durable.view)
-            .saturating_add(1);
+            .saturating_add(1)
+            .max(shown);
         self.start_view_change(target);
     }
 
@@ -1815,6 +1867,10 @@ impl Replica {
             return;
         }
         self.in_view_change = Some(target);
+        if target > self.durable.view_change {
+            self.wal(WalOp::ViewChange(target));
+            self.durable.view_change = target;
+        }
         self.view_change_started = self.now;
         self.last_retransmit = self.now;
         // View changes for views well below the one we now want can no longer matter to us.

@@ -24,6 +24,9 @@ use crate::faults::{Fault, Mutator, mutate_encoded};
 const CHANNEL: &str = "testchannel";
 const N: u32 = 4;
 
+/// The index of the test CONFIG transaction (`typed_envelope`) that adds consenter N + 1.
+const ADD_FIFTH: usize = 5005;
+
 /// A keyed hash standing in for a signature: cheap, deterministic, and wrong for anyone else's
 /// id or other bytes, which is all the core relies on. Counts signature checks.
 struct TestCrypto {
@@ -92,10 +95,21 @@ impl Crypto for TestCrypto {
     fn is_config_request(&self, envelope: &[u8]) -> bool {
         header_type(envelope) == Some(HeaderType::Config as i32)
     }
-    fn apply_config_block(&self, _block: &Block) -> Option<AppliedConfig> {
+    fn apply_config_block(&self, block: &Block) -> Option<AppliedConfig> {
+        // The CONFIG transaction `ADD_FIFTH` adds consenter 5; any other changes settings only.
+        let adds = block
+            .data
+            .as_ref()
+            .and_then(|d| d.data.first())
+            .and_then(|e| txid_of(e))
+            .is_some_and(|t| t == format!("tx{ADD_FIFTH}"));
+        let mut settings = reconfigured();
+        if adds {
+            settings.consenters = (1..=N + 1).collect();
+        }
         Some(AppliedConfig {
-            settings: reconfigured(),
-            consenters_changed: false,
+            settings,
+            consenters_changed: adds,
         })
     }
 }
@@ -134,6 +148,7 @@ fn config(id: u32) -> Config {
         self_id: id,
         consenters: (1..=N).collect(),
         former: Vec::new(),
+        former_until: 0,
         tick: std::time::Duration::from_millis(20),
         batch: BatchConfig {
             max_message_count: 10,
@@ -247,6 +262,31 @@ impl Cluster {
         c
     }
 
+    /// Starts replica `id`, which the genesis configuration does not name, from genesis.
+    fn add_replica(&mut self, id: u32) {
+        let crypto = Arc::new(TestCrypto {
+            id,
+            block_checks: Mutex::new(Vec::new()),
+            msg_checks: AtomicUsize::new(0),
+            request_checks: AtomicUsize::new(0),
+        });
+        let g = genesis();
+        let r = Replica::new(
+            (self.config)(id),
+            crypto.clone(),
+            Restored {
+                durable: Durable::default(),
+                height: 1,
+                last_hash: digest(&g),
+                committed_txids: Default::default(),
+            },
+        );
+        self.cryptos.insert(id, crypto);
+        self.replicas.insert(id, r);
+        self.chains.insert(id, vec![g]);
+        self.durables.insert(id, Durable::default());
+    }
+
     /// Crashes replica `id` and starts it again from what it wrote ahead and its chain, as the
     /// node does from its store. Returns what the new replica wants to send or write at once.
     fn restart(&mut self, id: u32) -> Vec<Output> {
@@ -309,7 +349,8 @@ impl Cluster {
                     if let Some(log) = self.sent.as_mut() {
                         log.push((id, msg.clone()));
                     }
-                    for t in 1..=N {
+                    let ids: Vec<u32> = self.replicas.keys().copied().collect();
+                    for t in ids {
                         if t != id && to.is_none_or(|x| x == t) {
                             self.queue.push_back((id, t, msg.clone()));
                         }
@@ -325,10 +366,16 @@ impl Cluster {
                     chain.push(block);
                 }
                 Output::Wal(op) => self.durables.entry(id).or_default().apply(&op),
-                Output::ServeState { to, from_seq } => {
+                Output::ServeState {
+                    to,
+                    from_seq,
+                    until,
+                } => {
                     let chain = &self.chains[&id];
                     let from = (from_seq as usize).min(chain.len());
-                    let end = (from + 20).min(chain.len());
+                    let end = (from + 20)
+                        .min(chain.len())
+                        .min(usize::try_from(until).unwrap_or(usize::MAX));
                     let blocks = chain[from..end].to_vec();
                     let msg = self.replicas[&id].state_response_message(blocks);
                     self.queue.push_back((id, to, msg));
@@ -382,7 +429,8 @@ impl Cluster {
     }
 
     fn tick(&mut self) {
-        for id in 1..=N {
+        let ids: Vec<u32> = self.replicas.keys().copied().collect();
+        for id in ids {
             if self.down.contains(&id) {
                 continue;
             }
@@ -1991,5 +2039,81 @@ fn a_configuration_block_puts_batch_size_and_timeouts_in_force_from_the_next_blo
     assert!(
         sizes.iter().all(|n| *n <= 3) && sizes.iter().sum::<usize>() == 10,
         "blocks after the configuration block: {sizes:?}"
+    );
+}
+
+/// A replica that sent a view change and crashed before the new view was installed comes back
+/// still changing view: its view change (which others may already count, saying it prepared
+/// nothing newer) must not be contradicted by votes in the old view.
+#[test]
+fn a_replica_restarted_mid_view_change_does_not_vote_in_the_old_view() {
+    let mut c = Cluster::new();
+    // Nothing reaches replica 3, which times the leader out and asks for view 1 alone.
+    c.filter = Some(Box::new(|_from, to, kind| (to != 3).then_some(kind)));
+    assert!(c.run_until(500, |c| c.replica(3).in_view_change()));
+    assert_eq!(
+        c.durables[&3].view_change, 1,
+        "the view change was not written ahead"
+    );
+    c.restart(3);
+    assert!(
+        c.replica(3).in_view_change(),
+        "the restarted replica forgot its view change"
+    );
+    // The leader of view 0 proposes; replica 3 must not vote for it in view 0.
+    c.filter = None;
+    c.sent = Some(Vec::new());
+    c.submit(1, envelope(1));
+    c.run_until(20, |_| false);
+    let voted_in_view_0 = c
+        .sent
+        .as_ref()
+        .expect("recording")
+        .iter()
+        .any(|(from, msg)| {
+            *from == 3
+                && matches!(
+                    Body::decode(msg.body.as_slice()).ok().and_then(|b| b.kind),
+                    Some(Kind::Prepare(Prepare { view: 0, .. }))
+                )
+        });
+    assert!(!voted_in_view_0, "replica 3 voted in the view it left");
+}
+
+/// A consenter added to a channel whose views have climbed far (every view change of its life
+/// counts) joins the view the consenters are changing to; it does not ask for view 1 alone,
+/// which they would drop as too far off while, changing view themselves, they relay nothing.
+/// With one genesis consenter down, the new set needs its vote.
+#[test]
+fn a_consenter_added_after_many_view_changes_joins_the_others_view() {
+    let mut c = Cluster::new();
+    c.add_replica(N + 1);
+    assert!(!c.replica(N + 1).config().is_member());
+    // Leaders are silent (no proposals, no heartbeats): the views climb.
+    c.filter = Some(Box::new(|_from, _to, kind| match kind {
+        Kind::PrePrepare(_) | Kind::Heartbeat(_) => None,
+        k => Some(k),
+    }));
+    assert!(c.run_until(20_000, |c| (1..=N).all(|i| c.replica(i).view() >= 12)));
+    c.filter = None;
+    // Consenter 4 goes down: the old set still orders (3 of 4), the new one needs 4 of 5.
+    c.down.insert(N);
+    c.submit(1, typed_envelope(ADD_FIFTH, HeaderType::Config));
+    assert!(
+        c.run_until(2_000, |c| (1..N).all(|i| c.replica(i).config().n() == 5)),
+        "the configuration block adding consenter 5 did not commit"
+    );
+    assert!(
+        c.run_until(5_000, |c| c.replica(N + 1).config().is_member()),
+        "consenter 5 did not catch up to the block adding it"
+    );
+    let height = c.height(1);
+    c.submit(1, envelope(77));
+    assert!(
+        c.run_until(20_000, |c| [1, 2, 3, N + 1]
+            .iter()
+            .all(|&i| c.height(i) > height)),
+        "the new set (consenter 4 down) ordered nothing: views {:?}",
+        [1, 2, 3, N + 1].map(|i| (c.replica(i).view(), c.replica(i).in_view_change()))
     );
 }

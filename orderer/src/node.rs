@@ -193,11 +193,13 @@ pub fn join_channel(store: &BlockStore, genesis: &Block) -> Result<(), NodeError
 }
 
 /// The consensus core's settings: the channel's BFT options and batch settings, in ticks, and
-/// the consenters `previous` (the configuration before the newest consenter change) had.
+/// the consenters `previous` (the configuration before the newest consenter change, made by the
+/// block below `changed_until`) had.
 fn consensus_config(
     cfg: &OrdererConfig,
     channel: &ChannelConfig,
     previous: Option<&ChannelConfig>,
+    changed_until: u64,
 ) -> Config {
     let settings = core_settings(channel);
     let mut ids: Vec<u32> = channel.consenters.iter().map(|c| c.id).collect();
@@ -216,6 +218,7 @@ fn consensus_config(
         self_id: cfg.consenter_id,
         consenters: ids,
         former,
+        former_until: changed_until,
         tick: Duration::from_millis(cfg.tick_ms.max(1)),
         batch: settings.batch.clone(),
         heartbeat_ticks: 1,
@@ -258,16 +261,17 @@ fn config_in_force(
 }
 
 /// The configuration in force before the newest change of the consenter set (none if the
-/// genesis consenters still order): each configuration block's predecessor is named by the
-/// LAST_CONFIG of the block before it.
+/// genesis consenters still order), and the height right after the block that changed it:
+/// each configuration block's predecessor is named by the LAST_CONFIG of the block before it.
 fn config_before_consenter_change(
     store: &BlockStore,
     genesis: &ChannelConfig,
     current: &ChannelConfig,
     mut index: u64,
-) -> Result<Option<ChannelConfig>, NodeError> {
+) -> Result<(Option<ChannelConfig>, u64), NodeError> {
     let corrupt = NodeError::Corrupt;
     while index > 0 {
+        let changed_until = index.saturating_add(1);
         let before = store
             .block(index - 1)?
             .ok_or_else(|| corrupt(format!("block {} is missing", index - 1)))?;
@@ -283,10 +287,10 @@ fn config_before_consenter_change(
                 .map_err(|e| corrupt(format!("configuration block {index}: {e}")))?
         };
         if config.consenters != current.consenters {
-            return Ok(Some(config));
+            return Ok((Some(config), changed_until));
         }
     }
-    Ok(None)
+    Ok((None, 0))
 }
 
 /// The checks only Broadcast makes, before the consensus core checks the request (form,
@@ -561,9 +565,13 @@ impl Consensus for Svc {
         // Who is on the other end, by the consenters' TLS client certificates in the
         // configuration in force: a consenter added later is recognised from its block on.
         let Some(from) = cert.and_then(|c| {
-            consenter_by_tls_cert(&self.0.config.get(), &c).or_else(|| {
+            let current = self.0.config.get();
+            consenter_by_tls_cert(&current, &c).or_else(|| {
+                // Only a consenter the newest change removed, by its certificate then: not the
+                // replaced certificate of one still in the set.
                 let previous = self.0.previous.read().unwrap_or_else(|e| e.into_inner());
                 consenter_by_tls_cert(previous.as_ref()?, &c)
+                    .filter(|id| current.consenter(*id).is_none())
             })
         }) else {
             tracing::warn!("consensus stream from a client that is not a consenter: refused");
@@ -602,7 +610,11 @@ fn consenter_by_tls_cert(channel: &ChannelConfig, der: &[u8]) -> Option<u32> {
 /// closed when one removes it.
 struct Links {
     self_id: u32,
+    /// The TLS roots configured locally; the channel's organisations' TLS CAs are added to them.
     roots: Vec<u8>,
+    /// The consenters in force: what is sent to all goes to them only (removed ones still have a
+    /// link, for the blocks that tell them of their removal).
+    members: Vec<u32>,
     identity: (Vec<u8>, Vec<u8>),
     limits: MessageLimits,
     shutdown: watch::Receiver<bool>,
@@ -618,6 +630,14 @@ impl Links {
     /// Opens and closes links so that there is one per consenter of `channel` but us, and per
     /// consenter `previous` had that `channel` removed.
     fn follow(&mut self, channel: &ChannelConfig, previous: Option<&ChannelConfig>) {
+        self.members = channel.consenters.iter().map(|c| c.id).collect();
+        // A consenter of an organisation added later has a TLS certificate of that
+        // organisation's TLS CA.
+        let mut roots = self.roots.clone();
+        for der in channel.tls_ca_ders() {
+            roots.push(b'\n');
+            roots.extend(::pem::encode(&::pem::Pem::new("CERTIFICATE", der)).into_bytes());
+        }
         let removed = previous
             .into_iter()
             .flat_map(|p| &p.consenters)
@@ -640,7 +660,7 @@ impl Links {
             let (tx, rx) = mpsc::channel(LINK_QUEUE);
             tokio::spawn(outbound_link(
                 endpoint.clone(),
-                self.roots.clone(),
+                roots.clone(),
                 self.identity.clone(),
                 self.limits,
                 rx,
@@ -652,7 +672,11 @@ impl Links {
 
     fn send(&self, to: Option<u32>, msg: &ConsensusMessage) {
         for (peer, (_, link)) in &self.open {
-            if to.is_none_or(|t| t == *peer) {
+            let addressed = match to {
+                Some(t) => t == *peer,
+                None => self.members.contains(peer),
+            };
+            if addressed {
                 let _ = link.try_send(msg.clone());
             }
         }
@@ -750,7 +774,8 @@ pub async fn start_byzantine(
     join_channel(&store, &genesis)?;
     let genesis_config = channel.clone();
     let (channel, last_config) = config_in_force(&store, channel)?;
-    let previous = config_before_consenter_change(&store, &genesis_config, &channel, last_config)?;
+    let (previous, changed_until) =
+        config_before_consenter_change(&store, &genesis_config, &channel, last_config)?;
     if channel.consenter(cfg.consenter_id).is_none() {
         tracing::warn!(
             consenter = cfg.consenter_id,
@@ -780,7 +805,7 @@ pub async fn start_byzantine(
         material.key_pem,
         material.client_ca_bundle,
     );
-    let ccfg = consensus_config(&cfg, &channel, previous.as_ref());
+    let ccfg = consensus_config(&cfg, &channel, previous.as_ref(), changed_until);
     let max_bytes = ccfg.batch.absolute_max_bytes;
     let mut replica =
         Replica::new(ccfg, crypto.clone(), store.restore()?).with_last_config(last_config);
@@ -791,6 +816,7 @@ pub async fn start_byzantine(
     let mut links = Links {
         self_id: cfg.consenter_id,
         roots: roots.clone(),
+        members: Vec::new(),
         identity: (cert.clone(), key.clone()),
         limits: cfg.message_limits(),
         shutdown: shutdown_rx.clone(),
@@ -935,15 +961,23 @@ pub async fn start_byzantine(
                 for b in &blocks {
                     tracing::debug!(orderer = id, block = b.header.as_ref().map(|h| h.number).unwrap_or_default(), "block committed");
                 }
-                if blocks.iter().any(medledger_common::protoutil::is_config_block) {
-                    let now = loop_config.get();
+                let configs: Vec<&Block> = blocks
+                    .iter()
+                    .filter(|b| medledger_common::protoutil::is_config_block(b))
+                    .collect();
+                if !configs.is_empty() {
                     let mut previous =
                         loop_services.previous.write().unwrap_or_else(|e| e.into_inner());
-                    if now.consenters != seen.consenters {
-                        *previous = Some(seen.clone());
+                    // Block by block, as the core applied them: with two changes in one batch,
+                    // the newest one's removals are the ones still answered.
+                    for b in configs {
+                        let Ok(next) = ChannelConfig::from_block(b) else { continue };
+                        if next.consenters != seen.consenters {
+                            *previous = Some(seen.clone());
+                        }
+                        seen = Arc::new(next);
                     }
-                    links.follow(&now, previous.as_deref());
-                    seen = now;
+                    links.follow(&loop_config.get(), previous.as_deref());
                 }
             }
             loop_view.store(replica.view(), std::sync::atomic::Ordering::Relaxed);
@@ -957,8 +991,9 @@ pub async fn start_byzantine(
                         let Some(msg) = faulty.outgoing(msg) else { continue };
                         links.send(to, &msg);
                     }
-                    Output::ServeState { to, from_seq } => {
-                        let blocks: Vec<Block> = (from_seq..loop_store.height().min(from_seq + 20))
+                    Output::ServeState { to, from_seq, until } => {
+                        let end = loop_store.height().min(from_seq.saturating_add(20)).min(until);
+                        let blocks: Vec<Block> = (from_seq..end)
                             .filter_map(|n| loop_store.block(n).ok().flatten())
                             .collect();
                         let msg = replica.state_response_message(blocks);

@@ -28,6 +28,7 @@ const BLOCKS: &str = "blocks";
 const WAL: &str = "wal";
 
 const VIEW: &[u8] = b"view";
+const VIEW_CHANGE: &[u8] = b"view_change";
 const VOTED: &[u8] = b"voted";
 const ACCEPTED: &[u8] = b"accepted";
 const PREPARED: &[u8] = b"prepared";
@@ -98,6 +99,7 @@ impl BlockStore {
         for op in ops {
             match op {
                 WalOp::View(v) => batch.put_cf(wal, VIEW, v.to_be_bytes()),
+                WalOp::ViewChange(v) => batch.put_cf(wal, VIEW_CHANGE, v.to_be_bytes()),
                 WalOp::NewView(m) => batch.put_cf(wal, NEW_VIEW, m.encode_to_vec()),
                 WalOp::Accepted {
                     view,
@@ -201,6 +203,12 @@ impl BlockStore {
             .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
             .map(u64::from_be_bytes)
             .unwrap_or(0);
+        let view_change = self
+            .db
+            .get_cf(wal, VIEW_CHANGE)?
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
         let voted = self.voted()?;
         let accepted = self.record::<ConsensusMessage>(ACCEPTED)?;
         let prepared = self.record::<PreparedCertificate>(PREPARED)?;
@@ -246,6 +254,7 @@ impl BlockStore {
         Ok(Restored {
             durable: Durable {
                 view,
+                view_change,
                 voted,
                 accepted,
                 prepared,

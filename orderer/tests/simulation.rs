@@ -207,6 +207,7 @@ impl World {
             self_id: id,
             consenters,
             former: Vec::new(),
+            former_until: 0,
             tick: std::time::Duration::from_millis(20),
             batch: BatchConfig {
                 max_message_count: 10,
@@ -423,21 +424,30 @@ impl<'w> Sim<'w> {
         // What a restarted orderer does: the configuration in force from its own blocks.
         let (last_config, config) = config_in_force(&node.blocks);
         let consenters: Vec<u32> = config.consenters.iter().map(|c| c.id).collect();
-        // The consenters the newest change of the set removed, as the node finds them.
-        let former = node
+        // The consenters the newest change of the set removed, and the block that removed them,
+        // as the node finds them.
+        let configs: Vec<(usize, ChannelConfig)> = node
             .blocks
             .iter()
-            .take(last_config as usize)
-            .filter(|b| is_config_block(b))
+            .enumerate()
+            .take(last_config as usize + 1)
+            .filter(|(_, b)| is_config_block(b))
+            .map(|(n, b)| (n, ChannelConfig::from_block(b).unwrap()))
+            .collect();
+        let changed = configs
+            .windows(2)
             .rev()
-            .map(|b| ChannelConfig::from_block(b).unwrap())
-            .find(|c| c.consenters != config.consenters)
-            .map(|c| {
-                c.consenters
+            .find(|w| w[0].1.consenters != w[1].1.consenters);
+        let (former, former_until) = changed
+            .map(|w| {
+                let removed = w[0]
+                    .1
+                    .consenters
                     .iter()
                     .map(|c| c.id)
                     .filter(|id| !consenters.contains(id))
-                    .collect()
+                    .collect();
+                (removed, w[1].0 as u64 + 1)
             })
             .unwrap_or_default();
         let crypto: Arc<dyn Crypto> = Arc::new(SimCrypto(
@@ -446,6 +456,7 @@ impl<'w> Sim<'w> {
         Replica::new(
             Config {
                 former,
+                former_until,
                 ..world.config(i as u32 + 1, consenters)
             },
             crypto,
@@ -588,12 +599,17 @@ impl<'w> Sim<'w> {
                     node.blocks.push(block);
                 }
                 Output::Wal(op) => self.nodes[i].durable.apply(&op),
-                Output::ServeState { to, from_seq } => {
+                Output::ServeState {
+                    to,
+                    from_seq,
+                    until,
+                } => {
                     let blocks: Vec<Block> = self.nodes[i]
                         .blocks
                         .iter()
                         .skip(from_seq as usize)
                         .take(20)
+                        .take_while(|b| b.header.as_ref().is_some_and(|h| h.number < until))
                         .cloned()
                         .collect();
                     if let Some(r) = &self.nodes[i].replica {
@@ -898,7 +914,7 @@ fn run(world: &World, seed: u64, cov: &mut Coverage, reconfigure: bool) {
     let spare_boot = membership.gen_range(0..300u64);
     let mut reconfig = if reconfigure {
         Reconfig::Add {
-            at: membership.gen_range(50..250),
+            at: membership.gen_range(50..600),
         }
     } else {
         Reconfig::Done
@@ -1077,6 +1093,18 @@ fn run(world: &World, seed: u64, cov: &mut Coverage, reconfigure: bool) {
             .filter(|b| is_config_block(b))
             .count();
         assert_eq!(changes, 2, "seed {seed}: configuration blocks");
+        // The removed consenter learnt of its removal and was sent nothing past it.
+        for (i, node) in sim.nodes.iter().enumerate() {
+            if node.identity == removed(faulty) {
+                let last = node.blocks.last().expect("genesis at least");
+                let its_set = ChannelConfig::from_block(last).map(|c| c.consenters.len());
+                assert!(
+                    is_config_block(last) && its_set.is_ok_and(|n| n == world.n),
+                    "seed {seed}: removed node {i} has {} blocks, the last not its removal",
+                    node.blocks.len()
+                );
+            }
+        }
         cov.consenter_changes += changes as u64;
     }
     // Exactly once, and every block carries a valid quorum of the signatures of the consenters

@@ -1058,6 +1058,16 @@ async fn an_orderer_is_added_and_another_removed_while_ordering_goes_on() -> any
         ids.len(),
         "ordered twice"
     );
+    // The removed orderer has the block removing it and nothing later.
+    let removed = blocks_of(&orderers, 1, &client).await?;
+    let last = removed.last().expect("blocks");
+    assert!(
+        medledger_common::protoutil::is_config_block(last)
+            && ChannelConfig::from_block(last)?.consenter(1).is_none(),
+        "orderer 1 stopped at block {} of {}, not at its removal",
+        removed.len(),
+        reference.len()
+    );
     for id in [3, 4, 5] {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
