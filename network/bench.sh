@@ -1,20 +1,38 @@
 #!/usr/bin/env bash
 # End-to-end benchmark of the running test network: CLIENTS concurrent clients submit COUNT medical
-# CreateRecord transactions (private data) and COUNT plain key writes through Hospital1's Gateway,
-# each endorsed by both hospitals, ordered by the 4 BFT orderers; prints committed tx/s and
-# p50/p95/p99 submit-to-commit latency, with a progress bar.
+# CreateRecord transactions (private data) and COUNT plain key writes (kv Put) through Hospital1's
+# Gateway, each endorsed by both hospitals, ordered by the 4 BFT orderers, and checked VALID.
+# Prints committed tx/s and p50/p95/p99 submit-to-commit latency per kind, the CPU each role's
+# processes used per committed transaction (from /proc/<pid>/stat), and its ratio to the crypto
+# floor measured on this machine in the same run (verify_bench: 12 verifications and 4 signatures
+# per transaction across the network); writes all of it as JSON to network/bench-results/.
 #
 #   ./network/network.sh up && ./network/network.sh deployCC
-#   ./network/bench.sh [CLIENTS=16] [COUNT=400]
+#   ./network/bench.sh light             # 16 clients, 400 transactions per kind
+#   ./network/bench.sh saturate          # 256 clients, 1500 transactions per kind
+#   ./network/bench.sh [CLIENTS] [COUNT] # any other load
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/medledger-target}"
+case "${1:-light}" in
+  light) clients=16; count=${2:-400}; mode=light ;;
+  saturate) clients=256; count=${2:-1500}; mode=saturate ;;
+  *[!0-9]*) echo "Error: the first argument is light, saturate or a number of clients, not '$1'" >&2; exit 2 ;;
+  *) clients=$1; count=${2:-400}; mode=custom ;;
+esac
 [ -d "$ROOT/network/pids" ] && [ -n "$(ls -A "$ROOT/network/pids" 2>/dev/null)" ] \
   || { echo "Error: the network is not up (run ./network/network.sh up && ./network/network.sh deployCC)" >&2; exit 1; }
 [ -f "$ROOT/network/pids/chaincode-medical.pid" ] \
   || { echo "Error: the chaincodes are not deployed (run ./network/network.sh deployCC)" >&2; exit 1; }
 cd "$ROOT"
 cargo build --release -q -p medledger-tests --example network_bench
+cargo build --release -q -p medledger-common --example verify_bench
+
+# The crypto floor of this machine, now: the fastest P-256 verify and sign.
+floor_json=$("$CARGO_TARGET_DIR/release/examples/verify_bench" 5 | tail -n 1)
+verify_us=$(sed -E 's/.*"verify_us":([0-9.]+).*/\1/' <<<"$floor_json")
+sign_us=$(sed -E 's/.*"sign_us":([0-9.]+).*/\1/' <<<"$floor_json")
+floor_ms=$(awk -v v="$verify_us" -v s="$sign_us" 'BEGIN { printf "%.3f", (12 * v + 4 * s) / 1000 }')
 
 # CPU time (user + system, clock ticks) of each running node, by role, from /proc.
 cpu_by_role() {
@@ -31,14 +49,33 @@ cpu_by_role() {
     esac
   done | awk '{t[$1] += $2} END {for (r in t) print r, t[r]}' | sort
 }
+kinds=$(mktemp)
+trap 'rm -f "$kinds"' EXIT
 before=$(cpu_by_role)
-MEDLEDGER_ROOT="$ROOT" "$CARGO_TARGET_DIR/release/examples/network_bench" "${1:-16}" "${2:-400}"
+BENCH_JSON="$kinds" MEDLEDGER_ROOT="$ROOT" "$CARGO_TARGET_DIR/release/examples/network_bench" "$clients" "$count"
 after=$(cpu_by_role)
 # Both kinds run COUNT transactions each.
-txs=$(( 2 * ${2:-400} ))
+txs=$(( 2 * count ))
 hz=$(getconf CLK_TCK)
+cpu=$(join <(echo "$before") <(echo "$after") | awk -v n="$txs" -v hz="$hz" '
+  { ms = ($3 - $2) * 1000 / hz / n; if ($1 != "other") total += ms; printf "%s %.3f\n", $1, ms }
+  END { printf "all %.3f\n", total }')
 echo "CPU per committed transaction (all processes of a role together, $txs transactions):"
-join <(echo "$before") <(echo "$after") | awk -v n="$txs" -v hz="$hz" '
-  { ms = ($3 - $2) * 1000 / hz / n; if ($1 != "other") total += ms; printf "  %-10s %6.2f ms\n", $1, ms }
-  END { printf "  %-10s %6.2f ms  (orderers, peers, chaincodes; other = CAs and explorers)\n", "all nodes", total }'
+awk -v floor="$floor_ms" -v v="$verify_us" -v s="$sign_us" '
+  $1 == "all" { printf "  %-10s %6.2f ms  (orderers, peers, chaincodes; other = CAs and explorers)\n", "all nodes", $2;
+                printf "  crypto floor %.2f ms (12 verifies x %s us + 4 signs x %s us): all nodes use %.1fx it\n", floor, v, s, $2 / floor; next }
+  { printf "  %-10s %6.2f ms\n", $1, $2 }' <<<"$cpu"
 
+mkdir -p "$ROOT/network/bench-results"
+out="$ROOT/network/bench-results/$(date -u +%Y%m%dT%H%M%SZ)-$mode-${clients}c.json"
+{
+  printf '{\n  "date": "%s",\n  "mode": "%s",\n  "clients": %s,\n  "transactions_per_kind": %s,\n' \
+    "$(date -u +%FT%TZ)" "$mode" "$clients" "$count"
+  printf '  "machine": {"cpus": %s, "model": "%s"},\n' "$(nproc)" \
+    "$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo | tr -d '"')"
+  printf '  "kinds": [\n%s\n  ],\n' "$(sed 's/^/    /; $!s/$/,/' "$kinds")"
+  printf '  "cpu_ms_per_tx": {%s},\n' "$(awk '{printf "%s\"%s\": %s", (NR > 1 ? ", " : ""), $1, $2}' <<<"$cpu")"
+  printf '  "crypto_floor": {"verify_us": %s, "sign_us": %s, "ms_per_tx": %s},\n' "$verify_us" "$sign_us" "$floor_ms"
+  printf '  "ratio_to_floor": %s\n}\n' "$(awk -v f="$floor_ms" '$1 == "all" {printf "%.2f", $2 / f}' <<<"$cpu")"
+} > "$out"
+echo "Results: $out"

@@ -2,7 +2,9 @@
 //! signing: `PrivateKey::sign` (ring, then low-S) against the pure-Rust `p256` signer.
 //!
 //! `cargo run --release -p medledger-common --example verify_bench [-- ROUNDS]`
-//! Prints the median of several rounds for each and their ratios.
+//! Prints the median of several rounds for each and their ratios, and last a JSON line with the
+//! fastest verify and sign (`{"verify_us":..,"sign_us":..}`), which `network/bench.sh` reads as
+//! the crypto floor of its run.
 
 use std::time::Instant;
 
@@ -71,5 +73,10 @@ fn main() {
     println!(
         "sign: PrivateKey::sign (ring, low-S) median {ours:.1} us, p256 {theirs:.1} us: {:.2}x",
         theirs / ours
+    );
+    let verify = medians.iter().copied().fold(f64::INFINITY, f64::min);
+    println!(
+        "{{\"verify_us\":{verify:.1},\"sign_us\":{:.1}}}",
+        ours.min(theirs)
     );
 }

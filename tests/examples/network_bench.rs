@@ -147,13 +147,29 @@ async fn run_kind(
     let secs = start.elapsed().as_secs_f64();
     eprintln!();
     all.sort();
+    let ms = |p: f64| percentile(&all, p).as_secs_f64() * 1e3;
     println!(
-        "{label:<12} {count} committed in {secs:.1} s: {:.0} tx/s; submit-to-commit p50 {} ms, p95 {} ms, p99 {} ms ({clients} clients)",
+        "{label:<12} {count} committed in {secs:.1} s: {:.0} tx/s; submit-to-commit p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms ({clients} clients)",
         count as f64 / secs,
-        percentile(&all, 0.50).as_millis(),
-        percentile(&all, 0.95).as_millis(),
-        percentile(&all, 0.99).as_millis(),
+        ms(0.50),
+        ms(0.95),
+        ms(0.99),
     );
+    if let Ok(path) = std::env::var("BENCH_JSON") {
+        // One JSON object per line, for network/bench.sh to gather.
+        let line = format!(
+            "{{\"kind\":\"{label}\",\"clients\":{clients},\"committed\":{count},\"seconds\":{secs:.3},\"tx_per_s\":{:.1},\"p50_ms\":{:.1},\"p95_ms\":{:.1},\"p99_ms\":{:.1}}}\n",
+            count as f64 / secs,
+            ms(0.50),
+            ms(0.95),
+            ms(0.99)
+        );
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?
+            .write_all(line.as_bytes())?;
+    }
     Ok(())
 }
 

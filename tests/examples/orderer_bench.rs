@@ -2,7 +2,10 @@
 //! real signed envelopes from concurrent clients. Reports ordered tx/s and broadcast-to-delivery
 //! latency (p50, p99), measured from each Broadcast until the block holding it is delivered.
 //!
-//! `cargo run --release -p medledger-tests --example orderer_bench -- [TXS] [CLIENTS] [ROUNDS]`
+//! Also the process's CPU per ordered transaction (orderers and the load generator share it; the
+//! envelopes are signed before timing starts).
+//!
+//! `cargo run --release -p medledger-tests --example orderer_bench -- [TXS] [CLIENTS] [ROUNDS] [ORDERERS]`
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,6 +24,19 @@ use medledger_tests::ordernet::OrdererSet;
 use prost::Message;
 use tokio::sync::Mutex;
 
+/// CPU seconds (user + system) this process has used, from /proc (USER_HZ is 100 on Linux).
+fn cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let fields: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
+            let utime: f64 = fields.get(11)?.parse().ok()?;
+            let stime: f64 = fields.get(12)?.parse().ok()?;
+            Some((utime + stime) / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
 fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[((v.len() as f64 - 1.0) * p).round() as usize]
@@ -35,11 +51,13 @@ async fn main() -> anyhow::Result<()> {
     let txs = *args.first().unwrap_or(&2000);
     let clients = *args.get(1).unwrap_or(&16);
     let rounds = *args.get(2).unwrap_or(&3);
-    let (mut rates, mut p50s, mut p99s) = (Vec::new(), Vec::new(), Vec::new());
+    let n = *args.get(3).unwrap_or(&4);
+    let (mut rates, mut p50s, mut p99s, mut cpus) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
         let dir = tempfile::tempdir()?;
         let app = TestOrg::new("Hospital1MSP")?;
-        let orderers = OrdererSet::prepare(dir.path(), 4, &[app.tls_ca.cert_pem()])?;
+        let orderers = OrdererSet::prepare(dir.path(), n as u32, &[app.tls_ca.cert_pem()])?;
         let genesis = genesis_block(&ChannelProfile {
             channel_id: "medchannel".into(),
             application_orgs: vec![OrgProfile {
@@ -119,12 +137,13 @@ async fn main() -> anyhow::Result<()> {
         });
 
         let start = Instant::now();
+        let cpu_start = cpu_seconds();
         let per = envs.len().div_ceil(clients);
         let mut tasks = Vec::new();
         for (w, chunk) in envs.chunks(per).enumerate() {
             let chunk = chunk.to_vec();
             let sent = sent.clone();
-            let address = orderers.address(1 + (w % 4) as u32);
+            let address = orderers.address(1 + (w % n) as u32);
             let root = root.clone();
             tasks.push(tokio::spawn(async move {
                 let ch = medledger_peer::comm::dial(&address, &[root], None)
@@ -148,21 +167,25 @@ async fn main() -> anyhow::Result<()> {
         }
         let mut lat = tokio::time::timeout(Duration::from_secs(120), watcher).await??;
         let secs = start.elapsed().as_secs_f64();
+        let cpu_ms = (cpu_seconds() - cpu_start) * 1e3 / lat.len().max(1) as f64;
         let rate = lat.len() as f64 / secs;
         let (p50, p99) = (pct(&mut lat, 0.5), pct(&mut lat, 0.99));
         println!(
-            "round {round}: {} tx ordered in {secs:.2}s ({rate:.0} tx/s); broadcast-to-delivery p50 {p50:.0} ms, p99 {p99:.0} ms",
+            "round {round}: {} tx ordered in {secs:.2}s ({rate:.0} tx/s); broadcast-to-delivery p50 {p50:.0} ms, p99 {p99:.0} ms; CPU {cpu_ms:.2} ms/tx",
             lat.len()
         );
+        cpus.push(cpu_ms);
         rates.push(rate);
         p50s.push(p50);
         p99s.push(p99);
     }
+    let cpu = pct(&mut cpus, 0.5);
     println!(
-        "median over {rounds} rounds (4 orderers, {clients} clients): {:.0} tx/s, p50 {:.0} ms, p99 {:.0} ms",
+        "median over {rounds} rounds ({n} orderers, {clients} clients): {:.0} tx/s, p50 {:.0} ms, p99 {:.0} ms; CPU {cpu:.2} ms/tx ({:.2} per orderer, load generator included)",
         pct(&mut rates, 0.5),
         pct(&mut p50s, 0.5),
-        pct(&mut p99s, 0.5)
+        pct(&mut p99s, 0.5),
+        cpu / n as f64
     );
     Ok(())
 }
