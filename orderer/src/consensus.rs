@@ -509,6 +509,21 @@ pub fn block_value(seq: u64, last_config: u64) -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// Whether a message of this kind can be shown to others as proof (a prepared certificate holds
+/// a PrePrepare and Prepares, a NewView holds ViewChanges, and a NewView is relayed): only these
+/// are signed. The others are only ever read by their addressee, from the sender's authenticated
+/// link: a Forward carries client requests each verified on arrival like a Broadcast; a Commit
+/// carries the voter's block signature, checked on its own; a Heartbeat or StateRequest is a
+/// hint; a StateResponse carries blocks with their own quorum. Signing those cost a signature
+/// per message and a verification at every receiver (per request for Forwards), for no proof
+/// anyone keeps.
+fn is_proof(kind: &Kind) -> bool {
+    matches!(
+        kind,
+        Kind::PrePrepare(_) | Kind::Prepare(_) | Kind::ViewChange(_) | Kind::NewView(_)
+    )
+}
+
 /// The transaction id in an envelope's channel header, without checking anything else.
 pub fn txid_of(envelope: &[u8]) -> Option<String> {
     let env = medledger_proto::common::Envelope::decode(envelope).ok()?;
@@ -800,16 +815,12 @@ impl Replica {
     }
 
     fn message(&self, kind: Kind) -> ConsensusMessage {
-        // A Forward is not signed: it only carries client requests, each signed by its client
-        // and verified on arrival like a Broadcast, and its sender is the authenticated end of
-        // the link. Signing it cost a signature per request, and verifying it a verification
-        // per request at every other replica, for no proof anyone keeps.
-        let unsigned = matches!(kind, Kind::Forward(_));
+        let signed = is_proof(&kind);
         let body = Body { kind: Some(kind) }.encode_to_vec();
-        let signature = if unsigned {
-            Vec::new()
-        } else {
+        let signature = if signed {
             self.crypto.sign(&body)
+        } else {
+            Vec::new()
         };
         ConsensusMessage {
             sender: self.cfg.self_id,
@@ -833,14 +844,15 @@ impl Replica {
         self.out.push(Output::Send { to: Some(to), msg });
     }
 
-    /// Verifies a signed consensus message from a consenter and decodes its body. A Forward is
-    /// taken unsigned (`message`): `receive` accepts one only from its sender's own link.
+    /// Verifies a signed consensus message from a consenter and decodes its body. Messages that
+    /// are never proofs are taken unsigned (`is_proof`): `receive` accepts one only from its
+    /// sender's own link.
     fn open(&self, msg: &ConsensusMessage) -> Option<Kind> {
         if !self.cfg.consenters.contains(&msg.sender) || msg.channel_id != self.cfg.channel_id {
             return None;
         }
         let kind = Body::decode(msg.body.as_slice()).ok()?.kind?;
-        if matches!(kind, Kind::Forward(_)) {
+        if !is_proof(&kind) {
             return Some(kind);
         }
         if !self.crypto.verify(msg.sender, &msg.body, &msg.signature) {
