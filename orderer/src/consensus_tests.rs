@@ -2117,3 +2117,52 @@ fn a_consenter_added_after_many_view_changes_joins_the_others_view() {
         [1, 2, 3, N + 1].map(|i| (c.replica(i).view(), c.replica(i).in_view_change()))
     );
 }
+
+/// Unsigned messages (`is_proof` false) are taken only from their sender's own link: a consenter
+/// cannot vote or beat as another, signature or not.
+#[test]
+fn an_unsigned_message_counts_only_from_its_own_senders_link() {
+    let mut c = Cluster::new();
+    // Nothing moves on its own: the test hands replica 1 its messages.
+    c.filter = Some(Box::new(|_from, _to, _kind| None));
+    c.submit(1, envelope(1));
+    let block = c
+        .replica(1)
+        .proposal
+        .as_ref()
+        .expect("leader proposed")
+        .block
+        .clone();
+    let d = digest(&block);
+    let commit = |sender: u32, c: &Cluster| ConsensusMessage {
+        sender,
+        channel_id: CHANNEL.into(),
+        signature: Vec::new(),
+        body: Body {
+            kind: Some(Kind::Commit(Commit {
+                view: 0,
+                seq: 1,
+                digest: d.clone(),
+                block_signature: Some(c.block_signature(sender, &block)),
+            })),
+        }
+        .encode_to_vec(),
+    };
+    // Consenter 2 relays a commit "from" 3 over its own link.
+    let forged = commit(3, &c);
+    c.deliver(2, 1, forged);
+    assert!(
+        c.replica(1)
+            .votes
+            .get(&(0, 1))
+            .is_none_or(|v| v.commit_digest(3).is_none()),
+        "a commit counted for a consenter whose link did not carry it"
+    );
+    // The same commit over 3's own link counts.
+    let genuine = commit(3, &c);
+    c.deliver(3, 1, genuine);
+    assert_eq!(
+        c.replica(1).votes[&(0, 1)].commit_digest(3),
+        Some(d.as_slice())
+    );
+}

@@ -559,29 +559,38 @@ impl AtomicBroadcast for Svc {
 #[tonic::async_trait]
 impl Consensus for Svc {
     async fn step(&self, r: Request<Streaming<ConsensusMessage>>) -> Result<Response<Ack>, Status> {
-        let cert = r
+        let Some(cert) = r
             .peer_certs()
-            .and_then(|c| c.first().map(|c| c.as_ref().to_vec()));
-        // Who is on the other end, by the consenters' TLS client certificates in the
-        // configuration in force: a consenter added later is recognised from its block on.
-        let Some(from) = cert.and_then(|c| {
-            let current = self.0.config.get();
-            consenter_by_tls_cert(&current, &c).or_else(|| {
-                // Only a consenter the newest change removed, by its certificate then: not the
-                // replaced certificate of one still in the set.
-                let previous = self.0.previous.read().unwrap_or_else(|e| e.into_inner());
-                consenter_by_tls_cert(previous.as_ref()?, &c)
-                    .filter(|id| current.consenter(*id).is_none())
-            })
-        }) else {
+            .and_then(|c| c.first().map(|c| c.as_ref().to_vec()))
+        else {
+            tracing::warn!("consensus stream without a client certificate: refused");
+            return Err(Status::permission_denied("not a consenter of this channel"));
+        };
+        let Some(from) = self.0.consenter_of(&cert) else {
             tracing::warn!("consensus stream from a client that is not a consenter: refused");
             return Err(Status::permission_denied("not a consenter of this channel"));
         };
+        let mut sequence = self.0.config.get().sequence;
         let remote = r.remote_addr();
         let mut inbound = r.into_inner();
         while let Some(msg) =
             next_message(&mut inbound, "medledger.consensus.Consensus/Step", remote).await?
         {
+            // The link is the only authentication of the messages that are not proofs: once a
+            // configuration replaces or removes this certificate, the stream ends.
+            let now = self.0.config.get().sequence;
+            if now != sequence {
+                if self.0.consenter_of(&cert) != Some(from) {
+                    tracing::warn!(
+                        consenter = from,
+                        "consensus stream whose certificate the configuration no longer names: closed"
+                    );
+                    return Err(Status::permission_denied(
+                        "the channel configuration no longer names this certificate",
+                    ));
+                }
+                sequence = now;
+            }
             if self
                 .0
                 .events
@@ -593,6 +602,21 @@ impl Consensus for Svc {
             }
         }
         Ok(Response::new(Ack {}))
+    }
+}
+
+impl Services {
+    /// Who is on the other end of a consensus stream, by the consenters' TLS client certificates
+    /// in the configuration in force (a consenter added later is recognised from its block on),
+    /// or one the newest change removed (by its certificate then: not the replaced certificate
+    /// of one still in the set).
+    fn consenter_of(&self, cert: &[u8]) -> Option<u32> {
+        let current = self.config.get();
+        consenter_by_tls_cert(&current, cert).or_else(|| {
+            let previous = self.previous.read().unwrap_or_else(|e| e.into_inner());
+            consenter_by_tls_cert(previous.as_ref()?, cert)
+                .filter(|id| current.consenter(*id).is_none())
+        })
     }
 }
 
