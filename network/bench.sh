@@ -49,11 +49,23 @@ cpu_by_role() {
     esac
   done | awk '{t[$1] += $2} END {for (r in t) print r, t[r]}' | sort
 }
+# Bytes on disk of each node's data folder, by role (orderers, peers), averaged per node.
+disk_by_role() {
+  local d
+  for d in "$ROOT"/network/data/*/; do
+    case "$(basename "$d")" in
+      orderer*) echo "orderers $(du -sb "$d" | cut -f1)" ;;
+      peer*) echo "peers $(du -sb "$d" | cut -f1)" ;;
+    esac
+  done | awk '{t[$1] += $2; n[$1]++} END {for (r in t) print r, t[r] / n[r]}' | sort
+}
 kinds=$(mktemp)
 trap 'rm -f "$kinds"' EXIT
 before=$(cpu_by_role)
+disk_before=$(disk_by_role)
 BENCH_JSON="$kinds" MEDLEDGER_ROOT="$ROOT" "$CARGO_TARGET_DIR/release/examples/network_bench" "$clients" "$count"
 after=$(cpu_by_role)
+disk_after=$(disk_by_role)
 # Both kinds run COUNT transactions each.
 txs=$(( 2 * count ))
 hz=$(getconf CLK_TCK)
@@ -66,6 +78,11 @@ awk -v floor="$floor_ms" -v v="$verify_us" -v s="$sign_us" '
                 printf "  crypto floor %.2f ms (12 verifies x %s us + 4 signs x %s us): all nodes use %.1fx it\n", floor, v, s, $2 / floor; next }
   { printf "  %-10s %6.2f ms\n", $1, $2 }' <<<"$cpu"
 
+# Disk growth per transaction of one node of each role (RocksDB's WAL and compactions make one
+# run's figure rough: compare medians).
+disk=$(join <(echo "$disk_before") <(echo "$disk_after") | awk -v n="$txs" '{ printf "%s %.0f\n", $1, ($3 - $2) / n }')
+awk '{ printf "  disk per transaction, one %-8s %6d bytes\n", substr($1, 1, length($1) - 1), $2 }' <<<"$disk"
+
 mkdir -p "$ROOT/network/bench-results"
 out="$ROOT/network/bench-results/$(date -u +%Y%m%dT%H%M%SZ)-$mode-${clients}c.json"
 {
@@ -75,6 +92,7 @@ out="$ROOT/network/bench-results/$(date -u +%Y%m%dT%H%M%SZ)-$mode-${clients}c.js
     "$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo | tr -d '"')"
   printf '  "kinds": [\n%s\n  ],\n' "$(sed 's/^/    /; $!s/$/,/' "$kinds")"
   printf '  "cpu_ms_per_tx": {%s},\n' "$(awk '{printf "%s\"%s\": %s", (NR > 1 ? ", " : ""), $1, $2}' <<<"$cpu")"
+  printf '  "disk_bytes_per_tx_per_node": {%s},\n' "$(awk '{printf "%s\"%s\": %s", (NR > 1 ? ", " : ""), $1, $2}' <<<"$disk")"
   printf '  "crypto_floor": {"verify_us": %s, "sign_us": %s, "ms_per_tx": %s},\n' "$verify_us" "$sign_us" "$floor_ms"
   printf '  "ratio_to_floor": %s\n}\n' "$(awk -v f="$floor_ms" '$1 == "all" {printf "%.2f", $2 / f}' <<<"$cpu")"
 } > "$out"

@@ -134,3 +134,53 @@ pub(super) fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily
     db.cf_handle(name)
         .ok_or_else(|| LedgerError::Corrupt(format!("missing column family {name}")))
 }
+
+/// The smallest key above every key that starts with `prefix` (none when the prefix is all
+/// 0xff bytes, or empty).
+pub(super) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// Iterates column family `name` forward from `from`, stopping below `upper`. The bound is set
+/// in RocksDB itself, not only checked on what it returns: without it, stepping past the last
+/// key in range walks over every deleted key that follows it (the transient store deletes an
+/// entry per committed transaction), which profiling showed as a tenth of a peer's CPU.
+pub(super) fn bounded_iter<'a>(
+    db: &'a DB,
+    name: &str,
+    from: &[u8],
+    upper: Option<Vec<u8>>,
+) -> Result<rocksdb::DBIteratorWithThreadMode<'a, DB>, LedgerError> {
+    let mut opts = rocksdb::ReadOptions::default();
+    if let Some(u) = upper {
+        opts.set_iterate_upper_bound(u);
+    }
+    Ok(db.iterator_cf_opt(
+        cf(db, name)?,
+        opts,
+        rocksdb::IteratorMode::From(from, rocksdb::Direction::Forward),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn a_prefix_end_is_above_every_key_with_the_prefix_and_below_the_next() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xff\xff"), None);
+        assert_eq!(prefix_end(b""), None);
+        let end = prefix_end(b"tx1\0").expect("bounded");
+        assert!(b"tx1\0\xff\xff".as_slice() < end.as_slice());
+        assert!(end.as_slice() <= b"tx1\x01".as_slice());
+    }
+}

@@ -1,7 +1,7 @@
 //! World state with versions, range scans, and the history index (every write of every key).
 
 use medledger_proto::medledger::ledger::{HistoryEntry, VersionedValue};
-use rocksdb::{Direction, IteratorMode};
+use rocksdb::IteratorMode;
 
 use super::keys::*;
 use super::{Ledger, LedgerError};
@@ -42,11 +42,8 @@ impl Ledger {
             Some([prefix, end.as_bytes()].concat())
         };
         let mut out = Vec::new();
-        let it = self.db.iterator_cf(
-            cf(&self.db, cf_name)?,
-            IteratorMode::From(&from, Direction::Forward),
-        );
-        for item in it {
+        let bound = upper.clone().or_else(|| prefix_end(prefix));
+        for item in bounded_iter(&self.db, cf_name, &from, bound)? {
             let (k, v) = item?;
             if !k.starts_with(prefix) || upper.as_ref().is_some_and(|u| k.as_ref() >= u.as_slice())
             {
@@ -66,11 +63,7 @@ impl Ledger {
     pub fn history(&self, ns: &str, key: &str) -> Result<Vec<HistoryEntry>, LedgerError> {
         let prefix = history_prefix(ns, key);
         let mut out = Vec::new();
-        let it = self.db.iterator_cf(
-            cf(&self.db, HISTORY)?,
-            IteratorMode::From(&prefix, Direction::Forward),
-        );
-        for item in it {
+        for item in bounded_iter(&self.db, HISTORY, &prefix, prefix_end(&prefix))? {
             let (k, v) = item?;
             if !k.starts_with(&prefix) || k.len() != prefix.len() + 16 {
                 break;

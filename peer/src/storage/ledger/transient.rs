@@ -109,10 +109,7 @@ impl Ledger {
     ) -> Result<Vec<Vec<u8>>, LedgerError> {
         let prefix = Self::transient_prefix(txid, ns, coll);
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(
-            cf(&self.db, TRANSIENT)?,
-            IteratorMode::From(&prefix, Direction::Forward),
-        ) {
+        for item in bounded_iter(&self.db, TRANSIENT, &prefix, prefix_end(&prefix))? {
             let (k, v) = item?;
             if !k.starts_with(&prefix) {
                 break;
@@ -131,10 +128,7 @@ impl Ledger {
     ) -> Result<(), LedgerError> {
         let mut prefix = txid.as_bytes().to_vec();
         prefix.push(0);
-        for item in self.db.iterator_cf(
-            cf(&self.db, TRANSIENT)?,
-            IteratorMode::From(&prefix, Direction::Forward),
-        ) {
+        for item in bounded_iter(&self.db, TRANSIENT, &prefix, prefix_end(&prefix))? {
             let (k, v) = item?;
             if !k.starts_with(&prefix) {
                 break;
