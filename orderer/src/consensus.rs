@@ -254,6 +254,9 @@ pub struct Restored {
     pub last_hash: Vec<u8>,
     /// Transaction ids already in committed blocks.
     pub committed_txids: HashSet<String>,
+    /// The newest configuration block's number (what the last block's LAST_CONFIG names). A
+    /// resumed proposal's signed value depends on it, so it is known before anything resumes.
+    pub last_config: u64,
 }
 
 /// One change to the write-ahead state, written before anything that depends on it is sent.
@@ -616,7 +619,7 @@ impl Replica {
         let mut r = Self {
             cfg,
             crypto,
-            last_config: 0,
+            last_config: restored.last_config,
             durable: Durable::default(),
             height: restored.height,
             last_hash: restored.last_hash,
@@ -1674,12 +1677,6 @@ impl Replica {
         }
         self.pool_order.retain(|t| self.pool.contains_key(t));
         self.wal(WalOp::Done(refused));
-    }
-
-    /// The newest configuration block's number (the node reads it from its store at start).
-    pub fn with_last_config(mut self, last_config: u64) -> Self {
-        self.last_config = last_config;
-        self
     }
 
     /// Whether a block is as full as the leader cuts them: at the transaction count limit, or

@@ -252,6 +252,7 @@ impl Cluster {
                     height: 1,
                     last_hash: digest(&g),
                     committed_txids: Default::default(),
+                    last_config: 0,
                 },
             );
             c.cryptos.insert(id, crypto);
@@ -279,6 +280,7 @@ impl Cluster {
                 height: 1,
                 last_hash: digest(&g),
                 committed_txids: Default::default(),
+                last_config: 0,
             },
         );
         self.cryptos.insert(id, crypto);
@@ -297,11 +299,20 @@ impl Cluster {
             .flat_map(|b| b.data.as_ref().map(|d| d.data.clone()).unwrap_or_default())
             .filter_map(|e| txid_of(&e))
             .collect();
+        let last_config = chain
+            .iter()
+            .rposition(|b| {
+                b.data.as_ref().is_some_and(|d| {
+                    d.data.len() == 1 && header_type(&d.data[0]) == Some(HeaderType::Config as i32)
+                })
+            })
+            .unwrap_or(0) as u64;
         let restored = Restored {
             durable: self.durables[&id].clone(),
             height: chain.len() as u64,
             last_hash: chain.last().map(digest).unwrap_or_default(),
             committed_txids,
+            last_config,
         };
         let r = Replica::new((self.config)(id), self.cryptos[&id].clone(), restored);
         self.replicas.insert(id, r);
@@ -2164,5 +2175,43 @@ fn an_unsigned_message_counts_only_from_its_own_senders_link() {
     assert_eq!(
         c.replica(1).votes[&(0, 1)].commit_digest(3),
         Some(d.as_slice())
+    );
+}
+
+/// A replica restarted while a proposal is in flight, on a channel whose configuration was
+/// updated, resumes it with the signed value naming that configuration block: the value it
+/// commits with (and signs) must be every replica's, or its block signature is invalid.
+#[test]
+fn a_proposal_resumed_after_a_configuration_update_keeps_its_signed_value() {
+    let mut c = Cluster::new();
+    c.submit(1, typed_envelope(1, HeaderType::Config));
+    assert!(c.run_until(100, |c| (1..=N).all(|id| c.height(id) >= 2)));
+    // No commit arrives: replica 3 accepts the next proposal and stays there.
+    c.filter = Some(Box::new(|_from, _to, kind| match kind {
+        Kind::Commit(_) => None,
+        k => Some(k),
+    }));
+    c.submit(1, envelope(2));
+    assert!(c.run_until(20, |c| c.replica(3).proposal.is_some()));
+    let before = c
+        .replica(3)
+        .proposal
+        .as_ref()
+        .expect("accepted")
+        .value
+        .clone();
+    assert_eq!(before, block_value(2, 1));
+    c.restart(3);
+    let after = c
+        .replica(3)
+        .proposal
+        .as_ref()
+        .expect("resumed")
+        .value
+        .clone();
+    assert_eq!(
+        after,
+        block_value(2, 1),
+        "the resumed proposal names another configuration"
     );
 }

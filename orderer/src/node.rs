@@ -831,8 +831,14 @@ pub async fn start_byzantine(
     );
     let ccfg = consensus_config(&cfg, &channel, previous.as_ref(), changed_until);
     let max_bytes = ccfg.batch.absolute_max_bytes;
-    let mut replica =
-        Replica::new(ccfg, crypto.clone(), store.restore()?).with_last_config(last_config);
+    let restored = store.restore()?;
+    if restored.last_config != last_config {
+        return Err(NodeError::Corrupt(format!(
+            "the write-ahead state names configuration block {}, the chain {last_config}",
+            restored.last_config
+        )));
+    }
+    let mut replica = Replica::new(ccfg, crypto.clone(), restored);
 
     let (events_tx, mut events) = mpsc::channel::<Event>(4096);
     let (shutdown, shutdown_rx) = watch::channel(false);

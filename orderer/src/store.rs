@@ -227,6 +227,7 @@ impl BlockStore {
         let height = self.height();
         let mut committed = HashSet::new();
         let mut last_hash = Vec::new();
+        let mut last_config = 0;
         for n in 0..height {
             let b = self
                 .block(n)?
@@ -244,6 +245,12 @@ impl BlockStore {
                 }
             }
             if n + 1 == height {
+                // The node refuses to start on a last block naming no configuration block
+                // (`node::config_in_force`), before this is read.
+                if n > 0 {
+                    last_config =
+                        medledger_common::protoutil::signed_last_config(&b).unwrap_or_default();
+                }
                 last_hash = b
                     .header
                     .as_ref()
@@ -264,6 +271,7 @@ impl BlockStore {
             height,
             last_hash,
             committed_txids: committed,
+            last_config,
         })
     }
 }

@@ -465,9 +465,9 @@ impl<'w> Sim<'w> {
                 height: node.blocks.len() as u64,
                 last_hash: last.to_vec(),
                 committed_txids: committed,
+                last_config,
             },
         )
-        .with_last_config(last_config)
     }
 
     fn is_faulty(&self, node: usize) -> bool {
