@@ -22,11 +22,20 @@ pub struct OrdererSet {
 /// ephemeral range, which every outgoing connection also draws its source port from: between
 /// choosing and binding, another test's client can take it ("Address already in use"). Ports
 /// below that range are only taken by listeners.
+/// A port is handed out once per test process: tests run in parallel threads, and two of them
+/// picking the same free port before either binds it collided ("Address already in use").
 pub fn free_port() -> anyhow::Result<u16> {
     const BELOW_EPHEMERAL: std::ops::Range<u16> = 20_000..32_000;
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
     for _ in 0..200 {
         let port = rand::Rng::gen_range(&mut rand::thread_rng(), BELOW_EPHEMERAL);
+        let mut handed = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if handed.contains(&port) {
+            continue;
+        }
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed.insert(port);
             return Ok(port);
         }
     }
