@@ -225,7 +225,6 @@ impl Cluster {
     }
 
     fn with_config(config: impl Fn(u32) -> Config + 'static) -> Self {
-        let g = genesis();
         let mut c = Self {
             cryptos: BTreeMap::new(),
             replicas: BTreeMap::new(),
@@ -238,32 +237,12 @@ impl Cluster {
             config: Box::new(config),
         };
         for id in 1..=N {
-            let crypto = Arc::new(TestCrypto {
-                id,
-                block_checks: Mutex::new(Vec::new()),
-                msg_checks: AtomicUsize::new(0),
-                request_checks: AtomicUsize::new(0),
-            });
-            let r = Replica::new(
-                (c.config)(id),
-                crypto.clone(),
-                Restored {
-                    durable: Durable::default(),
-                    height: 1,
-                    last_hash: digest(&g),
-                    committed_txids: Default::default(),
-                    last_config: 0,
-                },
-            );
-            c.cryptos.insert(id, crypto);
-            c.replicas.insert(id, r);
-            c.chains.insert(id, vec![g.clone()]);
-            c.durables.insert(id, Durable::default());
+            c.add_replica(id);
         }
         c
     }
 
-    /// Starts replica `id`, which the genesis configuration does not name, from genesis.
+    /// Starts replica `id` from genesis (named by the genesis configuration or not).
     fn add_replica(&mut self, id: u32) {
         let crypto = Arc::new(TestCrypto {
             id,

@@ -125,6 +125,54 @@ async fn wait_listening(address: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A process for each of `orderers`, its YAML written under `dir`, once all listen; and the
+/// YAML paths, to restart one.
+async fn spawn_all(
+    bin: &std::path::Path,
+    dir: &std::path::Path,
+    orderers: &OrdererSet,
+) -> anyhow::Result<(HashMap<u32, Proc>, HashMap<u32, std::path::PathBuf>)> {
+    let mut procs = HashMap::new();
+    let mut configs = HashMap::new();
+    for c in &orderers.configs {
+        let path = dir.join(format!("orderer{}.yaml", c.consenter_id));
+        std::fs::write(&path, serde_yaml::to_string(c)?)?;
+        procs.insert(c.consenter_id, spawn(bin, &path)?);
+        configs.insert(c.consenter_id, path);
+    }
+    for c in &orderers.configs {
+        wait_listening(&orderers.address(c.consenter_id)).await?;
+    }
+    Ok((procs, configs))
+}
+
+/// Waits until orderer `id` has at least the blocks of `reference`, and checks they are the
+/// same blocks (headers, which chain the data).
+async fn wait_caught_up(
+    orderers: &OrdererSet,
+    id: u32,
+    reader: &SigningIdentity,
+    reference: &[Block],
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let theirs = blocks_of(orderers, id, reader).await.unwrap_or_default();
+        if theirs.len() >= reference.len() {
+            for (a, b) in theirs.iter().zip(reference) {
+                assert_eq!(a.header, b.header, "orderer {id} has another chain");
+            }
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "orderer {id} stayed behind ({} of {} blocks)",
+            theirs.len(),
+            reference.len()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn four_orderer_processes_survive_killing_the_leader() -> anyhow::Result<()> {
     let bin =
@@ -134,17 +182,7 @@ async fn four_orderer_processes_survive_killing_the_leader() -> anyhow::Result<(
     let app = TestOrg::new("Hospital1MSP")?;
     let orderers = OrdererSet::prepare(dir.path(), 4, &[app.tls_ca.cert_pem()])?;
     let (_, cfg) = channel(&orderers, &app)?;
-    let mut procs: HashMap<u32, Proc> = HashMap::new();
-    let mut configs = HashMap::new();
-    for c in &orderers.configs {
-        let path = dir.path().join(format!("orderer{}.yaml", c.consenter_id));
-        std::fs::write(&path, serde_yaml::to_string(c)?)?;
-        procs.insert(c.consenter_id, spawn(&bin, &path)?);
-        configs.insert(c.consenter_id, path);
-    }
-    for id in 1..=4 {
-        wait_listening(&orderers.address(id)).await?;
-    }
+    let (mut procs, configs) = spawn_all(&bin, dir.path(), &orderers).await?;
     let client = app.identity("app", "client", &[])?;
     let mut acked = Vec::new();
     let mut killed = false;
@@ -197,26 +235,7 @@ async fn four_orderer_processes_survive_killing_the_leader() -> anyhow::Result<(
     procs.insert(1, spawn(&bin, &configs[&1])?);
     wait_listening(&orderers.address(1)).await?;
     let reference = blocks_of(&orderers, 2, &client).await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let theirs = blocks_of(&orderers, 1, &client).await.unwrap_or_default();
-        if theirs.len() >= reference.len() {
-            for (a, b) in theirs.iter().zip(&reference) {
-                assert_eq!(
-                    block_header_hash(a.header.as_ref().unwrap()),
-                    block_header_hash(b.header.as_ref().unwrap())
-                );
-            }
-            break;
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "the restarted leader did not catch up ({} of {} blocks)",
-            theirs.len(),
-            reference.len()
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    wait_caught_up(&orderers, 1, &client, &reference).await?;
     for id in 2..=4 {
         let blocks = blocks_of(&orderers, id, &client).await?;
         for b in blocks.iter().skip(1) {
@@ -531,17 +550,7 @@ async fn a_configuration_update_survives_killing_an_orderer_mid_update() -> anyh
     let app = TestOrg::new("Hospital1MSP")?;
     let orderers = OrdererSet::prepare(dir.path(), 4, &[app.tls_ca.cert_pem()])?;
     let (_, cfg) = channel(&orderers, &app)?;
-    let mut procs: HashMap<u32, Proc> = HashMap::new();
-    let mut configs = HashMap::new();
-    for c in &orderers.configs {
-        let path = dir.path().join(format!("orderer{}.yaml", c.consenter_id));
-        std::fs::write(&path, serde_yaml::to_string(c)?)?;
-        procs.insert(c.consenter_id, spawn(&bin, &path)?);
-        configs.insert(c.consenter_id, path);
-    }
-    for id in 1..=4 {
-        wait_listening(&orderers.address(id)).await?;
-    }
+    let (mut procs, configs) = spawn_all(&bin, dir.path(), &orderers).await?;
     let client = app.identity("app", "client", &[])?;
 
     // The orderer organisation's admin raises the batch size; orderer 2 is killed (SIGKILL)
@@ -626,24 +635,7 @@ async fn a_configuration_update_survives_killing_an_orderer_mid_update() -> anyh
         2,
         "genesis and exactly one update"
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let theirs = blocks_of(&orderers, 2, &client).await.unwrap_or_default();
-        if theirs.len() >= reference.len() {
-            for (a, b) in theirs.iter().zip(&reference) {
-                assert_eq!(
-                    block_header_hash(a.header.as_ref().expect("header")),
-                    block_header_hash(b.header.as_ref().expect("header"))
-                );
-            }
-            break;
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "orderer 2 did not catch up after the update"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    wait_caught_up(&orderers, 2, &client, &reference).await?;
     let env = signed_envelope(
         HeaderType::EndorserTransaction,
         CHANNEL,
@@ -887,17 +879,7 @@ async fn an_orderer_is_added_and_another_removed_while_ordering_goes_on() -> any
     let app = TestOrg::new("Hospital1MSP")?;
     let orderers = OrdererSet::prepare(dir.path(), 5, &[app.tls_ca.cert_pem()])?;
     let (_, genesis_cfg) = channel_of(&orderers, &app, 4)?;
-    let mut procs: HashMap<u32, Proc> = HashMap::new();
-    let mut configs = HashMap::new();
-    for c in &orderers.configs {
-        let path = dir.path().join(format!("orderer{}.yaml", c.consenter_id));
-        std::fs::write(&path, serde_yaml::to_string(c)?)?;
-        procs.insert(c.consenter_id, spawn(&bin, &path)?);
-        configs.insert(c.consenter_id, path);
-    }
-    for id in 1..=5 {
-        wait_listening(&orderers.address(id)).await?;
-    }
+    let (mut procs, configs) = spawn_all(&bin, dir.path(), &orderers).await?;
     let client = app.identity("app", "client", &[])?;
     let mut acked = Vec::new();
     for i in 0..8u32 {
@@ -1069,23 +1051,7 @@ async fn an_orderer_is_added_and_another_removed_while_ordering_goes_on() -> any
         reference.len()
     );
     for id in [3, 4, 5] {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let theirs = blocks_of(&orderers, id, &client).await.unwrap_or_default();
-            if theirs.len() >= reference.len() {
-                for (a, b) in theirs.iter().zip(&reference) {
-                    assert_eq!(a.header, b.header, "orderer {id} has another chain");
-                }
-                break;
-            }
-            anyhow::ensure!(
-                tokio::time::Instant::now() < deadline,
-                "orderer {id} stayed behind ({} of {} blocks)",
-                theirs.len(),
-                reference.len()
-            );
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+        wait_caught_up(&orderers, id, &client, &reference).await?;
     }
     drop(procs);
     Ok(())
