@@ -18,6 +18,7 @@ pub mod policy;
 pub mod proof;
 pub mod protoutil;
 pub mod refusal;
+pub mod stored;
 pub mod tlsserver;
 
 pub use cert::Certificate;

@@ -306,15 +306,37 @@ impl Msp {
     }
 
     fn validate_cached(&self, cert_der: &[u8]) -> Result<Validated, MspError> {
-        let key = crypto::sha256(cert_der);
+        self.cached(crypto::sha256_concat(&[b"der\0", cert_der]), || {
+            Certificate::from_der(cert_der).map_err(MspError::from)
+        })
+    }
+
+    /// Validates the certificate in a serialized identity's `id_bytes` (PEM), cached by those
+    /// bytes: a peer sees the same few identities in every transaction, and parsing their PEM
+    /// again each time cost more than the cache lookup. The key is domain-separated from the
+    /// DER one, so bytes are only ever judged as what they arrived as.
+    fn validate_pem_cached(&self, id_bytes: &[u8]) -> Result<Validated, MspError> {
+        self.cached(crypto::sha256_concat(&[b"pem\0", id_bytes]), || {
+            let block = pem::parse_many(id_bytes)
+                .map_err(|e| MspError::MalformedIdentity(e.to_string()))?
+                .into_iter()
+                .next()
+                .ok_or_else(|| MspError::MalformedIdentity("no PEM block in id_bytes".into()))?;
+            Certificate::from_der(block.contents()).map_err(MspError::from)
+        })
+    }
+
+    fn cached(
+        &self,
+        key: [u8; 32],
+        parse: impl FnOnce() -> Result<Certificate, MspError>,
+    ) -> Result<Validated, MspError> {
         if let Ok(cache) = self.cache.lock()
             && let Some(hit) = cache.get(&key)
         {
             return hit.clone();
         }
-        let result = Certificate::from_der(cert_der)
-            .map_err(MspError::from)
-            .and_then(|c| self.validate_uncached(c));
+        let result = parse().and_then(|c| self.validate_uncached(c));
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() >= CACHE_LIMIT {
                 cache.clear();
@@ -439,12 +461,7 @@ impl MspManager {
             .msps
             .get(&sid.mspid)
             .ok_or_else(|| MspError::UnknownMsp(sid.mspid.clone()))?;
-        let block = pem::parse_many(&sid.id_bytes)
-            .map_err(|e| MspError::MalformedIdentity(e.to_string()))?
-            .into_iter()
-            .next()
-            .ok_or_else(|| MspError::MalformedIdentity("no PEM block in id_bytes".into()))?;
-        let v = msp.validate_cached(block.contents())?;
+        let v = msp.validate_pem_cached(&sid.id_bytes)?;
         check_expiry(&v, expiry)?;
         Ok(Identity {
             mspid: sid.mspid,

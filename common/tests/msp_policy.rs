@@ -375,3 +375,28 @@ fn implicit_meta_policies_count_organisations() {
     assert!(check(Rule::All, 3));
     assert!(!check(Rule::All, 2));
 }
+
+/// Deserialization is cached by the identity's bytes as they arrived: the same certificate in
+/// DER instead of PEM is refused whether or not its PEM form was validated before, so a warm
+/// cache never makes one peer accept what a peer that just started refuses.
+#[test]
+fn the_identity_cache_judges_bytes_as_they_arrived() {
+    let dir = tempfile::tempdir().unwrap();
+    let h1 = Org::new("Hospital1MSP");
+    let member = h1.member("nurse", "client");
+    let der = ::pem::parse(member.cert_pem()).unwrap().into_contents();
+    let as_der = prost::Message::encode_to_vec(&medledger_proto::msp::SerializedIdentity {
+        mspid: "Hospital1MSP".into(),
+        id_bytes: der,
+    });
+    let cold = manager(dir.path(), &[&h1]);
+    assert!(cold.deserialize(&as_der, Expiry::now()).is_err());
+    let warm = manager(dir.path(), &[&h1]);
+    for _ in 0..2 {
+        let id = warm
+            .deserialize(member.serialized(), Expiry::now())
+            .unwrap();
+        assert_eq!(id.serialized, member.serialized());
+    }
+    assert!(warm.deserialize(&as_der, Expiry::now()).is_err());
+}

@@ -9,6 +9,8 @@
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+
+use crate::recent::RecentTxids;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -252,8 +254,8 @@ pub struct Restored {
     /// Next block number (ledger height).
     pub height: u64,
     pub last_hash: Vec<u8>,
-    /// Transaction ids already in committed blocks.
-    pub committed_txids: HashSet<String>,
+    /// Transaction ids in the newest committed blocks (`recent::DEDUP_WINDOW_BLOCKS`).
+    pub committed_txids: RecentTxids,
     /// The newest configuration block's number (what the last block's LAST_CONFIG names). A
     /// resumed proposal's signed value depends on it, so it is known before anything resumes.
     pub last_config: u64,
@@ -462,7 +464,7 @@ pub struct Replica {
     pool_order: VecDeque<String>,
     /// Envelope bytes in `pool`, held against `Config::max_pool_bytes`.
     pool_bytes: usize,
-    committed: HashSet<String>,
+    committed: RecentTxids,
     proposal: Option<Proposal>,
     votes: BTreeMap<(u64, u64), Votes>,
     view_changes: BTreeMap<u64, BTreeMap<u32, (ViewChange, ConsensusMessage)>>,
@@ -525,6 +527,18 @@ fn is_proof(kind: &Kind) -> bool {
         kind,
         Kind::PrePrepare(_) | Kind::Prepare(_) | Kind::ViewChange(_) | Kind::NewView(_)
     )
+}
+
+impl RecentTxids {
+    /// Records the transaction ids of block `number`.
+    pub fn record_block(&mut self, number: u64, block: &Block) {
+        let txids = block
+            .data
+            .as_ref()
+            .map(|d| d.data.iter().filter_map(|e| txid_of(e)).collect())
+            .unwrap_or_default();
+        self.record(number, txids);
+    }
 }
 
 /// The transaction id in an envelope's channel header, without checking anything else.
@@ -1511,8 +1525,8 @@ impl Replica {
             if let Some(e) = self.pool.remove(t) {
                 self.pool_bytes = self.pool_bytes.saturating_sub(e.envelope.len());
             }
-            self.committed.insert(t.clone());
         }
+        self.committed.record(self.height, txids.clone());
         self.pool_order.retain(|t| self.pool.contains_key(t));
         if self.is_full_block(&block) {
             // The leader is ordering at capacity: waiting is explained by load, not censorship,

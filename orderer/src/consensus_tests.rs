@@ -272,12 +272,11 @@ impl Cluster {
     /// node does from its store. Returns what the new replica wants to send or write at once.
     fn restart(&mut self, id: u32) -> Vec<Output> {
         let chain = &self.chains[&id];
-        let committed_txids = chain
-            .iter()
-            .skip(1)
-            .flat_map(|b| b.data.as_ref().map(|d| d.data.clone()).unwrap_or_default())
-            .filter_map(|e| txid_of(&e))
-            .collect();
+        let mut committed_txids = RecentTxids::default();
+        let start = crate::recent::window_start(chain.len() as u64).max(1);
+        for (n, b) in chain.iter().enumerate().skip(start as usize) {
+            committed_txids.record_block(n as u64, b);
+        }
         let last_config = chain
             .iter()
             .rposition(|b| {

@@ -8,4 +8,5 @@ pub mod crypto;
 pub mod faults;
 pub mod genesis;
 pub mod node;
+pub mod recent;
 pub mod store;

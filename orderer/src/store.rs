@@ -2,16 +2,18 @@
 //! and the consensus core's write-ahead state (view with the NewView that installed it, last
 //! vote with its proposal, prepared certificate, accepted requests). Every write is synced before the node acts on it.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use medledger_common::protoutil::block_header_hash;
+use medledger_common::stored;
 use medledger_proto::common::Block;
 use medledger_proto::medledger::consensus::{ConsensusMessage, PreparedCertificate};
 use prost::Message;
 use rocksdb::{ColumnFamilyDescriptor, DB, Options, WriteBatch, WriteOptions};
 
-use crate::consensus::{Durable, Restored, WalOp, txid_of};
+use crate::consensus::{Durable, Restored, WalOp};
+use crate::recent::{self, RecentTxids};
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +102,7 @@ impl BlockStore {
             match op {
                 WalOp::View(v) => batch.put_cf(wal, VIEW, v.to_be_bytes()),
                 WalOp::ViewChange(v) => batch.put_cf(wal, VIEW_CHANGE, v.to_be_bytes()),
-                WalOp::NewView(m) => batch.put_cf(wal, NEW_VIEW, m.encode_to_vec()),
+                WalOp::NewView(m) => batch.put_cf(wal, NEW_VIEW, stored::encode(m)),
                 WalOp::Accepted {
                     view,
                     seq,
@@ -111,10 +113,10 @@ impl BlockStore {
                     b.extend_from_slice(&seq.to_be_bytes());
                     b.extend_from_slice(digest);
                     batch.put_cf(wal, VOTED, b);
-                    batch.put_cf(wal, ACCEPTED, pre_prepare.encode_to_vec());
+                    batch.put_cf(wal, ACCEPTED, stored::encode(pre_prepare));
                     voted_seq = Some(Some(*seq));
                 }
-                WalOp::Prepared(Some(c)) => batch.put_cf(wal, PREPARED, c.encode_to_vec()),
+                WalOp::Prepared(Some(c)) => batch.put_cf(wal, PREPARED, stored::encode(c)),
                 WalOp::Prepared(None) => batch.delete_cf(wal, PREPARED),
                 WalOp::Decided(seq) => {
                     let current = match voted_seq {
@@ -129,9 +131,11 @@ impl BlockStore {
                         voted_seq = Some(None);
                     }
                 }
-                WalOp::Pending(txid, env) => {
-                    batch.put_cf(wal, [PENDING_PREFIX, txid.as_bytes()].concat(), env)
-                }
+                WalOp::Pending(txid, env) => batch.put_cf(
+                    wal,
+                    [PENDING_PREFIX, txid.as_bytes()].concat(),
+                    stored::pack(env),
+                ),
                 WalOp::Done(txids) => {
                     for t in txids {
                         batch.delete_cf(wal, [PENDING_PREFIX, t.as_bytes()].concat());
@@ -155,7 +159,7 @@ impl BlockStore {
             batch.put_cf(
                 cf(&self.db, BLOCKS)?,
                 n.to_be_bytes(),
-                block.encode_to_vec(),
+                stored::encode(block),
             );
             next += 1;
         }
@@ -167,7 +171,7 @@ impl BlockStore {
     pub fn block(&self, n: u64) -> Result<Option<Block>, StoreError> {
         self.db
             .get_cf(cf(&self.db, BLOCKS)?, n.to_be_bytes())?
-            .map(|b| Block::decode(b.as_slice()).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .map(|b| stored::decode(&b).map_err(|e| StoreError::Corrupt(format!("block {n}: {e}"))))
             .transpose()
     }
 
@@ -187,7 +191,7 @@ impl BlockStore {
         self.db
             .get_cf(wal, key)?
             .map(|b| {
-                M::decode(b.as_slice()).map_err(|e| {
+                stored::decode(&b).map_err(|e| {
                     StoreError::Corrupt(format!("{}: {e}", String::from_utf8_lossy(key)))
                 })
             })
@@ -219,30 +223,23 @@ impl BlockStore {
             if !k.starts_with(PENDING_PREFIX) {
                 break;
             }
-            pending.insert(
-                String::from_utf8_lossy(&k[PENDING_PREFIX.len()..]).into_owned(),
-                v.to_vec(),
-            );
+            let txid = String::from_utf8_lossy(&k[PENDING_PREFIX.len()..]).into_owned();
+            let env = stored::unpack(&v)
+                .map_err(|e| StoreError::Corrupt(format!("pending request {txid}: {e}")))?;
+            pending.insert(txid, env.into_owned());
         }
         let height = self.height();
-        let mut committed = HashSet::new();
+        // Only the blocks in the deduplication window are read: a restart costs the same at any
+        // chain length.
+        let mut committed = RecentTxids::default();
         let mut last_hash = Vec::new();
         let mut last_config = 0;
-        for n in 0..height {
+        for n in recent::window_start(height)..height {
             let b = self
                 .block(n)?
                 .ok_or_else(|| StoreError::Corrupt(format!("block {n} missing")))?;
             if n > 0 {
-                for e in b
-                    .data
-                    .as_ref()
-                    .map(|d| d.data.as_slice())
-                    .unwrap_or_default()
-                {
-                    if let Some(t) = txid_of(e) {
-                        committed.insert(t);
-                    }
-                }
+                committed.record_block(n, &b);
             }
             if n + 1 == height {
                 // The node refuses to start on a last block naming no configuration block
@@ -371,6 +368,56 @@ mod tests {
             .expect("write");
         let d = store.restore().expect("restore").durable;
         assert_eq!((d.voted, d.accepted, d.prepared), (None, None, None));
+    }
+
+    /// A request envelope with this transaction id (nothing else is read from it here).
+    fn request(txid: &str) -> Vec<u8> {
+        use medledger_proto::common::{ChannelHeader, Envelope, Header, Payload};
+        let channel_header = ChannelHeader {
+            tx_id: txid.into(),
+            ..Default::default()
+        };
+        let payload = Payload {
+            header: Some(Header {
+                channel_header: channel_header.encode_to_vec(),
+                signature_header: Vec::new(),
+            }),
+            data: Vec::new(),
+        };
+        Envelope {
+            payload: payload.encode_to_vec(),
+            signature: Vec::new(),
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn a_restart_reads_only_the_deduplication_window_of_a_long_chain() {
+        let dir = TempStore::new("window");
+        let store = dir.open();
+        let last = recent::DEDUP_WINDOW_BLOCKS + 4;
+        let mut prev = Vec::new();
+        let mut chain = Vec::new();
+        for n in 0..=last {
+            let b = new_block(n, prev, vec![request(&format!("tx{n}"))]);
+            prev = block_header_hash(b.header.as_ref().expect("header")).to_vec();
+            chain.push(b);
+        }
+        store.write(&[], &chain).expect("write");
+        // Blocks before the window are not read at all: a missing one does not matter.
+        store
+            .db
+            .delete_cf(cf(&store.db, BLOCKS).expect("blocks"), 2u64.to_be_bytes())
+            .expect("delete");
+        let r = store.restore().expect("restore");
+        assert_eq!(r.height, last + 1);
+        assert_eq!(r.last_hash, prev);
+        assert_eq!(
+            r.committed_txids.len(),
+            recent::DEDUP_WINDOW_BLOCKS as usize
+        );
+        assert!(r.committed_txids.contains(&format!("tx{last}")));
+        assert!(r.committed_txids.contains("tx5") && !r.committed_txids.contains("tx4"));
     }
 
     #[test]

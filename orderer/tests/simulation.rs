@@ -37,6 +37,7 @@ use medledger_orderer::consensus::{
 };
 use medledger_orderer::crypto::ConsenterCrypto;
 use medledger_orderer::faults::{Fault, Mutator};
+use medledger_orderer::recent::{RecentTxids, window_start};
 use medledger_proto::common::{
     Block, ConfigUpdateEnvelope, Consenter, HeaderType, MetadataSignature,
 };
@@ -407,13 +408,11 @@ impl<'w> Sim<'w> {
     }
 
     fn boot(world: &World, node: &Node) -> Replica {
-        let committed = node
-            .blocks
-            .iter()
-            .skip(1)
-            .flat_map(|b| b.data.as_ref().map(|d| d.data.clone()).unwrap_or_default())
-            .filter_map(|e| txid_of(&e))
-            .collect();
+        let mut committed = RecentTxids::default();
+        let start = window_start(node.blocks.len() as u64).max(1);
+        for (n, b) in node.blocks.iter().enumerate().skip(start as usize) {
+            committed.record_block(n as u64, b);
+        }
         let last = node
             .blocks
             .last()

@@ -1,5 +1,6 @@
 //! The block store: blocks by number and by header hash, the transaction index, the chain's tip.
 
+use medledger_common::stored;
 use medledger_proto::common::Block;
 use medledger_proto::medledger::ledger::TxLocation;
 
@@ -32,7 +33,9 @@ impl Ledger {
     pub fn block(&self, number: u64) -> Result<Option<Block>, LedgerError> {
         self.db
             .get_cf(cf(&self.db, BLOCKS)?, number.to_be_bytes())?
-            .map(|b| decode(&b, "block"))
+            .map(|b| {
+                stored::decode(&b).map_err(|e| LedgerError::Corrupt(format!("block {number}: {e}")))
+            })
             .transpose()
     }
 

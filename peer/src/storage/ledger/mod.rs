@@ -242,7 +242,7 @@ impl Ledger {
         batch.put_cf(
             cf(db, BLOCKS)?,
             header.number.to_be_bytes(),
-            c.block.encode_to_vec(),
+            medledger_common::stored::encode(&c.block),
         );
         batch.put_cf(cf(db, HASHES)?, hash, header.number.to_be_bytes());
         for (txid, loc) in &c.tx_locations {
