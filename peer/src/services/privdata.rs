@@ -108,14 +108,10 @@ impl PrivateDataClient {
                     .collections
                     .get(&coll.collection_name)
                     .ok_or_else(|| format!("collection {} is not defined", coll.collection_name))?;
-                let targets: Vec<usize> = self
-                    .peers
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, p)| c.is_member_org(&p.msp_id))
-                    .map(|(i, _)| i)
-                    .take(c.max_peer_count)
-                    .collect();
+                let targets = c.push_targets(
+                    &channel.local_msp,
+                    self.peers.iter().map(|p| p.msp_id.as_str()),
+                );
                 for &i in &targets {
                     add_collection(per_peer.entry(i).or_default(), &ns.namespace, coll.clone());
                 }
