@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # End-to-end benchmark of the running test network: CLIENTS concurrent clients submit COUNT medical
 # CreateRecord transactions (private data) and COUNT plain key writes (kv Put) through Hospital1's
-# Gateway, each endorsed by both hospitals, ordered by the 4 BFT orderers, and checked VALID.
+# Gateway, each endorsed by both hospitals, ordered by the network's BFT orderers (4, or ORDERERS
+# given to network.sh up), and checked VALID.
 # Prints committed tx/s and p50/p95/p99 submit-to-commit latency per kind, the CPU each role's
 # processes used per committed transaction (from /proc/<pid>/stat), and its ratio to the crypto
-# floor measured on this machine in the same run (verify_bench: 12 verifications and 4 signatures
-# per transaction across the network); writes all of it as JSON to network/bench-results/.
+# floor measured on this machine in the same run (verify_bench: 8 verifications plus one per
+# orderer, and 4 signatures per transaction across the network); writes all of it as JSON to
+# network/bench-results/.
 #
 #   ./network/network.sh up && ./network/network.sh deployCC
 #   ./network/bench.sh light             # 16 clients, 400 transactions per kind
@@ -32,7 +34,12 @@ cargo build --release -q -p medledger-common --example verify_bench
 floor_json=$("$CARGO_TARGET_DIR/release/examples/verify_bench" 5 | tail -n 1)
 verify_us=$(sed -E 's/.*"verify_us":([0-9.]+).*/\1/' <<<"$floor_json")
 sign_us=$(sed -E 's/.*"sign_us":([0-9.]+).*/\1/' <<<"$floor_json")
-floor_ms=$(awk -v v="$verify_us" -v s="$sign_us" 'BEGIN { printf "%.3f", (12 * v + 4 * s) / 1000 }')
+# Per transaction: every orderer checks the creator's signature; each peer checks the proposal it
+# endorses, and at commit the creator's and both endorsements; the commit status request is
+# checked once; the client signs twice and each endorser once.
+orderers=$(find "$ROOT/network/pids" -name 'orderer*.pid' | wc -l)
+verifies=$(( 8 + orderers ))
+floor_ms=$(awk -v v="$verify_us" -v s="$sign_us" -v n="$verifies" 'BEGIN { printf "%.3f", (n * v + 4 * s) / 1000 }')
 
 # CPU time (user + system, clock ticks) of each running node, by role, from /proc.
 cpu_by_role() {
@@ -73,9 +80,9 @@ cpu=$(join <(echo "$before") <(echo "$after") | awk -v n="$txs" -v hz="$hz" '
   { ms = ($3 - $2) * 1000 / hz / n; if ($1 != "other") total += ms; printf "%s %.3f\n", $1, ms }
   END { printf "all %.3f\n", total }')
 echo "CPU per committed transaction (all processes of a role together, $txs transactions):"
-awk -v floor="$floor_ms" -v v="$verify_us" -v s="$sign_us" '
+awk -v floor="$floor_ms" -v v="$verify_us" -v s="$sign_us" -v n="$verifies" '
   $1 == "all" { printf "  %-10s %6.2f ms  (orderers, peers, chaincodes; other = CAs and explorers)\n", "all nodes", $2;
-                printf "  crypto floor %.2f ms (12 verifies x %s us + 4 signs x %s us): all nodes use %.1fx it\n", floor, v, s, $2 / floor; next }
+                printf "  crypto floor %.2f ms (%d verifies x %s us + 4 signs x %s us): all nodes use %.1fx it\n", floor, n, v, s, $2 / floor; next }
   { printf "  %-10s %6.2f ms\n", $1, $2 }' <<<"$cpu"
 
 # Disk growth per transaction of one node of each role (RocksDB's WAL and compactions make one
@@ -86,8 +93,8 @@ awk '{ printf "  disk per transaction, one %-8s %6d bytes\n", substr($1, 1, leng
 mkdir -p "$ROOT/network/bench-results"
 out="$ROOT/network/bench-results/$(date -u +%Y%m%dT%H%M%SZ)-$mode-${clients}c.json"
 {
-  printf '{\n  "date": "%s",\n  "mode": "%s",\n  "clients": %s,\n  "transactions_per_kind": %s,\n' \
-    "$(date -u +%FT%TZ)" "$mode" "$clients" "$count"
+  printf '{\n  "date": "%s",\n  "mode": "%s",\n  "clients": %s,\n  "orderers": %s,\n  "transactions_per_kind": %s,\n' \
+    "$(date -u +%FT%TZ)" "$mode" "$clients" "$orderers" "$count"
   printf '  "machine": {"cpus": %s, "model": "%s"},\n' "$(nproc)" \
     "$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo | tr -d '"')"
   printf '  "kinds": [\n%s\n  ],\n' "$(sed 's/^/    /; $!s/$/,/' "$kinds")"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # MedLedger test network on local processes (no container engine): the equivalent of Fabric's
 # test-network. One CA and one TLS CA per organisation (Hospital1, Hospital2, Orderer), 4 BFT
-# orderers and one peer per hospital, all over TLS, channel `medchannel`.
+# orderers (ORDERERS=5..7 for more) and one peer per hospital, all over TLS, channel `medchannel`.
 #
 #   ./network/network.sh up         build if needed, start CAs, enroll everyone, genesis, nodes,
 #                                   join the peers to the channel (peer channel join)
@@ -23,8 +23,9 @@
 #   ./network/network.sh down       stop everything started (by PID) and remove generated files
 #
 # Ports (override with the environment): CAs 7054/8054/9054, TLS CAs 7154/8154/9154,
-# orderers 7050/8050/9050/10050, peers 7051/9051, chaincode servers 9999 (kv) and 9998
-# (medical), operations 9443-9448, explorers http://localhost:7080 (Hospital1) and :9080 (Hospital2).
+# orderers 7050/8050/9050/10050 (then 11050/12050/13050), peers 7051/9051, chaincode servers 9999
+# (kv) and 9998 (medical), operations 9443-9448 (orderers 5-7: 9458-9460), explorers
+# http://localhost:7080 (Hospital1) and :9080 (Hospital2).
 # Logs: network/logs/<node>.log. Binaries: $MEDLEDGER_BIN or $CARGO_TARGET_DIR/release.
 set -euo pipefail
 
@@ -43,7 +44,9 @@ MED_LABEL="medical_1.0"
 # Index 3 is Hospital3, which joins later (addOrg).
 CA_PORTS=(${CA_PORTS:-7054 8054 9054 10054})
 TLSCA_PORTS=(${TLSCA_PORTS:-7154 8154 9154 10154})
-ORDERER_PORTS=(${ORDERER_PORTS:-7050 8050 9050 10050})
+ORDERER_PORTS=(${ORDERER_PORTS:-7050 8050 9050 10050 11050 12050 13050})
+# How many BFT orderers `up` starts (3f+1 tolerates f faulty ones: 4 -> 1, 7 -> 2).
+ORDERERS="${ORDERERS:-4}"
 PEER_PORTS=(${PEER_PORTS:-7051 9051})
 EXPLORER_PORTS=(${EXPLORER_PORTS:-7080 9080})
 HOSPITAL3_PEER_PORT="${HOSPITAL3_PEER_PORT:-11051}"
@@ -193,7 +196,7 @@ enroll_org() { # org-index: its MSP folder, admin, nodes and users, enrolled at 
   register "$port" "$cacert" "$o/ca-admin/msp" "$mspid" "${org}admin" adminpw admin "$org"
   enroll "$port" "$cacert" "${org}admin" adminpw "$o/users/admin/msp" "$mspid"
   if [ "$org" = orderer ]; then
-    for n in 1 2 3 4; do
+    for n in $(seq 1 "$ORDERERS"); do
       register "$port" "$cacert" "$o/ca-admin/msp" "$mspid" "orderer$n" pw "orderer" "$org"
       enroll "$port" "$cacert" "orderer$n" pw "$o/orderers/orderer$n/msp" "$mspid"
       register "$tport" "$tlscacert" "$o/tlsca-admin/msp" "$mspid" "orderer$n" pw "orderer" "$org"
@@ -242,9 +245,18 @@ start_peer() { # org-index ops-port gateway-org-index...: peer0 of a hospital, s
   start "peer0.$org" "$BIN/medledger-peer" node start --config "$d/core.yaml"
 }
 
+orderer_ops_port() { # n: orderer n's operations port (the first four before the peers')
+  if [ "$1" -le 4 ]; then echo $((OPS_BASE + $1 - 1)); else echo $((OPS_BASE + 10 + $1)); fi
+}
+
 up() {
   is_up && die "the network is already up (run ./network/network.sh down first)"
-  for p in "${CA_PORTS[@]:0:3}" "${TLSCA_PORTS[@]:0:3}" "${ORDERER_PORTS[@]}" "${PEER_PORTS[@]}" "${EXPLORER_PORTS[@]}" "$CC_PORT" "$MED_CC_PORT"; do
+  case "$ORDERERS" in
+    *[!0-9]* | "") die "ORDERERS is a number of orderers, not '$ORDERERS'" ;;
+  esac
+  [ "$ORDERERS" -ge 4 ] && [ "$ORDERERS" -le "${#ORDERER_PORTS[@]}" ] \
+    || die "ORDERERS must be between 4 and ${#ORDERER_PORTS[@]} (the ports in ORDERER_PORTS), not $ORDERERS"
+  for p in "${CA_PORTS[@]:0:3}" "${TLSCA_PORTS[@]:0:3}" "${ORDERER_PORTS[@]:0:$ORDERERS}" "${PEER_PORTS[@]}" "${EXPLORER_PORTS[@]}" "$CC_PORT" "$MED_CC_PORT"; do
     port_free "$p" || die "port $p is in use (set CA_PORTS, TLSCA_PORTS, ORDERER_PORTS, PEER_PORTS or EXPLORER_PORTS)"
   done
   build
@@ -271,7 +283,7 @@ up() {
     echo "  - name: OrdererMSP"
     echo "    mspDir: organizations/orderer/msp"
     echo "consenters:"
-    for n in 1 2 3 4; do
+    for n in $(seq 1 "$ORDERERS"); do
       echo "  - {id: $n, host: localhost, port: ${ORDERER_PORTS[$((n-1))]}, mspId: OrdererMSP, identity: organizations/orderer/orderers/orderer$n/msp/signcerts/cert.pem, tlsCert: organizations/orderer/orderers/orderer$n/tls/server.crt}"
     done
     echo "batch: {maxMessageCount: 100, absoluteMaxBytes: 10485760, preferredMaxBytes: 2097152, timeout: 250ms}"
@@ -281,8 +293,8 @@ up() {
   # Everyone's TLS CAs, for mutual TLS between nodes.
   cat "$ORGS"/*/tlsca/tlsca-cert.pem >"$ART/all-tls-cas.pem"
 
-  say "starting 4 BFT orderers"
-  for n in 1 2 3 4; do
+  say "starting $ORDERERS BFT orderers"
+  for n in $(seq 1 "$ORDERERS"); do
     local d="$ORGS/orderer/orderers/orderer$n"
     cat >"$d/orderer.yaml" <<EOF
 consenterId: $n
@@ -291,7 +303,7 @@ mspDir: msp
 listenAddress: 127.0.0.1:${ORDERER_PORTS[$((n-1))]}
 dataDir: $DATA/orderer$n
 genesisBlock: $ART/$CHANNEL.block
-operationsAddress: 127.0.0.1:$((OPS_BASE + n - 1))
+operationsAddress: 127.0.0.1:$(orderer_ops_port "$n")
 tls:
   certFile: tls/server.crt
   keyFile: tls/server.key
@@ -299,9 +311,9 @@ tls:
 EOF
     start "orderer$n" "$BIN/medledger-orderer" start --config "$d/orderer.yaml"
   done
-  for n in 1 2 3 4; do
+  for n in $(seq 1 "$ORDERERS"); do
     wait_port "orderer$n" "${ORDERER_PORTS[$((n-1))]}"
-    echo "    orderer$n on localhost:${ORDERER_PORTS[$((n-1))]} (operations :$((OPS_BASE + n - 1)))"
+    echo "    orderer$n on localhost:${ORDERER_PORTS[$((n-1))]} (operations :$(orderer_ops_port "$n"))"
   done
 
   say "starting one peer per hospital"
@@ -327,7 +339,7 @@ EOF
     wait_port "explorer.${ORG_NAMES[$i]}" "${EXPLORER_PORTS[$i]}"
     echo "    explorer of ${ORG_MSPS[$i]} on http://localhost:${EXPLORER_PORTS[$i]}"
   done
-  say "network is up: channel $CHANNEL, 4 orderers, 2 peers, 2 explorers, logs in $LOGS"
+  say "network is up: channel $CHANNEL, $ORDERERS orderers, 2 peers, 2 explorers, logs in $LOGS"
 }
 
 deploy_chaincode() { # name label port binary policy [collections-config]
