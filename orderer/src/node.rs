@@ -1023,9 +1023,22 @@ pub async fn start_byzantine(
                     }
                     Output::ServeState { to, from_seq, until } => {
                         let end = loop_store.height().min(from_seq.saturating_add(20)).min(until);
-                        let blocks: Vec<Block> = (from_seq..end)
-                            .filter_map(|n| loop_store.block(n).ok().flatten())
-                            .collect();
+                        // Served in order up to the first block that cannot be read: a gap
+                        // would only make the laggard refuse the rest.
+                        let mut blocks: Vec<Block> = Vec::new();
+                        for n in from_seq..end {
+                            match loop_store.block(n) {
+                                Ok(Some(b)) => blocks.push(b),
+                                Ok(None) => {
+                                    tracing::error!(block = n, "stored block missing: not served");
+                                    break;
+                                }
+                                Err(e) => {
+                                    tracing::error!(block = n, error = %e, "stored block unreadable: not served");
+                                    break;
+                                }
+                            }
+                        }
                         let msg = replica.state_response_message(blocks);
                         links.send(Some(to), &msg);
                     }

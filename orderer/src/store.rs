@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use medledger_common::protoutil::block_header_hash;
 use medledger_common::stored;
@@ -12,8 +13,8 @@ use medledger_proto::medledger::consensus::{ConsensusMessage, PreparedCertificat
 use prost::Message;
 use rocksdb::{ColumnFamilyDescriptor, DB, Options, WriteBatch, WriteOptions};
 
-use crate::consensus::{Durable, Restored, WalOp};
-use crate::recent::{self, RecentTxids};
+use crate::consensus::{Durable, Restored, WalOp, txid_of};
+use crate::recent::{self, OlderTxids, RecentTxids};
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +29,12 @@ pub enum StoreError {
 
 const BLOCKS: &str = "blocks";
 const WAL: &str = "wal";
+/// Transaction id → number of the block that committed it (block 0, the genesis, excluded).
+const TXIDS: &str = "txids";
+/// In WAL: the height up to which TXIDS indexes the blocks (written with each block).
+const TXIDS_INDEXED: &[u8] = b"txids_indexed";
+/// Blocks indexed per write batch when a store from before the index is opened.
+const BACKFILL_BATCH_BLOCKS: u64 = 1_000;
 
 const VIEW: &[u8] = b"view";
 const VIEW_CHANGE: &[u8] = b"view_change";
@@ -39,8 +46,28 @@ const PENDING_PREFIX: &[u8] = b"pending/";
 
 /// Blocks and write-ahead state.
 pub struct BlockStore {
-    db: DB,
+    db: Arc<DB>,
     height: tokio::sync::watch::Sender<u64>,
+}
+
+/// The store's transaction id index, for the consensus core's duplicate checks.
+struct IndexedTxids(Arc<DB>);
+
+impl OlderTxids for IndexedTxids {
+    fn contains(&self, txid: &str) -> bool {
+        let Ok(txids) = cf(&self.0, TXIDS) else {
+            return false;
+        };
+        match self.0.get_pinned_cf(txids, txid.as_bytes()) {
+            Ok(found) => found.is_some(),
+            Err(e) => {
+                // Refusing an unknown id would be wrong; taking a known one again is what
+                // happened before the index, and the peers mark it DUPLICATE_TXID.
+                tracing::error!(error = %e, "transaction id index unreadable");
+                false
+            }
+        }
+    }
 }
 
 fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily, StoreError> {
@@ -59,7 +86,7 @@ impl BlockStore {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        let cfs = [BLOCKS, WAL]
+        let cfs = [BLOCKS, WAL, TXIDS]
             .into_iter()
             .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
@@ -76,7 +103,65 @@ impl BlockStore {
             height = u64::from_be_bytes(n) + 1;
         }
         let (tx, _) = tokio::sync::watch::channel(height);
-        Ok(Self { db, height: tx })
+        let store = Self {
+            db: Arc::new(db),
+            height: tx,
+        };
+        store.backfill_txids()?;
+        Ok(store)
+    }
+
+    /// Indexes the transaction ids of blocks written before the index existed (once).
+    fn backfill_txids(&self) -> Result<(), StoreError> {
+        let height = self.height();
+        let wal = cf(&self.db, WAL)?;
+        let mut next = match self.db.get_cf(wal, TXIDS_INDEXED)? {
+            Some(b) => u64::from_be_bytes(
+                b.as_slice()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("transaction id index height".into()))?,
+            ),
+            None => 0,
+        };
+        if next < height {
+            tracing::info!(
+                from = next,
+                to = height,
+                "indexing the transaction ids of stored blocks"
+            );
+        }
+        while next < height {
+            let end = height.min(next.saturating_add(BACKFILL_BATCH_BLOCKS));
+            let mut batch = WriteBatch::default();
+            for n in next..end {
+                let b = self
+                    .block(n)?
+                    .ok_or_else(|| StoreError::Corrupt(format!("block {n} missing")))?;
+                self.index_txids(&mut batch, n, &b)?;
+            }
+            batch.put_cf(wal, TXIDS_INDEXED, end.to_be_bytes());
+            self.db.write_opt(batch, &synced())?;
+            next = end;
+        }
+        Ok(())
+    }
+
+    fn index_txids(&self, batch: &mut WriteBatch, n: u64, block: &Block) -> Result<(), StoreError> {
+        if n == 0 {
+            return Ok(());
+        }
+        let txids = cf(&self.db, TXIDS)?;
+        for env in block
+            .data
+            .as_ref()
+            .map(|d| d.data.as_slice())
+            .unwrap_or_default()
+        {
+            if let Some(t) = txid_of(env) {
+                batch.put_cf(txids, t.as_bytes(), n.to_be_bytes());
+            }
+        }
+        Ok(())
     }
 
     pub fn height(&self) -> u64 {
@@ -161,7 +246,11 @@ impl BlockStore {
                 n.to_be_bytes(),
                 stored::encode(block),
             );
+            self.index_txids(&mut batch, n, block)?;
             next += 1;
+        }
+        if !blocks.is_empty() {
+            batch.put_cf(wal, TXIDS_INDEXED, next.to_be_bytes());
         }
         self.db.write_opt(batch, &synced())?;
         self.height.send_replace(next);
@@ -231,7 +320,7 @@ impl BlockStore {
         let height = self.height();
         // Only the blocks in the deduplication window are read: a restart costs the same at any
         // chain length.
-        let mut committed = RecentTxids::default();
+        let mut committed = RecentTxids::with_older(Arc::new(IndexedTxids(self.db.clone())));
         let mut last_hash = Vec::new();
         let mut last_config = 0;
         for n in recent::window_start(height)..height {
@@ -413,11 +502,45 @@ mod tests {
         assert_eq!(r.height, last + 1);
         assert_eq!(r.last_hash, prev);
         assert_eq!(
-            r.committed_txids.len(),
+            r.committed_txids.in_window(),
             recent::DEDUP_WINDOW_BLOCKS as usize
         );
-        assert!(r.committed_txids.contains(&format!("tx{last}")));
-        assert!(r.committed_txids.contains("tx5") && !r.committed_txids.contains("tx4"));
+        // Older blocks' ids come from the index: still refused, as before the window.
+        for n in [1, 2, 4, 5, last] {
+            assert!(r.committed_txids.contains(&format!("tx{n}")), "tx{n}");
+        }
+        assert!(!r.committed_txids.contains("tx-never"));
+    }
+
+    #[test]
+    fn a_store_from_before_the_index_is_indexed_when_opened() {
+        let dir = TempStore::new("backfill");
+        {
+            let store = dir.open();
+            let mut prev = Vec::new();
+            let mut chain = Vec::new();
+            for n in 0..2500u64 {
+                let b = new_block(n, prev, vec![request(&format!("tx{n}"))]);
+                prev = block_header_hash(b.header.as_ref().expect("header")).to_vec();
+                chain.push(b);
+            }
+            store.write(&[], &chain).expect("write");
+            // As a store written before the index existed.
+            let txids = cf(&store.db, TXIDS).expect("txids");
+            for n in 0..2500u64 {
+                store.db.delete_cf(txids, format!("tx{n}")).expect("delete");
+            }
+            let wal = cf(&store.db, WAL).expect("wal");
+            store.db.delete_cf(wal, TXIDS_INDEXED).expect("delete");
+            let r = store.restore().expect("restore");
+            assert!(!r.committed_txids.contains("tx3"));
+        }
+        let r = dir.open().restore().expect("restore");
+        assert!(r.committed_txids.contains("tx3") && r.committed_txids.contains("tx2499"));
+        assert!(
+            !r.committed_txids.contains("tx0"),
+            "the genesis block is not indexed"
+        );
     }
 
     #[test]

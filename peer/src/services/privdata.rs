@@ -148,6 +148,12 @@ impl PrivateDataClient {
                 .iter()
                 .filter(|i| matches!(results.get(i), Some(Ok(()))))
                 .count();
+            if ok < need && targets.is_empty() {
+                return Err(format!(
+                    "private data of collection {coll} needs {need} member peer(s) (requiredPeerCount) and this peer has none to send it to: its organisation {} is not a member, or no member's peer is in gatewayPeers",
+                    channel.local_msp
+                ));
+            }
             if ok < need {
                 let why: Vec<String> = targets
                     .iter()
