@@ -466,6 +466,11 @@ pub struct Replica {
     pool_bytes: usize,
     committed: RecentTxids,
     proposal: Option<Proposal>,
+    /// The current leader's proposal for the height after ours, received before we committed
+    /// ours (the leader proposes as soon as it has its commit quorum, often before the others
+    /// have theirs). Taken up once our height reaches it, instead of being dropped and waiting
+    /// for the leader's retransmission. One message: a faulty leader can only replace it.
+    early_pre_prepare: Option<(u32, ConsensusMessage, PrePrepare)>,
     votes: BTreeMap<(u64, u64), Votes>,
     view_changes: BTreeMap<u64, BTreeMap<u32, (ViewChange, ConsensusMessage)>>,
     /// (view, sender) of view changes refused for an invalid certificate: that sender's one
@@ -645,6 +650,7 @@ impl Replica {
             pool_bytes: 0,
             committed: restored.committed_txids,
             proposal: None,
+            early_pre_prepare: None,
             votes: BTreeMap::new(),
             view_changes: BTreeMap::new(),
             refused_view_changes: BTreeSet::new(),
@@ -1322,7 +1328,16 @@ impl Replica {
             self.relay_new_view(from);
         }
         if pp.seq > self.height {
-            self.hint_height(from, pp.seq);
+            let next = pp.seq == self.height.saturating_add(1)
+                && pp.view == self.durable.view
+                && from == self.leader()
+                && self.in_view_change.is_none()
+                && self.proposal.is_some();
+            if next {
+                self.early_pre_prepare = Some((from, msg, pp));
+            } else {
+                self.hint_height(from, pp.seq);
+            }
             return;
         }
         if pp.seq < self.height {
@@ -1429,8 +1444,14 @@ impl Replica {
             let cert = self.prepared_certificate().map(|c| (view, c));
             self.set_prepared_cert(cert);
         }
+        // Once we asked for a view change, our ViewChange told the others what we had prepared:
+        // a Commit for the old view now could complete a quorum in it that the NewView, built
+        // from view changes like ours, does not know of, and the next leader could decide
+        // another block at this height. Commits that arrive still decide (try_finalize).
         if prepared
             && !sent_commit
+            && self.in_view_change.is_none()
+            && view == self.durable.view
             && let Some(p) = &self.proposal
         {
             let (block, value) = (p.block.clone(), p.value.clone());
@@ -1547,7 +1568,8 @@ impl Replica {
             .filter(|c| cert_slot(c).is_some_and(|(_, _, cd)| cd == d));
         let seq = self.height;
         let mut consenters_changed = false;
-        if self.is_config_block(&block) {
+        let config_block = self.is_config_block(&block);
+        if config_block {
             self.last_config = seq;
             // The next block is cut and validated, and the timeouts run, under the new
             // configuration.
@@ -1579,6 +1601,14 @@ impl Replica {
             self.on_consenters_changed(seq);
         }
         self.maybe_propose();
+        // A configuration block may change who may propose or how messages are checked: an early
+        // proposal checked before it is dropped (the leader retransmits).
+        if let Some((from, msg, pp)) = self.early_pre_prepare.take()
+            && pp.seq == self.height
+            && !config_block
+        {
+            self.on_pre_prepare(from, msg, pp);
+        }
     }
 
     /// The configuration block `seq`, just committed, changed the consenters. Nothing after it
@@ -2125,7 +2155,11 @@ impl Replica {
     }
 
     fn on_new_view(&mut self, msg: ConsensusMessage, nv: NewView) {
+        // Never a view below one we asked to change to: our ViewChange for that view told the
+        // others what we had prepared, and its NewView may be built on it; voting in a lower
+        // view afterwards could complete a quorum there that the higher view does not know of.
         if nv.view < self.durable.view
+            || nv.view < self.durable.view_change
             || (nv.view == self.durable.view && self.in_view_change.is_none())
         {
             return;

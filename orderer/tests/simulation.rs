@@ -1184,14 +1184,14 @@ fn run_seeds(world: &World, seeds: std::ops::Range<u64>, reconfigure: bool) {
 fn four_replicas_survive_faults_and_a_byzantine_replica() {
     let world = World::new(4, 40 + AFTER_HEALING);
     let from = seeds("SIM_FROM_4", 0);
-    run_seeds(&world, from..from + seeds("SIM_SEEDS_4", 40), false);
+    run_seeds(&world, from..from + seeds("SIM_SEEDS_4", 300), false);
 }
 
 #[test]
 fn seven_replicas_survive_faults_and_a_byzantine_replica() {
     let world = World::new(7, 30 + AFTER_HEALING);
     let from = seeds("SIM_FROM_7", 1000);
-    run_seeds(&world, from..from + seeds("SIM_SEEDS_7", 15), false);
+    run_seeds(&world, from..from + seeds("SIM_SEEDS_7", 40), false);
 }
 
 /// A fifth consenter is added while the faults go on (it starts from the genesis block and

@@ -2,7 +2,8 @@
 //! concurrent clients submit through Hospital1's Gateway a fixed count of medical `CreateRecord`
 //! transactions (FHIR content in the transient map, private data) and of plain key writes (`kv`
 //! `Put`), each endorsed by both hospitals and ordered by the BFT orderers; prints committed tx/s
-//! and p50/p95/p99 submit-to-commit latency (endorse + submit + commit status) per kind.
+//! and p50/p95/p99 submit-to-commit latency (endorse + submit + commit status) per kind, and the
+//! p50/p99 of each of those three stages.
 //!
 //! `network/bench.sh [CLIENTS] [COUNT]` (run from the repository root).
 
@@ -33,14 +34,23 @@ struct Client {
     signer: SigningIdentity,
 }
 
+/// How long one transaction took, in all and in each Gateway call.
+#[derive(Clone, Copy)]
+struct Timing {
+    total: Duration,
+    endorse: Duration,
+    submit: Duration,
+    commit: Duration,
+}
+
 impl Client {
-    /// Endorse (by both hospitals), sign, submit, wait for the commit; returns the latency.
+    /// Endorse (by both hospitals), sign, submit, wait for the commit; returns the latencies.
     async fn transact(
         &mut self,
         chaincode: &str,
         args: Vec<String>,
         transient: HashMap<String, Vec<u8>>,
-    ) -> anyhow::Result<Duration> {
+    ) -> anyhow::Result<Timing> {
         let start = Instant::now();
         let inv = Invocation {
             channel: CHANNEL.into(),
@@ -62,6 +72,7 @@ impl Client {
             .into_inner()
             .prepared_transaction
             .context("no prepared transaction")?;
+        let endorsed = Instant::now();
         env.signature = self.signer.sign(&env.payload)?;
         self.gw
             .submit(SubmitRequest {
@@ -70,6 +81,7 @@ impl Client {
                 prepared_transaction: Some(env),
             })
             .await?;
+        let submitted = Instant::now();
         let request = CommitStatusRequest {
             transaction_id: tx_id.clone(),
             channel_id: CHANNEL.into(),
@@ -85,7 +97,12 @@ impl Client {
         if status.result != 0 {
             bail!("transaction {tx_id} committed with code {}", status.result);
         }
-        Ok(start.elapsed())
+        Ok(Timing {
+            total: start.elapsed(),
+            endorse: endorsed - start,
+            submit: submitted - endorsed,
+            commit: submitted.elapsed(),
+        })
     }
 }
 
@@ -140,14 +157,25 @@ async fn run_kind(
             anyhow::Ok(latencies)
         }));
     }
-    let mut all = Vec::new();
+    let mut timings: Vec<Timing> = Vec::new();
     for w in workers {
-        all.extend(w.await??);
+        timings.extend(w.await??);
     }
     let secs = start.elapsed().as_secs_f64();
     eprintln!();
-    all.sort();
+    let sorted = |stage: fn(&Timing) -> Duration| {
+        let mut v: Vec<Duration> = timings.iter().map(stage).collect();
+        v.sort();
+        v
+    };
+    let all = sorted(|t| t.total);
     let ms = |p: f64| percentile(&all, p).as_secs_f64() * 1e3;
+    let stages = [
+        ("endorse", sorted(|t| t.endorse)),
+        ("submit", sorted(|t| t.submit)),
+        ("commit", sorted(|t| t.commit)),
+    ];
+    let stage_ms = |v: &[Duration], p: f64| percentile(v, p).as_secs_f64() * 1e3;
     println!(
         "{label:<12} {count} committed in {secs:.1} s: {:.0} tx/s; submit-to-commit p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms ({clients} clients)",
         count as f64 / secs,
@@ -155,10 +183,33 @@ async fn run_kind(
         ms(0.95),
         ms(0.99),
     );
+    println!(
+        "{:<12} stages p50 / p99: {}",
+        "",
+        stages
+            .iter()
+            .map(|(name, v)| format!(
+                "{name} {:.0} / {:.0} ms",
+                stage_ms(v.as_slice(), 0.50),
+                stage_ms(v.as_slice(), 0.99)
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     if let Ok(path) = std::env::var("BENCH_JSON") {
+        let stage_json: String = stages
+            .iter()
+            .map(|(name, v)| {
+                format!(
+                    ",\"{name}_p50_ms\":{:.1},\"{name}_p99_ms\":{:.1}",
+                    stage_ms(v.as_slice(), 0.50),
+                    stage_ms(v.as_slice(), 0.99)
+                )
+            })
+            .collect();
         // One JSON object per line, for network/bench.sh to gather.
         let line = format!(
-            "{{\"kind\":\"{label}\",\"clients\":{clients},\"committed\":{count},\"seconds\":{secs:.3},\"tx_per_s\":{:.1},\"p50_ms\":{:.1},\"p95_ms\":{:.1},\"p99_ms\":{:.1}}}\n",
+            "{{\"kind\":\"{label}\",\"clients\":{clients},\"committed\":{count},\"seconds\":{secs:.3},\"tx_per_s\":{:.1},\"p50_ms\":{:.1},\"p95_ms\":{:.1},\"p99_ms\":{:.1}{stage_json}}}\n",
             count as f64 / secs,
             ms(0.50),
             ms(0.95),
