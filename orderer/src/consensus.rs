@@ -511,10 +511,15 @@ pub struct Replica {
 /// The SIGNATURES metadata value every replica signs for block `seq` when the newest
 /// configuration block is `last_config`: deterministic, so all signatures of one block cover the
 /// same bytes.
-pub fn block_value(seq: u64, last_config: u64) -> Vec<u8> {
+pub fn block_value(view: u64, seq: u64, last_config: u64) -> Vec<u8> {
+    // The view is signed too, so a block's 2f+1 signatures are all commits of one view: commits
+    // of different views for the same block do not make a quorum (PBFT's safety argument needs
+    // f+1 correct replicas prepared in one view, which every later NewView then shows).
+    let mut consenter_metadata = seq.to_be_bytes().to_vec();
+    consenter_metadata.extend_from_slice(&view.to_be_bytes());
     OrdererBlockMetadata {
         last_config: Some(LastConfig { index: last_config }),
-        consenter_metadata: seq.to_be_bytes().to_vec(),
+        consenter_metadata,
     }
     .encode_to_vec()
 }
@@ -1405,7 +1410,7 @@ impl Replica {
             view,
             block,
             digest: d.clone(),
-            value: block_value(seq, last_config),
+            value: block_value(view, seq, last_config),
             pre_prepare,
             sent_commit: false,
             accepted_at: self.now,
@@ -1452,6 +1457,7 @@ impl Replica {
             && !sent_commit
             && self.in_view_change.is_none()
             && view == self.durable.view
+            && self.durable.view_change <= view
             && let Some(p) = &self.proposal
         {
             let (block, value) = (p.block.clone(), p.value.clone());
@@ -1479,11 +1485,12 @@ impl Replica {
         let q = self.cfg.quorum();
         let seq = self.height;
         let Some(p) = &self.proposal else { return };
-        // Commits from any view count for the same block (same digest, same value). Each
-        // signature is checked once: the digest fixes the signed header, the seq the value.
+        // Only commits of the proposal's view count (they signed its value, which names the
+        // view). Each signature is checked once: the digest fixes the signed header.
+        let view = p.view;
         let mut valid: BTreeMap<u32, MetadataSignature> = BTreeMap::new();
-        for ((_, s), votes) in self.votes.range_mut((0, seq)..) {
-            if *s != seq {
+        for ((v, s), votes) in self.votes.range_mut((view, seq)..=(view, seq)) {
+            if *s != seq || *v != view {
                 continue;
             }
             for (from, vote) in votes.commits.iter_mut() {

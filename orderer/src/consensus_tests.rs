@@ -324,10 +324,10 @@ impl Cluster {
         }
     }
 
-    fn block_signature(&self, signer: u32, block: &Block) -> MetadataSignature {
+    fn block_signature(&self, signer: u32, view: u64, block: &Block) -> MetadataSignature {
         let seq = block.header.as_ref().map(|h| h.number).unwrap_or_default();
         self.cryptos[&signer]
-            .sign_block(block, &block_value(seq, 0))
+            .sign_block(block, &block_value(view, seq, 0))
             .expect("test block has a header")
     }
 
@@ -703,7 +703,7 @@ fn leader_finalizes_malformed_required_block(metadata: Option<BlockMetadata>) {
                 view: 1,
                 seq: 1,
                 digest: d.clone(),
-                block_signature: Some(c.block_signature(s, &block)),
+                block_signature: Some(c.block_signature(s, 1, &block)),
             }),
         );
         outputs.extend(c.deliver(s, 2, cm));
@@ -869,7 +869,7 @@ fn new_leader_does_not_replace_a_block_only_one_replica_committed() {
                 view: 1,
                 seq: 1,
                 digest: d,
-                block_signature: Some(c.block_signature(1, &block)),
+                block_signature: Some(c.block_signature(1, 1, &block)),
             }),
         );
         for to in [2, 4] {
@@ -1011,7 +1011,7 @@ fn a_rejected_commit_signature_is_checked_once() {
     );
     c.deliver(1, 2, pp);
     // Consenter 4 sends a commit whose block signature is garbage, and repeats it.
-    let mut bad_sig = c.block_signature(4, &block);
+    let mut bad_sig = c.block_signature(4, 0, &block);
     bad_sig.signature = vec![0; 8];
     let bad = c.signed(
         4,
@@ -1045,7 +1045,7 @@ fn a_rejected_commit_signature_is_checked_once() {
                 view: 0,
                 seq: 1,
                 digest: d.clone(),
-                block_signature: Some(c.block_signature(s, &block)),
+                block_signature: Some(c.block_signature(s, 0, &block)),
             }),
         );
         outputs.extend(c.deliver(s, 2, cm));
@@ -1355,7 +1355,7 @@ fn a_block_committed_by_one_replica_survives_restarts_of_those_that_prepared_it(
                 view: 1,
                 seq: 1,
                 digest: d,
-                block_signature: Some(c.block_signature(1, &block)),
+                block_signature: Some(c.block_signature(1, 1, &block)),
             }),
         );
         for to in [2, 4] {
@@ -2132,7 +2132,7 @@ fn an_unsigned_message_counts_only_from_its_own_senders_link() {
                 view: 0,
                 seq: 1,
                 digest: d.clone(),
-                block_signature: Some(c.block_signature(sender, &block)),
+                block_signature: Some(c.block_signature(sender, 0, &block)),
             })),
         }
         .encode_to_vec(),
@@ -2178,7 +2178,7 @@ fn a_proposal_resumed_after_a_configuration_update_keeps_its_signed_value() {
         .expect("accepted")
         .value
         .clone();
-    assert_eq!(before, block_value(2, 1));
+    assert_eq!(before, block_value(0, 2, 1));
     c.restart(3);
     let after = c
         .replica(3)
@@ -2189,7 +2189,7 @@ fn a_proposal_resumed_after_a_configuration_update_keeps_its_signed_value() {
         .clone();
     assert_eq!(
         after,
-        block_value(2, 1),
+        block_value(0, 2, 1),
         "the resumed proposal names another configuration"
     );
 }
@@ -2281,6 +2281,69 @@ fn a_replica_in_a_view_change_sends_no_commit_for_the_old_view() {
             }
         }
     }
+    // Nor after a restart, which resumes the proposal with the prepares it got (a review found
+    // the resumed replica sent the Commit before resuming its view change).
+    for o in c.restart(2) {
+        if let Output::Send { msg, .. } = o {
+            assert!(
+                !matches!(kind_of(&msg), Some(Kind::Commit(_))),
+                "replica 2 sent a Commit for view 0 after restarting"
+            );
+        }
+    }
+}
+
+/// A review found that commits of different views for one block added up to a quorum: PBFT's
+/// safety needs 2f+1 commits of one view (f+1 correct replicas prepared in it, which every later
+/// NewView shows). A view's commits sign a value naming that view, and only the proposal's
+/// view's commits count.
+#[test]
+fn commits_of_different_views_do_not_make_a_quorum() {
+    let mut c = Cluster::new();
+    let block = new_block(1, digest(&genesis()), vec![envelope(1)]);
+    let d = digest(&block);
+    let pp = c.signed(
+        1,
+        Kind::PrePrepare(PrePrepare {
+            view: 0,
+            seq: 1,
+            block: Some(block.clone()),
+        }),
+    );
+    c.deliver(1, 3, pp);
+    assert!(c.replica(3).proposal.is_some());
+    // Replica 3 is not prepared (no prepares reach it); three commits arrive, from two views.
+    for (from, view) in [(1, 0), (2, 1), (4, 1)] {
+        let commit = c.signed(
+            from,
+            Kind::Commit(Commit {
+                view,
+                seq: 1,
+                digest: d.clone(),
+                block_signature: Some(c.block_signature(from, view, &block)),
+            }),
+        );
+        c.deliver(from, 3, commit);
+    }
+    assert_eq!(
+        c.height(3),
+        1,
+        "one commit of view 0 and two of view 1 decide nothing"
+    );
+    // Two more of view 0 do.
+    for from in [2, 4] {
+        let commit = c.signed(
+            from,
+            Kind::Commit(Commit {
+                view: 0,
+                seq: 1,
+                digest: d.clone(),
+                block_signature: Some(c.block_signature(from, 0, &block)),
+            }),
+        );
+        c.deliver(from, 3, commit);
+    }
+    assert_eq!(c.height(3), 2);
 }
 
 /// Found by the simulation (seed 1940 of four replicas): a replica that had asked for view 4
