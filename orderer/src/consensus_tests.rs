@@ -324,6 +324,35 @@ impl Cluster {
         }
     }
 
+    /// Leader 1's proposal of block 1 (one envelope) in view 0, delivered to replica `to`.
+    fn propose_block_one(&mut self, to: u32) -> Block {
+        let block = new_block(1, digest(&genesis()), vec![envelope(1)]);
+        let pp = self.signed(
+            1,
+            Kind::PrePrepare(PrePrepare {
+                view: 0,
+                seq: 1,
+                block: Some(block.clone()),
+            }),
+        );
+        self.deliver(1, to, pp);
+        block
+    }
+
+    /// `from`'s commit of `block` in `view`, with its block signature.
+    fn commit_of(&self, from: u32, view: u64, block: &Block) -> ConsensusMessage {
+        let seq = block.header.as_ref().map(|h| h.number).unwrap_or_default();
+        self.signed(
+            from,
+            Kind::Commit(Commit {
+                view,
+                seq,
+                digest: digest(block),
+                block_signature: Some(self.block_signature(from, view, block)),
+            }),
+        )
+    }
+
     fn block_signature(&self, signer: u32, view: u64, block: &Block) -> MetadataSignature {
         let seq = block.header.as_ref().map(|h| h.number).unwrap_or_default();
         self.cryptos[&signer]
@@ -999,17 +1028,8 @@ fn a_second_different_vote_for_a_slot_is_dropped() {
 #[test]
 fn a_rejected_commit_signature_is_checked_once() {
     let mut c = Cluster::new();
-    let block = new_block(1, digest(&genesis()), vec![envelope(1)]);
+    let block = c.propose_block_one(2);
     let d = digest(&block);
-    let pp = c.signed(
-        1,
-        Kind::PrePrepare(PrePrepare {
-            view: 0,
-            seq: 1,
-            block: Some(block.clone()),
-        }),
-    );
-    c.deliver(1, 2, pp);
     // Consenter 4 sends a commit whose block signature is garbage, and repeats it.
     let mut bad_sig = c.block_signature(4, 0, &block);
     bad_sig.signature = vec![0; 8];
@@ -1039,15 +1059,7 @@ fn a_rejected_commit_signature_is_checked_once() {
         outputs.extend(c.deliver(s, 2, p));
     }
     for s in [3, 1] {
-        let cm = c.signed(
-            s,
-            Kind::Commit(Commit {
-                view: 0,
-                seq: 1,
-                digest: d.clone(),
-                block_signature: Some(c.block_signature(s, 0, &block)),
-            }),
-        );
+        let cm = c.commit_of(s, 0, &block);
         outputs.extend(c.deliver(s, 2, cm));
     }
     assert!(committed(&outputs), "the block was not committed");
@@ -2300,29 +2312,11 @@ fn a_replica_in_a_view_change_sends_no_commit_for_the_old_view() {
 #[test]
 fn commits_of_different_views_do_not_make_a_quorum() {
     let mut c = Cluster::new();
-    let block = new_block(1, digest(&genesis()), vec![envelope(1)]);
-    let d = digest(&block);
-    let pp = c.signed(
-        1,
-        Kind::PrePrepare(PrePrepare {
-            view: 0,
-            seq: 1,
-            block: Some(block.clone()),
-        }),
-    );
-    c.deliver(1, 3, pp);
+    let block = c.propose_block_one(3);
     assert!(c.replica(3).proposal.is_some());
     // Replica 3 is not prepared (no prepares reach it); three commits arrive, from two views.
     for (from, view) in [(1, 0), (2, 1), (4, 1)] {
-        let commit = c.signed(
-            from,
-            Kind::Commit(Commit {
-                view,
-                seq: 1,
-                digest: d.clone(),
-                block_signature: Some(c.block_signature(from, view, &block)),
-            }),
-        );
+        let commit = c.commit_of(from, view, &block);
         c.deliver(from, 3, commit);
     }
     assert_eq!(
@@ -2332,15 +2326,7 @@ fn commits_of_different_views_do_not_make_a_quorum() {
     );
     // Two more of view 0 do.
     for from in [2, 4] {
-        let commit = c.signed(
-            from,
-            Kind::Commit(Commit {
-                view: 0,
-                seq: 1,
-                digest: d.clone(),
-                block_signature: Some(c.block_signature(from, 0, &block)),
-            }),
-        );
+        let commit = c.commit_of(from, 0, &block);
         c.deliver(from, 3, commit);
     }
     assert_eq!(c.height(3), 2);
