@@ -542,13 +542,17 @@ fn is_proof(kind: &Kind) -> bool {
 impl RecentTxids {
     /// Records the transaction ids of block `number`.
     pub fn record_block(&mut self, number: u64, block: &Block) {
-        let txids = block
-            .data
-            .as_ref()
-            .map(|d| d.data.iter().filter_map(|e| txid_of(e)).collect())
-            .unwrap_or_default();
-        self.record(number, txids);
+        self.record(number, block_txids(block));
     }
+}
+
+/// The transaction ids of a block's envelopes (those that have one).
+pub fn block_txids(block: &Block) -> Vec<String> {
+    block
+        .data
+        .as_ref()
+        .map(|d| d.data.iter().filter_map(|e| txid_of(e)).collect())
+        .unwrap_or_default()
 }
 
 /// The transaction id in an envelope's channel header, without checking anything else.
@@ -1489,10 +1493,7 @@ impl Replica {
         // view). Each signature is checked once: the digest fixes the signed header.
         let view = p.view;
         let mut valid: BTreeMap<u32, MetadataSignature> = BTreeMap::new();
-        for ((v, s), votes) in self.votes.range_mut((view, seq)..=(view, seq)) {
-            if *s != seq || *v != view {
-                continue;
-            }
+        if let Some(votes) = self.votes.get_mut(&(view, seq)) {
             for (from, vote) in votes.commits.iter_mut() {
                 if valid.contains_key(from) || vote.digest() != p.digest.as_slice() {
                     continue;
@@ -1523,7 +1524,6 @@ impl Replica {
         if valid.len() < q {
             return;
         }
-        let view = p.view;
         let last_config = self.config_index_of(&p.block, seq);
         match seal_block(
             p.block.clone(),
@@ -1544,11 +1544,7 @@ impl Replica {
     }
 
     fn commit(&mut self, block: Block) {
-        let txids: Vec<String> = block
-            .data
-            .as_ref()
-            .map(|d| d.data.iter().filter_map(|e| txid_of(e)).collect())
-            .unwrap_or_default();
+        let txids = block_txids(&block);
         for t in &txids {
             if let Some(e) = self.pool.remove(t) {
                 self.pool_bytes = self.pool_bytes.saturating_sub(e.envelope.len());

@@ -13,7 +13,7 @@ use medledger_proto::medledger::consensus::{ConsensusMessage, PreparedCertificat
 use prost::Message;
 use rocksdb::{ColumnFamilyDescriptor, DB, Options, WriteBatch, WriteOptions};
 
-use crate::consensus::{Durable, Restored, WalOp, txid_of};
+use crate::consensus::{Durable, Restored, WalOp, block_txids};
 use crate::recent::{self, OlderTxids, RecentTxids};
 
 /// Errors from the store.
@@ -151,15 +151,8 @@ impl BlockStore {
             return Ok(());
         }
         let txids = cf(&self.db, TXIDS)?;
-        for env in block
-            .data
-            .as_ref()
-            .map(|d| d.data.as_slice())
-            .unwrap_or_default()
-        {
-            if let Some(t) = txid_of(env) {
-                batch.put_cf(txids, t.as_bytes(), n.to_be_bytes());
-            }
+        for t in block_txids(block) {
+            batch.put_cf(txids, t.as_bytes(), n.to_be_bytes());
         }
         Ok(())
     }
