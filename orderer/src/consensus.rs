@@ -127,8 +127,10 @@ pub struct Config {
     /// committed blocks it lacks (blocks carry their own proof), so that it learns it was
     /// removed and stops ordering.
     pub former: Vec<u32>,
-    /// The height right after the block that removed `former`: they are sent nothing beyond it.
-    pub former_until: u64,
+    /// The height from which these consenters order: right after the block that last changed
+    /// the set (0 for the genesis set). `former` are sent no blocks from it on, and a view
+    /// change sent below it (its height says so) was sent under the old set and is not counted.
+    pub consenters_since: u64,
     /// The period of `Replica::tick`: what the timeouts below are counted in.
     pub tick: Duration,
     pub batch: BatchConfig,
@@ -949,7 +951,7 @@ impl Replica {
             | Kind::PrePrepare(PrePrepare { seq, .. }) => seq,
             _ => return,
         };
-        if height < self.height.min(self.cfg.former_until) {
+        if height < self.height.min(self.cfg.consenters_since) {
             self.hint_height(from, height);
         }
     }
@@ -1216,7 +1218,7 @@ impl Replica {
                 let until = if self.cfg.consenters.contains(&from) {
                     u64::MAX
                 } else {
-                    self.cfg.former_until
+                    self.cfg.consenters_since
                 };
                 self.out.push(Output::ServeState {
                     to: from,
@@ -1585,7 +1587,7 @@ impl Replica {
                         .into_iter()
                         .filter(|c| !self.cfg.consenters.contains(c))
                         .collect();
-                    self.cfg.former_until = seq.saturating_add(1);
+                    self.cfg.consenters_since = seq.saturating_add(1);
                 }
             }
             self.prune_pool();
@@ -1674,12 +1676,15 @@ impl Replica {
         seen.sort_unstable_by(|a, b| b.cmp(a));
         let shown = seen.get(self.cfg.f()).copied().unwrap_or(0);
         self.views_seen.clear();
-        let target = self
-            .in_view_change
-            .unwrap_or(self.durable.view)
-            .max(self.durable.view)
-            .saturating_add(1)
-            .max(shown);
+        // A view change this replica sent under the old set bound it never to act in a lower
+        // view, because that view change could complete a NewView. It no longer can: view
+        // changes from below `consenters_since` are not counted by the new set. So every
+        // replica starts again from the view it installed, and they agree on the next one; a
+        // replica that alone had climbed high while cut off would otherwise refuse the others'
+        // lower NewView, and with one consenter down the new set would stall.
+        self.in_view_change = None;
+        self.durable.view_change = self.durable.view;
+        let target = self.durable.view.saturating_add(1).max(shown);
         self.start_view_change(target);
     }
 
@@ -2013,6 +2018,17 @@ impl Replica {
 
     fn on_view_change(&mut self, from: u32, msg: ConsensusMessage, vc: ViewChange) {
         self.hint_height(from, vc.last_committed_seq);
+        if vc.last_committed_seq < self.cfg.consenters_since {
+            // Sent under the old consenter set: its sender has voted under the new one since
+            // (see `on_consenters_changed`), so it must not count toward a view of this set.
+            tracing::debug!(
+                from,
+                view = vc.next_view,
+                height = vc.last_committed_seq,
+                "view change from before the consenter set changed: ignored"
+            );
+            return;
+        }
         if vc.next_view <= self.durable.view {
             self.relay_new_view(from);
             return;
@@ -2196,6 +2212,7 @@ impl Replica {
             }
             if let Some(Kind::ViewChange(vc)) = self.open(m)
                 && vc.next_view == nv.view
+                && vc.last_committed_seq >= self.cfg.consenters_since
             {
                 if let Some(c) = &vc.prepared {
                     if !self.valid_certificate(c) {

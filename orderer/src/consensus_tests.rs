@@ -148,7 +148,7 @@ fn config(id: u32) -> Config {
         self_id: id,
         consenters: (1..=N).collect(),
         former: Vec::new(),
-        former_until: 0,
+        consenters_since: 0,
         tick: std::time::Duration::from_millis(20),
         batch: BatchConfig {
             max_message_count: 10,
@@ -2380,4 +2380,87 @@ fn a_replica_does_not_install_a_view_below_one_it_asked_for() {
         "view 1 is below the view 3 it asked for"
     );
     assert_eq!(c.replica(3).in_view_change, Some(3));
+}
+
+/// A consenter cut off from the others climbs views alone, each of its view changes binding it
+/// never to act in a lower view. When it commits a change of the consenter set, that promise no
+/// longer binds (the new set does not count view changes sent under the old one), so it changes
+/// view with the others. Before, it kept its high target and refused their lower NewView: with
+/// consenter 4 down the new set (4 of 5 needed) stalled.
+#[test]
+fn a_replica_that_climbed_views_alone_changes_view_with_the_new_consenter_set() {
+    let mut c = Cluster::new();
+    c.add_replica(N + 1);
+    c.filter = Some(Box::new(|from, to, kind| {
+        (from != 2 && to != 2).then_some(kind)
+    }));
+    assert!(c.run_until(2_000, |c| c.replica(2).durable.view_change >= 4));
+    c.submit(1, typed_envelope(ADD_FIFTH, HeaderType::Config));
+    assert!(
+        c.run_until(5_000, |c| [1, 3, 4].iter().all(|&i| c
+            .replica(i)
+            .config()
+            .n()
+            == 5)
+            && c.replica(N + 1).config().is_member()),
+        "the configuration block adding consenter 5 did not commit"
+    );
+    c.filter = None;
+    c.down.insert(4);
+    let height = c.height(1);
+    c.submit(1, envelope(77));
+    assert!(
+        c.run_until(3_000, |c| [1, 2, 3, N + 1]
+            .iter()
+            .all(|&i| c.height(i) > height)),
+        "the new set (consenter 4 down) ordered nothing: views {:?}",
+        [1, 2, 3, N + 1].map(|i| (c.replica(i).view(), c.replica(i).in_view_change))
+    );
+}
+
+/// A view change whose height is below `consenters_since` was sent under the previous consenter
+/// set: it is neither stored nor counted in a NewView, even one its sender's key still signs.
+#[test]
+fn a_view_change_from_before_the_consenter_set_changed_does_not_count() {
+    let mut c = Cluster::with_config(|id| Config {
+        consenters_since: 1,
+        ..config(id)
+    });
+    let vc = |c: &Cluster, from: u32, height: u64| {
+        c.signed(
+            from,
+            Kind::ViewChange(ViewChange {
+                next_view: 1,
+                last_committed_seq: height,
+                prepared: None,
+            }),
+        )
+    };
+    let stale = vc(&c, 4, 0);
+    c.deliver(4, 3, stale.clone());
+    assert_eq!(
+        stored_view_changes(c.replica(3)),
+        0,
+        "a stale view change was stored"
+    );
+    let new_view = |c: &Cluster, fourth: ConsensusMessage| {
+        c.signed(
+            2,
+            Kind::NewView(NewView {
+                view: 1,
+                view_changes: vec![vc(c, 1, 1), vc(c, 2, 1), fourth],
+            }),
+        )
+    };
+    let nv = new_view(&c, stale);
+    c.deliver(2, 3, nv);
+    assert_eq!(
+        c.replica(3).view(),
+        0,
+        "a NewView counted a stale view change"
+    );
+    let fresh = vc(&c, 4, 1);
+    let nv = new_view(&c, fresh);
+    c.deliver(2, 3, nv);
+    assert_eq!(c.replica(3).view(), 1, "a valid NewView was refused");
 }

@@ -218,7 +218,7 @@ fn consensus_config(
         self_id: cfg.consenter_id,
         consenters: ids,
         former,
-        former_until: changed_until,
+        consenters_since: changed_until,
         tick: Duration::from_millis(cfg.tick_ms.max(1)),
         batch: settings.batch.clone(),
         heartbeat_ticks: 1,

@@ -208,7 +208,7 @@ impl World {
             self_id: id,
             consenters,
             former: Vec::new(),
-            former_until: 0,
+            consenters_since: 0,
             tick: std::time::Duration::from_millis(20),
             batch: BatchConfig {
                 max_message_count: 10,
@@ -437,7 +437,7 @@ impl<'w> Sim<'w> {
             .windows(2)
             .rev()
             .find(|w| w[0].1.consenters != w[1].1.consenters);
-        let (former, former_until) = changed
+        let (former, consenters_since) = changed
             .map(|w| {
                 let removed = w[0]
                     .1
@@ -455,7 +455,7 @@ impl<'w> Sim<'w> {
         Replica::new(
             Config {
                 former,
-                former_until,
+                consenters_since,
                 ..world.config(i as u32 + 1, consenters)
             },
             crypto,
