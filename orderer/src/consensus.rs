@@ -1941,6 +1941,13 @@ impl Replica {
         if target <= self.durable.view || self.in_view_change.is_some_and(|t| t >= target) {
             return;
         }
+        tracing::info!(
+            consenter = self.cfg.self_id,
+            view = self.durable.view,
+            target,
+            height = self.height,
+            "asking for a view change"
+        );
         self.in_view_change = Some(target);
         if target > self.durable.view_change {
             self.wal(WalOp::ViewChange(target));
@@ -2237,6 +2244,13 @@ impl Replica {
         decided_up_to: u64,
         proof: ConsensusMessage,
     ) {
+        tracing::info!(
+            consenter = self.cfg.self_id,
+            view = v,
+            leader = self.cfg.leader(v),
+            height = self.height,
+            "view installed"
+        );
         self.wal(WalOp::NewView(proof.clone()));
         self.new_view_msg = Some(proof);
         self.durable.view = v;

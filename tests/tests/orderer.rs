@@ -90,6 +90,29 @@ fn spawn(bin: &std::path::Path, config: &std::path::Path) -> anyhow::Result<Proc
     spawn_with(bin, config, &[])
 }
 
+/// The last lines of each orderer's log under `dir`, for a failing test to show what the
+/// consensus cores did (view changes, consenter changes, requests dropped).
+fn orderer_logs(dir: &std::path::Path) -> String {
+    const LINES: usize = 40;
+    let mut out = String::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    let mut logs: Vec<_> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    logs.sort();
+    for log in logs {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        out.push_str(&format!("\n--- {} ---\n", log.display()));
+        out.push_str(&lines[lines.len().saturating_sub(LINES)..].join("\n"));
+    }
+    out
+}
+
 fn spawn_with(
     bin: &std::path::Path,
     config: &std::path::Path,
@@ -105,7 +128,7 @@ fn spawn_with(
             .args(["start", "--config"])
             .arg(config)
             .envs(env.iter().copied())
-            .env("MEDLEDGER_LOG", "warn")
+            .env("MEDLEDGER_LOG", "warn,medledger_orderer::consensus=info")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()?,
@@ -1019,11 +1042,12 @@ async fn an_orderer_is_added_and_another_removed_while_ordering_goes_on() -> any
         }
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
-            "acknowledged transactions were not ordered: {:?}",
+            "acknowledged transactions were not ordered: {:?}{}",
             acked
                 .iter()
                 .filter(|t| !ordered.contains(*t))
-                .collect::<Vec<_>>()
+                .collect::<Vec<_>>(),
+            orderer_logs(dir.path())
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
