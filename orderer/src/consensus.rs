@@ -128,8 +128,8 @@ pub struct Config {
     /// removed and stops ordering.
     pub former: Vec<u32>,
     /// The height from which these consenters order: right after the block that last changed
-    /// the set (0 for the genesis set). `former` are sent no blocks from it on, and a view
-    /// change sent below it (its height says so) was sent under the old set and is not counted.
+    /// the set (0 for the genesis set). `former` are sent no blocks from it on. It names the
+    /// set in each view change, which only replicas of the same set count.
     pub consenters_since: u64,
     /// The period of `Replica::tick`: what the timeouts below are counted in.
     pub tick: Duration,
@@ -507,6 +507,9 @@ pub struct Replica {
     /// While following (outside the set): the highest view each consenter's signed messages
     /// showed, so that on joining we change to a view the consenters are in (one per consenter).
     views_seen: BTreeMap<u32, u64>,
+    /// The highest view each consenter asked for beyond `VIEW_CHANGE_WINDOW` (one per
+    /// consenter; see `join_far_view_change`).
+    far_views: BTreeMap<u32, u64>,
     out: Vec<Output>,
 }
 
@@ -678,6 +681,7 @@ impl Replica {
             last_served: BTreeMap::new(),
             last_relay: BTreeMap::new(),
             views_seen: BTreeMap::new(),
+            far_views: BTreeMap::new(),
             new_view_msg: None,
             out: Vec::new(),
         };
@@ -815,7 +819,8 @@ impl Replica {
                 .last_help
                 .len()
                 .max(self.last_served.len())
-                .max(self.last_relay.len()),
+                .max(self.last_relay.len())
+                .max(self.far_views.len()),
             new_views_sent: self.new_view_sent.len(),
         }
     }
@@ -1632,6 +1637,7 @@ impl Replica {
         self.votes.clear();
         self.view_changes.clear();
         self.refused_view_changes.clear();
+        self.far_views.clear();
         self.view_certs.clear();
         // The certificate of the block just committed names the old set's leader and voters,
         // which the new set cannot check; it protects nothing now: whoever acts under the new
@@ -1678,7 +1684,7 @@ impl Replica {
         self.views_seen.clear();
         // A view change this replica sent under the old set bound it never to act in a lower
         // view, because that view change could complete a NewView. It no longer can: view
-        // changes from below `consenters_since` are not counted by the new set. So every
+        // changes name their set, and the new one counts only its own. So every
         // replica starts again from the view it installed, and they agree on the next one; a
         // replica that alone had climbed high while cut off would otherwise refuse the others'
         // lower NewView, and with one consenter down the new set would stall.
@@ -1962,6 +1968,7 @@ impl Replica {
             .retain(|(v, _)| v.saturating_add(VIEW_CHANGE_WINDOW) >= target);
         let vc = ViewChange {
             next_view: target,
+            consenters_since: self.cfg.consenters_since,
             last_committed_seq: self.height,
             prepared: self
                 .prepared_cert
@@ -2025,14 +2032,16 @@ impl Replica {
 
     fn on_view_change(&mut self, from: u32, msg: ConsensusMessage, vc: ViewChange) {
         self.hint_height(from, vc.last_committed_seq);
-        if vc.last_committed_seq < self.cfg.consenters_since {
-            // Sent under the old consenter set: its sender has voted under the new one since
-            // (see `on_consenters_changed`), so it must not count toward a view of this set.
+        if vc.consenters_since != self.cfg.consenters_since {
+            // Asked under another consenter set. One from the set before ours: its sender has
+            // voted under ours since (see `on_consenters_changed`). One from a later set (we
+            // lag): it carries no certificate for the block that changed the set, which we may
+            // not have committed; counted here, it could let a NewView replace that block.
             tracing::debug!(
                 from,
                 view = vc.next_view,
-                height = vc.last_committed_seq,
-                "view change from before the consenter set changed: ignored"
+                set = vc.consenters_since,
+                "view change of another consenter set: ignored"
             );
             return;
         }
@@ -2046,8 +2055,9 @@ impl Replica {
                 from,
                 view = vc.next_view,
                 horizon,
-                "view change too far ahead: dropped"
+                "view change too far ahead: not stored"
             );
+            self.join_far_view_change(from, vc.next_view);
             return;
         }
         match self
@@ -2109,6 +2119,26 @@ impl Replica {
             self.start_view_change(min);
         }
         self.check_view_change_quorum(vc.next_view);
+    }
+
+    /// Keeps only the highest view `from` asks for beyond our window, and joins the view that
+    /// f+1 consenters (so at least one correct one) ask for at least. Without it a replica whose
+    /// view fell far behind the others' (it was cut off while they changed view many times, and
+    /// then reset its target with a new consenter set) would never meet them: each side climbs
+    /// one view per timeout and drops the other's view changes as out of range.
+    fn join_far_view_change(&mut self, from: u32, view: u64) {
+        if !self.cfg.consenters.contains(&from) {
+            return;
+        }
+        let wanted = self.far_views.entry(from).or_default();
+        *wanted = (*wanted).max(view);
+        let mut views: Vec<u64> = self.far_views.values().copied().collect();
+        views.sort_unstable_by(|a, b| b.cmp(a));
+        if let Some(&target) = views.get(self.cfg.f())
+            && self.in_view_change.unwrap_or(self.durable.view) < target
+        {
+            self.start_view_change(target);
+        }
     }
 
     fn check_view_change_quorum(&mut self, v: u64) {
@@ -2219,7 +2249,7 @@ impl Replica {
             }
             if let Some(Kind::ViewChange(vc)) = self.open(m)
                 && vc.next_view == nv.view
-                && vc.last_committed_seq >= self.cfg.consenters_since
+                && vc.consenters_since == self.cfg.consenters_since
             {
                 if let Some(c) = &vc.prepared {
                     if !self.valid_certificate(c) {
@@ -2282,6 +2312,7 @@ impl Replica {
         // toward joining a view change nobody wants). Senders still changing view retransmit.
         self.view_changes.clear();
         self.refused_view_changes.clear();
+        self.far_views.clear();
         // Only views from ours on can still need a NewView from us; one per view we ever led
         // would grow for as long as the channel lives.
         self.new_view_sent.retain(|nv| *nv >= v);

@@ -698,6 +698,7 @@ fn leader_finalizes_malformed_required_block(metadata: Option<BlockMetadata>) {
         let vc = c.signed(
             s,
             Kind::ViewChange(ViewChange {
+                consenters_since: 0,
                 next_view: 1,
                 last_committed_seq: 1,
                 prepared,
@@ -792,6 +793,7 @@ fn stale_future_view_changes_do_not_survive_view_installation() {
         c.signed(
             s,
             Kind::ViewChange(ViewChange {
+                consenters_since: 0,
                 next_view: v,
                 last_committed_seq: 1,
                 prepared: None,
@@ -854,6 +856,7 @@ fn new_leader_does_not_replace_a_block_only_one_replica_committed() {
     let lie = c.signed(
         1,
         Kind::ViewChange(ViewChange {
+            consenters_since: 0,
             next_view: 1,
             last_committed_seq: 1,
             prepared: None,
@@ -949,6 +952,7 @@ fn votes_and_view_changes_far_ahead_are_not_stored() {
             block_signature: Some(MetadataSignature::default()),
         }));
         msgs.push(Kind::ViewChange(ViewChange {
+            consenters_since: 0,
             next_view: 2 + i,
             last_committed_seq: 1,
             prepared: None,
@@ -998,6 +1002,7 @@ fn a_second_different_vote_for_a_slot_is_dropped() {
         let vc = c.signed(
             4,
             Kind::ViewChange(ViewChange {
+                consenters_since: 0,
                 next_view: 1,
                 last_committed_seq: if *d == a { 1 } else { 2 },
                 prepared: None,
@@ -1115,6 +1120,7 @@ fn a_view_change_with_an_invalid_certificate_is_checked_once() {
     let vc = c.signed(
         4,
         Kind::ViewChange(ViewChange {
+            consenters_since: 0,
             next_view: 1,
             last_committed_seq: 1,
             prepared: Some(PreparedCertificate {
@@ -1328,6 +1334,7 @@ fn a_block_committed_by_one_replica_survives_restarts_of_those_that_prepared_it(
     let lie = c.signed(
         1,
         Kind::ViewChange(ViewChange {
+            consenters_since: 0,
             next_view: 1,
             last_committed_seq: 1,
             prepared: None,
@@ -2345,6 +2352,7 @@ fn a_replica_does_not_install_a_view_below_one_it_asked_for() {
         let vc = c.signed(
             from,
             Kind::ViewChange(ViewChange {
+                consenters_since: 0,
                 next_view: 3,
                 last_committed_seq: 1,
                 prepared: None,
@@ -2359,6 +2367,7 @@ fn a_replica_does_not_install_a_view_below_one_it_asked_for() {
             c.signed(
                 from,
                 Kind::ViewChange(ViewChange {
+                    consenters_since: 0,
                     next_view: 1,
                     last_committed_seq: 1,
                     prepared: None,
@@ -2418,31 +2427,27 @@ fn a_replica_that_climbed_views_alone_changes_view_with_the_new_consenter_set() 
     );
 }
 
-/// A view change whose height is below `consenters_since` was sent under the previous consenter
-/// set: it is neither stored nor counted in a NewView, even one its sender's key still signs.
+/// A view change names the consenter set it was asked under (`consenters_since`). One of an
+/// earlier set (its sender has voted under this one since) or of a later one (it carries no
+/// certificate for the block that changed the set, which this replica may lack) is neither
+/// stored nor counted in a NewView, even one its sender's key still signs.
 #[test]
-fn a_view_change_from_before_the_consenter_set_changed_does_not_count() {
+fn a_view_change_of_another_consenter_set_does_not_count() {
     let mut c = Cluster::with_config(|id| Config {
         consenters_since: 1,
         ..config(id)
     });
-    let vc = |c: &Cluster, from: u32, height: u64| {
+    let vc = |c: &Cluster, from: u32, set: u64| {
         c.signed(
             from,
             Kind::ViewChange(ViewChange {
+                consenters_since: set,
                 next_view: 1,
-                last_committed_seq: height,
+                last_committed_seq: 1,
                 prepared: None,
             }),
         )
     };
-    let stale = vc(&c, 4, 0);
-    c.deliver(4, 3, stale.clone());
-    assert_eq!(
-        stored_view_changes(c.replica(3)),
-        0,
-        "a stale view change was stored"
-    );
     let new_view = |c: &Cluster, fourth: ConsensusMessage| {
         c.signed(
             2,
@@ -2452,15 +2457,49 @@ fn a_view_change_from_before_the_consenter_set_changed_does_not_count() {
             }),
         )
     };
-    let nv = new_view(&c, stale);
-    c.deliver(2, 3, nv);
-    assert_eq!(
-        c.replica(3).view(),
-        0,
-        "a NewView counted a stale view change"
-    );
-    let fresh = vc(&c, 4, 1);
-    let nv = new_view(&c, fresh);
+    for other_set in [0, 2] {
+        let other = vc(&c, 4, other_set);
+        c.deliver(4, 3, other.clone());
+        assert_eq!(
+            stored_view_changes(c.replica(3)),
+            0,
+            "a view change of set {other_set} was stored"
+        );
+        let nv = new_view(&c, other);
+        c.deliver(2, 3, nv);
+        assert_eq!(
+            c.replica(3).view(),
+            0,
+            "a NewView counted a view change of set {other_set}"
+        );
+    }
+    let same = vc(&c, 4, 1);
+    let nv = new_view(&c, same);
     c.deliver(2, 3, nv);
     assert_eq!(c.replica(3).view(), 1, "a valid NewView was refused");
+}
+
+/// A replica whose view fell far behind the others' (beyond `VIEW_CHANGE_WINDOW`) joins the
+/// view f+1 of them ask for, instead of climbing one view per timeout while they drop its view
+/// changes as out of range. One consenter alone asking for a far view moves nobody.
+#[test]
+fn a_replica_far_behind_in_view_joins_the_view_f_plus_1_others_ask_for() {
+    let mut c = Cluster::new();
+    let far = |c: &Cluster, from: u32| {
+        c.signed(
+            from,
+            Kind::ViewChange(ViewChange {
+                consenters_since: 0,
+                next_view: 40,
+                last_committed_seq: 1,
+                prepared: None,
+            }),
+        )
+    };
+    let m = far(&c, 1);
+    c.deliver(1, 3, m);
+    assert_eq!(c.replica(3).in_view_change, None, "one consenter moved it");
+    let m = far(&c, 2);
+    c.deliver(2, 3, m);
+    assert_eq!(c.replica(3).in_view_change, Some(40));
 }
