@@ -47,6 +47,9 @@ const VOTE_SEQ_WINDOW: u64 = 4;
 /// it also caps how many view changes, each possibly carrying a whole block, one consenter can
 /// make us hold.
 const VIEW_CHANGE_WINDOW: u64 = 8;
+/// No channel changes view this often; a view change asking for more is malformed (and would
+/// leave no next view to move on to).
+const MAX_VIEW: u64 = u64::MAX / 2;
 
 /// Default bound on the number of requests a replica holds unordered (its pool, and so its
 /// write-ahead `pending`). Without one a Writer flooding Broadcast grows memory and the WAL
@@ -507,9 +510,9 @@ pub struct Replica {
     /// While following (outside the set): the highest view each consenter's signed messages
     /// showed, so that on joining we change to a view the consenters are in (one per consenter).
     views_seen: BTreeMap<u32, u64>,
-    /// The highest view each consenter asked for beyond `VIEW_CHANGE_WINDOW` (one per
-    /// consenter; see `join_far_view_change`).
-    far_views: BTreeMap<u32, u64>,
+    /// The highest view each other consenter of our set asked for since our view was installed
+    /// (one per consenter; see `note_view_asked`).
+    views_asked: BTreeMap<u32, u64>,
     out: Vec<Output>,
 }
 
@@ -681,7 +684,7 @@ impl Replica {
             last_served: BTreeMap::new(),
             last_relay: BTreeMap::new(),
             views_seen: BTreeMap::new(),
-            far_views: BTreeMap::new(),
+            views_asked: BTreeMap::new(),
             new_view_msg: None,
             out: Vec::new(),
         };
@@ -820,7 +823,7 @@ impl Replica {
                 .len()
                 .max(self.last_served.len())
                 .max(self.last_relay.len())
-                .max(self.far_views.len()),
+                .max(self.views_asked.len()),
             new_views_sent: self.new_view_sent.len(),
         }
     }
@@ -1637,7 +1640,7 @@ impl Replica {
         self.votes.clear();
         self.view_changes.clear();
         self.refused_view_changes.clear();
-        self.far_views.clear();
+        self.views_asked.clear();
         self.view_certs.clear();
         // The certificate of the block just committed names the old set's leader and voters,
         // which the new set cannot check; it protects nothing now: whoever acts under the new
@@ -2049,6 +2052,15 @@ impl Replica {
             self.relay_new_view(from);
             return;
         }
+        if vc.next_view > MAX_VIEW {
+            tracing::warn!(
+                from,
+                view = vc.next_view,
+                "view change to a view no channel reaches: dropped"
+            );
+            return;
+        }
+        self.note_view_asked(from, vc.next_view);
         let horizon = self.in_view_change.unwrap_or(self.durable.view);
         if vc.next_view > horizon.saturating_add(VIEW_CHANGE_WINDOW) {
             tracing::debug!(
@@ -2057,7 +2069,6 @@ impl Replica {
                 horizon,
                 "view change too far ahead: not stored"
             );
-            self.join_far_view_change(from, vc.next_view);
             return;
         }
         match self
@@ -2099,40 +2110,24 @@ impl Replica {
                     .insert(from, (vc.clone(), msg));
             }
         }
-        // f+1 replicas want a later view: at least one correct replica does, so join.
-        let mut wanting: BTreeMap<u32, u64> = BTreeMap::new();
-        for (v, senders) in self
-            .view_changes
-            .range(self.durable.view.saturating_add(1)..)
-        {
-            for s in senders.keys() {
-                wanting
-                    .entry(*s)
-                    .and_modify(|x| *x = (*x).min(*v))
-                    .or_insert(*v);
-            }
-        }
-        if wanting.len() > self.cfg.f()
-            && let Some(min) = wanting.values().copied().min()
-            && self.in_view_change.is_none_or(|t| t < min)
-        {
-            self.start_view_change(min);
-        }
         self.check_view_change_quorum(vc.next_view);
     }
 
-    /// Keeps only the highest view `from` asks for beyond our window, and joins the view that
-    /// f+1 consenters (so at least one correct one) ask for at least. Without it a replica whose
-    /// view fell far behind the others' (it was cut off while they changed view many times, and
-    /// then reset its target with a new consenter set) would never meet them: each side climbs
-    /// one view per timeout and drops the other's view changes as out of range.
-    fn join_far_view_change(&mut self, from: u32, view: u64) {
-        if !self.cfg.consenters.contains(&from) {
+    /// Records the highest view another consenter of our set asked for, and joins the highest
+    /// view f+1 of them (so at least one correct one) ask for at least, when it is above the
+    /// view we are in or changing to. Our own view change does not count: a replica changing to
+    /// a lower view must still meet the others (before, it counted itself and never moved up).
+    /// Views asked beyond `VIEW_CHANGE_WINDOW` count too, though their view changes are not
+    /// stored: a replica whose view fell far behind (cut off while the others changed view many
+    /// times) would otherwise never meet them, each side climbing one view per timeout and
+    /// dropping the other's view changes as out of range.
+    fn note_view_asked(&mut self, from: u32, view: u64) {
+        if from == self.cfg.self_id || !self.cfg.consenters.contains(&from) {
             return;
         }
-        let wanted = self.far_views.entry(from).or_default();
-        *wanted = (*wanted).max(view);
-        let mut views: Vec<u64> = self.far_views.values().copied().collect();
+        let asked = self.views_asked.entry(from).or_default();
+        *asked = (*asked).max(view);
+        let mut views: Vec<u64> = self.views_asked.values().copied().collect();
         views.sort_unstable_by(|a, b| b.cmp(a));
         if let Some(&target) = views.get(self.cfg.f())
             && self.in_view_change.unwrap_or(self.durable.view) < target
@@ -2312,7 +2307,7 @@ impl Replica {
         // toward joining a view change nobody wants). Senders still changing view retransmit.
         self.view_changes.clear();
         self.refused_view_changes.clear();
-        self.far_views.clear();
+        self.views_asked.clear();
         // Only views from ours on can still need a NewView from us; one per view we ever led
         // would grow for as long as the channel lives.
         self.new_view_sent.retain(|nv| *nv >= v);

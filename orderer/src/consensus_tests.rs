@@ -2503,3 +2503,55 @@ fn a_replica_far_behind_in_view_joins_the_view_f_plus_1_others_ask_for() {
     c.deliver(2, 3, m);
     assert_eq!(c.replica(3).in_view_change, Some(40));
 }
+
+/// A replica changing to a lower view joins the higher one f+1 others ask for: its own view
+/// change does not count against them (it did, and such a replica never moved up).
+#[test]
+fn a_replica_changing_view_joins_the_higher_view_f_plus_1_others_ask_for() {
+    let mut c = Cluster::new();
+    let ask = |c: &Cluster, from: u32, view: u64| {
+        c.signed(
+            from,
+            Kind::ViewChange(ViewChange {
+                consenters_since: 0,
+                next_view: view,
+                last_committed_seq: 1,
+                prepared: None,
+            }),
+        )
+    };
+    for from in [1, 2] {
+        let m = ask(&c, from, 1);
+        c.deliver(from, 3, m);
+    }
+    assert_eq!(c.replica(3).in_view_change, Some(1));
+    let m = ask(&c, 1, 4);
+    c.deliver(1, 3, m);
+    assert_eq!(
+        c.replica(3).in_view_change,
+        Some(1),
+        "one consenter moved it"
+    );
+    let m = ask(&c, 2, 4);
+    c.deliver(2, 3, m);
+    assert_eq!(c.replica(3).in_view_change, Some(4));
+}
+
+/// A view change to a view no channel reaches is dropped: joined, it would leave no next view.
+#[test]
+fn a_view_change_beyond_the_last_view_is_dropped() {
+    let mut c = Cluster::new();
+    for from in [1, 2] {
+        let m = c.signed(
+            from,
+            Kind::ViewChange(ViewChange {
+                consenters_since: 0,
+                next_view: u64::MAX,
+                last_committed_seq: 1,
+                prepared: None,
+            }),
+        );
+        c.deliver(from, 3, m);
+    }
+    assert_eq!(c.replica(3).in_view_change, None);
+}
