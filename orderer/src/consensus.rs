@@ -1826,15 +1826,26 @@ impl Replica {
         let now = self.now;
         if let Some(target) = self.in_view_change {
             if now - self.view_change_started >= self.cfg.view_change_timeout_ticks {
-                self.start_view_change(target.saturating_add(1));
+                // As PBFT: the next view only once a quorum wanted this one and its leader still
+                // sent no NewView. A replica cut off from the others thus asks for one view more
+                // than theirs, not one more per timeout, and meets them at their next view
+                // change instead of waiting until they climb to wherever it got alone.
+                let wanted = self.view_changes.get(&target).map_or(0, BTreeMap::len);
+                if wanted >= self.cfg.quorum() {
+                    self.start_view_change(target.saturating_add(1));
+                } else {
+                    self.view_change_started = now;
+                }
             } else if now.saturating_sub(self.last_retransmit) >= self.cfg.retransmit_ticks {
                 self.last_retransmit = now;
-                if let Some((_, msg)) = self
+                // Every view change of ours still held, not only the newest: replicas that
+                // are still changing to a lower view need ours for it to reach a quorum.
+                let own: Vec<ConsensusMessage> = self
                     .view_changes
-                    .get(&target)
-                    .and_then(|m| m.get(&self.cfg.self_id))
-                    .cloned()
-                {
+                    .values()
+                    .filter_map(|m| m.get(&self.cfg.self_id).map(|(_, msg)| msg.clone()))
+                    .collect();
+                for msg in own {
                     self.out.push(Output::Send { to: None, msg });
                 }
             }
@@ -1969,8 +1980,17 @@ impl Replica {
             .retain(|v, _| v.saturating_add(VIEW_CHANGE_WINDOW) >= target);
         self.refused_view_changes
             .retain(|(v, _)| v.saturating_add(VIEW_CHANGE_WINDOW) >= target);
+        self.send_view_change(target, None);
+        self.check_view_change_quorum(target);
+    }
+
+    /// Signs, stores and sends (to `to`, or to all) our view change for `view`: what we
+    /// prepared and committed now. Sent for a view below our target too (to replicas still
+    /// changing to it): we have not voted since we began changing view, so it is as true as
+    /// the one for our target, and we still never act in a view below that target.
+    fn send_view_change(&mut self, view: u64, to: Option<u32>) {
         let vc = ViewChange {
-            next_view: target,
+            next_view: view,
             consenters_since: self.cfg.consenters_since,
             last_committed_seq: self.height,
             prepared: self
@@ -1979,12 +1999,15 @@ impl Replica {
                 .map(|(_, c)| c.clone())
                 .or_else(|| self.committed_cert.clone()),
         };
-        let msg = self.broadcast(Kind::ViewChange(vc.clone()));
+        let msg = self.message(Kind::ViewChange(vc.clone()));
+        self.out.push(Output::Send {
+            to,
+            msg: msg.clone(),
+        });
         self.view_changes
-            .entry(target)
+            .entry(view)
             .or_default()
             .insert(self.cfg.self_id, (vc, msg));
-        self.check_view_change_quorum(target);
     }
 
     /// A certificate is valid if the pre-prepare is signed by the leader of its view and 2f+1
@@ -2109,6 +2132,16 @@ impl Replica {
                     .or_default()
                     .insert(from, (vc.clone(), msg));
             }
+        }
+        // A replica still changing to a view below ours needs our view change for it (after a
+        // restart we may no longer hold the one we sent): its quorum there lets it move on up.
+        if self.in_view_change.is_some_and(|t| vc.next_view < t)
+            && self
+                .view_changes
+                .get(&vc.next_view)
+                .is_none_or(|m| !m.contains_key(&self.cfg.self_id))
+        {
+            self.send_view_change(vc.next_view, Some(from));
         }
         self.check_view_change_quorum(vc.next_view);
     }

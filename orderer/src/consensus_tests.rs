@@ -2391,8 +2391,8 @@ fn a_replica_does_not_install_a_view_below_one_it_asked_for() {
     assert_eq!(c.replica(3).in_view_change, Some(3));
 }
 
-/// A consenter cut off from the others climbs views alone, each of its view changes binding it
-/// never to act in a lower view. When it commits a change of the consenter set, that promise no
+/// A consenter asked for a view the others never reach, its view change binding it never to act
+/// in a lower view. When it commits a change of the consenter set, that promise no
 /// longer binds (the new set does not count view changes sent under the old one), so it changes
 /// view with the others. Before, it kept its high target and refused their lower NewView: with
 /// consenter 4 down the new set (4 of 5 needed) stalled.
@@ -2403,7 +2403,21 @@ fn a_replica_that_climbed_views_alone_changes_view_with_the_new_consenter_set() 
     c.filter = Some(Box::new(|from, to, kind| {
         (from != 2 && to != 2).then_some(kind)
     }));
-    assert!(c.run_until(2_000, |c| c.replica(2).durable.view_change >= 4));
+    // Replica 2 is brought to ask for view 4 (f+1 view changes for it, as a faulty consenter
+    // and a correct one could send) while the others stay in view 0.
+    for from in [1, 3] {
+        let m = c.signed(
+            from,
+            Kind::ViewChange(ViewChange {
+                consenters_since: 0,
+                next_view: 4,
+                last_committed_seq: 1,
+                prepared: None,
+            }),
+        );
+        c.deliver(from, 2, m);
+    }
+    assert_eq!(c.replica(2).durable.view_change, 4);
     c.submit(1, typed_envelope(ADD_FIFTH, HeaderType::Config));
     assert!(
         c.run_until(5_000, |c| [1, 3, 4].iter().all(|&i| c
@@ -2554,4 +2568,27 @@ fn a_view_change_beyond_the_last_view_is_dropped() {
         c.deliver(from, 3, m);
     }
     assert_eq!(c.replica(3).in_view_change, None);
+}
+
+/// A replica cut off from the others asks for one view more than theirs, not one more per
+/// timeout (as PBFT: the next view only once a quorum wanted the current one). So it meets them
+/// at their next view change: with the old leader down, ordering needs its vote at once.
+#[test]
+fn a_replica_cut_off_asks_for_one_view_more_and_meets_the_others_at_their_next() {
+    let mut c = Cluster::new();
+    c.filter = Some(Box::new(|from, to, kind| {
+        (from != 3 && to != 3).then_some(kind)
+    }));
+    c.run_until(2_000, |_| false);
+    assert_eq!(c.replica(3).in_view_change, Some(1));
+    assert_eq!(c.replica(3).durable.view_change, 1, "it climbed alone");
+    c.filter = None;
+    c.down.insert(1);
+    let height = c.height(2);
+    c.submit(2, envelope(9));
+    assert!(
+        c.run_until(2_000, |c| [2, 3, 4].iter().all(|&i| c.height(i) > height)),
+        "replicas 2, 3 and 4 ordered nothing: views {:?}",
+        [2, 3, 4].map(|i| (c.replica(i).view(), c.replica(i).in_view_change))
+    );
 }
