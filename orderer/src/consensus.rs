@@ -50,6 +50,8 @@ const VIEW_CHANGE_WINDOW: u64 = 8;
 /// No channel changes view this often; a view change asking for more is malformed (and would
 /// leave no next view to move on to).
 const MAX_VIEW: u64 = u64::MAX / 2;
+/// A consenter behind in view is helped (`relay_due`) at most once per this many ticks.
+const RELAY_INTERVAL_TICKS: u64 = 5;
 
 /// Default bound on the number of requests a replica holds unordered (its pool, and so its
 /// write-ahead `pending`). Without one a Writer flooding Broadcast grows memory and the WAL
@@ -1644,8 +1646,10 @@ impl Replica {
         self.view_certs.clear();
         // The certificate of the block just committed names the old set's leader and voters,
         // which the new set cannot check; it protects nothing now: whoever acts under the new
-        // set has committed that block.
+        // set has committed that block. The same for the NewView of our view: it proves nothing
+        // to the new set, and its absence tells that we installed no view under the new set.
         self.committed_cert = None;
+        self.new_view_msg = None;
         self.set_prepared_cert(None);
         self.last_help
             .retain(|s, _| member(s) || former.contains(s));
@@ -1989,6 +1993,19 @@ impl Replica {
     /// changing to it): we have not voted since we began changing view, so it is as true as
     /// the one for our target, and we still never act in a view below that target.
     fn send_view_change(&mut self, view: u64, to: Option<u32>) {
+        let (vc, msg) = self.view_change_for(view);
+        self.out.push(Output::Send {
+            to,
+            msg: msg.clone(),
+        });
+        self.view_changes
+            .entry(view)
+            .or_default()
+            .insert(self.cfg.self_id, (vc, msg));
+    }
+
+    /// Our signed view change for `view`: what we prepared and committed now.
+    fn view_change_for(&self, view: u64) -> (ViewChange, ConsensusMessage) {
         let vc = ViewChange {
             next_view: view,
             consenters_since: self.cfg.consenters_since,
@@ -2000,14 +2017,21 @@ impl Replica {
                 .or_else(|| self.committed_cert.clone()),
         };
         let msg = self.message(Kind::ViewChange(vc.clone()));
-        self.out.push(Output::Send {
-            to,
-            msg: msg.clone(),
-        });
-        self.view_changes
-            .entry(view)
-            .or_default()
-            .insert(self.cfg.self_id, (vc, msg));
+        (vc, msg)
+    }
+
+    /// Gives `to`, changing to a view at or below the one we installed under the previous
+    /// consenter set, our view change for it (rate-limited per consenter, not stored). Replicas
+    /// start the new set's view change from the view each installed, which can differ; without
+    /// this, those behind would lack a quorum while we drop their view changes as old. True and
+    /// safe: under this set we have installed no view (`new_view_msg` is none), so cast no
+    /// vote, and we never act in a view below the one we are changing to.
+    fn answer_with_view_change(&mut self, to: u32, view: u64) {
+        if !self.relay_due(to) {
+            return;
+        }
+        let (_, msg) = self.view_change_for(view);
+        self.out.push(Output::Send { to: Some(to), msg });
     }
 
     /// A certificate is valid if the pre-prepare is signed by the leader of its view and 2f+1
@@ -2039,21 +2063,33 @@ impl Replica {
 
     /// Sends `to`, which showed it is still in a view before ours, the NewView that installed
     /// ours (rate-limited per consenter). It carries its own proof, so one relay suffices.
+    /// Also while we change to a later view: a replica still changing to ours may need it to
+    /// get there, our view change for it being gone (installing clears them).
     fn relay_new_view(&mut self, to: u32) {
-        if self.in_view_change.is_some() {
-            return;
-        }
         let Some(nv) = self.new_view_msg.clone() else {
             return;
         };
-        let last = self.last_relay.get(&to).copied().unwrap_or(0);
-        if self.now == 0 || self.now.saturating_sub(last) >= 5 {
-            self.last_relay.insert(to, self.now);
+        if self.relay_due(to) {
             self.out.push(Output::Send {
                 to: Some(to),
                 msg: nv,
             });
         }
+    }
+
+    /// Whether `to` may be helped into a view again (a NewView or a view change of ours): at
+    /// most once per `RELAY_INTERVAL_TICKS` per consenter. Records the help when it is due.
+    fn relay_due(&mut self, to: u32) -> bool {
+        let now = self.now;
+        if self
+            .last_relay
+            .get(&to)
+            .is_some_and(|last| now.saturating_sub(*last) < RELAY_INTERVAL_TICKS)
+        {
+            return false;
+        }
+        self.last_relay.insert(to, now);
+        true
     }
 
     fn on_view_change(&mut self, from: u32, msg: ConsensusMessage, vc: ViewChange) {
@@ -2072,7 +2108,14 @@ impl Replica {
             return;
         }
         if vc.next_view <= self.durable.view {
-            self.relay_new_view(from);
+            if self.new_view_msg.is_none()
+                && self.cfg.consenters_since > 0
+                && self.in_view_change.is_some()
+            {
+                self.answer_with_view_change(from, vc.next_view);
+            } else {
+                self.relay_new_view(from);
+            }
             return;
         }
         if vc.next_view > MAX_VIEW {
@@ -2135,11 +2178,14 @@ impl Replica {
         }
         // A replica still changing to a view below ours needs our view change for it (after a
         // restart we may no longer hold the one we sent): its quorum there lets it move on up.
-        if self.in_view_change.is_some_and(|t| vc.next_view < t)
-            && self
-                .view_changes
-                .get(&vc.next_view)
-                .is_none_or(|m| !m.contains_key(&self.cfg.self_id))
+        // Only within the window below our target: one farther behind joins ours instead
+        // (`note_view_asked`), and what we hold stays within `held_bound`.
+        if self.in_view_change.is_some_and(|t| {
+            vc.next_view < t && vc.next_view.saturating_add(VIEW_CHANGE_WINDOW) >= t
+        }) && self
+            .view_changes
+            .get(&vc.next_view)
+            .is_none_or(|m| !m.contains_key(&self.cfg.self_id))
         {
             self.send_view_change(vc.next_view, Some(from));
         }

@@ -2592,3 +2592,92 @@ fn a_replica_cut_off_asks_for_one_view_more_and_meets_the_others_at_their_next()
         [2, 3, 4].map(|i| (c.replica(i).view(), c.replica(i).in_view_change))
     );
 }
+
+/// What `outputs` send to `to` (or to all), decoded.
+fn sent_to(outputs: &[Output], to: u32) -> Vec<Kind> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Send { to: t, msg } if t.is_none_or(|t| t == to) => kind_of(msg),
+            _ => None,
+        })
+        .collect()
+}
+
+fn view_change_to(c: &Cluster, from: u32, view: u64, set: u64) -> ConsensusMessage {
+    c.signed(
+        from,
+        Kind::ViewChange(ViewChange {
+            consenters_since: set,
+            next_view: view,
+            last_committed_seq: 1,
+            prepared: None,
+        }),
+    )
+}
+
+/// A replica that installed a view and is already changing to the next still relays that
+/// view's NewView to a replica changing to it: installing cleared its view change for that
+/// view, so without the NewView the other could not get there, nor (short of a quorum there)
+/// ask for more.
+#[test]
+fn a_replica_changing_view_still_relays_the_new_view_it_installed() {
+    let mut c = Cluster::new();
+    let vcs: Vec<ConsensusMessage> = [2, 3, 4]
+        .map(|from| view_change_to(&c, from, 1, 0))
+        .to_vec();
+    let nv = c.signed(
+        2,
+        Kind::NewView(NewView {
+            view: 1,
+            view_changes: vcs,
+        }),
+    );
+    c.deliver(2, 1, nv);
+    assert_eq!(c.replica(1).view(), 1);
+    for from in [3, 4] {
+        let m = view_change_to(&c, from, 2, 0);
+        c.deliver(from, 1, m);
+    }
+    assert_eq!(c.replica(1).in_view_change, Some(2));
+    let m = view_change_to(&c, 3, 1, 0);
+    let out = c.deliver(3, 1, m);
+    assert!(
+        sent_to(&out, 3)
+            .iter()
+            .any(|k| matches!(k, Kind::NewView(NewView { view: 1, .. }))),
+        "the NewView of view 1 was not relayed"
+    );
+}
+
+/// After a consenter change each replica starts again from the view it installed, and those
+/// differ. One that installed no view under the new set answers a view change for a view at or
+/// below its own with its view change for that view, so the replicas behind reach a quorum
+/// there (it never acts in that view itself).
+#[test]
+fn after_a_consenter_change_a_replica_gives_its_view_change_to_those_behind() {
+    let mut c = Cluster::with_config(|id| Config {
+        consenters_since: 1,
+        ..config(id)
+    });
+    if let Some(d) = c.durables.get_mut(&3) {
+        d.view = 5;
+        d.view_change = 6;
+    }
+    c.restart(3);
+    assert_eq!(c.replica(3).in_view_change, Some(6));
+    let m = view_change_to(&c, 4, 5, 1);
+    let out = c.deliver(4, 3, m);
+    assert!(
+        sent_to(&out, 4).iter().any(|k| matches!(
+            k,
+            Kind::ViewChange(ViewChange {
+                next_view: 5,
+                consenters_since: 1,
+                ..
+            })
+        )),
+        "no view change for view 5 was given to replica 4"
+    );
+    assert_eq!(c.replica(3).in_view_change, Some(6));
+}
