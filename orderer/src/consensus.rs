@@ -508,7 +508,7 @@ pub struct Replica {
     /// When each consenter's StateRequest was last served (one entry per consenter).
     last_served: BTreeMap<u32, u64>,
     /// When we last relayed the current view's NewView to each consenter that missed it.
-    last_relay: BTreeMap<u32, u64>,
+    last_relay: BTreeMap<u32, (u64, u64)>,
     /// While following (outside the set): the highest view each consenter's signed messages
     /// showed, so that on joining we change to a view the consenters are in (one per consenter).
     views_seen: BTreeMap<u32, u64>,
@@ -2020,14 +2020,23 @@ impl Replica {
         (vc, msg)
     }
 
-    /// Gives `to`, changing to a view at or below the one we installed under the previous
-    /// consenter set, our view change for it (rate-limited per consenter, not stored). Replicas
-    /// start the new set's view change from the view each installed, which can differ; without
-    /// this, those behind would lack a quorum while we drop their view changes as old. True and
-    /// safe: under this set we have installed no view (`new_view_msg` is none), so cast no
-    /// vote, and we never act in a view below the one we are changing to.
+    /// Whether we may give a view change of ours for any view below our target: we are changing
+    /// view under a consenter set in which we have installed no view (`new_view_msg` is none),
+    /// so we cast no vote in it. Replicas start a new set's view change from the view each
+    /// installed (a newcomer from the views it saw), which can differ widely.
+    fn may_answer_any_view(&self) -> bool {
+        self.new_view_msg.is_none()
+            && self.cfg.consenters_since > 0
+            && self.in_view_change.is_some()
+    }
+
+    /// Gives `to`, changing to a view far below ours (at or below the one we installed under
+    /// the previous consenter set, or below our window), our view change for it, not stored
+    /// (`relay_due` limits the rate). Without it those behind would lack a quorum there while
+    /// we drop their view changes. True and safe when `may_answer_any_view`: we cast no vote
+    /// under this set, and never act in a view below the one we are changing to.
     fn answer_with_view_change(&mut self, to: u32, view: u64) {
-        if !self.relay_due(to) {
+        if !self.relay_due(to, view) {
             return;
         }
         let (_, msg) = self.view_change_for(view);
@@ -2069,7 +2078,8 @@ impl Replica {
         let Some(nv) = self.new_view_msg.clone() else {
             return;
         };
-        if self.relay_due(to) {
+        let view = self.durable.view;
+        if self.relay_due(to, view) {
             self.out.push(Output::Send {
                 to: Some(to),
                 msg: nv,
@@ -2077,18 +2087,17 @@ impl Replica {
         }
     }
 
-    /// Whether `to` may be helped into a view again (a NewView or a view change of ours): at
-    /// most once per `RELAY_INTERVAL_TICKS` per consenter. Records the help when it is due.
-    fn relay_due(&mut self, to: u32) -> bool {
+    /// Whether `to` may be helped into `view` (with a NewView or a view change of ours): at
+    /// most once per `RELAY_INTERVAL_TICKS` per consenter, unless it now asks about another
+    /// view (it moved on, and help for the old view would not serve it). Records the help.
+    fn relay_due(&mut self, to: u32, view: u64) -> bool {
         let now = self.now;
-        if self
-            .last_relay
-            .get(&to)
-            .is_some_and(|last| now.saturating_sub(*last) < RELAY_INTERVAL_TICKS)
-        {
+        if self.last_relay.get(&to).is_some_and(|(last_view, last)| {
+            *last_view == view && now.saturating_sub(*last) < RELAY_INTERVAL_TICKS
+        }) {
             return false;
         }
-        self.last_relay.insert(to, now);
+        self.last_relay.insert(to, (view, now));
         true
     }
 
@@ -2108,10 +2117,7 @@ impl Replica {
             return;
         }
         if vc.next_view <= self.durable.view {
-            if self.new_view_msg.is_none()
-                && self.cfg.consenters_since > 0
-                && self.in_view_change.is_some()
-            {
+            if self.may_answer_any_view() {
                 self.answer_with_view_change(from, vc.next_view);
             } else {
                 self.relay_new_view(from);
@@ -2135,6 +2141,17 @@ impl Replica {
                 horizon,
                 "view change too far ahead: not stored"
             );
+            return;
+        }
+        if self
+            .in_view_change
+            .is_some_and(|t| vc.next_view.saturating_add(VIEW_CHANGE_WINDOW) < t)
+        {
+            // Too far below our target to matter to us, and stored it would let a faulty
+            // consenter grow what we hold past `held_bound`.
+            if self.may_answer_any_view() {
+                self.answer_with_view_change(from, vc.next_view);
+            }
             return;
         }
         match self

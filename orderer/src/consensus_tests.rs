@@ -2681,3 +2681,37 @@ fn after_a_consenter_change_a_replica_gives_its_view_change_to_those_behind() {
     );
     assert_eq!(c.replica(3).in_view_change, Some(6));
 }
+
+/// A view change far below our target (beyond the window) is not stored: a faulty consenter
+/// sending one per view would grow what we hold past `held_bound`. A replica that installed no
+/// view under its (new) consenter set, such as a newcomer whose target came from the views it
+/// saw, still answers it with its own, so those behind can reach a quorum.
+#[test]
+fn a_view_change_far_below_the_target_is_answered_not_stored() {
+    let mut c = Cluster::with_config(|id| Config {
+        consenters_since: 1,
+        ..config(id)
+    });
+    if let Some(d) = c.durables.get_mut(&3) {
+        d.view_change = 30;
+    }
+    c.restart(3);
+    assert_eq!(c.replica(3).in_view_change, Some(30));
+    let held = stored_view_changes(c.replica(3));
+    for (i, view) in [20u64, 21].into_iter().enumerate() {
+        let m = view_change_to(&c, 4, view, 1);
+        let out = c.deliver(4, 3, m);
+        assert_eq!(
+            stored_view_changes(c.replica(3)),
+            held,
+            "view {view} was stored"
+        );
+        assert!(
+            sent_to(&out, 4).iter().any(|k| matches!(
+                k,
+                Kind::ViewChange(ViewChange { next_view, .. }) if *next_view == view
+            )),
+            "no view change for view {view} was given to replica 4 (answer {i})"
+        );
+    }
+}
