@@ -2088,14 +2088,17 @@ impl Replica {
     }
 
     /// Whether `to` may be helped into `view` (with a NewView or a view change of ours): at
-    /// most once per `RELAY_INTERVAL_TICKS` per consenter, unless it now asks about another
-    /// view (it moved on, and help for the old view would not serve it). Records the help.
+    /// most once per `RELAY_INTERVAL_TICKS` per consenter, unless it now asks about a higher
+    /// view (it moved on, and help for the old view would not serve it), which passes at most
+    /// once per tick: replaying old signed view changes alternately buys no signature of ours
+    /// per message. Records the help.
     fn relay_due(&mut self, to: u32, view: u64) -> bool {
         let now = self.now;
-        if self.last_relay.get(&to).is_some_and(|(last_view, last)| {
-            *last_view == view && now.saturating_sub(*last) < RELAY_INTERVAL_TICKS
-        }) {
-            return false;
+        if let Some(&(last_view, last)) = self.last_relay.get(&to) {
+            let moved_on = view > last_view && now > last;
+            if !moved_on && now.saturating_sub(last) < RELAY_INTERVAL_TICKS {
+                return false;
+            }
         }
         self.last_relay.insert(to, (view, now));
         true
