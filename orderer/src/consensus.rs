@@ -1895,10 +1895,15 @@ impl Replica {
         }
     }
 
+    /// How long a pooled request waits before it is forwarded again.
+    fn reforward_interval(&self) -> u64 {
+        (self.cfg.request_timeout_ticks / 3).max(1)
+    }
+
     /// Re-sends requests that have waited a while, to the leader or (during a view change) to all.
     fn reforward_stale(&mut self, to: Option<u32>) {
         let now = self.now;
-        let every = (self.cfg.request_timeout_ticks / 3).max(1);
+        let every = self.reforward_interval();
         let stale: Vec<Vec<u8>> = self
             .pool
             .values_mut()
@@ -2397,9 +2402,14 @@ impl Replica {
         self.last_leader_activity = self.now;
         self.last_heartbeat = 0;
         let now = self.now;
+        let every = self.reforward_interval();
         for e in self.pool.values_mut() {
-            // Give the new leader a fresh chance with every pending request.
+            // Give the new leader a fresh chance with every pending request, and every request
+            // at once (the next tick re-forwards them): it may hold none of ours, our forwards
+            // having been lost, and we may not wait a whole interval (a configuration block
+            // removing us would drop what only we hold, acknowledged).
             e.arrived = now;
+            e.forwarded = now.saturating_sub(every);
         }
         // Every stored view change is now stale: those for views up to `v` are served, and one
         // for a later view may predate its sender's own installation of `v` (it would then count

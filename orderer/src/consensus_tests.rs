@@ -2717,3 +2717,38 @@ fn a_view_change_far_below_the_target_is_answered_not_stored() {
         c.tick();
     }
 }
+
+/// After a view is installed, a follower forwards every request it holds to the new leader at
+/// the next tick, not a whole re-forward interval later: its earlier forwards may all have been
+/// lost, and a configuration block removing it meanwhile would drop the acknowledged requests
+/// only it holds (seen in the reconfiguration process test).
+#[test]
+fn a_follower_forwards_its_requests_to_a_new_leader_at_once() {
+    let drop_forwards = std::rc::Rc::new(std::cell::Cell::new(true));
+    let dropping = drop_forwards.clone();
+    let mut c = Cluster::new();
+    c.filter = Some(Box::new(move |from, _to, kind| match kind {
+        Kind::Forward(_) if from == 3 && dropping.get() => None,
+        k => Some(k),
+    }));
+    c.submit(3, envelope(9));
+    c.down.insert(1);
+    assert!(c.run_until(2_000, |c| {
+        [2, 3, 4]
+            .iter()
+            .all(|&i| c.replica(i).view() >= 1 && !c.replica(i).in_view_change())
+    }));
+    drop_forwards.set(false);
+    let ordered = |c: &Cluster| {
+        c.chains[&2].iter().any(|b| {
+            b.data
+                .as_ref()
+                .is_some_and(|d| d.data.contains(&envelope(9)))
+        })
+    };
+    assert!(!ordered(&c));
+    assert!(
+        c.run_until(5, ordered),
+        "the request only replica 3 held was not ordered right after the view change"
+    );
+}
