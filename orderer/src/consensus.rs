@@ -1680,14 +1680,14 @@ impl Replica {
         // A replica that just joined may be many views behind the consenters: it starts where
         // f+1 of them (so at least one correct one) showed they are, or a view change it alone
         // wants would be dropped as too far off by the others.
-        let mut seen: Vec<u64> = self
-            .views_seen
-            .iter()
-            .filter(|(s, _)| member(s))
-            .map(|(_, v)| *v)
-            .collect();
-        seen.sort_unstable_by(|a, b| b.cmp(a));
-        let shown = seen.get(self.cfg.f()).copied().unwrap_or(0);
+        let shown = self
+            .f_plus_one_highest(
+                self.views_seen
+                    .iter()
+                    .filter(|(s, _)| member(s))
+                    .map(|(_, v)| *v),
+            )
+            .unwrap_or(0);
         self.views_seen.clear();
         // A view change this replica sent under the old set bound it never to act in a lower
         // view, because that view change could complete a NewView. It no longer can: view
@@ -2231,9 +2231,7 @@ impl Replica {
         }
         let asked = self.views_asked.entry(from).or_default();
         *asked = (*asked).max(view);
-        let mut views: Vec<u64> = self.views_asked.values().copied().collect();
-        views.sort_unstable_by(|a, b| b.cmp(a));
-        if let Some(&target) = views.get(self.cfg.f())
+        if let Some(target) = self.f_plus_one_highest(self.views_asked.values().copied())
             && self.in_view_change.unwrap_or(self.durable.view) < target
         {
             self.start_view_change(target);
@@ -2292,14 +2290,20 @@ impl Replica {
     /// alone counts for nothing: a liar must not make the new leader wait for blocks that do not
     /// exist. A block only a few replicas committed is still protected: their view changes
     /// carry its certificate (`committed_cert`), which the new leader must re-propose.
+    /// The (f+1)-th highest of values claimed one per consenter: at most f are lies, so some
+    /// correct consenter claims at least this much. None with f or fewer values.
+    fn f_plus_one_highest(&self, values: impl Iterator<Item = u64>) -> Option<u64> {
+        let mut values: Vec<u64> = values.collect();
+        values.sort_unstable_by(|a, b| b.cmp(a));
+        values.get(self.cfg.f()).copied()
+    }
+
     fn backed_height(
         &self,
         claims: impl Iterator<Item = u64>,
         certs: &[PreparedCertificate],
     ) -> u64 {
-        let mut claims: Vec<u64> = claims.collect();
-        claims.sort_unstable_by(|a, b| b.cmp(a));
-        let by_claims = claims.get(self.cfg.f()).copied().unwrap_or(0);
+        let by_claims = self.f_plus_one_highest(claims).unwrap_or(0);
         let by_certs = certs
             .iter()
             .filter_map(cert_slot)

@@ -2406,15 +2406,7 @@ fn a_replica_that_climbed_views_alone_changes_view_with_the_new_consenter_set() 
     // Replica 2 is brought to ask for view 4 (f+1 view changes for it, as a faulty consenter
     // and a correct one could send) while the others stay in view 0.
     for from in [1, 3] {
-        let m = c.signed(
-            from,
-            Kind::ViewChange(ViewChange {
-                consenters_since: 0,
-                next_view: 4,
-                last_committed_seq: 1,
-                prepared: None,
-            }),
-        );
+        let m = view_change_to(&c, from, 4, 0);
         c.deliver(from, 2, m);
     }
     assert_eq!(c.replica(2).durable.view_change, 4);
@@ -2451,17 +2443,7 @@ fn a_view_change_of_another_consenter_set_does_not_count() {
         consenters_since: 1,
         ..config(id)
     });
-    let vc = |c: &Cluster, from: u32, set: u64| {
-        c.signed(
-            from,
-            Kind::ViewChange(ViewChange {
-                consenters_since: set,
-                next_view: 1,
-                last_committed_seq: 1,
-                prepared: None,
-            }),
-        )
-    };
+    let vc = |c: &Cluster, from: u32, set: u64| view_change_to(c, from, 1, set);
     let new_view = |c: &Cluster, fourth: ConsensusMessage| {
         c.signed(
             2,
@@ -2499,17 +2481,7 @@ fn a_view_change_of_another_consenter_set_does_not_count() {
 #[test]
 fn a_replica_far_behind_in_view_joins_the_view_f_plus_1_others_ask_for() {
     let mut c = Cluster::new();
-    let far = |c: &Cluster, from: u32| {
-        c.signed(
-            from,
-            Kind::ViewChange(ViewChange {
-                consenters_since: 0,
-                next_view: 40,
-                last_committed_seq: 1,
-                prepared: None,
-            }),
-        )
-    };
+    let far = |c: &Cluster, from: u32| view_change_to(c, from, 40, 0);
     let m = far(&c, 1);
     c.deliver(1, 3, m);
     assert_eq!(c.replica(3).in_view_change, None, "one consenter moved it");
@@ -2523,17 +2495,7 @@ fn a_replica_far_behind_in_view_joins_the_view_f_plus_1_others_ask_for() {
 #[test]
 fn a_replica_changing_view_joins_the_higher_view_f_plus_1_others_ask_for() {
     let mut c = Cluster::new();
-    let ask = |c: &Cluster, from: u32, view: u64| {
-        c.signed(
-            from,
-            Kind::ViewChange(ViewChange {
-                consenters_since: 0,
-                next_view: view,
-                last_committed_seq: 1,
-                prepared: None,
-            }),
-        )
-    };
+    let ask = |c: &Cluster, from: u32, view: u64| view_change_to(c, from, view, 0);
     for from in [1, 2] {
         let m = ask(&c, from, 1);
         c.deliver(from, 3, m);
@@ -2604,6 +2566,8 @@ fn sent_to(outputs: &[Output], to: u32) -> Vec<Kind> {
         .collect()
 }
 
+/// A signed view change from `from` for `view` under consenter set `set`, at height 1 and
+/// with no certificate.
 fn view_change_to(c: &Cluster, from: u32, view: u64, set: u64) -> ConsensusMessage {
     c.signed(
         from,
